@@ -1,0 +1,56 @@
+"""Errors of the proof core: one root, parse errors apart from broken links.
+
+A malformed input (``MalformedInput``) and a forged one (``BrokenLink``) are
+different answers: the first says which field could not be read, the second which
+link of the chain of evidence does not hold.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AttestationError",
+    "BrokenLink",
+    "KeyFileError",
+    "MalformedInput",
+    "UnsupportedAlgorithm",
+]
+
+
+class AttestationError(Exception):
+    """Root of every error raised by ``attestation``; carries a fix-it ``hint``."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        if hint:
+            self.hint = hint
+
+
+class MalformedInput(AttestationError):
+    """Bytes or JSON that cannot be parsed; ``field`` names where parsing stopped."""
+
+    def __init__(self, field: str, message: str, *, hint: str = "") -> None:
+        super().__init__(f"{field}: {message}", hint=hint)
+        self.field = field
+
+
+class UnsupportedAlgorithm(AttestationError):
+    """A COSE algorithm we do not implement (we refuse it, we never guess)."""
+
+
+class KeyFileError(AttestationError):
+    """A key file that is missing, unreadable, or readable by others."""
+
+
+class BrokenLink(AttestationError):
+    """A link in the chain of evidence that does not hold.
+
+    ``link`` is a stable identifier that scripts may match on, one of
+    ``reading``, ``inclusion``, ``root``, ``signature``, ``key``, ``chain``,
+    ``certificate``, ``log``, ``checkpoint``, ``consistency``.
+    """
+
+    def __init__(self, link: str, message: str, *, hint: str = "") -> None:
+        super().__init__(f"{link}: {message}", hint=hint)
+        self.link = link

@@ -1,0 +1,202 @@
+"""One sensor reading and its leaf codec: deterministic CBOR (RFC 8949 §4.2.1).
+
+The leaf is the map ``{1: seq, 2: ts_ns, 3: signal, 4: value, 5: unit, 6: quality}``;
+``encode_leaf`` is a hand encoder for the hot path, proven byte-equal to
+``cbor2.dumps(..., canonical=True)`` by property tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from attestation.errors import MalformedInput
+
+__all__ = [
+    "LEAF_LIMITS",
+    "LeafLimits",
+    "Reading",
+    "decode_leaf",
+    "encode_leaf",
+    "leaf_hash",
+    "reading_from_fields",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LeafLimits:
+    """Bounds a leaf decoder enforces on input from outside."""
+
+    max_leaf_bytes: int = 1024  # a leaf is ~40-80 bytes; 1 KiB leaves room for long names
+    max_signal_chars: int = 128  # tag names in PLC programs rarely pass 64 characters
+    max_unit_chars: int = 32
+    max_quality: int = 0xFFFFFFFF  # OPC UA StatusCode is a UInt32
+
+
+LEAF_LIMITS = LeafLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A value read from a plant signal. ``quality`` is an OPC UA StatusCode (0 = Good)."""
+
+    seq: int
+    ts_ns: int
+    signal: str
+    value: float
+    unit: str
+    quality: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "ts_ns": self.ts_ns,
+            "signal": self.signal,
+            "value": self.value,
+            "unit": self.unit,
+            "quality": self.quality,
+        }
+
+
+def _head(major: int, n: int) -> bytes:
+    """CBOR initial byte(s) for major type ``major`` and argument ``n`` (shortest form)."""
+    mt = major << 5
+    if n < 24:
+        return bytes((mt | n,))
+    if n < 0x100:
+        return bytes((mt | 24, n))
+    if n < 0x10000:
+        return bytes((mt | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((mt | 26,)) + n.to_bytes(4, "big")
+    return bytes((mt | 27,)) + n.to_bytes(8, "big")
+
+
+def _int(n: int) -> bytes:
+    return _head(0, n) if n >= 0 else _head(1, -1 - n)
+
+
+def _text(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return _head(3, len(b)) + b
+
+
+_NAN = b"\xf9\x7e\x00"
+_pack_e = struct.Struct(">e").pack
+_pack_f = struct.Struct(">f").pack
+_unpack_e = struct.Struct(">e").unpack
+_unpack_f = struct.Struct(">f").unpack
+
+
+def _float(x: float) -> bytes:
+    """Shortest IEEE 754 form that keeps the value exactly (RFC 8949 §4.2.2)."""
+    if math.isnan(x):
+        return _NAN
+    try:
+        half = _pack_e(x)
+        if _unpack_e(half)[0] == x:
+            return b"\xf9" + half
+    except OverflowError:
+        pass
+    try:
+        single = _pack_f(x)
+        if _unpack_f(single)[0] == x:
+            return b"\xfa" + single
+    except OverflowError:
+        pass
+    return b"\xfb" + struct.pack(">d", x)
+
+
+def encode_leaf(r: Reading) -> bytes:
+    """Deterministic CBOR bytes of ``r``; ``value`` is always a CBOR float."""
+    return b"".join(
+        (
+            b"\xa6\x01",
+            _int(r.seq),
+            b"\x02",
+            _int(r.ts_ns),
+            b"\x03",
+            _text(r.signal),
+            b"\x04",
+            _float(float(r.value)),
+            b"\x05",
+            _text(r.unit),
+            b"\x06",
+            _int(r.quality),
+        )
+    )
+
+
+def leaf_hash(leaf: bytes) -> bytes:
+    """RFC 9162 §2.1.1 leaf hash: SHA-256(0x00 || leaf)."""
+    return hashlib.sha256(b"\x00" + leaf).digest()
+
+
+def decode_leaf(data: bytes, limits: LeafLimits = LEAF_LIMITS) -> Reading:
+    """Parse leaf bytes strictly: they must re-encode to exactly the same bytes."""
+    if len(data) > limits.max_leaf_bytes:
+        raise MalformedInput("leaf", f"{len(data)} bytes, limit {limits.max_leaf_bytes}")
+    try:
+        obj = cbor2.loads(data)
+    except (cbor2.CBORDecodeError, ValueError, TypeError) as err:
+        raise MalformedInput("leaf", f"not CBOR: {err}") from err
+    if not isinstance(obj, dict) or set(obj) != {1, 2, 3, 4, 5, 6}:
+        raise MalformedInput("leaf", "expected a map with keys 1..6")
+    reading = reading_from_fields(
+        {
+            "seq": obj[1],
+            "ts_ns": obj[2],
+            "signal": obj[3],
+            "value": obj[4],
+            "unit": obj[5],
+            "quality": obj[6],
+        },
+        where="leaf",
+        limits=limits,
+    )
+    if encode_leaf(reading) != data:
+        raise MalformedInput("leaf", "not in deterministic CBOR form")
+    return reading
+
+
+def reading_from_fields(
+    fields: dict[str, Any], *, where: str, limits: LeafLimits = LEAF_LIMITS
+) -> Reading:
+    """Build a ``Reading`` from untrusted named fields, naming the first bad one."""
+
+    def need(name: str, kind: type | tuple[type, ...]) -> Any:
+        if name not in fields:
+            raise MalformedInput(f"{where}.{name}", "missing")
+        value = fields[name]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise MalformedInput(f"{where}.{name}", f"expected {_kind_name(kind)}")
+        return value
+
+    seq = need("seq", int)
+    ts_ns = need("ts_ns", int)
+    signal = need("signal", str)
+    value = need("value", (float, int))
+    unit = need("unit", str)
+    quality = need("quality", int)
+    if not 0 <= seq < 2**63:
+        raise MalformedInput(f"{where}.seq", f"{seq} outside 0..2^63-1")
+    if not -(2**63) <= ts_ns < 2**63:
+        raise MalformedInput(f"{where}.ts_ns", f"{ts_ns} outside the int64 range")
+    if not 0 < len(signal) <= limits.max_signal_chars:
+        raise MalformedInput(f"{where}.signal", f"length must be 1..{limits.max_signal_chars}")
+    if len(unit) > limits.max_unit_chars:
+        raise MalformedInput(f"{where}.unit", f"length must be at most {limits.max_unit_chars}")
+    if not 0 <= quality <= limits.max_quality:
+        raise MalformedInput(f"{where}.quality", f"{quality} outside 0..{limits.max_quality}")
+    return Reading(seq, ts_ns, signal, float(value), unit, quality)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(k.__name__ for k in kind)
+    return kind.__name__

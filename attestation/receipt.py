@@ -1,0 +1,126 @@
+"""Per-reading receipts: the JSON an auditor gets, and how to build one.
+
+Keys: reading, leaf_index, path, microproof, log_receipt, checkpoint, certificates
+(ARCHITECTURE.md, "Per-reading receipt"); bytes are standard base64 with padding.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from attestation import merkle
+from attestation.errors import MalformedInput
+from attestation.reading import Reading, encode_leaf, leaf_hash, reading_from_fields
+
+__all__ = ["MAX_RECEIPT_BYTES", "Receipt", "build_receipt", "receipt_from_json"]
+
+MAX_RECEIPT_BYTES = 1 << 20  # a receipt is a few KiB; 1 MiB bounds what we parse
+_MAX_PATH = 64  # a tree of 2^64 leaves has a 64-hash path
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    reading: Reading
+    leaf_index: int
+    path: tuple[bytes, ...]
+    microproof: bytes
+    log_receipt: bytes | None = None
+    checkpoint: str | None = None
+    certificates: tuple[bytes, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "reading": self.reading.as_dict(),
+            "leaf_index": self.leaf_index,
+            "path": [_b64(h) for h in self.path],
+            "microproof": _b64(self.microproof),
+        }
+        if self.log_receipt is not None:
+            out["log_receipt"] = _b64(self.log_receipt)
+        if self.checkpoint is not None:
+            out["checkpoint"] = self.checkpoint
+        if self.certificates:
+            out["certificates"] = [_b64(c) for c in self.certificates]
+        return out
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+
+def build_receipt(
+    window_readings: Sequence[Reading],
+    index: int,
+    microproof: bytes,
+    *,
+    leaf_hashes: Sequence[bytes] | None = None,
+    certificates: Sequence[bytes] = (),
+) -> Receipt:
+    """Receipt for ``window_readings[index]`` from the window it was signed in."""
+    hashes = leaf_hashes or [leaf_hash(encode_leaf(r)) for r in window_readings]
+    return Receipt(
+        reading=window_readings[index],
+        leaf_index=index,
+        path=tuple(merkle.inclusion_path(hashes, index)),
+        microproof=microproof,
+        certificates=tuple(certificates),
+    )
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def _unb64(value: Any, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise MalformedInput(field, "expected a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise MalformedInput(field, f"not standard base64: {err}") from err
+
+
+def receipt_from_json(doc: Any) -> Receipt:
+    """Parse a receipt object (already JSON-decoded), naming the first bad field."""
+    if isinstance(doc, str | bytes):
+        if len(doc) > MAX_RECEIPT_BYTES:
+            raise MalformedInput("receipt", f"{len(doc)} bytes, limit {MAX_RECEIPT_BYTES}")
+        try:
+            doc = json.loads(doc)
+        except ValueError as err:
+            raise MalformedInput("receipt", f"not JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise MalformedInput("receipt", "expected a JSON object")
+    for key in ("reading", "leaf_index", "path", "microproof"):
+        if key not in doc:
+            raise MalformedInput(key, "missing")
+    if not isinstance(doc["reading"], dict):
+        raise MalformedInput("reading", "expected an object")
+    reading = reading_from_fields(doc["reading"], where="reading")
+    leaf_index = doc["leaf_index"]
+    if isinstance(leaf_index, bool) or not isinstance(leaf_index, int) or leaf_index < 0:
+        raise MalformedInput("leaf_index", "expected a non-negative integer")
+    raw_path = doc["path"]
+    if not isinstance(raw_path, list) or len(raw_path) > _MAX_PATH:
+        raise MalformedInput("path", f"expected a list of at most {_MAX_PATH} hashes")
+    path = tuple(_unb64(h, f"path[{i}]") for i, h in enumerate(raw_path))
+    log_receipt = doc.get("log_receipt")
+    checkpoint = doc.get("checkpoint")
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        raise MalformedInput("checkpoint", "expected the signed note's text")
+    certs = doc.get("certificates") or []
+    if not isinstance(certs, list) or len(certs) > 8:
+        raise MalformedInput("certificates", "expected a list of at most 8 certificates")
+    return Receipt(
+        reading=reading,
+        leaf_index=leaf_index,
+        path=path,
+        microproof=_unb64(doc["microproof"], "microproof"),
+        log_receipt=None if log_receipt is None else _unb64(log_receipt, "log_receipt"),
+        checkpoint=checkpoint,
+        certificates=tuple(_unb64(c, f"certificates[{i}]") for i, c in enumerate(certs)),
+    )

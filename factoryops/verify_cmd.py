@@ -1,0 +1,108 @@
+"""``factoryops verify``: check a per-reading receipt (or a bundle of them) offline."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from attestation import MalformedInput, load_anchors, receipt_from_json, report_receipt
+from attestation.verify import Verdict, verify_chain
+
+__all__ = ["verify"]
+
+
+def _load(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise click.FileError(str(path), hint=str(err)) from err
+    if len(text) > 64 << 20:
+        raise MalformedInput(str(path), "larger than 64 MiB")
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise MalformedInput(str(path), f"not JSON: {err}") from err
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM to pin: a fleet CA certificate, a device public key or a hub key (repeatable).",
+)
+@click.option("--require-tpm", is_flag=True, help="Refuse receipts signed by a software key.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable verdict.")
+def verify(file: Path, trust: tuple[Path, ...], require_tpm: bool, as_json: bool) -> None:
+    """Check a reading's receipt offline; exit 0 when valid, 1 naming the broken link.
+
+    FILE is a receipt JSON, or a bundle {"receipts": [...], "microproofs": [...]}
+    whose micro-proofs are also checked as one prev-hash chain.
+
+    \b
+    Examples:
+      factoryops verify receipt.json --trust fleet-ca.pem
+      factoryops verify receipt.json --trust device-key.pem --json
+    """
+    anchors = load_anchors(list(trust), allow_software_keys=not require_tpm)
+    doc = _load(file)
+    verdicts: list[Verdict] = []
+    chain_error: dict[str, str] | None = None
+    if isinstance(doc, dict) and "receipts" in doc:
+        receipts = doc["receipts"]
+        if not isinstance(receipts, list):
+            raise MalformedInput("receipts", "expected a list")
+        verdicts = [report_receipt(receipt_from_json(r), anchors) for r in receipts]
+        chain_error = _check_bundle_chain(doc.get("microproofs"))
+    else:
+        verdicts = [report_receipt(receipt_from_json(doc), anchors)]
+    ok = all(v.valid for v in verdicts) and chain_error is None
+    if as_json:
+        out: dict[str, Any] = {"valid": ok, "receipts": [v.as_json() for v in verdicts]}
+        if chain_error:
+            out["chain"] = chain_error
+        click.echo(json.dumps(out if len(verdicts) != 1 or chain_error else verdicts[0].as_json()))
+    else:
+        for v in verdicts:
+            _print_verdict(v)
+        if chain_error:
+            click.secho(f"INVALID chain: {chain_error['error']}", fg="red")
+    sys.exit(0 if ok else 1)
+
+
+def _check_bundle_chain(microproofs: Any) -> dict[str, str] | None:
+    import base64  # noqa: PLC0415 - only bundles need it
+
+    from attestation import BrokenLink  # noqa: PLC0415
+
+    if microproofs is None:
+        return None
+    if not isinstance(microproofs, list) or not all(isinstance(m, str) for m in microproofs):
+        raise MalformedInput("microproofs", "expected a list of base64 strings")
+    try:
+        verify_chain([base64.b64decode(m, validate=True) for m in microproofs])
+    except BrokenLink as err:
+        return {"link": err.link, "error": str(err)}
+    return None
+
+
+def _print_verdict(v: Verdict) -> None:
+    r = v.reading or {}
+    what = f"{r.get('signal')} seq {r.get('seq')} = {r.get('value')} {r.get('unit')}"
+    if v.valid:
+        kind = f" ({v.key_kind} key)" if v.key_kind else ""
+        click.secho(f"VALID  {what}", fg="green")
+        click.echo(f"  signed by {v.utid}{kind}; checked: {', '.join(v.checked)}")
+    else:
+        click.secho(f"INVALID  {what}", fg="red")
+        click.echo(f"  broken link: {v.link}: {v.error}")
+        if v.hint:
+            click.echo(f"  hint: {v.hint}")
+    for note in v.notes:
+        click.echo(f"  note: {note}")

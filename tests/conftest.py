@@ -1,0 +1,73 @@
+"""Shared test fixtures: where ../shared lives, and the skip-or-fail policy for services.
+
+On a laptop a test whose service or data is missing skips and says why; with CI=true
+nothing may skip, so the same condition fails the test instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def missing(reason: str) -> None:
+    """Skip (laptop) or fail (CI) because something the test needs is absent."""
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_port(port: int, service: str) -> None:
+    if not port_open(port):
+        missing(f"{service} is not listening on 127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared (datasets and conformance vectors), next to the project root."""
+    if not SHARED.is_dir():
+        missing(f"{SHARED} is absent: conformance vectors and datasets live there")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def vectors_dir(shared_dir: Path) -> Path:
+    return shared_dir / "vectors"
+
+
+@pytest.fixture(scope="session")
+def skab_dir(shared_dir: Path) -> Path:
+    return shared_dir / "datasets" / "skab"
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    require_port(5432, "PostgreSQL")
+    return os.environ.get("FACTORYOPS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def mqtt_port() -> int:
+    require_port(1883, "Mosquitto")
+    return 1883
+
+
+@pytest.fixture
+def nats_url() -> str:
+    require_port(4222, "NATS")
+    return "nats://127.0.0.1:4222"
