@@ -19,6 +19,7 @@ __all__ = ["main"]
 # `factoryops verify` does not pay for onnxruntime or FastAPI.
 COMMANDS: dict[str, str] = {
     "verify": "factoryops.verify_cmd:verify",
+    "bench": "factoryops.bench:bench",
 }
 
 
