@@ -82,15 +82,18 @@ def issue_device_certificate(
     now: dt.datetime,
     days: int = 3650,
 ) -> x509.Certificate:
-    """Certify a device signing key; CN is its UTID text, OU says how the key is held."""
+    """Certify a device signing key; the URI SAN is its UTID, the OU says how the key is held."""
     if key_kind not in KEY_KINDS:
         raise ValueError(f"key kind {key_kind!r} is not one of {KEY_KINDS}")
     public_key = serialization.load_der_public_key(device_spki_der)
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise MalformedInput("public_key", "device keys are EC P-256")
+    utid = utid_text(utid_bytes(device_spki_der))
+    # CN is capped at 64 characters (RFC 5280 ub-common-name), the UTID text is 69: the
+    # full UTID travels as a URI SAN, the CN carries a short form for humans.
     subject = x509.Name(
         [
-            x509.NameAttribute(NameOID.COMMON_NAME, utid_text(utid_bytes(device_spki_der))),
+            x509.NameAttribute(NameOID.COMMON_NAME, utid[:21]),
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, KEY_KIND_PREFIX + key_kind),
         ]
     )

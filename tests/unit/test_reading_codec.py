@@ -1,0 +1,71 @@
+"""The hand-written leaf encoder is byte-identical to cbor2's deterministic encoding."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attestation import MalformedInput, Reading, decode_leaf, encode_leaf
+from tests.strategies import readings
+
+
+def _reference(r: Reading) -> bytes:
+    return cbor2.dumps(
+        {1: r.seq, 2: r.ts_ns, 3: r.signal, 4: float(r.value), 5: r.unit, 6: r.quality},
+        canonical=True,
+    )
+
+
+@given(readings())
+def test_hand_encoder_matches_cbor2_canonical(r: Reading) -> None:
+    assert encode_leaf(r) == _reference(r)
+
+
+@given(readings())
+def test_decode_leaf_round_trips(r: Reading) -> None:
+    back = decode_leaf(encode_leaf(r))
+    assert back.seq == r.seq and back.signal == r.signal
+    assert back.value == r.value or (math.isnan(back.value) and math.isnan(r.value))
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [(20.5, "f94d20"), (20.0, "f94d00"), (float("nan"), "f97e00"), (0.1, "fb3fb999999999999a")],
+)
+def test_values_take_the_shortest_exact_float_form(value: float, encoded: str) -> None:
+    leaf = encode_leaf(Reading(1, 2, "s", value, "u", 0))
+    assert bytes.fromhex(encoded) in leaf
+
+
+def test_integral_values_are_still_cbor_floats() -> None:
+    leaf = encode_leaf(Reading(1, 2, "s", 20, "u", 0))
+    assert cbor2.loads(leaf)[4] == 20.0
+    assert isinstance(cbor2.loads(leaf)[4], float)
+
+
+def test_decode_refuses_a_non_deterministic_encoding() -> None:
+    r = Reading(1, 2, "s", 20.5, "u", 0)
+    loose = cbor2.dumps({1: 1, 2: 2, 3: "s", 4: 20.5, 5: "u", 6: 0})  # f64, not shortest
+    assert loose != encode_leaf(r)
+    with pytest.raises(MalformedInput, match="deterministic"):
+        decode_leaf(loose)
+
+
+@given(st.binary(max_size=200))
+def test_decode_leaf_never_crashes_on_random_bytes(data: bytes) -> None:
+    with contextlib.suppress(MalformedInput):
+        decode_leaf(data)
+
+
+def test_decode_names_the_bad_field() -> None:
+    bad = cbor2.dumps({1: -1, 2: 2, 3: "s", 4: 1.0, 5: "u", 6: 0}, canonical=True)
+    with pytest.raises(MalformedInput, match=r"leaf\.seq"):
+        decode_leaf(bad)
+    long_signal = cbor2.dumps({1: 1, 2: 2, 3: "x" * 500, 4: 1.0, 5: "u", 6: 0}, canonical=True)
+    with pytest.raises(MalformedInput, match=r"leaf\.signal"):
+        decode_leaf(long_signal)
