@@ -20,6 +20,7 @@ __all__ = ["main"]
 COMMANDS: dict[str, str] = {
     "verify": "factoryops.verify_cmd:verify",
     "bench": "factoryops.bench:bench",
+    "hub": "cloud_sync.cli:hub",
 }
 
 

@@ -1,0 +1,299 @@
+"""The hub's FastAPI app: device registration, proof upload, receipts, a minimal web page.
+
+``create_app(settings, *, store, clock)`` builds everything; there are no module globals
+and importing this module starts nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import zstandard
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from attestation.errors import MalformedInput
+from attestation.receipt import build_receipt
+from attestation.utid import parse_utid, utid_bytes, utid_text
+from cloud_sync.errors import ApiError
+from cloud_sync.fleet_ca import FleetCA
+from cloud_sync.ingest import Ingestor, ProofUpload
+from cloud_sync.settings import HubSettings
+from cloud_sync.storage import Store
+
+__all__ = ["create_app"]
+
+Clock = Callable[[], int]  # nanoseconds since the Unix epoch
+_TEMPLATES = Path(__file__).parent / "web" / "templates"
+
+
+class DeviceRegistration(BaseModel):
+    """Body of POST /v1/devices (development registration; see docs/protocol.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    public_key_pem: str = Field(max_length=4096)
+    key_kind: str = Field(pattern="^(software|tpm)$")
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[\w .:@-]+$")
+    site: str = Field(default="default", min_length=1, max_length=128, pattern=r"^[\w .:@-]+$")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the body while counting, so an oversized upload is refused before it is held."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"body of {declared} bytes, limit {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"body passed the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    if encoding in ("", "identity"):
+        return body
+    if encoding != "zstd":
+        raise ApiError(415, "bad_encoding", f"Content-Encoding {encoding!r}; use zstd or none")
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(body)
+        out = reader.read(limit + 1)
+    except zstandard.ZstdError as err:
+        raise ApiError(400, "bad_encoding", f"zstd body does not decompress: {err}") from err
+    if len(out) > limit:
+        raise ApiError(413, "too_large", f"zstd body inflates past {limit} bytes")
+    return out
+
+
+def _parse_uploads(body: bytes, settings: HubSettings) -> list[ProofUpload]:
+    limits = settings.limits
+    try:
+        doc = cbor2.loads(body)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as err:
+        raise ApiError(400, "malformed_body", f"body is not CBOR: {err}") from err
+    if not isinstance(doc, dict) or not isinstance(doc.get("proofs"), list):
+        raise ApiError(400, "malformed_body", 'expected a map {"proofs": [...]}')
+    proofs = doc["proofs"]
+    if not proofs:
+        raise ApiError(400, "malformed_body", "proofs is empty")
+    if len(proofs) > limits.max_proofs_per_request:
+        raise ApiError(
+            413,
+            "too_large",
+            f"{len(proofs)} proofs in one request, limit {limits.max_proofs_per_request}",
+        )
+    uploads = []
+    for i, p in enumerate(proofs):
+        if not isinstance(p, dict):
+            raise ApiError(400, "malformed_body", f"proofs[{i}] is not a map")
+        cose, leaves = p.get("cose"), p.get("leaves")
+        if not isinstance(cose, bytes):
+            raise ApiError(400, "malformed_body", f"proofs[{i}].cose must be a byte string")
+        if not isinstance(leaves, list) or not all(isinstance(x, bytes) for x in leaves):
+            raise ApiError(400, "malformed_body", f"proofs[{i}].leaves must be byte strings")
+        if len(leaves) > limits.max_leaves_per_proof:
+            raise ApiError(
+                413,
+                "too_large",
+                f"proofs[{i}] has {len(leaves)} leaves, limit {limits.max_leaves_per_proof}",
+            )
+        uploads.append(ProofUpload(cose, tuple(leaves)))
+    return uploads
+
+
+def create_app(
+    settings: HubSettings, *, store: Store | None = None, clock: Clock | None = None
+) -> FastAPI:
+    """The hub application over ``store`` (opened from ``settings.db_url`` when None)."""
+    now_ns: Clock = clock or time.time_ns
+    store = store or Store.open(settings.db_url)
+    fleet = FleetCA.load_or_create(
+        settings.data_dir, settings.fleet_name, now=dt.datetime.now(dt.UTC)
+    )
+    ingestor = Ingestor(store, settings.limits, allow_software_keys=settings.allow_software_keys)
+    templates = Jinja2Templates(directory=str(_TEMPLATES))
+    app = FastAPI(title="FactoryOps hub", version="1")
+    app.state.store = store
+    app.state.settings = settings
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return JSONResponse(
+            {"error": "invalid_request", "detail": f"{where}: {first.get('msg', 'invalid')}"},
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": "http_error", "detail": str(err.detail)}, status_code=err.status_code
+        )
+
+    def require_admin(request: Request) -> None:
+        got = request.headers.get("authorization", "")
+        want = f"Bearer {settings.admin_token}"
+        if not hmac.compare_digest(got.encode(), want.encode()):
+            raise ApiError(401, "unauthorized", "this call needs the hub's admin bearer token")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, **store.counts()}
+
+    @app.post("/v1/devices")
+    async def register_device(request: Request) -> JSONResponse:
+        require_admin(request)
+        body = await _read_body(request, settings.limits.max_json_bytes)
+        try:
+            reg = DeviceRegistration.model_validate_json(body)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "body"
+            raise ApiError(422, "invalid_request", f"{where}: {first['msg']}") from err
+        try:
+            key = serialization.load_pem_public_key(reg.public_key_pem.encode())
+        except ValueError as err:
+            raise ApiError(
+                422, "invalid_request", "public_key_pem is not a PEM public key"
+            ) from err
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+            raise ApiError(422, "invalid_request", "public_key_pem must be an EC P-256 key")
+        if reg.key_kind == "software" and not settings.allow_software_keys:
+            raise ApiError(
+                403,
+                "software_key_refused",
+                "this hub accepts only TPM-held keys (start it with --allow-software-keys"
+                " for development)",
+            )
+        spki = key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        utid = utid_text(utid_bytes(spki))
+        existing = store.device(utid)
+        now = now_ns()
+        row = existing or store.add_device(
+            utid=utid,
+            public_key=spki,
+            key_kind=reg.key_kind,
+            certificate=fleet.issue(spki, reg.key_kind, now=_utc(now)),
+            name=reg.name,
+            site=reg.site,
+            now_ns=now,
+        )
+        cert_pem = _der_to_pem(row.certificate)
+        return JSONResponse(
+            {"utid": utid, "certificate_pem": cert_pem, "fleet_ca_pem": fleet.pem()},
+            status_code=200 if existing else 201,
+        )
+
+    @app.post("/v1/proofs")
+    async def upload_proofs(request: Request) -> JSONResponse:
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";")[0].strip() != "application/cbor":
+            raise ApiError(415, "bad_content_type", f"Content-Type {ctype!r}; use application/cbor")
+        body = await _read_body(request, settings.limits.max_body_bytes)
+        body = _decompress(
+            body,
+            request.headers.get("content-encoding", "").strip().lower(),
+            settings.limits.max_decompressed_bytes,
+        )
+        uploads = _parse_uploads(body, settings)
+        results: list[dict[str, Any]] = []
+        for i, upload in enumerate(uploads):
+            try:
+                results.append(ingestor.ingest(upload, now_ns=now_ns()).as_json())
+            except ApiError as err:
+                # proofs before the refused one stay accepted and are listed
+                err.extra.update(index=i, results=results)
+                raise
+        return JSONResponse({"results": results})
+
+    @app.get("/v1/devices")
+    def list_devices() -> dict[str, Any]:
+        return {"devices": [_device_json(d) for d in store.list_devices()]}
+
+    @app.get("/v1/devices/{utid}")
+    def get_device(utid: str) -> dict[str, Any]:
+        device = store.device(_checked_utid(utid))
+        if device is None:
+            raise ApiError(404, "unknown_device", f"{utid} is not enrolled with this hub")
+        return _device_json(device)
+
+    @app.get("/v1/devices/{utid}/readings/{seq}/receipt")
+    def receipt(utid: str, seq: int) -> JSONResponse:
+        utid = _checked_utid(utid)
+        device = store.device(utid)
+        if device is None:
+            raise ApiError(404, "unknown_device", f"{utid} is not enrolled with this hub")
+        window = store.window_for_seq(utid, seq)
+        if window is None:
+            raise ApiError(404, "unknown_reading", f"no accepted window holds seq {seq}")
+        # Rebuild from the stored readings, never from a cached blob: an edit to a stored
+        # reading must show up as a receipt that fails verification.
+        rows = store.readings_of_window(utid, window.window)
+        index = next((i for i, r in enumerate(rows) if r.seq == seq), None)
+        if index is None:
+            raise ApiError(404, "unknown_reading", f"seq {seq} is not stored")
+        rc = build_receipt(rows, index, window.cose, certificates=(device.certificate,))
+        return JSONResponse(rc.to_json())
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request) -> HTMLResponse:
+        return templates.TemplateResponse(
+            request,
+            "index.html",
+            {"devices": store.list_devices(), "counts": store.counts()},
+        )
+
+    return app
+
+
+def _utc(ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
+
+
+def _der_to_pem(der: bytes) -> str:
+    from cryptography import x509  # noqa: PLC0415 - registration is a cold path
+
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _checked_utid(utid: str) -> str:
+    try:
+        parse_utid(utid)
+    except MalformedInput as err:
+        raise ApiError(422, "invalid_request", str(err)) from err
+    return utid
+
+
+def _device_json(d: Any) -> dict[str, Any]:
+    return {
+        "utid": d.utid,
+        "name": d.name,
+        "site": d.site,
+        "key_kind": d.key_kind,
+        "revoked": d.revoked,
+        "windows": d.head_window + 1,
+        "last_seq": d.head_last_seq,
+        "readings": d.n_readings,
+        "last_seen_ns": d.last_seen_ns,
+    }

@@ -1,0 +1,115 @@
+"""``factoryops hub``: serve the hub, print its admin token, list and revoke devices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cloud_sync.settings import HubSettings
+
+__all__ = ["hub"]
+
+_DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("hub-data"),
+    show_default=True,
+    help="Where the database (SQLite), fleet CA and admin token live.",
+)
+_DB = click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="SQLAlchemy URL, e.g. postgresql+psycopg://hub@db/hub (default: SQLite).",
+)
+
+
+@click.group()
+def hub() -> None:
+    """The cloud hub: verifies and stores micro-proofs and answers receipt requests."""
+
+
+@hub.command()
+@_DATA_DIR
+@_DB
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option(
+    "--allow-software-keys",
+    is_flag=True,
+    help="Accept devices whose key is not in a TPM (development only).",
+)
+def serve(
+    data_dir: Path, db_url: str | None, host: str, port: int, allow_software_keys: bool
+) -> None:
+    """Serve the hub API and web page.
+
+    \b
+    Example:
+      factoryops hub serve --data-dir /var/lib/factoryops-hub --port 8080
+    """
+    import uvicorn  # noqa: PLC0415 - only `serve` needs the server
+
+    from cloud_sync.app import create_app  # noqa: PLC0415
+
+    settings = HubSettings.create(data_dir, db_url=db_url, allow_software_keys=allow_software_keys)
+    click.echo(f"hub on http://{host}:{port}  (fleet CA: {data_dir / 'fleet-ca.pem'})")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@hub.command()
+@_DATA_DIR
+def token(data_dir: Path) -> None:
+    """Print the admin bearer token (created on first use, mode 0600).
+
+    \b
+    Example:
+      curl -H "Authorization: Bearer $(factoryops hub token)" ...
+    """
+    click.echo(HubSettings.create(data_dir).admin_token)
+
+
+@hub.command()
+@_DATA_DIR
+@_DB
+def devices(data_dir: Path, db_url: str | None) -> None:
+    """List enrolled devices and their chain heads.
+
+    \b
+    Example:
+      factoryops hub devices --data-dir hub-data
+    """
+    from cloud_sync.storage import Store  # noqa: PLC0415
+
+    store = Store.open(HubSettings.create(data_dir, db_url=db_url).db_url)
+    for d in store.list_devices():
+        state = "REVOKED" if d.revoked else "active"
+        click.echo(
+            f"{d.utid}  {d.name:<20} {d.key_kind:<8} windows={d.head_window + 1:<8}"
+            f" readings={d.n_readings:<10} {state}"
+        )
+    store.close()
+
+
+@hub.command()
+@_DATA_DIR
+@_DB
+@click.argument("utid")
+def revoke(data_dir: Path, db_url: str | None, utid: str) -> None:
+    """Revoke a device: its further proofs are refused (what it sent stays).
+
+    \b
+    Example:
+      factoryops hub revoke utid:3f1c...
+    """
+    from cloud_sync.errors import HubError  # noqa: PLC0415
+    from cloud_sync.storage import Store  # noqa: PLC0415
+
+    store = Store.open(HubSettings.create(data_dir, db_url=db_url).db_url)
+    try:
+        if not store.set_revoked(utid, True):
+            raise HubError(f"{utid} is not enrolled here", hint="list devices with `hub devices`")
+    finally:
+        store.close()
+    click.echo(f"revoked {utid}")

@@ -1,0 +1,207 @@
+"""Accepting uploaded micro-proofs: verify every link, then store in one transaction.
+
+Steps, each with its own refusal (docs/protocol.md):
+1. parse the COSE micro-proof and its payload
+2. duplicate: these exact bytes were already accepted -> "duplicate" (idempotent retry)
+3. device: enrolled, not revoked, key kind allowed by policy
+4. signature under the device's enrolled key
+5. chain: the next window index, and prev = SHA-256 of the device's last accepted proof
+6. seqs: first seq follows the last accepted one, or gap records cover the hole
+7. leaves: count matches, each decodes strictly, seqs consecutive, RFC 9162 root matches
+8. store window + readings + new head atomically (a concurrent writer -> re-check once)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy.exc import IntegrityError
+
+from attestation import merkle
+from attestation.cose import PublicKey
+from attestation.errors import AttestationError, BrokenLink, MalformedInput
+from attestation.microproof import (
+    GENESIS_PREV,
+    SignedMicroProof,
+    parse_microproof,
+    verify_microproof_signature,
+)
+from attestation.reading import Reading, decode_leaf, leaf_hash
+from cloud_sync.errors import ApiError
+from cloud_sync.settings import HubLimits
+from cloud_sync.storage import DeviceRow, HeadMoved, Store, WindowRow
+
+__all__ = ["IngestResult", "Ingestor", "ProofUpload"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProofUpload:
+    cose: bytes
+    leaves: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    window: int
+    status: str  # "accepted" | "duplicate"
+    first_seq: int
+    last_seq: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "status": self.status,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+        }
+
+
+class Ingestor:
+    """Verifies and stores proofs; holds a cache of parsed device keys."""
+
+    def __init__(self, store: Store, limits: HubLimits, *, allow_software_keys: bool) -> None:
+        self.store = store
+        self.limits = limits
+        self.allow_software_keys = allow_software_keys
+        self._keys: dict[str, PublicKey] = {}
+
+    def ingest(self, upload: ProofUpload, *, now_ns: int) -> IngestResult:
+        try:
+            smp = parse_microproof(upload.cose)  # (1)
+        except AttestationError as err:
+            raise ApiError(400, "malformed_proof", str(err)) from err
+        mp = smp.proof
+        digest = hashlib.sha256(upload.cose).digest()
+        if (done := self.store.window_by_hash(digest)) is not None:  # (2)
+            return IngestResult(done.window, "duplicate", done.first_seq, done.last_seq)
+        device = self._device(smp.utid)  # (3)
+        try:  # (4)
+            verify_microproof_signature(smp, self._key(device))
+        except BrokenLink as err:
+            raise ApiError(401, "bad_signature", str(err)) from err
+        window_readings = self._check_leaves(smp, upload.leaves)  # (7), pure, before the DB
+        row = WindowRow(
+            utid=device.utid,
+            window=mp.window,
+            first_seq=mp.first_seq,
+            last_seq=mp.last_seq,
+            first_ts_ns=mp.first_ts_ns,
+            last_ts_ns=mp.last_ts_ns,
+            count=mp.count,
+            root=mp.root,
+            prev=mp.prev,
+            cose=upload.cose,
+            cose_sha256=digest,
+            gaps=len(mp.gaps),
+            received_ns=now_ns,
+        )
+        for attempt in range(2):
+            if attempt:
+                device = self._device(smp.utid)
+            self._check_chain(smp, device)  # (5)
+            self._check_seqs(smp, device)  # (6)
+            try:
+                self.store.store_window(  # (8)
+                    row, window_readings, expected_head=device.head_window, now_ns=now_ns
+                )
+                return IngestResult(mp.window, "accepted", mp.first_seq, mp.last_seq)
+            except (HeadMoved, IntegrityError):
+                if (done := self.store.window_by_hash(digest)) is not None:
+                    return IngestResult(done.window, "duplicate", done.first_seq, done.last_seq)
+        raise ApiError(409, "fork", f"window {mp.window} lost a race with a different proof")
+
+    def _device(self, utid: str) -> DeviceRow:
+        device = self.store.device(utid)
+        if device is None:
+            raise ApiError(403, "unknown_device", f"{utid} is not enrolled with this hub")
+        if device.revoked:
+            raise ApiError(403, "revoked_device", f"{utid} was revoked")
+        if device.key_kind == "software" and not self.allow_software_keys:
+            raise ApiError(
+                403, "software_key_refused", f"{utid} signs with a software key; policy needs a TPM"
+            )
+        return device
+
+    def _key(self, device: DeviceRow) -> PublicKey:
+        key = self._keys.get(device.utid)
+        if key is None:
+            loaded = serialization.load_der_public_key(device.public_key)
+            if not isinstance(loaded, PublicKey):
+                raise ApiError(403, "unknown_device", f"{device.utid} has an unusable key")
+            key = self._keys[device.utid] = loaded
+        return key
+
+    def _check_chain(self, smp: SignedMicroProof, device: DeviceRow) -> None:
+        mp = smp.proof
+        expected = device.head_window + 1
+        if mp.window < expected:
+            raise ApiError(
+                409,
+                "fork",
+                f"window {mp.window} was already accepted with different bytes",
+                expected_window=expected,
+            )
+        if mp.window > expected:
+            raise ApiError(
+                409,
+                "out_of_order",
+                f"window {mp.window} arrived before window {expected}",
+                expected_window=expected,
+            )
+        want_prev = GENESIS_PREV if device.head_hash is None else device.head_hash
+        if mp.prev != want_prev:
+            raise ApiError(
+                409,
+                "fork",
+                f"prev {mp.prev.hex()} is not the hash of window {device.head_window}"
+                f" ({want_prev.hex()})",
+                expected_window=expected,
+            )
+
+    def _check_seqs(self, smp: SignedMicroProof, device: DeviceRow) -> None:
+        mp = smp.proof
+        if not mp.count:
+            return
+        covered = device.head_last_seq + 1
+        for gap in sorted(mp.gaps, key=lambda g: g.first):
+            if gap.first <= covered <= gap.last + 1:
+                covered = max(covered, gap.last + 1)
+        if mp.first_seq != covered:
+            raise ApiError(
+                422,
+                "seq_gap",
+                f"window {mp.window} starts at seq {mp.first_seq}, expected {covered};"
+                " a hole needs a signed gap record",
+            )
+
+    def _check_leaves(self, smp: SignedMicroProof, leaves: Sequence[bytes]) -> list[Reading]:
+        mp = smp.proof
+        if len(leaves) != mp.count:
+            raise ApiError(
+                422, "leaf_count", f"{len(leaves)} leaves uploaded, the proof signs {mp.count}"
+            )
+        out: list[Reading] = []
+        hashes: list[bytes] = []
+        for i, leaf in enumerate(leaves):
+            try:
+                r = decode_leaf(leaf)
+            except MalformedInput as err:
+                raise ApiError(422, "bad_leaf", f"leaves[{i}]: {err}") from err
+            if r.seq != mp.first_seq + i:
+                raise ApiError(
+                    422, "bad_leaf", f"leaves[{i}] has seq {r.seq}, expected {mp.first_seq + i}"
+                )
+            out.append(r)
+            hashes.append(leaf_hash(leaf))
+        got = merkle.root(hashes)
+        if got != mp.root:
+            raise ApiError(
+                422,
+                "root_mismatch",
+                f"the leaves hash to {got.hex()}, the proof signs {mp.root.hex()}",
+            )
+        return out

@@ -1,0 +1,264 @@
+"""The hub's repository: every database operation ingest, receipts and the views need.
+
+Runs on SQLite (WAL) and PostgreSQL through one SQLAlchemy Core engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from attestation.reading import Reading
+from cloud_sync.storage.tables import devices, metadata, readings, windows
+
+__all__ = ["AcceptedHook", "DeviceRow", "HeadMoved", "Store", "WindowRow"]
+
+# Called inside the transaction that stores a proof (the transparency log appends here).
+AcceptedHook = Callable[[str, int, bytes, Connection], None]
+
+
+class HeadMoved(Exception):
+    """Another writer advanced the chain head between our read and our write."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    utid: str
+    public_key: bytes
+    key_kind: str
+    certificate: bytes
+    name: str
+    site: str
+    revoked: bool
+    created_ns: int
+    head_window: int
+    head_hash: bytes | None
+    head_last_seq: int
+    last_seen_ns: int | None
+    n_readings: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRow:
+    utid: str
+    window: int
+    first_seq: int
+    last_seq: int
+    first_ts_ns: int
+    last_ts_ns: int
+    count: int
+    root: bytes
+    prev: bytes
+    cose: bytes
+    cose_sha256: bytes
+    gaps: int
+    received_ns: int
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+class Store:
+    """Repository over one engine; every write is one transaction."""
+
+    def __init__(self, engine: Engine, *, on_accepted: AcceptedHook | None = None) -> None:
+        self.engine = engine
+        self.on_accepted = on_accepted
+
+    @classmethod
+    def open(cls, url: str, *, on_accepted: AcceptedHook | None = None) -> Store:
+        engine = create_engine(url, pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        metadata.create_all(engine)
+        return cls(engine, on_accepted=on_accepted)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # devices -------------------------------------------------------------------------
+    def add_device(
+        self,
+        *,
+        utid: str,
+        public_key: bytes,
+        key_kind: str,
+        certificate: bytes,
+        name: str,
+        site: str,
+        now_ns: int,
+    ) -> DeviceRow:
+        """Insert a device, or return the existing row for the same key (idempotent)."""
+        existing = self.device(utid)
+        if existing is not None:
+            return existing
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(devices).values(
+                        utid=utid,
+                        public_key=public_key,
+                        key_kind=key_kind,
+                        certificate=certificate,
+                        name=name,
+                        site=site,
+                        revoked=False,
+                        created_ns=now_ns,
+                        head_window=-1,
+                        head_hash=None,
+                        head_last_seq=-1,
+                        n_readings=0,
+                    )
+                )
+        except IntegrityError:  # a concurrent registration of the same key won
+            pass
+        row = self.device(utid)
+        if row is None:
+            raise RuntimeError(f"device {utid} vanished right after insert")
+        return row
+
+    def device(self, utid: str, conn: Connection | None = None) -> DeviceRow | None:
+        stmt = select(devices).where(devices.c.utid == utid)
+        if conn is not None:
+            row = conn.execute(stmt).mappings().first()
+        else:
+            with self.engine.connect() as c:
+                row = c.execute(stmt).mappings().first()
+        return None if row is None else DeviceRow(**row)
+
+    def list_devices(self) -> list[DeviceRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(devices).order_by(devices.c.name)).mappings().all()
+        return [DeviceRow(**r) for r in rows]
+
+    def set_revoked(self, utid: str, revoked: bool) -> bool:
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                update(devices).where(devices.c.utid == utid).values(revoked=revoked)
+            ).rowcount
+        return bool(n)
+
+    # windows -------------------------------------------------------------------------
+    def window_by_hash(self, cose_sha256: bytes) -> WindowRow | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(windows).where(windows.c.cose_sha256 == cose_sha256))
+                .mappings()
+                .first()
+            )
+        return None if row is None else WindowRow(**row)
+
+    def window_with_prev(self, utid: str, prev: bytes) -> WindowRow | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(windows).where(windows.c.utid == utid, windows.c.prev == prev))
+                .mappings()
+                .first()
+            )
+        return None if row is None else WindowRow(**row)
+
+    def window_for_seq(self, utid: str, seq: int) -> WindowRow | None:
+        stmt = (
+            select(windows)
+            .where(windows.c.utid == utid, windows.c.first_seq <= seq, windows.c.last_seq >= seq)
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return None if row is None else WindowRow(**row)
+
+    def windows_of(self, utid: str, *, limit: int = 100) -> list[WindowRow]:
+        stmt = (
+            select(windows)
+            .where(windows.c.utid == utid)
+            .order_by(windows.c.window.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [WindowRow(**r) for r in conn.execute(stmt).mappings().all()]
+
+    def readings_of_window(self, utid: str, window: int) -> list[Reading]:
+        stmt = (
+            select(
+                readings.c.seq,
+                readings.c.ts_ns,
+                readings.c.signal,
+                readings.c.value,
+                readings.c.unit,
+                readings.c.quality,
+            )
+            .where(readings.c.utid == utid, readings.c.window == window)
+            .order_by(readings.c.seq)
+        )
+        with self.engine.connect() as conn:
+            return [Reading(*r) for r in conn.execute(stmt).all()]
+
+    def store_window(
+        self,
+        row: WindowRow,
+        window_readings: Sequence[Reading],
+        *,
+        expected_head: int,
+        now_ns: int,
+    ) -> None:
+        """Store one accepted proof, its readings and the new chain head in one transaction.
+
+        Raises ``HeadMoved`` when another writer advanced the head first, and lets an
+        ``IntegrityError`` through when the same proof or a fork was stored concurrently.
+        """
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(devices)
+                .where(devices.c.utid == row.utid, devices.c.head_window == expected_head)
+                .values(
+                    head_window=row.window,
+                    head_hash=row.cose_sha256,
+                    head_last_seq=row.last_seq if row.count else devices.c.head_last_seq,
+                    last_seen_ns=now_ns,
+                    n_readings=devices.c.n_readings + len(window_readings),
+                )
+            ).rowcount
+            if moved != 1:
+                raise HeadMoved(row.utid)
+            conn.execute(insert(windows).values(**_as_dict(row)))
+            if window_readings:
+                conn.execute(
+                    insert(readings),
+                    [
+                        {
+                            "utid": row.utid,
+                            "seq": r.seq,
+                            "window": row.window,
+                            "ts_ns": r.ts_ns,
+                            "signal": r.signal,
+                            "value": r.value,
+                            "unit": r.unit,
+                            "quality": r.quality,
+                        }
+                        for r in window_readings
+                    ],
+                )
+            if self.on_accepted is not None:
+                self.on_accepted(row.utid, row.window, row.cose, conn)
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            n_dev = conn.execute(select(func.count()).select_from(devices)).scalar_one()
+            n_win = conn.execute(select(func.count()).select_from(windows)).scalar_one()
+            n_read = conn.execute(
+                select(func.coalesce(func.sum(devices.c.n_readings), 0))
+            ).scalar_one()
+        return {"devices": int(n_dev), "windows": int(n_win), "readings": int(n_read)}
+
+
+def _as_dict(row: WindowRow) -> dict[str, Any]:
+    return {f: getattr(row, f) for f in WindowRow.__dataclass_fields__}

@@ -1,0 +1,79 @@
+"""The hub's tables (SQLAlchemy Core): devices, windows (micro-proofs) and readings.
+
+UNIQUE(utid, prev) makes a fork impossible to store even with two hub processes on one
+database; the device row's chain head is advanced with a compare-and-set update.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+__all__ = ["devices", "metadata", "readings", "windows"]
+
+metadata = MetaData()
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("utid", String(69), primary_key=True),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("key_kind", String(16), nullable=False),
+    Column("certificate", LargeBinary, nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("site", String(128), nullable=False, default="default"),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("created_ns", BigInteger, nullable=False),
+    # chain head: the last accepted window (-1 before the first), its COSE hash and last seq
+    Column("head_window", BigInteger, nullable=False, default=-1),
+    Column("head_hash", LargeBinary, nullable=True),
+    Column("head_last_seq", BigInteger, nullable=False, default=-1),
+    Column("last_seen_ns", BigInteger, nullable=True),
+    Column("n_readings", BigInteger, nullable=False, default=0),
+)
+
+windows = Table(
+    "windows",
+    metadata,
+    Column("utid", String(69), ForeignKey("devices.utid"), primary_key=True),
+    Column("window", BigInteger, primary_key=True),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("first_ts_ns", BigInteger, nullable=False),
+    Column("last_ts_ns", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("root", LargeBinary, nullable=False),
+    Column("prev", LargeBinary, nullable=False),
+    Column("cose", LargeBinary, nullable=False),
+    Column("cose_sha256", LargeBinary, nullable=False, unique=True),
+    Column("gaps", Integer, nullable=False, default=0),
+    Column("received_ns", BigInteger, nullable=False),
+    UniqueConstraint("utid", "prev", name="uq_windows_utid_prev"),
+    Index("ix_windows_utid_last_seq", "utid", "last_seq"),
+)
+
+readings = Table(
+    "readings",
+    metadata,
+    Column("utid", String(69), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("window", BigInteger, nullable=False),
+    Column("ts_ns", BigInteger, nullable=False),
+    Column("signal", String(128), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("unit", String(32), nullable=False),
+    Column("quality", BigInteger, nullable=False),
+    Index("ix_readings_utid_window", "utid", "window"),
+)

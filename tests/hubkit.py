@@ -1,0 +1,70 @@
+"""Test helpers that build real signed windows and upload bodies (no fakes: real crypto)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cbor2
+
+from attestation import merkle
+from attestation.microproof import (
+    GENESIS_PREV,
+    Gap,
+    MicroProof,
+    chain_hash,
+    compute_stats,
+    sign_microproof,
+)
+from attestation.reading import Reading, encode_leaf, leaf_hash
+from attestation.signers import SoftwareSigner
+
+
+@dataclass
+class Device:
+    """A simulated device that signs consecutive windows with a real P-256 key."""
+
+    signer: SoftwareSigner = field(default_factory=SoftwareSigner.generate)
+    next_seq: int = 0
+    next_window: int = 0
+    prev: bytes = GENESIS_PREV
+    t_ns: int = 1_700_000_000_000_000_000
+
+    def public_pem(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_der_public_key(self.signer.public_key_der())
+        return key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+
+    def window(
+        self, n: int = 5, *, gaps: tuple[Gap, ...] = (), skip: int = 0
+    ) -> tuple[bytes, list[bytes], list[Reading]]:
+        """Sign the next window of ``n`` readings; ``skip`` seqs are lost before it."""
+        self.next_seq += skip
+        rs = []
+        for _ in range(n):
+            self.t_ns += 1_000_000
+            rs.append(Reading(self.next_seq, self.t_ns, "flow", 10.0 + self.next_seq % 7, "m3/h"))
+            self.next_seq += 1
+        leaves = [encode_leaf(r) for r in rs]
+        mp = MicroProof(
+            window=self.next_window,
+            first_seq=rs[0].seq,
+            last_seq=rs[-1].seq,
+            first_ts_ns=rs[0].ts_ns,
+            last_ts_ns=rs[-1].ts_ns,
+            count=n,
+            root=merkle.root([leaf_hash(x) for x in leaves]),
+            prev=self.prev,
+            stats=compute_stats(rs),
+            gaps=gaps,
+        )
+        cose = sign_microproof(mp, self.signer, iat=self.t_ns // 10**9)
+        self.prev = chain_hash(cose)
+        self.next_window += 1
+        return cose, leaves, rs
+
+
+def body(*proofs: tuple[bytes, list[bytes]]) -> bytes:
+    return cbor2.dumps({"proofs": [{"cose": c, "leaves": leaves} for c, leaves in proofs]})

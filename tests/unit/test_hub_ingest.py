@@ -1,0 +1,234 @@
+"""The hub's ingest refuses every broken link and keeps what it already accepted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cbor2
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from attestation import load_anchors, receipt_from_json, report_receipt
+from attestation.microproof import Gap
+from cloud_sync.app import create_app
+from cloud_sync.settings import HubSettings
+from tests.hubkit import Device, body
+
+CBOR = {"content-type": "application/cbor"}
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[tuple[TestClient, HubSettings]]:
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True)
+    with TestClient(create_app(s), raise_server_exceptions=False) as client:
+        yield client, s
+
+
+def _register(client: TestClient, s: HubSettings, dev: Device) -> str:
+    r = client.post(
+        "/v1/devices",
+        json={"public_key_pem": dev.public_pem(), "key_kind": "software", "name": "gw-1"},
+        headers={"authorization": f"Bearer {s.admin_token}"},
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["utid"])
+
+
+def _post(client: TestClient, content: bytes) -> tuple[int, dict[str, object]]:
+    r = client.post("/v1/proofs", content=content, headers=CBOR)
+    return r.status_code, r.json()
+
+
+def test_accepts_a_chain_and_serves_receipts_that_verify(
+    hub: tuple[TestClient, HubSettings], tmp_path: Path
+) -> None:
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    w0, w1 = dev.window(4)[:2], dev.window(3)[:2]
+    status, doc = _post(client, body(w0, w1))
+    assert status == 200
+    assert [r["status"] for r in doc["results"]] == ["accepted", "accepted"]  # type: ignore[index,union-attr]
+    rc = client.get(f"/v1/devices/{utid}/readings/5/receipt").json()
+    verdict = report_receipt(receipt_from_json(rc), load_anchors([s.data_dir / "fleet-ca.pem"]))
+    assert verdict.valid, verdict.error
+    assert verdict.key_kind == "software"
+
+
+def test_a_retry_of_the_same_proof_is_a_duplicate_not_a_second_copy(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    client, s = hub
+    dev = Device()
+    _register(client, s, dev)
+    w0 = dev.window(3)[:2]
+    assert _post(client, body(w0))[0] == 200
+    status, doc = _post(client, body(w0))
+    assert status == 200
+    assert doc["results"][0]["status"] == "duplicate"  # type: ignore[index]
+    assert client.get("/healthz").json()["readings"] == 3
+
+
+def test_unknown_device_is_refused(hub: tuple[TestClient, HubSettings]) -> None:
+    client, _ = hub
+    status, doc = _post(client, body(Device().window(2)[:2]))
+    assert (status, doc["error"]) == (403, "unknown_device")
+
+
+def test_a_proof_signed_by_another_key_is_refused(hub: tuple[TestClient, HubSettings]) -> None:
+    client, s = hub
+    dev, thief = Device(), Device()
+    _register(client, s, dev)
+    cose, leaves, _ = thief.window(2)
+    # splice the enrolled device's kid into the thief's proof: the signature cannot match
+    forged = cose.replace(dev_kid(thief), dev_kid(dev))
+    status, doc = _post(client, body((forged, leaves)))
+    assert status in (400, 401)
+    assert doc["error"] in ("bad_signature", "malformed_proof")
+
+
+def dev_kid(d: Device) -> bytes:
+    from attestation.utid import utid_bytes
+
+    return utid_bytes(d.signer.public_key_der())
+
+
+def test_reordered_windows_are_refused_with_the_expected_window(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    client, s = hub
+    dev = Device()
+    _register(client, s, dev)
+    w0, w1 = dev.window(2)[:2], dev.window(2)[:2]
+    status, doc = _post(client, body(w1))
+    assert (status, doc["error"], doc["expected_window"]) == (409, "out_of_order", 0)
+    assert _post(client, body(w0, w1))[0] == 200
+
+
+def test_a_fork_is_refused_and_the_first_branch_stays(hub: tuple[TestClient, HubSettings]) -> None:
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    w0 = dev.window(2)[:2]
+    saved = (dev.next_seq, dev.next_window, dev.prev, dev.t_ns)
+    w1 = dev.window(2)[:2]
+    dev.next_seq, dev.next_window, dev.prev, dev.t_ns = saved
+    dev.t_ns += 7  # same prev, different content
+    w1_fork = dev.window(2)[:2]
+    assert _post(client, body(w0, w1))[0] == 200
+    status, doc = _post(client, body(w1_fork))
+    assert (status, doc["error"]) == (409, "fork")
+    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 2
+
+
+def test_a_seq_hole_needs_a_gap_record(hub: tuple[TestClient, HubSettings]) -> None:
+    client, s = hub
+    dev = Device()
+    _register(client, s, dev)
+    assert _post(client, body(dev.window(2)[:2]))[0] == 200
+    saved = (dev.next_seq, dev.next_window, dev.prev, dev.t_ns)
+    status, doc = _post(client, body(dev.window(2, skip=3)[:2]))
+    assert (status, doc["error"]) == (422, "seq_gap")
+    dev.next_seq, dev.next_window, dev.prev, dev.t_ns = saved
+    covered = dev.window(2, skip=3, gaps=(Gap(2, 4, "agent restart"),))[:2]
+    assert _post(client, body(covered))[0] == 200
+
+
+def test_leaves_that_do_not_hash_to_the_signed_root_are_refused(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    client, s = hub
+    dev = Device()
+    _register(client, s, dev)
+    cose, leaves, _ = dev.window(3)
+    swapped = [leaves[0], leaves[0], leaves[2]]
+    status, doc = _post(client, body((cose, swapped)))
+    assert status == 422
+    assert doc["error"] in ("bad_leaf", "root_mismatch")
+    status, doc = _post(client, body((cose, leaves[:2])))
+    assert (status, doc["error"]) == (422, "leaf_count")
+
+
+def test_a_refused_proof_keeps_the_accepted_ones_before_it(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    w0 = dev.window(2)[:2]
+    cose1, leaves1, _ = dev.window(2)
+    status, doc = _post(client, body(w0, (cose1, leaves1[:1])))
+    assert (status, doc["index"]) == (422, 1)
+    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 1
+
+
+def test_oversized_and_wrongly_typed_bodies_get_4xx(tmp_path: Path) -> None:
+    from cloud_sync.settings import HubLimits
+
+    s = HubSettings.create(
+        tmp_path / "h", allow_software_keys=True, limits=HubLimits(max_body_bytes=1000)
+    )
+    with TestClient(create_app(s), raise_server_exceptions=False) as client:
+        assert _post(client, b"\x00" * 5000)[0] == 413
+        r = client.post("/v1/proofs", content=b"{}", headers={"content-type": "application/json"})
+        assert r.status_code == 415
+        import zstandard
+
+        bomb = zstandard.ZstdCompressor().compress(b"\x00" * (80 << 20))
+        r = client.post("/v1/proofs", content=bomb, headers={**CBOR, "content-encoding": "zstd"})
+        assert r.status_code == 413
+
+
+def test_registration_needs_the_admin_token(hub: tuple[TestClient, HubSettings]) -> None:
+    client, _ = hub
+    r = client.post(
+        "/v1/devices",
+        json={"public_key_pem": Device().public_pem(), "key_kind": "software", "name": "x"},
+    )
+    assert r.status_code == 401
+
+
+def test_software_keys_are_refused_by_default(tmp_path: Path) -> None:
+    s = HubSettings.create(tmp_path / "strict")
+    with TestClient(create_app(s), raise_server_exceptions=False) as client:
+        r = client.post(
+            "/v1/devices",
+            json={"public_key_pem": Device().public_pem(), "key_kind": "software", "name": "x"},
+            headers={"authorization": f"Bearer {s.admin_token}"},
+        )
+        assert (r.status_code, r.json()["error"]) == (403, "software_key_refused")
+
+
+_hostile = st.one_of(
+    st.binary(max_size=300),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.binary(max_size=40) | st.text(max_size=10),
+        lambda kids: (
+            st.lists(kids, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(["proofs", "cose", "leaves", "x"]) | st.text(max_size=5),
+                kids,
+                max_size=4,
+            )
+        ),
+        max_leaves=12,
+    ).map(cbor2.dumps),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(_hostile)
+def test_hostile_bodies_get_4xx_json_and_change_nothing(
+    hub: tuple[TestClient, HubSettings], data: bytes
+) -> None:
+    client, _s = hub
+    before = client.get("/healthz").json()
+    r = client.post("/v1/proofs", content=data, headers=CBOR)
+    assert 400 <= r.status_code < 500, r.text
+    assert "error" in r.json()
+    assert client.get("/healthz").json() == before
