@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "verify": "factoryops.verify_cmd:verify",
     "bench": "factoryops.bench:bench",
     "hub": "cloud_sync.cli:hub",
+    "agent": "agent.cli:agent",
 }
 
 

@@ -1,0 +1,56 @@
+"""Errors of the edge agent: one root with a ``hint``, and the specific failures.
+
+Peer failures (``DeviceRefused``, ``DeviceTimeout``) are counted per signal and never stop
+the other signals; configuration errors name the key, the file and the line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "ConfigError",
+    "DeviceRefused",
+    "DeviceTimeout",
+    "SpoolError",
+    "UplinkRefused",
+]
+
+
+class AgentError(Exception):
+    """Root of every error raised by ``agent``; carries a fix-it ``hint``."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        if hint:
+            self.hint = hint
+
+
+class ConfigError(AgentError):
+    """A configuration value that is missing, of the wrong type or out of range."""
+
+    def __init__(self, path: str, key: str, line: int | None, message: str) -> None:
+        where = f"{path}:{line}" if line else path
+        super().__init__(
+            f"{where}: {key}: {message}",
+            hint="fix the value, then run `factoryops agent check-config FILE`",
+        )
+        self.key = key
+        self.line = line
+
+
+class SpoolError(AgentError):
+    """The local spool cannot be opened or written."""
+
+
+class DeviceRefused(AgentError):
+    """A field device answered with an exception response (e.g. Modbus illegal address)."""
+
+
+class DeviceTimeout(AgentError):
+    """A field device did not answer in time."""
+
+
+class UplinkRefused(AgentError):
+    """The hub refused a proof for a reason that retrying cannot fix."""
