@@ -113,7 +113,8 @@ class AgentRuntime:
                 if uplink is not None and self.uplink is not None:
                     uplink.cancel()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.uplink.drain(), 10)
+                        async with asyncio.timeout(10):
+                            await self.uplink.drain()
         finally:
             await self._spool_call(self.spool.close)
             self._spool_pool.shutdown()
@@ -150,7 +151,8 @@ class AgentRuntime:
     async def _collect(self) -> None:
         while True:
             try:
-                samples = await asyncio.wait_for(self._queue.get(), 0.05)
+                async with asyncio.timeout(0.05):  # not wait_for: see uplink.py
+                    samples = await self._queue.get()
             except TimeoutError:
                 self._take(self.builder.tick(self.clock()))
                 continue

@@ -79,8 +79,11 @@ class Uplink:
                 )
                 if not items:
                     self.wake.clear()
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                    # cancellation that races with the event (cpython gh-86296)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), self.idle_poll_s)
+                        async with asyncio.timeout(self.idle_poll_s):
+                            await self.wake.wait()
                     continue
                 try:
                     await self._send(client, items)

@@ -101,7 +101,7 @@ def _print_verdict(v: Verdict) -> None:
         click.echo(f"  signed by {v.utid}{kind}; checked: {', '.join(v.checked)}")
     else:
         click.secho(f"INVALID  {what}", fg="red")
-        click.echo(f"  broken link: {v.link}: {v.error}")
+        click.echo(f"  broken link: {v.error}")
         if v.hint:
             click.echo(f"  hint: {v.hint}")
     for note in v.notes:
