@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "bench": "factoryops.bench:bench",
     "hub": "cloud_sync.cli:hub",
     "agent": "agent.cli:agent",
+    "demo": "factoryops.demo:demo",
 }
 
 
