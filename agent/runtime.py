@@ -109,6 +109,8 @@ class AgentRuntime:
                 await self._drain_queue()
                 self._take(self.builder.flush())
                 await self._seal_pending()
+                # everything acquired is committed: a clean stop leaves no gap record
+                await self._spool_call(self.spool.release)
                 sealer.cancel()
                 if uplink is not None and self.uplink is not None:
                     uplink.cancel()

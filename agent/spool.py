@@ -145,6 +145,10 @@ class Spool:
         self._db.execute("UPDATE state SET reserved_seq = ?", (mark,))
         return mark
 
+    def release(self) -> None:
+        """Clean shutdown: no seq beyond the last committed one is in use any more."""
+        self._db.execute("UPDATE state SET reserved_seq = next_seq")
+
     def commit(self, sealed: SealedWindow, *, now_ns: int) -> None:
         """Readings, micro-proof, outbox row and new chain state: one transaction, fsynced."""
         rs = sealed.window.readings
