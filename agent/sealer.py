@@ -5,6 +5,7 @@ Pure except for the one ``signer.sign`` call, which the runtime runs off the eve
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,10 +13,12 @@ from agent.scoring import WindowScores
 from agent.window import ClosedWindow
 from attestation import merkle
 from attestation.microproof import Gap, MicroProof, chain_hash, compute_stats, sign_microproof
-from attestation.reading import encode_leaf, leaf_hash
+from attestation.reading import encode_leaf
 from attestation.signers.base import Signer
 
 __all__ = ["SealedWindow", "seal"]
+
+_sha256 = hashlib.sha256
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +45,16 @@ def seal(
     scores: WindowScores | None = None,
 ) -> SealedWindow:
     rs = window.readings
-    leaves = tuple(encode_leaf(r) for r in rs)
+    stamps = [r.ts_ns for r in rs]
+    leaves = tuple(map(encode_leaf, rs))
     mp = MicroProof(
         window=index,
         first_seq=rs[0].seq,
         last_seq=rs[-1].seq,
-        first_ts_ns=min(r.ts_ns for r in rs),
-        last_ts_ns=max(r.ts_ns for r in rs),
+        first_ts_ns=min(stamps),
+        last_ts_ns=max(stamps),
         count=len(rs),
-        root=merkle.root([leaf_hash(x) for x in leaves]),
+        root=merkle.root([_sha256(b"\x00" + x).digest() for x in leaves]),  # RFC 9162 leaf
         prev=prev,
         model=scores.model if scores else None,
         anomaly=scores.anomaly if scores else None,

@@ -120,23 +120,24 @@ class MicroProof:
 
 
 def compute_stats(readings: Iterable[Reading]) -> dict[str, SignalStats]:
-    """Per-signal Welford statistics over finite values (NaN readings are skipped)."""
-    acc: dict[str, list[float]] = {}
+    """Per-signal count, mean, M2 (sum of squared deviations), min, max; NaN is skipped.
+
+    Two passes per signal over plain lists (builtins do the loops): as exact as Welford's
+    running form and several times faster for whole windows.
+    """
+    by_signal: dict[str, list[float]] = {}
     for r in readings:
         x = r.value
-        if math.isnan(x):
-            continue
-        a = acc.get(r.signal)
-        if a is None:
-            acc[r.signal] = [1.0, x, 0.0, x, x]
-            continue
-        a[0] += 1
-        delta = x - a[1]
-        a[1] += delta / a[0]
-        a[2] += delta * (x - a[1])
-        a[3] = min(a[3], x)
-        a[4] = max(a[4], x)
-    return {s: SignalStats(int(a[0]), a[1], a[2], a[3], a[4]) for s, a in sorted(acc.items())}
+        if x == x:  # noqa: PLR0124 - false only for NaN
+            by_signal.setdefault(r.signal, []).append(x)
+    out: dict[str, SignalStats] = {}
+    for signal in sorted(by_signal):
+        xs = by_signal[signal]
+        n = len(xs)
+        mean = math.fsum(xs) / n
+        m2 = math.fsum([(x - mean) * (x - mean) for x in xs])
+        out[signal] = SignalStats(n, mean, m2, min(xs), max(xs))
+    return out
 
 
 def encode_payload(mp: MicroProof) -> bytes:

@@ -8,7 +8,6 @@ The leaf is the map ``{1: seq, 2: ts_ns, 3: signal, 4: value, 5: unit, 6: qualit
 from __future__ import annotations
 
 import hashlib
-import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -93,43 +92,69 @@ _unpack_e = struct.Struct(">e").unpack
 _unpack_f = struct.Struct(">f").unpack
 
 
+_pack_d = struct.Struct(">d").pack
+
+
 def _float(x: float) -> bytes:
     """Shortest IEEE 754 form that keeps the value exactly (RFC 8949 §4.2.2)."""
-    if math.isnan(x):
-        return _NAN
+    # Sensor values rarely fit a float32 exactly, so test that first: one pack for most.
+    try:
+        single = _pack_f(x)
+    except OverflowError:
+        return b"\xfb" + _pack_d(x)
+    if _unpack_f(single)[0] != x:
+        return _NAN if x != x else b"\xfb" + _pack_d(x)  # noqa: PLR0124 - NaN test
     try:
         half = _pack_e(x)
         if _unpack_e(half)[0] == x:
             return b"\xf9" + half
     except OverflowError:
         pass
-    try:
-        single = _pack_f(x)
-        if _unpack_f(single)[0] == x:
-            return b"\xfa" + single
-    except OverflowError:
-        pass
-    return b"\xfb" + struct.pack(">d", x)
+    return b"\xfa" + single
+
+
+_TEXT_CACHE: dict[str, bytes] = {}
+_TEXT_CACHE_MAX = 4096  # signal names and units repeat; bound the memo all the same
+
+
+def _text_cached(s: str) -> bytes:
+    b = _TEXT_CACHE.get(s)
+    if b is None:
+        b = _text(s)
+        if len(_TEXT_CACHE) < _TEXT_CACHE_MAX:
+            _TEXT_CACHE[s] = b
+    return b
+
+
+# Hot-path heads: map header, key 1 + seq, key 2 + ts_ns (a uint64), key 3 — packed at once
+# for the two seq sizes a running device spends nearly all its life in.
+_HEAD_SEQ16 = struct.Struct(">HBHHQB")  # a6 01 19 <seq u16> 02 1b <ts u64> 03
+_HEAD_SEQ32 = struct.Struct(">HBIHQB")  # a6 01 1a <seq u32> 02 1b <ts u64> 03
 
 
 def encode_leaf(r: Reading) -> bytes:
     """Deterministic CBOR bytes of ``r``; ``value`` is always a CBOR float."""
-    return b"".join(
+    seq, ts, v = r.seq, r.ts_ns, float(r.value)
+    # most sensor values need all 64 bits: settle that with one float32 round trip
+    try:
+        wide = _unpack_f(_pack_f(v))[0] != v and v == v  # noqa: PLR0124 - NaN is not wide
+    except OverflowError:
+        wide = True
+    tail = b"".join(
         (
-            b"\xa6\x01",
-            _int(r.seq),
-            b"\x02",
-            _int(r.ts_ns),
-            b"\x03",
-            _text(r.signal),
-            b"\x04",
-            _float(float(r.value)),
+            _text_cached(r.signal),
+            b"\x04\xfb" + _pack_d(v) if wide else b"\x04" + _float(v),
             b"\x05",
-            _text(r.unit),
-            b"\x06",
-            _int(r.quality),
+            _text_cached(r.unit),
+            b"\x06\x00" if r.quality == 0 else b"\x06" + _int(r.quality),
         )
     )
+    if 0x100000000 <= ts < 0x10000000000000000:
+        if 0x10000 <= seq < 0x100000000:
+            return _HEAD_SEQ32.pack(0xA601, 0x1A, seq, 0x021B, ts, 0x03) + tail
+        if 0x100 <= seq < 0x10000:
+            return _HEAD_SEQ16.pack(0xA601, 0x19, seq, 0x021B, ts, 0x03) + tail
+    return b"".join((b"\xa6\x01", _int(seq), b"\x02", _int(ts), b"\x03", tail))
 
 
 def leaf_hash(leaf: bytes) -> bytes:

@@ -13,7 +13,9 @@ import click
 __all__ = ["BENCHMARKS", "bench"]
 
 # subcommand -> module in benchmarks/ holding `command`
-BENCHMARKS: dict[str, str] = {}
+BENCHMARKS: dict[str, str] = {
+    "pipeline": "benchmarks.pipeline",
+}
 
 
 class _BenchGroup(click.Group):

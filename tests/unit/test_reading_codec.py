@@ -69,3 +69,11 @@ def test_decode_names_the_bad_field() -> None:
     long_signal = cbor2.dumps({1: 1, 2: 2, 3: "x" * 500, 4: 1.0, 5: "u", 6: 0}, canonical=True)
     with pytest.raises(MalformedInput, match=r"leaf\.signal"):
         decode_leaf(long_signal)
+
+
+@pytest.mark.parametrize("seq", [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1])
+@pytest.mark.parametrize("ts_ns", [-(2**63), -1, 0, 2**32 - 1, 2**32, 1_760_000_000 * 10**9])
+def test_every_integer_width_of_seq_and_timestamp_matches_cbor2(seq: int, ts_ns: int) -> None:
+    for value in (0.5, 0.1, 1e300, float("inf"), -0.0):
+        r = Reading(seq, ts_ns, "Pressure", value, "bar", 0)
+        assert encode_leaf(r) == _reference(r)
