@@ -213,7 +213,9 @@ def parse_config(text: str, path: str = "<config>", *, base_dir: Path | None = N
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(path, "<toml>", getattr(err, "lineno", None), str(err)) from err
+        # 3.11's TOMLDecodeError has no lineno attribute; its message says "(at line N, ...)"
+        m = re.search(r"at line (\d+)", str(err))
+        raise ConfigError(path, "<toml>", int(m.group(1)) if m else None, str(err)) from err
     known = {"device", "hub", "window", "spool", "modbus", "metrics", *CONNECTOR_PARSERS}
     _no_unknown(doc, root, known)
     base = base_dir or Path(path).resolve().parent
