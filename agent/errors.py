@@ -6,6 +6,8 @@ the other signals; configuration errors name the key, the file and the line.
 
 from __future__ import annotations
 
+from attestation.errors import Fixable
+
 __all__ = [
     "AgentError",
     "ConfigError",
@@ -16,15 +18,8 @@ __all__ = [
 ]
 
 
-class AgentError(Exception):
-    """Root of every error raised by ``agent``; carries a fix-it ``hint``."""
-
-    hint: str = ""
-
-    def __init__(self, message: str, *, hint: str = "") -> None:
-        super().__init__(message)
-        if hint:
-            self.hint = hint
+class AgentError(Fixable):
+    """Root of every error raised by ``agent``."""
 
 
 class ConfigError(AgentError):

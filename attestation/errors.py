@@ -10,14 +10,18 @@ from __future__ import annotations
 __all__ = [
     "AttestationError",
     "BrokenLink",
+    "Fixable",
     "KeyFileError",
     "MalformedInput",
     "UnsupportedAlgorithm",
 ]
 
 
-class AttestationError(Exception):
-    """Root of every error raised by ``attestation``; carries a fix-it ``hint``."""
+class Fixable(Exception):
+    """Base of every package's root error: a message plus a ``hint`` saying how to fix it.
+
+    The CLI catches ``Fixable`` once, prints message and hint, and exits non-zero.
+    """
 
     hint: str = ""
 
@@ -25,6 +29,10 @@ class AttestationError(Exception):
         super().__init__(message)
         if hint:
             self.hint = hint
+
+
+class AttestationError(Fixable):
+    """Root of every error raised by ``attestation``."""
 
 
 class MalformedInput(AttestationError):

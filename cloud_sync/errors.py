@@ -8,18 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from attestation.errors import Fixable
+
 __all__ = ["ApiError", "HubError"]
 
 
-class HubError(Exception):
-    """Root of every error raised by ``cloud_sync``; carries a fix-it ``hint``."""
-
-    hint: str = ""
-
-    def __init__(self, message: str, *, hint: str = "") -> None:
-        super().__init__(message)
-        if hint:
-            self.hint = hint
+class HubError(Fixable):
+    """Root of every error raised by ``cloud_sync``."""
 
 
 class ApiError(HubError):

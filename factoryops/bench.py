@@ -1,38 +1,24 @@
 """``factoryops bench``: mounts each benchmark module's click command.
 
-A benchmark module in ``benchmarks/`` exposes ``command`` (a click command); it prints
+A benchmark module in ``benchmarks/`` exposes a click command; it prints
 a rich table and, as its very last line, one JSON object of figures.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import click
+
+from factoryops.lazy import LazyGroup
 
 __all__ = ["BENCHMARKS", "bench"]
 
-# subcommand -> module in benchmarks/ holding `command`
+# subcommand -> "module:attribute" of its click command
 BENCHMARKS: dict[str, str] = {
-    "pipeline": "benchmarks.pipeline",
+    "pipeline": "benchmarks.pipeline:command",
 }
 
 
-class _BenchGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(BENCHMARKS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        module = BENCHMARKS.get(cmd_name)
-        if module is None:
-            return None
-        command = importlib.import_module(module).command
-        if not isinstance(command, click.Command):
-            raise TypeError(f"{module}.command is not a click command")
-        return command
-
-
-@click.group(cls=_BenchGroup)
+@click.group(cls=LazyGroup, targets=BENCHMARKS)
 def bench() -> None:
     """Measure speed against a baseline run in the same process.
 

@@ -6,12 +6,14 @@ turns them into a message, a hint and a non-zero exit (``--debug`` re-raises).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from typing import Any
 
 import click
+
+from attestation.errors import Fixable
+from factoryops.lazy import LazyGroup
 
 __all__ = ["main"]
 
@@ -26,22 +28,9 @@ COMMANDS: dict[str, str] = {
 }
 
 
-class _LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
-            return None
-        module, _, attr = target.partition(":")
-        command = getattr(importlib.import_module(module), attr)
-        if not isinstance(command, click.Command):
-            raise TypeError(f"{target} is not a click command")
-        return command
-
-
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, targets=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.pass_context
@@ -59,29 +48,11 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _root_errors() -> tuple[type[BaseException], ...]:
-    """The root error of each package that is importable (each carries a ``hint``)."""
-    roots: list[type[BaseException]] = []
-    for module, name in (
-        ("attestation.errors", "AttestationError"),
-        ("agent.errors", "AgentError"),
-        ("cloud_sync.errors", "HubError"),
-        ("provisioning.errors", "ProvisioningError"),
-        ("models_onnx.errors", "ModelError"),
-        ("hil_tests.errors", "HilError"),
-    ):
-        try:
-            roots.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(roots)
-
-
 def main(argv: list[str] | None = None) -> Any:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         return cli.main(args=argv, prog_name="factoryops", standalone_mode=True)
-    except _root_errors() as err:
+    except Fixable as err:
         if debug:
             raise
         click.secho(f"error: {err}", fg="red", err=True)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
+from attestation.errors import Fixable
+
 __all__ = ["HilError"]
 
 
-class HilError(Exception):
-    """Root of every error raised by ``hil_tests``; carries a fix-it ``hint``."""
-
-    hint: str = ""
-
-    def __init__(self, message: str, *, hint: str = "") -> None:
-        super().__init__(message)
-        if hint:
-            self.hint = hint
+class HilError(Fixable):
+    """Root of every error raised by ``hil_tests``."""
