@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "hub": "cloud_sync.cli:hub",
     "agent": "agent.cli:agent",
     "demo": "factoryops.demo:demo",
+    "sim": "hil_tests.cli:sim",
 }
 
 
