@@ -20,8 +20,11 @@ def _files(tmp: Path) -> tuple[Path, Path]:
     receipt.write_text(build_receipt(rs, 2, cose).dumps())
     key = tmp / "device.pem"
     pub = serialization.load_der_public_key(dev.signer.public_key_der())
-    key.write_bytes(pub.public_bytes(serialization.Encoding.PEM,
-                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    key.write_bytes(
+        pub.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return receipt, key
 
 
