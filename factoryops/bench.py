@@ -15,6 +15,7 @@ __all__ = ["BENCHMARKS", "bench"]
 # subcommand -> "module:attribute" of its click command
 BENCHMARKS: dict[str, str] = {
     "pipeline": "benchmarks.pipeline:command",
+    "sign": "benchmarks.sign:command",
 }
 
 

@@ -23,10 +23,12 @@ from agent.cli import make_signer
 from agent.config import AgentConfig, parse_config
 from agent.runtime import AgentRuntime, connectors_from_config
 from agent.uplink import register_device
+from attestation.errors import Fixable
 from attestation.signers.base import Signer
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from hil_tests.modbus_server import PlantServer, agent_modbus_section
+from provisioning.swtpm import SwtpmProcess, swtpm_available
 
 __all__ = ["demo"]
 
@@ -60,6 +62,41 @@ def _agent_config(workdir: Path, hub_url: str, modbus_port: int) -> AgentConfig:
     return parse_config(text, str(path), base_dir=path.parent)
 
 
+def _signer(
+    workdir: Path, cfg: AgentConfig, console: Console
+) -> tuple[Signer, SwtpmProcess | None]:
+    """A key in a SIMULATED TPM (swtpm) when swtpm is installed, else a software key."""
+    if swtpm_available():
+        tpm = SwtpmProcess(workdir / "swtpm")
+        try:
+            from attestation.signers.tpm import TpmSigner  # noqa: PLC0415 - optional extra
+
+            tpm.start()
+            signer = TpmSigner.open(tpm.tcti)
+        except (ImportError, Fixable) as err:
+            tpm.stop()
+            console.print(
+                f"[yellow]swtpm is installed but unusable ({err}); "
+                "falling back to a software key[/yellow]"
+            )
+        else:
+            console.print(
+                f"[bold]signing key[/bold] P-256 key in a SIMULATED TPM (swtpm, "
+                f"{tpm.tcti}, persistent handle {signer.handle:#x})"
+            )
+            return signer, tpm
+    else:
+        console.print(
+            "[yellow]swtpm is not installed (apt install swtpm): falling back to a "
+            "software key[/yellow]"
+        )
+    console.print(
+        f"[yellow]signing key: software P-256 key ({cfg.device.key_file}) — "
+        "development only, not a TPM[/yellow]"
+    )
+    return make_signer(cfg.device), None
+
+
 def _status_table(hub_url: str, status: dict[str, int], elapsed: float) -> Table:
     t = Table(title=f"FactoryOps demo — hub {hub_url}  ({elapsed:,.0f} s)", show_header=False)
     t.add_row("readings acquired", f"{status['readings']:,}")
@@ -74,6 +111,7 @@ async def _run(
     workdir: Path, duration: float | None, replay: Path | None, port: int, console: Console
 ) -> int:
     hub = HubServer(HubSettings.create(workdir / "hub", allow_software_keys=True), port=port)
+    tpm: SwtpmProcess | None = None
     await asyncio.to_thread(hub.start)
     console.print(f"[bold]hub[/bold] {hub.url}  (web view: {hub.url}/)")
     stop = asyncio.Event()
@@ -85,11 +123,7 @@ async def _run(
             what = f"replaying {replay}" if replay else "simulated pump (physics model)"
             console.print(f"[bold]plant[/bold] Modbus TCP 127.0.0.1:{plant.port} — {what}")
             cfg = _agent_config(workdir, hub.url, plant.port)
-            signer: Signer = make_signer(cfg.device)
-            console.print(
-                "[yellow]signing key: software P-256 key "
-                f"({cfg.device.key_file}) — development only, not a TPM[/yellow]"
-            )
+            signer, tpm = await asyncio.to_thread(_signer, workdir, cfg, console)
             utid = await asyncio.to_thread(
                 register_device,
                 hub.url,
@@ -121,6 +155,8 @@ async def _run(
         return await asyncio.to_thread(_write_receipt, hub, utid, workdir, console)
     finally:
         await asyncio.to_thread(hub.stop)
+        if tpm is not None:
+            tpm.stop()
 
 
 def _write_receipt(hub: HubServer, utid: str, workdir: Path, console: Console) -> int:

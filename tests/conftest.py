@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from provisioning.swtpm import SwtpmProcess, swtpm_available
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -71,3 +74,17 @@ def mqtt_port() -> int:
 def nats_url() -> str:
     require_port(4222, "NATS")
     return "nats://127.0.0.1:4222"
+
+
+@pytest.fixture(scope="session")
+def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwtpmProcess]:
+    """A SIMULATED TPM 2.0 (one swtpm process per test session)."""
+    if not swtpm_available():
+        missing("swtpm is not installed (apt install swtpm swtpm-tools)")
+    try:
+        import tpm2_pytss  # noqa: F401
+    except ImportError:
+        missing("tpm2-pytss is not installed (needs libtss2-dev; uv sync --extra tpm)")
+    proc = SwtpmProcess(Path(tmp_path_factory.mktemp("swtpm"))).start()
+    yield proc
+    proc.stop()

@@ -1,0 +1,109 @@
+"""A SIMULATED TPM for tests and the demo: one ``swtpm socket`` process on free ports.
+
+``SwtpmProcess(state_dir).start()`` gives ``.tcti`` for ``TpmSigner.open``; ``restart()``
+power-cycles it (TPM Reset: resetCount changes), keeping its state and persistent keys.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provisioning.errors import ProvisioningError
+
+__all__ = ["SwtpmProcess", "swtpm_available"]
+
+
+def swtpm_available() -> bool:
+    return shutil.which("swtpm") is not None
+
+
+def _free_port_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+        if port < 65535:
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise ProvisioningError("no two adjacent free ports for swtpm")
+
+
+@dataclass
+class SwtpmProcess:
+    state_dir: Path
+    port: int = 0
+    startup_timeout_s: float = 10.0
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def tcti(self) -> str:
+        return f"swtpm:host=127.0.0.1,port={self.port}"
+
+    def start(self) -> SwtpmProcess:
+        exe = shutil.which("swtpm")
+        if exe is None:
+            raise ProvisioningError("swtpm is not installed", hint="apt install swtpm swtpm-tools")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = _free_port_pair()
+        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [
+                exe,
+                "socket",
+                "--tpm2",
+                "--server",
+                f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+                "--ctrl",
+                f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+                "--tpmstate",
+                f"dir={self.state_dir}",
+                "--flags",
+                "not-need-init,startup-clear",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                raise ProvisioningError(f"swtpm exited at start: {err.strip()[:300]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise ProvisioningError(f"swtpm did not listen on port {self.port}")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            if self._proc.stderr:
+                self._proc.stderr.close()
+            self._proc = None
+
+    def restart(self) -> None:
+        """Power-cycle the simulated TPM (a TPM Reset on the next startup)."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> SwtpmProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,92 @@
+"""The TPM signer against a real swtpm process (a SIMULATED TPM 2.0)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from agent.sealer import seal
+from agent.window import ClosedWindow
+from attestation import TrustAnchors, build_receipt, parse_microproof, report_receipt
+from attestation.microproof import GENESIS_PREV
+from attestation.reading import Reading
+from provisioning.swtpm import SwtpmProcess
+
+pytestmark = pytest.mark.tpm
+
+
+def test_the_key_is_created_once_and_persists_across_opens(swtpm: SwtpmProcess) -> None:
+    from attestation.signers.tpm import TpmSigner
+
+    first = TpmSigner.open(swtpm.tcti)
+    der = first.public_key_der()
+    first.close()
+    again = TpmSigner.open(swtpm.tcti, create=False)
+    assert again.public_key_der() == der
+    again.close()
+
+
+def test_a_tpm_signature_verifies_with_cryptography_and_in_a_receipt(
+    swtpm: SwtpmProcess,
+) -> None:
+    from attestation.signers.tpm import TpmSigner
+
+    signer = TpmSigner.open(swtpm.tcti)
+    try:
+        sig = signer.sign(b"to be signed")
+        pub = serialization.load_der_public_key(signer.public_key_der())
+        assert isinstance(pub, ec.EllipticCurvePublicKey)
+        der_sig = utils.encode_dss_signature(
+            int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+        )
+        pub.verify(
+            der_sig,
+            hashlib.sha256(b"to be signed").digest(),
+            ec.ECDSA(utils.Prehashed(hashes.SHA256())),
+        )
+        rs = tuple(Reading(i, 100 + i, "Pressure", 2.0 + i, "bar") for i in range(5))
+        sealed = seal(ClosedWindow(rs), index=0, prev=GENESIS_PREV, signer=signer, iat=1)
+        clock = parse_microproof(sealed.cose).proof.tpm_clock
+        assert clock is not None
+        assert clock.clock > 0
+        verdict = report_receipt(
+            build_receipt(list(rs), 3, sealed.cose), TrustAnchors(device_keys=(pub,))
+        )
+        assert verdict.valid, verdict.error
+    finally:
+        signer.close()
+
+
+def test_a_tpm_restart_shows_in_the_clock_of_later_proofs(
+    tmp_path_factory: pytest.TempPathFactory, swtpm: SwtpmProcess
+) -> None:
+    from attestation.signers.tpm import TpmSigner
+
+    own = SwtpmProcess(tmp_path_factory.mktemp("restart")).start()
+    try:
+        before = TpmSigner.open(own.tcti)
+        c1 = before.clock()
+        before.close()
+        own.restart()
+        after = TpmSigner.open(own.tcti, create=False)  # the persistent key survived
+        c2 = after.clock()
+        after.close()
+        assert c1 is not None
+        assert c2 is not None
+        assert (c2.reset_count, c2.restart_count) != (c1.reset_count, c1.restart_count)
+    finally:
+        own.stop()
+
+
+def test_no_tpm_gives_a_clear_error_with_a_fix(swtpm: SwtpmProcess) -> None:
+    from attestation.signers.tpm import TpmError, TpmSigner
+
+    with pytest.raises(TpmError) as err:
+        TpmSigner.open("swtpm:host=127.0.0.1,port=1")
+    assert "no TPM answers" in str(err.value)
+    assert "software" in err.value.hint
+    with pytest.raises(TpmError, match="TCTI"):
+        TpmSigner.open("/dev/tpm0")
