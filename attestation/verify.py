@@ -29,6 +29,7 @@ from attestation import merkle
 from attestation.certs import verify_device_certificate
 from attestation.cose import PublicKey
 from attestation.errors import AttestationError, BrokenLink, MalformedInput
+from attestation.logreceipt import check_log
 from attestation.microproof import (
     GENESIS_PREV,
     SignedMicroProof,
@@ -198,12 +199,19 @@ def verify_receipt(
     except BrokenLink as err:
         raise BrokenLink("root", f"{err}; the reading or its inclusion path was altered") from err
     progress.checked.append("root")
-    if receipt.log_receipt is not None or receipt.checkpoint is not None:  # (7) log
-        if log_check is None:
-            progress.notes.append("log receipt present but not checked (no hub key pinned)")
-        else:
+    if receipt.log_receipt is not None:  # (7) log
+        if log_check is not None:
             progress.notes.append(log_check(receipt, smp, anchors))
             progress.checked.append("log")
+        elif anchors.hub_keys:
+            progress.notes.append(
+                check_log(
+                    receipt.log_receipt, receipt.checkpoint, receipt.microproof, anchors.hub_keys
+                )
+            )
+            progress.checked.append("log")
+        else:
+            progress.notes.append("log receipt present but not checked (no hub key pinned)")
     return smp
 
 

@@ -6,6 +6,8 @@ and importing this module starts nothing.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import datetime as dt
 import hmac
 import time
@@ -17,9 +19,9 @@ import cbor2
 import zstandard
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,6 +32,7 @@ from attestation.utid import parse_utid, utid_bytes, utid_text
 from cloud_sync.errors import ApiError
 from cloud_sync.fleet_ca import FleetCA
 from cloud_sync.ingest import Ingestor, ProofUpload
+from cloud_sync.log import HubLog
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import Store
 
@@ -121,6 +124,8 @@ def create_app(
     """The hub application over ``store`` (opened from ``settings.db_url`` when None)."""
     now_ns: Clock = clock or time.time_ns
     store = store or Store.open(settings.db_url)
+    log = HubLog.open(store.engine, settings.data_dir, settings.log_origin)
+    store.on_accepted = log.append
     fleet = FleetCA.load_or_create(
         settings.data_dir, settings.fleet_name, now=dt.datetime.now(dt.UTC)
     )
@@ -254,7 +259,33 @@ def create_app(
         if index is None:
             raise ApiError(404, "unknown_reading", f"seq {seq} is not stored")
         rc = build_receipt(rows, index, window.cose, certificates=(device.certificate,))
+        logged = log.receipt(utid, window.window)
+        if logged is not None:
+            rc = dataclasses.replace(rc, log_receipt=logged[0], checkpoint=logged[1])
         return JSONResponse(rc.to_json())
+
+    @app.get("/v1/log/checkpoint", response_class=PlainTextResponse)
+    def checkpoint() -> str:
+        return log.checkpoint()[1]
+
+    @app.get("/v1/log/key")
+    def log_key() -> dict[str, str]:
+        pem = log.signer.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return {"origin": log.origin, "vkey": log.verifier.to_vkey(), "pem": pem.decode()}
+
+    @app.get("/v1/log/proof/consistency")
+    def consistency(
+        size1: int = Query(alias="from"), size2: int = Query(alias="to")
+    ) -> dict[str, Any]:
+        proof = log.consistency(size1, size2)
+        return {"from": size1, "to": size2, "proof": [base64.b64encode(h).decode() for h in proof]}
+
+    @app.get("/v1/log/proof/inclusion")
+    def inclusion(index: int, size: int) -> dict[str, Any]:
+        path = log.inclusion(index, size)
+        return {"index": index, "size": size, "path": [base64.b64encode(h).decode() for h in path]}
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request) -> HTMLResponse:

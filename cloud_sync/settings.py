@@ -33,6 +33,7 @@ class HubSettings:
     admin_token: str
     allow_software_keys: bool = False
     fleet_name: str = "FactoryOps fleet CA"
+    log_origin: str = "factoryops.local/hub-log"  # C2SP checkpoint origin and note key name
     limits: HubLimits = field(default_factory=HubLimits)
 
     @classmethod

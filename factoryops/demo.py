@@ -172,9 +172,14 @@ def _write_receipt(hub: HubServer, utid: str, workdir: Path, console: Console) -
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r.json(), indent=2) + "\n", encoding="utf-8")
     ca = workdir / "hub" / "fleet-ca.pem"
+    hub_key = workdir / "hub" / "hub-log-key.pem"
     console.print(f"\nreceipt of reading seq {seq}: {out}")
     console.print("check it offline with:\n")
-    console.print(f"  factoryops verify {out} --trust {ca}\n", highlight=False, soft_wrap=True)
+    console.print(
+        f"  factoryops verify {out} --trust {ca} --trust {hub_key}\n",
+        highlight=False,
+        soft_wrap=True,
+    )
     return 0
 
 

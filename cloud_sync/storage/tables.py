@@ -18,10 +18,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
-__all__ = ["devices", "metadata", "readings", "windows"]
+__all__ = ["devices", "log_checkpoints", "log_entries", "metadata", "readings", "windows"]
 
 metadata = MetaData()
 
@@ -76,4 +77,25 @@ readings = Table(
     Column("unit", String(32), nullable=False),
     Column("quality", BigInteger, nullable=False),
     Index("ix_readings_utid_window", "utid", "window"),
+)
+
+# The transparency log: entry i is the i-th accepted micro-proof (its exact COSE bytes live
+# in ``windows``; the log keeps the RFC 9162 leaf hash and where the entry came from).
+log_entries = Table(
+    "log_entries",
+    metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("utid", String(69), nullable=False),
+    Column("window", BigInteger, nullable=False),
+    Column("entry_hash", LargeBinary, nullable=False),
+    UniqueConstraint("utid", "window", name="uq_log_entries_utid_window"),
+)
+
+log_checkpoints = Table(
+    "log_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
 )

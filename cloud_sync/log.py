@@ -1,0 +1,128 @@
+"""The hub's append-only RFC 9162 transparency log over accepted micro-proofs.
+
+Entries are appended inside the transaction that stores each proof; checkpoints are C2SP
+signed notes and receipts are COSE receipts, both with the hub's Ed25519 log key.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import Connection, Engine, func, insert, select, text
+
+from attestation import merkle
+from attestation.logreceipt import build_log_receipt, entry_hash
+from attestation.signednote import Checkpoint, NoteVerifier, format_checkpoint, sign_note
+from attestation.signers.software import Ed25519FileSigner
+from cloud_sync.errors import ApiError
+from cloud_sync.storage.tables import log_checkpoints, log_entries
+
+__all__ = ["HubLog"]
+
+_PG_APPEND_LOCK = 0x464F4C47  # "FOLG": one advisory lock serialises appends across hubs
+
+
+@dataclass
+class HubLog:
+    engine: Engine
+    signer: Ed25519FileSigner
+    origin: str
+
+    @classmethod
+    def open(cls, engine: Engine, data_dir: Path, origin: str) -> HubLog:
+        signer = Ed25519FileSigner.load_or_create(data_dir / "hub-log.key")
+        pem = signer.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        (data_dir / "hub-log-key.pem").write_bytes(pem)
+        return cls(engine, signer, origin)
+
+    @property
+    def verifier(self) -> NoteVerifier:
+        return NoteVerifier.for_key(self.origin, self.signer.public_key())
+
+    def append(self, utid: str, window: int, cose: bytes, conn: Connection) -> None:
+        """The ``on_accepted`` hook: runs inside the transaction that stores the proof."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_APPEND_LOCK})
+        size = conn.execute(select(func.count()).select_from(log_entries)).scalar_one()
+        conn.execute(
+            insert(log_entries).values(
+                idx=size, utid=utid, window=window, entry_hash=entry_hash(cose)
+            )
+        )
+
+    def size(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(log_entries)).scalar_one())
+
+    def _hashes(self, size: int) -> list[bytes]:
+        # O(size) read; fine for a plant's log, a stored-subtree index is the scale-out step
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(log_entries.c.entry_hash)
+                .where(log_entries.c.idx < size)
+                .order_by(log_entries.c.idx)
+            ).all()
+        return [r[0] for r in rows]
+
+    def checkpoint(self) -> tuple[Checkpoint, str]:
+        """The signed checkpoint of the current tree (signed once per size, then kept)."""
+        size = self.size()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(log_checkpoints.c.root, log_checkpoints.c.note).where(
+                    log_checkpoints.c.size == size
+                )
+            ).first()
+        if row is not None:
+            return Checkpoint(self.origin, size, row[0]), row[1]
+        cp = Checkpoint(self.origin, size, merkle.root(self._hashes(size)))
+        note = sign_note(
+            format_checkpoint(cp), self.origin, self.signer.public_key(), self.signer.sign
+        )
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                select(log_checkpoints.c.size).where(log_checkpoints.c.size == size)
+            ).first()
+            if exists is None:
+                conn.execute(
+                    insert(log_checkpoints).values(
+                        size=size, root=cp.root, note=note, created_ns=time.time_ns()
+                    )
+                )
+        return cp, note
+
+    def receipt(self, utid: str, window: int) -> tuple[bytes, str] | None:
+        """COSE receipt and checkpoint note for the entry of (utid, window), if logged."""
+        with self.engine.connect() as conn:
+            idx = conn.execute(
+                select(log_entries.c.idx).where(
+                    log_entries.c.utid == utid, log_entries.c.window == window
+                )
+            ).scalar()
+        if idx is None:
+            return None
+        cp, note = self.checkpoint()
+        hashes = self._hashes(cp.size)
+        path = merkle.inclusion_path(hashes, int(idx))
+        return build_log_receipt(self.signer, cp.size, int(idx), path, cp.root), note
+
+    def consistency(self, size1: int, size2: int) -> list[bytes]:
+        current = self.size()
+        if not 0 < size1 <= size2 <= current:
+            raise ApiError(
+                422, "invalid_request", f"need 0 < from <= to <= {current}, got {size1}..{size2}"
+            )
+        return merkle.consistency_proof(self._hashes(size2), size1)
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        current = self.size()
+        if not 0 <= index < size <= current:
+            raise ApiError(
+                422, "invalid_request", f"need 0 <= index < size <= {current}, got {index}, {size}"
+            )
+        return merkle.inclusion_path(self._hashes(size), index)
