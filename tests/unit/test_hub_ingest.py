@@ -10,19 +10,28 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import create_engine
 
 from attestation import load_anchors, receipt_from_json, report_receipt
 from attestation.microproof import Gap
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
+from cloud_sync.storage.tables import metadata
 from tests.hubkit import Device, body
 
 CBOR = {"content-type": "application/cbor"}
 
 
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[tuple[TestClient, HubSettings]]:
-    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TestClient, HubSettings]]:
+    """The hub app on a fresh SQLite file, or on the local PostgreSQL with fresh tables."""
+    db_url = None
+    if request.param == "postgresql":
+        db_url = request.getfixturevalue("postgres_url")
+        engine = create_engine(db_url)
+        metadata.drop_all(engine)
+        engine.dispose()
+    s = HubSettings.create(tmp_path / "hub", db_url=db_url, allow_software_keys=True)
     with TestClient(create_app(s), raise_server_exceptions=False) as client:
         yield client, s
 
