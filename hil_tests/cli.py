@@ -66,3 +66,20 @@ async def _serve(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration):
                 await stop.wait()
+
+
+@sim.command()
+@click.option("--seconds", type=float, default=600, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def dataset(seconds: float, seed: int, out: Path) -> None:
+    """Write fault-free simulated operation as a SKAB-format CSV (for training models).
+
+    \b
+    Example:
+      factoryops sim dataset --seconds 600 --out normal.csv
+    """
+    from hil_tests.training import write_skab_csv  # noqa: PLC0415
+
+    n = write_skab_csv(out, seconds, seed=seed)
+    click.echo(f"{out}: {n} rows of simulated normal operation (seed {seed})")

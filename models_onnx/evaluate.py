@@ -1,0 +1,130 @@
+"""SKAB-protocol evaluation: per file, fit on the first 400 rows, score the rest, pool.
+
+Every CSV with an ``anomaly`` column under the folder counts (whatever its sub-folder);
+F1 of the anomaly class, FAR % = false alarms / normals, MAR % = misses / anomalies.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models_onnx.errors import ModelError
+from models_onnx.manifest import load_model
+from models_onnx.recipes import build_pca, ewma
+
+__all__ = ["FileResult", "Metrics", "evaluate_folder", "metrics", "read_labelled_csv"]
+
+TRAIN_ROWS = 400  # the SKAB outlier-detection protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    f1: float
+    far: float  # %
+    mar: float  # %
+
+    def as_json(self) -> dict[str, float]:
+        return {"f1": round(self.f1, 4), "far": round(self.far, 2), "mar": round(self.mar, 2)}
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    path: Path
+    rows: int
+    fp32: Metrics
+    int8: Metrics
+
+
+def metrics(pred: NDArray[np.bool_], truth: NDArray[np.bool_]) -> Metrics:
+    tp = int((pred & truth).sum())
+    fp = int((pred & ~truth).sum())
+    fn = int((~pred & truth).sum())
+    normals, anomalies = int((~truth).sum()), int(truth.sum())
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return Metrics(
+        f1, 100 * fp / normals if normals else 0.0, 100 * fn / anomalies if anomalies else 0.0
+    )
+
+
+def read_labelled_csv(
+    path: Path,
+) -> tuple[list[str], NDArray[np.float64], NDArray[np.bool_]] | None:
+    """Signals, values and labels of a SKAB-format CSV; None when it has no anomaly column."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh, delimiter=";"))
+    if not rows or "anomaly" not in rows[0]:
+        return None
+    header = rows[0]
+    skip = {"datetime", "anomaly", "changepoint"}
+    cols = [i for i, h in enumerate(header) if h not in skip]
+    a = header.index("anomaly")
+    try:
+        x = np.array([[float(r[i]) for i in cols] for r in rows[1:]], dtype=np.float64)
+        y = np.array([float(r[a]) > 0.5 for r in rows[1:]], dtype=np.bool_)
+    except (ValueError, IndexError) as err:
+        raise ModelError(f"{path}: unreadable row ({err})") from err
+    return [header[i] for i in cols], x, y
+
+
+def evaluate_folder(
+    folder: Path,
+    *,
+    explained: float,
+    quantile: float,
+    span: int,
+    progress: Callable[[Path], None] | None = None,
+) -> tuple[list[FileResult], Metrics, Metrics]:
+    files = sorted(p for p in folder.rglob("*.csv"))
+    results: list[FileResult] = []
+    pooled: dict[str, list[NDArray[np.bool_]]] = {"fp32": [], "int8": []}
+    truths: list[NDArray[np.bool_]] = []
+    for path in files:
+        if progress:
+            progress(path)
+        data = read_labelled_csv(path)
+        if data is None:
+            continue
+        signals, x, y = data
+        if len(x) <= TRAIN_ROWS:
+            continue
+        per: dict[str, Metrics] = {}
+        with tempfile.TemporaryDirectory() as d:
+            manifests = build_pca(
+                x[:TRAIN_ROWS],
+                signals,
+                Path(d),
+                model_id="eval",
+                explained=explained,
+                quantile=quantile,
+                smoothing_span=span,
+            )
+            for kind, manifest in zip(("fp32", "int8"), manifests, strict=True):
+                model = load_model(manifest)
+                train = ewma(
+                    model.score(x[:TRAIN_ROWS].astype(np.float32)).astype(np.float64), span
+                )
+                score = ewma(
+                    model.score(x[TRAIN_ROWS:].astype(np.float32)).astype(np.float64),
+                    span,
+                    start=float(train[-1]),
+                )
+                pred = score > model.manifest.threshold
+                pooled[kind].append(pred)
+                per[kind] = metrics(pred, y[TRAIN_ROWS:])
+        truths.append(y[TRAIN_ROWS:])
+        results.append(FileResult(path, len(x), per["fp32"], per["int8"]))
+    if not results:
+        raise ModelError(f"no CSV with an 'anomaly' column under {folder}")
+    truth = np.concatenate(truths)
+    return (
+        results,
+        metrics(np.concatenate(pooled["fp32"]), truth),
+        metrics(np.concatenate(pooled["int8"]), truth),
+    )
