@@ -77,7 +77,12 @@ def run(config_path: Path) -> None:
 async def _run(cfg: AgentConfig) -> None:
     from agent.runtime import AgentRuntime, connectors_from_config  # noqa: PLC0415
 
-    runtime = AgentRuntime(cfg, make_signer(cfg.device), connectors_from_config(cfg))
+    scorer = None
+    if cfg.model_manifest is not None:
+        from agent.inference import OnnxScorer  # noqa: PLC0415 - loads onnxruntime
+
+        scorer = OnnxScorer.open(cfg.model_manifest)
+    runtime = AgentRuntime(cfg, make_signer(cfg.device), connectors_from_config(cfg), scorer=scorer)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

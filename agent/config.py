@@ -165,6 +165,7 @@ class AgentConfig:
     modbus: tuple[ModbusDeviceConfig, ...] = ()
     metrics_port: int | None = None
     connectors: dict[str, Any] = field(default_factory=dict)  # registered sections
+    model_manifest: Path | None = None  # [model] manifest: ONNX anomaly model to score with
 
 
 # section name -> parser(list of tables or a table, Where) -> parsed value
@@ -216,7 +217,7 @@ def parse_config(text: str, path: str = "<config>", *, base_dir: Path | None = N
         # 3.11's TOMLDecodeError has no lineno attribute; its message says "(at line N, ...)"
         m = re.search(r"at line (\d+)", str(err))
         raise ConfigError(path, "<toml>", int(m.group(1)) if m else None, str(err)) from err
-    known = {"device", "hub", "window", "spool", "modbus", "metrics", *CONNECTOR_PARSERS}
+    known = {"device", "hub", "window", "spool", "modbus", "metrics", "model", *CONNECTOR_PARSERS}
     _no_unknown(doc, root, known)
     base = base_dir or Path(path).resolve().parent
     dev_t = _get(doc, root, "device", dict)
@@ -271,9 +272,21 @@ def parse_config(text: str, path: str = "<config>", *, base_dir: Path | None = N
         for name, parse in CONNECTOR_PARSERS.items()
         if name in doc
     }
+    model_t = _get(doc, root, "model", dict, {})
+    _no_unknown(model_t, root.child("model"), {"manifest"})
+    manifest = _get(model_t, root.child("model"), "manifest", str, None)
     if not modbus and not connectors:
         raise root.error("modbus", "no connector configured: add a [[modbus]] section or another")
-    return AgentConfig(device, hub, window, spool, modbus, metrics_port, connectors)
+    return AgentConfig(
+        device,
+        hub,
+        window,
+        spool,
+        modbus,
+        metrics_port,
+        connectors,
+        base / manifest if manifest else None,
+    )
 
 
 def load_config(path: Path) -> AgentConfig:

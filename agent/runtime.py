@@ -40,6 +40,8 @@ class AgentCounters:
     gap_records: int = 0
     backpressure_waits: int = 0
     last_sign_s: float = 0.0
+    anomalous_rows: int = 0  # rows whose smoothed model score passed the threshold
+    last_max_score: float = 0.0
 
 
 def connectors_from_config(config: AgentConfig) -> list[Connector]:
@@ -200,17 +202,23 @@ class AgentRuntime:
             self.counters.windows_signed += 1
             self.counters.readings_committed += len(window.readings)
             self.counters.gap_records += len(gaps)
+            if scores is not None:
+                self.counters.anomalous_rows += scores.anomaly.count
+                self.counters.last_max_score = scores.anomaly.max_score
             await self._spool_call(lambda: self.spool.shed(self.config.spool.disk_cap_bytes))
             if self.uplink is not None:
                 self.uplink.wake.set()
 
     def status(self) -> dict[str, Any]:
+        """Live counts for the demo and metrics."""
         up = self.uplink.stats if self.uplink else None
         return {
             "readings": self.counters.readings_acquired,
             "committed": self.counters.readings_committed,
             "windows_signed": self.counters.windows_signed,
             "gap_records": self.counters.gap_records,
+            "anomalous_rows": self.counters.anomalous_rows,
+            "last_max_score": round(self.counters.last_max_score, 3),
             "proofs_synced": up.synced_windows if up else 0,
             "readings_synced": up.synced_readings if up else 0,
             "uplink_failures": up.failures if up else 0,

@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from hil_tests.modbus_server import PLANT_REGISTER_MAP
 from hil_tests.plant import SIGNALS, PumpPlant
 
-__all__ = ["simulated_normal", "write_skab_csv"]
+__all__ = ["as_served", "simulated_normal", "write_skab_csv"]
+
+_SPECS = {s.signal: s for s in PLANT_REGISTER_MAP}
 
 
 def simulated_normal(
@@ -22,8 +25,24 @@ def simulated_normal(
 ) -> tuple[list[str], NDArray[np.float64]]:
     """``seconds`` of the pump with no faults, sampled every ``dt_s`` (the demo's poll rate)."""
     plant = PumpPlant(seed=seed, faults=())
-    rows = [list(plant.step(dt_s).values()) for _ in range(int(seconds / dt_s))]
+    rows = [as_served(plant.step(dt_s)) for _ in range(int(seconds / dt_s))]
     return list(SIGNALS), np.array(rows, dtype=np.float64)
+
+
+def as_served(values: dict[str, float]) -> list[float]:
+    """The values as an agent reads them over Modbus: float32, or int16 at the map's scale.
+
+    A model trained on full-precision values would see the register rounding as anomalies.
+    """
+    out = []
+    for name in SIGNALS:
+        spec = _SPECS[name]
+        v = values[name]
+        if spec.type == "int16":
+            out.append(max(-32768, min(32767, round(v / spec.scale))) * spec.scale)
+        else:
+            out.append(float(np.float32(v)))
+    return out
 
 
 def write_skab_csv(path: Path, seconds: float, *, seed: int = 7, dt_s: float = 0.1) -> int:

@@ -132,8 +132,8 @@ class ModbusConnector:
 
     async def _poll(self, client: AsyncModbusTcpClient, spans: Sequence[Span]) -> list[Sample]:
         out: list[Sample] = []
+        now = time.time_ns()  # one timestamp per poll cycle: its tags form one model row
         for span in spans:
-            now = time.time_ns()
             try:
                 regs = await self._read(client, span)
             except (DeviceRefused, DeviceTimeout) as err:
