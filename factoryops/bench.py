@@ -16,6 +16,7 @@ __all__ = ["BENCHMARKS", "bench"]
 BENCHMARKS: dict[str, str] = {
     "pipeline": "benchmarks.pipeline:command",
     "sign": "benchmarks.sign:command",
+    "inference": "benchmarks.inference:command",
 }
 
 
