@@ -56,12 +56,13 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with PlantServer(port=port, replay=replay, speed=speed, seed=seed) as srv:
+    async with PlantServer(modbus_port=port, replay=replay, speed=speed, seed=seed) as srv:
         source = f"replaying {replay}" if replay else f"pump model, seed {seed}, x{speed}"
         click.echo(f"Modbus TCP on 127.0.0.1:{srv.port} (device id 1) — {source}")
         for s in PLANT_REGISTER_MAP:
             click.echo(
-                f"  {s.table:<8} {s.address:>3}  {s.type:<8} x{s.scale:<4} {s.signal} [{s.unit}]"
+                f"  {s.table:<8} {s.address:>3}  {s.type:<8} {s.word_order:<6} "
+                f"x{s.scale:<6} {s.offset:+7.1f}  {s.signal} [{s.unit}]"
             )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration):

@@ -1,62 +1,103 @@
 """Serves the SIMULATED plant (or a SKAB replay) over Modbus TCP with pymodbus's server.
 
-Registers are refreshed from an in-memory image on every read (a pymodbus ``SimDevice``
-action); the image is updated by a task stepping the plant at ``period_s``.
+``PLANT_REGISTER_MAP`` is the register map as data; ``ModbusFace`` answers reads from the
+feed's current sample and carries the transport faults a HIL rig injects; ``PlantServer``
+is the in-process plant (feed + Modbus, optionally OPC UA and MQTT) the demo and tests use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
 from hil_tests.errors import HilError
-from hil_tests.plant import SIGNALS, PumpPlant
-from hil_tests.skab import read_skab
+from hil_tests.feed import ModelSource, PlantFeed, ReplaySource, ValueSource
+from hil_tests.plant import DEFAULT_FAULTS, SIGNALS, Fault, PumpPlant
 
-__all__ = ["PLANT_REGISTER_MAP", "PlantServer", "RegisterSpec", "agent_modbus_section"]
+__all__ = [
+    "DEVICE_ID",
+    "PLANT_REGISTER_MAP",
+    "ModbusFace",
+    "PlantServer",
+    "RegisterSpec",
+    "agent_modbus_section",
+    "decode_registers",
+    "encode_value",
+]
 
 log = logging.getLogger(__name__)
-_HOLDING, _INPUT = 3, 4  # Modbus function codes that read each table
+DEVICE_ID = 1  # the unit / device id the plant answers to
+_FC_TABLE = {3: "holding", 4: "input"}  # Modbus read function code -> table
+_INT16 = (-32768, 32767)
 
 
 @dataclass(frozen=True, slots=True)
 class RegisterSpec:
-    """Where one signal lives: table, address, type and the scaling the agent must undo."""
+    """Where one signal lives and how to turn its registers back into the value.
+
+    engineering value = raw * scale + offset (the agent's ``[[modbus.tags]]`` convention);
+    ``word_order`` "big" puts the high word first, "little" swaps the words (CDAB).
+    """
 
     signal: str
     table: str  # "holding" | "input"
-    address: int
-    type: str  # "float32" (big-endian words) | "int16"
-    scale: float  # engineering value = raw * scale
+    address: int  # 0-based protocol address, as on the wire
+    type: str  # "float32" | "int16"
+    word_order: str
+    scale: float
+    offset: float
     unit: str
 
-
-def _build_map() -> tuple[RegisterSpec, ...]:
-    specs: list[RegisterSpec] = []
-    holding = 0
-    for name, unit in SIGNALS.items():
-        if name in ("Temperature", "Thermocouple"):  # scaled integers, as many PLCs do
-            idx = 0 if name == "Temperature" else 1
-            specs.append(RegisterSpec(name, "input", idx, "int16", 0.1, unit))
-        else:
-            specs.append(RegisterSpec(name, "holding", holding, "float32", 1.0, unit))
-            holding += 2
-    return tuple(specs)
+    @property
+    def count(self) -> int:
+        return 2 if self.type == "float32" else 1
 
 
-PLANT_REGISTER_MAP: tuple[RegisterSpec, ...] = _build_map()
+# Most signals are IEEE float32 holding registers; Voltage is word-swapped (CDAB), as many
+# PLCs store floats; Current and the two temperatures are scaled int16 input registers, as
+# analogue input cards deliver them. Together they exercise every decoding path of the agent.
+PLANT_REGISTER_MAP: tuple[RegisterSpec, ...] = (
+    RegisterSpec("Accelerometer1RMS", "holding", 0, "float32", "big", 1.0, 0.0, "g"),
+    RegisterSpec("Accelerometer2RMS", "holding", 2, "float32", "big", 1.0, 0.0, "g"),
+    RegisterSpec("Pressure", "holding", 4, "float32", "big", 1.0, 0.0, "bar"),
+    RegisterSpec("Voltage", "holding", 6, "float32", "little", 1.0, 0.0, "V"),
+    RegisterSpec("Volume Flow RateRMS", "holding", 8, "float32", "big", 1.0, 0.0, "l/min"),
+    RegisterSpec("Current", "input", 0, "int16", "big", 0.001, 0.0, "A"),
+    # hundredths of a degree above -50 degC: -50..277 degC fits a signed word
+    RegisterSpec("Temperature", "input", 1, "int16", "big", 0.01, -50.0, "degC"),
+    RegisterSpec("Thermocouple", "input", 2, "int16", "big", 0.01, 0.0, "degC"),
+)
+assert {s.signal for s in PLANT_REGISTER_MAP} == set(SIGNALS), "every signal has a register"
+assert all(SIGNALS[s.signal] == s.unit for s in PLANT_REGISTER_MAP), "units match the plant"
+
+
+def encode_value(spec: RegisterSpec, value: float) -> list[int]:
+    """Value -> the registers a PLC would hold; int16 saturates at its range, as PLCs do."""
+    if spec.type == "float32":
+        words = list(struct.unpack(">HH", struct.pack(">f", value)))
+    else:
+        raw = round((value - spec.offset) / spec.scale)
+        words = [max(_INT16[0], min(_INT16[1], raw)) & 0xFFFF]
+    return words[::-1] if spec.word_order == "little" else words
+
+
+def decode_registers(spec: RegisterSpec, registers: Sequence[int]) -> float:
+    """Registers -> engineering value (the inverse of ``encode_value``, used by tests and rigs)."""
+    words = list(registers)[::-1] if spec.word_order == "little" else list(registers)
+    raw = b"".join(w.to_bytes(2, "big") for w in words)
+    number = struct.unpack(">f" if spec.type == "float32" else ">h", raw)[0]
+    return float(number) if spec.type == "float32" else number * spec.scale + spec.offset
 
 
 def agent_modbus_section(host: str, port: int, *, poll_interval_ms: int = 100) -> str:
@@ -66,7 +107,7 @@ def agent_modbus_section(host: str, port: int, *, poll_interval_ms: int = 100) -
         'name = "pump-plc"',
         f'host = "{host}"',
         f"port = {port}",
-        "device_id = 1",
+        f"device_id = {DEVICE_ID}",
         f"poll_interval_ms = {poll_interval_ms}",
         "timeout_ms = 1000",
         "",
@@ -78,126 +119,195 @@ def agent_modbus_section(host: str, port: int, *, poll_interval_ms: int = 100) -
             f'table = "{s.table}"',
             f"address = {s.address}",
             f'type = "{s.type}"',
+            f'word_order = "{s.word_order}"',
             f"scale = {s.scale}",
+            f"offset = {s.offset}",
             f'unit = "{s.unit}"',
             "",
         ]
     return "\n".join(lines)
 
 
-def _encode(spec: RegisterSpec, value: float) -> list[int]:
-    if spec.type == "float32":
-        hi, lo = struct.unpack(">HH", struct.pack(">f", value))
-        return [hi, lo]
-    raw = max(-32768, min(32767, round(value / spec.scale)))
-    return [raw & 0xFFFF]
+def _table_size(table: str) -> int:
+    return max(s.address + s.count for s in PLANT_REGISTER_MAP if s.table == table)
+
+
+@dataclass
+class ModbusFace:
+    """A pymodbus TCP server answering reads from ``feed``'s current sample.
+
+    Transport faults for HIL rigs: ``delay_s`` holds every answer back, ``exception``
+    answers every read with that Modbus exception code, ``stop()``/``start()`` drop and
+    restore the listener on the same port (open connections are closed, as a power cut would).
+    """
+
+    feed: PlantFeed
+    host: str = "127.0.0.1"
+    port: int = 0
+    delay_s: float = 0.0
+    exception: ExcCodes | None = None
+    reads: int = 0  # requests answered with data, for rigs and tests
+    _server: ModbusTcpServer | None = field(default=None, repr=False)
+    _image_step: int = field(default=-1, repr=False)
+    _image: dict[str, list[int]] = field(default_factory=dict, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise HilError("the Modbus server is already running")
+        device = SimDevice(
+            id=DEVICE_ID,
+            simdata=(
+                [SimData(0, count=1, datatype=DataType.BITS)],
+                [SimData(0, count=1, datatype=DataType.BITS)],
+                [SimData(0, count=_table_size("holding"), datatype=DataType.REGISTERS)],
+                [SimData(0, count=_table_size("input"), datatype=DataType.REGISTERS)],
+            ),
+            action=self._on_access,
+        )
+        server = ModbusTcpServer(device, address=(self.host, self.port))
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as err:  # pymodbus reports a failed bind this way
+            raise HilError(
+                f"cannot listen for Modbus on {self.host}:{self.port}",
+                hint="pick another --modbus-port, or 0 for any free port",
+            ) from err
+        # with port 0 the OS chose one; keep it so a restart after a drop reuses it
+        listener = server.transport
+        if not isinstance(listener, asyncio.Server):  # pymodbus's TCP listener always is
+            await server.shutdown()  # type: ignore[no-untyped-call]
+            raise HilError(f"pymodbus returned a {type(listener).__name__} listener")
+        self.port = int(listener.sockets[0].getsockname()[1])
+        self._server = server
+        log.info("Modbus server on %s:%d (device id %d)", self.host, self.port, DEVICE_ID)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus is untyped here
+
+    async def drop_for(self, seconds: float) -> None:
+        """Stop listening for ``seconds`` (a PLC reboot or a pulled cable), then come back."""
+        await self.stop()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            await self.start()
+
+    def _refresh_image(self) -> dict[str, list[int]]:
+        sample = self.feed.sample
+        if sample.step != self._image_step:
+            image = {t: [0] * _table_size(t) for t in ("holding", "input")}
+            for spec in PLANT_REGISTER_MAP:
+                regs = encode_value(spec, sample.values[spec.signal])
+                image[spec.table][spec.address : spec.address + spec.count] = regs
+            self._image, self._image_step = image, sample.step
+        return self._image
+
+    async def _on_access(
+        self,
+        fc: int,
+        start: int,
+        _address: int,
+        _count: int,
+        regs: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        # pymodbus passes the whole block (``regs[0]`` is address ``start``); filling it
+        # from the image answers this request and any other in the same block
+        if self.delay_s > 0:
+            await asyncio.sleep(self.delay_s)
+        if self.exception is not None:
+            return ExcCodes(self.exception)  # a rig may set a plain int
+        if set_values is not None:  # the plant's image is read-only
+            return ExcCodes.ILLEGAL_FUNCTION
+        table = _FC_TABLE.get(fc)
+        if table is not None:
+            src = self._refresh_image()[table]
+            n = min(len(regs), len(src) - start)
+            regs[:n] = src[start : start + n]
+            self.reads += 1
+        return None
 
 
 @dataclass
 class PlantServer:
-    """``async with PlantServer(port=0) as srv:`` serves the plant on 127.0.0.1:srv.port.
+    """``async with PlantServer() as srv:`` runs the plant inside the caller's event loop.
 
-    ``replay`` serves a SKAB CSV's rows in order (looping) instead of the physics model.
-    ``speed`` multiplies simulated time (10 = ten plant seconds per wall second).
+    Serves Modbus TCP on ``srv.port`` (``modbus_port=0`` picks a free port), and also
+    OPC UA when ``opcua_port`` is set and MQTT when ``mqtt_url`` is set. ``replay`` serves a
+    SKAB CSV (looping) instead of the model; ``speed`` is plant seconds per wall second.
     """
 
-    port: int = 0
+    modbus_port: int = 0
     host: str = "127.0.0.1"
+    opcua_port: int | None = None
+    mqtt_url: str | None = None
     period_s: float = 0.1
     speed: float = 1.0
     seed: int = 0
+    faults: Sequence[Fault] = DEFAULT_FAULTS
     replay: Path | None = None
-    plant: PumpPlant | None = None
-    values: dict[str, float] = field(default_factory=dict)
-    steps: int = 0
-    _image: dict[int, list[int]] = field(
-        default_factory=lambda: {_HOLDING: [0] * 64, _INPUT: [0] * 16}
-    )
-    _server: ModbusTcpServer | None = None
-    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    _rows: Iterator[dict[str, float]] | None = None
+    source: ValueSource | None = None  # overrides seed/faults/replay when given
+    feed: PlantFeed = field(init=False)
+    modbus: ModbusFace = field(init=False)
+    faces: list[Any] = field(init=False, default_factory=list)  # the OPC UA / MQTT faces
+    _stack: contextlib.AsyncExitStack | None = field(default=None, repr=False)
+
+    @property
+    def port(self) -> int:
+        """The Modbus TCP port actually listening."""
+        return self.modbus.port
+
+    @property
+    def values(self) -> dict[str, float]:
+        """The values every face serves right now."""
+        return dict(self.feed.sample.values)
+
+    def describe(self) -> str:
+        return self.feed.source.describe()
 
     async def __aenter__(self) -> PlantServer:
-        if self._server is not None:
+        if self._stack is not None:
             raise HilError("PlantServer is already running")
-        if self.port == 0:
-            with socket.socket() as s:
-                s.bind((self.host, 0))
-                self.port = s.getsockname()[1]
-        if self.replay is not None:
-            rows = [r.values for r in read_skab(self.replay)]
-            if not rows:
-                raise HilError(f"{self.replay} has no rows to replay")
-            self._rows = itertools.cycle(rows)
-        elif self.plant is None:
-            self.plant = PumpPlant(seed=self.seed)
-        self._update()
-        device = SimDevice(
-            id=1,
-            simdata=(
-                [SimData(0, count=1, datatype=DataType.BITS)],
-                [SimData(0, count=1, datatype=DataType.BITS)],
-                [
-                    SimData(
-                        0, count=len(self._image[_HOLDING]), values=0, datatype=DataType.REGISTERS
-                    )
-                ],
-                [SimData(0, count=len(self._image[_INPUT]), values=0, datatype=DataType.REGISTERS)],
-            ),
-            action=self._on_access,
-        )
-        self._server = ModbusTcpServer(device, address=(self.host, self.port))
-        self._tasks = [
-            asyncio.create_task(self._server.serve_forever(), name=f"modbus-server:{self.port}"),
-            asyncio.create_task(self._run_plant(), name="plant"),
-        ]
-        await self._wait_listening()
+        if self.source is None:
+            self.source = (
+                ReplaySource.from_file(self.replay)
+                if self.replay is not None
+                else ModelSource(PumpPlant(seed=self.seed, faults=self.faults))
+            )
+        self.feed = PlantFeed(self.source, period_s=self.period_s, speed=self.speed)
+        self.modbus = ModbusFace(self.feed, self.host, self.modbus_port)
+        async with contextlib.AsyncExitStack() as stack:
+            await self.modbus.start()
+            stack.push_async_callback(self.modbus.stop)
+            if self.opcua_port is not None:
+                from hil_tests.opcua_server import OpcUaFace  # noqa: PLC0415 - asyncua is heavy
+
+                opcua = OpcUaFace(self.feed, self.host, self.opcua_port)
+                self.faces.append(await stack.enter_async_context(opcua))
+            if self.mqtt_url is not None:
+                from hil_tests.mqtt_publisher import MqttFace  # noqa: PLC0415
+
+                mqtt = MqttFace(self.feed, self.mqtt_url)
+                self.faces.append(await stack.enter_async_context(mqtt))
+            # the clock starts once every face is up (asyncua's init blocks the loop a while)
+            task = asyncio.create_task(self.feed.run(), name="plant-feed")
+            stack.push_async_callback(_cancel, task)
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for t in self._tasks:
-            t.cancel()
-        if self._server is not None:
-            await self._server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus is untyped here
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._server = None
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
 
-    async def _wait_listening(self) -> None:
-        for _ in range(100):
-            try:
-                _, w = await asyncio.open_connection(self.host, self.port)
-            except OSError:
-                await asyncio.sleep(0.02)
-                continue
-            w.close()
-            await w.wait_closed()
-            return
-        raise HilError(f"Modbus server did not start on {self.host}:{self.port}")
 
-    async def _on_access(
-        self, fc: int, start: int, _address: int, _count: int, regs: list[int], _set: Any
-    ) -> None:
-        src = self._image.get(fc)
-        if src is not None:
-            for i in range(len(regs)):
-                if start + i < len(src):
-                    regs[i] = src[start + i]
-
-    async def _run_plant(self) -> None:
-        while True:
-            await asyncio.sleep(self.period_s)
-            self._update()
-
-    def _update(self) -> None:
-        if self._rows is not None:
-            self.values = dict(next(self._rows))
-        else:
-            assert self.plant is not None
-            self.values = self.plant.step(self.period_s * self.speed)
-        self.steps += 1
-        for spec in PLANT_REGISTER_MAP:
-            fc = _HOLDING if spec.table == "holding" else _INPUT
-            regs = _encode(spec, self.values[spec.signal])
-            self._image[fc][spec.address : spec.address + len(regs)] = regs
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
