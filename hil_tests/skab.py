@@ -59,20 +59,31 @@ def read_skab(path: Path, limits: SkabLimits | None = None) -> Iterator[SkabRow]
         lines = _bounded_lines(fh, path, lim)
         reader = csv.reader(lines, delimiter=";")
         try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise SkabFormatError(f"{path}:1: the file is empty", hint=_HINT) from None
+            first = next(reader, None)
+        except csv.Error as err:
+            raise SkabFormatError(f"{path}:1: {err}", hint=_HINT) from err
+        if first is None:
+            raise SkabFormatError(f"{path}:1: the file is empty", hint=_HINT)
+        header = [h.strip() for h in first]
         missing = [s for s in ("datetime", *SIGNALS) if s not in header]
         if missing:
             raise SkabFormatError(f"{path}:1: missing columns {missing}", hint=_HINT)
         col = {name: i for i, name in enumerate(header)}
-        for n, row in enumerate(reader, start=1):
-            line = n + 1
+        n = 0
+        while True:
+            try:
+                row = next(reader, None)
+            except csv.Error as err:  # e.g. a NUL byte: not text a CSV reader accepts
+                raise SkabFormatError(f"{path}:{reader.line_num}: {err}", hint=_HINT) from err
+            if row is None:
+                return
+            n += 1
             if n > lim.max_rows:
                 raise SkabFormatError(
-                    f"{path}:{line}: more than {lim.max_rows} rows (SkabLimits.max_rows)"
+                    f"{path}:{reader.line_num}: more than {lim.max_rows} rows (SkabLimits.max_rows)"
                 )
-            yield _parse_row(path, line, row, header, col)
+            # line_num counts physical lines, so a quoted newline cannot shift the number
+            yield _parse_row(path, reader.line_num, row, header, col)
 
 
 def _bounded_lines(fh: Iterator[str], path: Path, lim: SkabLimits) -> Iterator[str]:
