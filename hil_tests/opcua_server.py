@@ -40,14 +40,15 @@ class OpcUaFace:
     """``async with OpcUaFace(feed, port=0) as ua_srv:`` serves ``ua_srv.url``.
 
     ``nodeids`` maps each signal to its NodeId string, for a client config or a test.
-    ``writes`` counts feed samples written, so a caller can wait for fresh values.
+    ``written_step`` is the feed step last written; ``wait_written(step)`` waits for it.
     """
 
     feed: PlantFeed
     host: str = "127.0.0.1"
     port: int = 0
     nodeids: dict[str, str] = field(default_factory=dict)
-    writes: int = 0
+    written_step: int = 0
+    _written: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
     _server: Server | None = field(default=None, repr=False)
     _nodes: dict[str, ua.NodeId] = field(default_factory=dict, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -116,4 +117,11 @@ class OpcUaFace:
                 SourceTimestamp=stamp,
             )
             await server.write_attribute_value(nodeid, dv)
-        self.writes += 1
+        async with self._written:
+            self.written_step = sample.step
+            self._written.notify_all()
+
+    async def wait_written(self, step: int) -> None:
+        """Return once feed step ``step`` (or a later one) is readable over OPC UA."""
+        async with self._written:
+            await self._written.wait_for(lambda: self.written_step >= step)

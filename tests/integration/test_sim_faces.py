@@ -1,0 +1,58 @@
+"""The SIMULATED plant's OPC UA and MQTT faces, read by real peers on loopback.
+
+An asyncua client reads the asyncua server; an aiomqtt subscriber reads what the publisher
+sends through the local Mosquitto. The plant is a simulation; servers, broker and clients
+are the real libraries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiomqtt
+import pytest
+from asyncua import Client
+
+from hil_tests.feed import FeedLimits
+from hil_tests.modbus_server import PlantServer
+from hil_tests.mqtt_publisher import MqttFace
+from hil_tests.opcua_server import OpcUaFace
+from hil_tests.plant import SIGNALS
+
+STILL = FeedLimits().max_period_s  # the test steps the plant with tick()
+WAIT_S = 10.0  # upper bound on waiting for a face to publish a tick; never asserted on
+
+
+async def test_an_opcua_client_reads_every_signal_as_the_plant_serves_it() -> None:
+    async with PlantServer(period_s=STILL, opcua_port=0) as srv:
+        (face,) = srv.faces
+        assert isinstance(face, OpcUaFace)
+        async with Client(face.url, timeout=WAIT_S) as client:
+            for _ in range(2):
+                nodes = [client.get_node(face.nodeids[name]) for name in SIGNALS]
+                values = await client.read_values(nodes)
+                assert dict(zip(SIGNALS, values, strict=True)) == srv.values
+                step = srv.feed.tick().step
+                async with asyncio.timeout(WAIT_S):
+                    await face.wait_written(step)
+
+
+@pytest.mark.services
+async def test_an_mqtt_subscriber_gets_each_sample_as_json(mqtt_port: int) -> None:
+    url = f"mqtt://127.0.0.1:{mqtt_port}/factoryops-test/sim-{id(object()):x}"
+    async with PlantServer(period_s=STILL, mqtt_url=url) as srv:
+        (face,) = srv.faces
+        assert isinstance(face, MqttFace)
+        async with aiomqtt.Client("127.0.0.1", mqtt_port, timeout=WAIT_S) as sub:
+            await sub.subscribe(face.target.topic, qos=1)
+            srv.feed.tick()
+            want = srv.feed.sample
+            async with asyncio.timeout(WAIT_S):
+                async for message in sub.messages:
+                    doc = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    if doc["step"] == want.step:
+                        break
+        assert doc["values"] == dict(want.values)
+        assert doc["units"] == dict(SIGNALS)
+        assert doc["simulated"] is True
