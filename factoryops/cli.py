@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "agent": "agent.cli:agent",
     "demo": "factoryops.demo:demo",
     "sim": "hil_tests.cli:sim",
+    "hil": "hil_tests.cli:hil",
     "model": "models_onnx.cli:model",
 }
 

@@ -1,69 +1,129 @@
-"""``factoryops sim``: serve the SIMULATED pump plant (or a SKAB replay) over Modbus TCP."""
+"""``factoryops sim`` and ``factoryops hil``: serve the SIMULATED plant, and run HIL rigs.
+
+``sim plant`` serves the pump model (or a SKAB replay) over Modbus TCP, optionally OPC UA and
+MQTT; ``hil run`` runs a rig file's faults against it and judges its expectations.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
 
+from hil_tests.errors import RigFailed
 from hil_tests.modbus_server import PLANT_REGISTER_MAP, PlantServer
+from hil_tests.plant import DEFAULT_FAULTS, SENSOR_FAULTS, Fault
 
-__all__ = ["sim"]
+__all__ = ["hil", "sim"]
 
 
 @click.group()
 def sim() -> None:
-    """Simulated plants for demos, tests and HIL rigs (simulations, not real equipment)."""
+    """Simulated plants for demos, tests and HIL rigs (simulations, not real equipment).
+
+    \b
+    Example:
+      factoryops sim plant --modbus-port 5020 --opcua-port 4840
+    """
+
+
+def _faults(spec: str) -> tuple[Fault, ...]:
+    if spec == "default":
+        return DEFAULT_FAULTS
+    if spec == "none":
+        return ()
+    from hil_tests.rig import load_faults  # noqa: PLC0415 - only when a file is given
+
+    return load_faults(Path(spec))
 
 
 @sim.command()
-@click.option("--modbus-port", type=int, default=5020, show_default=True)
+@click.option("--modbus-port", type=int, default=5020, show_default=True, help="0 = any free.")
+@click.option("--opcua-port", type=int, default=None, help="Also serve OPC UA (0 = any free).")
+@click.option(
+    "--mqtt", "mqtt_url", default=None, help="Also publish to mqtt://host[:port][/prefix]."
+)
 @click.option(
     "--replay",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Serve a SKAB-format CSV (looping) instead of the model.",
+    help="Serve a SKAB-format CSV (looping, at its timestamps' pace) instead of the model.",
 )
 @click.option(
-    "--speed",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Plant seconds per wall-clock second.",
+    "--speed", type=float, default=1.0, show_default=True, help="Plant seconds per wall second."
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--duration", type=float, default=None, help="Stop after S seconds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed of the model.")
+@click.option(
+    "--faults",
+    "faults_spec",
+    default="default",
+    show_default=True,
+    help="default | none | FILE of [[fault]] tables (see docs/plant.md).",
+)
+@click.option("--period", type=float, default=0.1, show_default=True, help="Update every S.")
+@click.option("--duration", type=float, default=None, help="Stop after S wall seconds.")
 def plant(
-    modbus_port: int, replay: Path | None, speed: float, seed: int, duration: float | None
+    modbus_port: int,
+    opcua_port: int | None,
+    mqtt_url: str | None,
+    replay: Path | None,
+    speed: float,
+    seed: int,
+    faults_spec: str,
+    period: float,
+    duration: float | None,
 ) -> None:
-    """Serve the pump plant on 127.0.0.1 until Ctrl-C; prints the register map.
+    """Serve the SIMULATED pump plant on 127.0.0.1 until Ctrl-C; prints what it serves.
 
     \b
     Examples:
       factoryops sim plant --modbus-port 5020
+      factoryops sim plant --opcua-port 4840 --mqtt mqtt://127.0.0.1:1883
       factoryops sim plant --replay ../shared/datasets/skab/valve1/0.csv
+      factoryops sim plant --faults none --speed 10 --duration 60
     """
-    asyncio.run(_serve(modbus_port, replay, speed, seed, duration))
+    server = PlantServer(
+        modbus_port=modbus_port,
+        opcua_port=opcua_port,
+        mqtt_url=mqtt_url,
+        period_s=period,
+        speed=speed,
+        seed=seed,
+        faults=_faults(faults_spec),
+        replay=replay,
+    )
+    asyncio.run(_serve(server, duration))
 
 
-async def _serve(
-    port: int, replay: Path | None, speed: float, seed: int, duration: float | None
-) -> None:
+async def _serve(server: PlantServer, duration: float | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with PlantServer(modbus_port=port, replay=replay, speed=speed, seed=seed) as srv:
-        source = f"replaying {replay}" if replay else f"pump model, seed {seed}, x{speed}"
-        click.echo(f"Modbus TCP on 127.0.0.1:{srv.port} (device id 1) — {source}")
+    async with server as srv:
+        click.echo(f"SIMULATED plant: {srv.describe()}, x{srv.speed} speed")
+        click.echo(f"Modbus TCP  127.0.0.1:{srv.port}  device id 1")
         for s in PLANT_REGISTER_MAP:
             click.echo(
                 f"  {s.table:<8} {s.address:>3}  {s.type:<8} {s.word_order:<6} "
                 f"x{s.scale:<6} {s.offset:+7.1f}  {s.signal} [{s.unit}]"
             )
+        for face in srv.faces:
+            click.echo(face.describe())
+        if srv.replay is None:
+            for f in srv.faults:
+                where = f" on {f.signal}" if f.kind in SENSOR_FAULTS else ""
+                click.echo(
+                    f"fault       {f.kind}{where} at {f.start_s:g} s for {f.duration_s:g} s, "
+                    f"severity {f.severity:g}"
+                )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration):
                 await stop.wait()
@@ -84,3 +144,51 @@ def dataset(seconds: float, seed: int, out: Path) -> None:
 
     n = write_skab_csv(out, seconds, seed=seed)
     click.echo(f"{out}: {n} rows of simulated normal operation (seed {seed})")
+
+
+@click.group()
+def hil() -> None:
+    """Hardware-in-the-loop rigs: scheduled plant and transport faults, judged expectations.
+
+    \b
+    Example:
+      factoryops hil run hil_tests/rigs/pump_faults.toml
+    """
+
+
+@hil.command()
+@click.argument("rig_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def run(rig_file: Path) -> None:
+    """Run RIG_FILE against the SIMULATED plant; exit 1 if any expectation fails.
+
+    \b
+    Example:
+      factoryops hil run hil_tests/rigs/pump_faults.toml
+    """
+    from hil_tests.rig import load_rig  # noqa: PLC0415
+    from hil_tests.rig_runner import run_rig  # noqa: PLC0415
+
+    rig = load_rig(rig_file)
+    console = Console()
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[t]}")
+    ) as bar:
+        task = bar.add_task(f"rig {rig_file.name}", total=rig.plant.duration_s, t="")
+
+        def progress(done: float, total: float) -> None:
+            bar.update(task, completed=done, t=f"{done:,.0f}/{total:,.0f} plant s")
+
+        report = asyncio.run(run_rig(rig, progress))
+    table = Table(title=f"{rig_file}: {report.reads} probe reads, {report.failed_reads} failed")
+    table.add_column("expectation")
+    table.add_column("result")
+    table.add_column("detail")
+    for v in report.verdicts:
+        table.add_row(v.name, "[green]pass[/green]" if v.passed else "[red]FAIL[/red]", v.detail)
+    console.print(table)
+    failed: Sequence[str] = [v.name for v in report.verdicts if not v.passed]
+    if failed:
+        raise RigFailed(
+            f"{len(failed)} of {len(report.verdicts)} expectations failed: {', '.join(failed)}",
+            hint="read the detail column; rerun with -v for the probe's log",
+        )

@@ -222,7 +222,7 @@ class ModbusFace:
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)
         if self.exception is not None:
-            return ExcCodes(self.exception)  # a rig may set a plain int
+            return ExcCodes(self.exception)  # a caller may have set a plain int
         if set_values is not None:  # the plant's image is read-only
             return ExcCodes.ILLEGAL_FUNCTION
         table = _FC_TABLE.get(fc)

@@ -101,6 +101,9 @@ class MqttFace:
         log.info("publishing the plant to mqtt://%s:%d/%s", *self._where())
         return self
 
+    def describe(self) -> str:
+        return f"MQTT        {self.url}  topic {self.target.topic} (JSON, QoS 1)"
+
     def _where(self) -> tuple[str, int, str]:
         return self.target.host, self.target.port, self.target.topic
 

@@ -57,6 +57,10 @@ class OpcUaFace:
     def url(self) -> str:
         return f"opc.tcp://{self.host}:{self.port}{_PATH}"
 
+    def describe(self) -> str:
+        some = self.nodeids.get("Pressure", "")
+        return f"OPC UA      {self.url}  Double variables, e.g. {some}"
+
     async def __aenter__(self) -> OpcUaFace:
         if self._server is not None:
             raise HilError("the OPC UA server is already running")
