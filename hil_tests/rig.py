@@ -253,7 +253,7 @@ def load_rig(path: Path, limits: RigLimits | None = None) -> Rig:
     root = _Where(path, "")
     _no_unknown(doc, root, {"plant", "probe", "fault", "transport", "expect"})
     plant = _plant(_get(doc, root, "plant", dict, {}), root.child("plant"), lim)
-    base = DEFAULT_FAULTS if plant[1] == "default" else ()
+    faults = (DEFAULT_FAULTS if plant[1] == "default" else ()) + parse_faults(doc, path, lim)
     probe_t = _get(doc, root, "probe", dict, {})
     w = root.child("probe")
     _no_unknown(probe_t, w, {"poll_ms", "timeout_ms"})
@@ -271,7 +271,7 @@ def load_rig(path: Path, limits: RigLimits | None = None) -> Rig:
     )
     if not expectations:
         raise root.child("expect").error("a rig needs at least one [[expect]] table")
-    return Rig(path, plant[0], probe, base + parse_faults(doc, path, lim), transport, expectations)
+    return Rig(path, plant[0], probe, faults, transport, expectations)
 
 
 def _positive_int(t: Mapping[str, Any], w: _Where, key: str, default: int, hi: int) -> int:

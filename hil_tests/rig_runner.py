@@ -138,9 +138,14 @@ async def _read_once(client: AsyncModbusTcpClient, t_s: float, limit_s: float) -
                 rr = await read(0, count=size, device_id=DEVICE_ID)
                 if rr.isError():
                     return Observation(t_s, False, exception_code=int(rr.exception_code))
+                if len(rr.registers) != size:
+                    # a late answer to an earlier, timed-out request: never decode it as this one
+                    raise ModbusException(f"{len(rr.registers)} registers, expected {size}")
                 tables[table] = list(rr.registers)
     except (ModbusException, OSError, TimeoutError) as err:
         log.debug("probe read at %.1f s failed: %s", t_s, err)
+        # a fresh connection next time, so stale answers in flight are dropped with this one
+        client.close()
         return Observation(t_s, False)
     values = {
         s.signal: decode_registers(s, tables[s.table][s.address : s.address + s.count])
