@@ -1,5 +1,11 @@
-"""hil_tests: the SIMULATED pump plant, its protocol servers, and fault-injection rigs."""
+"""hil_tests: the SIMULATED pump plant, its protocol servers, and fault-injection rigs.
 
-from hil_tests.errors import HilError
+Public API by module (kept out of this file so ``import hil_tests.plant`` stays light):
+``plant`` (PumpPlant, Fault, FaultKind, DEFAULT_FAULTS, SIGNALS), ``skab`` (read_skab),
+``modbus_server`` (PlantServer, PLANT_REGISTER_MAP, agent_modbus_section), ``feed``,
+``opcua_server`` (OpcUaFace), ``mqtt_publisher`` (MqttFace), ``rig`` / ``rig_runner``.
+"""
 
-__all__ = ["HilError"]
+from hil_tests.errors import HilError, RigError, RigFailed, SkabFormatError
+
+__all__ = ["HilError", "RigError", "RigFailed", "SkabFormatError"]
