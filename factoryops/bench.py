@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "pipeline": "benchmarks.pipeline:command",
     "sign": "benchmarks.sign:command",
     "inference": "benchmarks.inference:command",
+    "modbus": "benchmarks.modbus:command",
 }
 
 

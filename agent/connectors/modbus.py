@@ -23,7 +23,14 @@ from agent.config import ModbusDeviceConfig, ModbusTag
 from agent.connectors.base import Emit, Sample
 from agent.errors import DeviceRefused, DeviceTimeout
 
-__all__ = ["MAX_REGISTERS_PER_READ", "ModbusConnector", "Span", "decode", "plan_spans"]
+__all__ = [
+    "MAX_REGISTERS_PER_READ",
+    "ModbusConnector",
+    "Span",
+    "decode",
+    "one_request_per_tag",
+    "plan_spans",
+]
 
 log = logging.getLogger(__name__)
 MAX_REGISTERS_PER_READ = 125  # Modbus Application Protocol v1.1b3 §6.3: 1..125 registers
@@ -71,6 +78,11 @@ def plan_spans(
     return spans
 
 
+def one_request_per_tag(tags: Sequence[ModbusTag]) -> list[Span]:
+    """The naive plan (what most gateways do): a read per tag. The benchmark's baseline."""
+    return [Span(t.table, t.address, t.count, (t,)) for t in tags]
+
+
 def decode(registers: Sequence[int], tag: ModbusTag) -> float:
     """Registers -> engineering value: word and byte order, type, then scale and offset."""
     words = list(registers)
@@ -116,7 +128,7 @@ class ModbusConnector:
                 attempt = 0
                 next_poll = time.monotonic()
                 while True:
-                    await emit(await self._poll(client, spans))
+                    await emit(await self.poll_once(client, spans))
                     self.polls += 1
                     next_poll += interval
                     await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
@@ -130,7 +142,8 @@ class ModbusConnector:
             finally:
                 client.close()
 
-    async def _poll(self, client: AsyncModbusTcpClient, spans: Sequence[Span]) -> list[Sample]:
+    async def poll_once(self, client: AsyncModbusTcpClient, spans: Sequence[Span]) -> list[Sample]:
+        """Read every span once; a refused or timed-out span is counted per tag and skipped."""
         out: list[Sample] = []
         now = time.time_ns()  # one timestamp per poll cycle: its tags form one model row
         for span in spans:

@@ -118,3 +118,14 @@ async def test_a_dead_device_is_retried_without_crashing_the_connector() -> None
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_one_dead_slave_does_not_slow_the_healthy_devices() -> None:
+    from benchmarks.modbus import FleetServer, SilentPeer, healthy_poll_rates
+
+    tags = (ModbusTag("a", 0), ModbusTag("b", 4))
+    async with FleetServer(3) as fleet, SilentPeer() as dead:
+        without = await healthy_poll_rates(fleet.port, 3, tags, 2.0, None)
+        with_dead = await healthy_poll_rates(fleet.port, 3, tags, 2.0, dead.port)
+    assert without > 0
+    assert with_dead / without >= 0.9  # the bound: healthy rates within 10 %
