@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from hil_tests.modbus_server import PLANT_REGISTER_MAP
+from hil_tests.modbus_server import PLANT_REGISTER_MAP, decode_registers, encode_value
 from hil_tests.plant import SIGNALS, PumpPlant
 
 __all__ = ["as_served", "simulated_normal", "write_skab_csv"]
 
-_SPECS = {s.signal: s for s in PLANT_REGISTER_MAP}
+# the map's specs in SIGNALS order, the column order of the models
+_ORDERED = [next(s for s in PLANT_REGISTER_MAP if s.signal == name) for name in SIGNALS]
 
 
 def simulated_normal(
@@ -30,19 +31,11 @@ def simulated_normal(
 
 
 def as_served(values: dict[str, float]) -> list[float]:
-    """The values as an agent reads them over Modbus: float32, or int16 at the map's scale.
+    """The values as an agent reads them over Modbus: through the register map and back.
 
     A model trained on full-precision values would see the register rounding as anomalies.
     """
-    out = []
-    for name in SIGNALS:
-        spec = _SPECS[name]
-        v = values[name]
-        if spec.type == "int16":
-            out.append(max(-32768, min(32767, round(v / spec.scale))) * spec.scale)
-        else:
-            out.append(float(np.float32(v)))
-    return out
+    return [decode_registers(s, encode_value(s, values[s.signal])) for s in _ORDERED]
 
 
 def write_skab_csv(path: Path, seconds: float, *, seed: int = 7, dt_s: float = 0.1) -> int:
