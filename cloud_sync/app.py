@@ -35,6 +35,7 @@ from cloud_sync.ingest import Ingestor, ProofUpload
 from cloud_sync.log import HubLog
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import Store
+from cloud_sync.web.views import device_router
 
 __all__ = ["create_app"]
 
@@ -286,6 +287,8 @@ def create_app(
     def inclusion(index: int, size: int) -> dict[str, Any]:
         path = log.inclusion(index, size)
         return {"index": index, "size": size, "path": [base64.b64encode(h).decode() for h in path]}
+
+    app.include_router(device_router(store))
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request) -> HTMLResponse:

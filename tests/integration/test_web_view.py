@@ -1,0 +1,94 @@
+"""The hub's web view in real Chromium (Playwright, /usr/bin/chromium): pages load, the
+charts draw the stored readings, and "verify this reading" downloads a receipt that verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from attestation import load_anchors, receipt_from_json, report_receipt
+from cloud_sync.server import HubServer
+from cloud_sync.settings import HubSettings
+from tests.conftest import missing
+from tests.hubkit import Device, body
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("FACTORYOPS_ARTIFACTS", "test-artifacts"))
+
+
+def test_device_page_draws_charts_and_its_verify_link_gives_a_valid_receipt(
+    tmp_path: Path,
+) -> None:
+    if not Path(CHROMIUM).exists():
+        missing("Chromium is not installed at /usr/bin/chromium (apt install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    settings = HubSettings.create(tmp_path / "hub", allow_software_keys=True)
+    hub = HubServer(settings).start()
+    try:
+        dev = Device()
+        utid = httpx.post(
+            f"{hub.url}/v1/devices",
+            json={"public_key_pem": dev.public_pem(), "key_kind": "software", "name": "press-3"},
+            headers={"authorization": f"Bearer {settings.admin_token}"},
+        ).json()["utid"]
+        windows = [dev.window(6)[:2] for _ in range(4)]
+        assert (
+            httpx.post(
+                f"{hub.url}/v1/proofs",
+                content=body(*windows),
+                headers={"content-type": "application/cbor"},
+            ).status_code
+            == 200
+        )
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                ],
+            )
+            page = browser.new_page(accept_downloads=True)
+            page.goto(f"{hub.url}/")
+            page.click("text=press-3")
+            page.wait_for_selector("figure.chart")
+            points = page.get_attribute("figure.chart polyline", "points") or ""
+            assert len(points.split()) == 24  # every stored reading of the signal is drawn
+            assert page.locator("#chain tbody tr").count() == 4
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "device-page.png"), full_page=True)
+            with page.expect_download() as dl:
+                page.click("a.verify")
+            saved = tmp_path / "receipt.json"
+            dl.value.save_as(saved)
+            browser.close()
+        verdict = report_receipt(
+            receipt_from_json(json.loads(saved.read_text())),
+            load_anchors(
+                [settings.data_dir / "fleet-ca.pem", settings.data_dir / "hub-log-key.pem"]
+            ),
+        )
+        assert verdict.valid, verdict.error
+        assert "log" in verdict.checked
+        assert utid == verdict.utid
+    finally:
+        hub.stop()
+
+
+def test_hostile_device_ids_in_the_web_view_get_4xx(tmp_path: Path) -> None:
+    settings = HubSettings.create(tmp_path / "hub", allow_software_keys=True)
+    with HubServer(settings) as hub:
+        for bad in ("<script>alert(1)<%2Fscript>", "utid:" + "zz" * 32, "' OR 1=1 --"):
+            r = httpx.get(f"{hub.url}/devices/{bad}")
+            assert 400 <= r.status_code < 500
+            assert r.headers["content-type"].startswith("application/json")
+            assert "<script>" not in r.text
