@@ -71,7 +71,9 @@ class FleetServer:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._server is not None:
-            await self._server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus untyped
+            with contextlib.suppress(TimeoutError):  # shutdown can hang on a closing client
+                async with asyncio.timeout(5):
+                    await self._server.shutdown()  # type: ignore[no-untyped-call]
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -78,6 +78,18 @@ def plan_spans(
     return spans
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library swallowed.
+
+    pymodbus awaits replies with ``asyncio.wait_for``, which on Python 3.11 can swallow a
+    cancellation that races with the reply (cpython gh-86296), and it turns one that lands
+    mid-request into a ModbusIOException. The task still counts the request, so ask it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def one_request_per_tag(tags: Sequence[ModbusTag]) -> list[Span]:
     """The naive plan (what most gateways do): a read per tag. The benchmark's baseline."""
     return [Span(t.table, t.address, t.count, (t,)) for t in tags]
@@ -130,6 +142,7 @@ class ModbusConnector:
                 while True:
                     await emit(await self.poll_once(client, spans))
                     self.polls += 1
+                    _raise_if_cancelled()
                     next_poll += interval
                     await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
                     if not client.connected:
@@ -170,6 +183,9 @@ class ModbusConnector:
         try:
             rr = await read(span.start, count=span.count, device_id=self.config.device_id)
         except ModbusException as err:
+            # pymodbus turns a cancellation that lands mid-request into a ModbusIOException;
+            # hand the cancellation back, or the connector task could never be stopped
+            _raise_if_cancelled()
             raise DeviceTimeout(
                 f"{span.table} {span.start}+{span.count}: no answer ({err})"
             ) from err
