@@ -46,20 +46,59 @@ class Where:
         return Where(self.path, self.text, f"{self.prefix}.{key}" if self.prefix else key)
 
     def line_of(self, key: str) -> int | None:
-        leaf = key.rsplit(".", 1)[-1].split("[", 1)[0]
-        for n, line in enumerate(self.text.splitlines(), start=1):
-            if re.match(rf"\s*{re.escape(leaf)}\s*=", line) or line.strip() in (
-                f"[{key}]",
-                f"[[{key}]]",
-                f"[{leaf}]",
-                f"[[{leaf}]]",
-            ):
-                return n
+        """The line of ``key`` (``modbus[1].tags[0].type``), else of its nearest table."""
+        lines = _key_lines(self.text)
+        while key:
+            if key in lines:
+                return lines[key]
+            key = key.rsplit(".", 1)[0] if "." in key else ""
         return None
 
     def error(self, key: str, message: str) -> ConfigError:
         full = f"{self.prefix}.{key}" if self.prefix else key
         return ConfigError(self.path, full, self.line_of(full), message)
+
+
+_ARRAY_HEADER = re.compile(r"\[\[\s*([^\]]+?)\s*\]\]")
+_TABLE_HEADER = re.compile(r"\[\s*([^\]]+?)\s*\]")
+_KEY_LINE = re.compile(r"""([A-Za-z0-9_-]+|"[^"]*"|'[^']*')\s*=""")
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map every table and key of a TOML text to its first line (tomllib keeps no lines).
+
+    Arrays of tables get their index, as the parser's errors name them: the second
+    ``[[modbus]]`` is ``modbus[1]``, its first ``[[modbus.tags]]`` ``modbus[1].tags[0]``.
+    """
+    out: dict[str, int] = {}
+    counts: dict[str, int] = {}
+
+    def resolve(parts: list[str]) -> str:
+        cur = ""
+        for part in parts:
+            cand = f"{cur}.{part}" if cur else part
+            cur = f"{cand}[{counts[cand] - 1}]" if cand in counts else cand
+        return cur
+
+    table = ""
+    for n, line in enumerate(text.splitlines(), start=1):
+        s = line.strip()
+        if m := _ARRAY_HEADER.match(s):
+            parts = [p.strip().strip("\"'") for p in m.group(1).split(".")]
+            base = resolve(parts[:-1])
+            base = f"{base}.{parts[-1]}" if base else parts[-1]
+            counts[base] = counts.get(base, 0) + 1
+            table = f"{base}[{counts[base] - 1}]"
+        elif m := _TABLE_HEADER.match(s):
+            table = resolve([p.strip().strip("\"'") for p in m.group(1).split(".")])
+        elif m := _KEY_LINE.match(s):
+            key = m.group(1).strip("\"'")
+            out.setdefault(f"{table}.{key}" if table else key, n)
+            continue
+        else:
+            continue
+        out.setdefault(table, n)
+    return out
 
 
 def _get(t: dict[str, Any], w: Where, key: str, kind: type, default: Any = ...) -> Any:
@@ -166,6 +205,7 @@ class AgentConfig:
     metrics_port: int | None = None
     connectors: dict[str, Any] = field(default_factory=dict)  # registered sections
     model_manifest: Path | None = None  # [model] manifest: ONNX anomaly model to score with
+    metrics_host: str = "127.0.0.1"  # [metrics] host: where /metrics listens
 
 
 # section name -> parser(list of tables or a table, Where) -> parsed value
@@ -262,11 +302,11 @@ def parse_config(text: str, path: str = "<config>", *, base_dir: Path | None = N
         for i, t in enumerate(_get(doc, root, "modbus", list, []))
     )
     metrics_t = _get(doc, root, "metrics", dict, {})
-    metrics_port = (
-        _int(metrics_t, root.child("metrics"), "port", 1, 65535, None)
-        if ("port" in metrics_t)
-        else None
-    )
+    w = root.child("metrics")
+    _no_unknown(metrics_t, w, {"port", "host"})
+    # 0 asks the OS for a free port (tests); the default host keeps /metrics off the plant LAN
+    metrics_port = _int(metrics_t, w, "port", 0, 65535, None) if "port" in metrics_t else None
+    metrics_host = _get(metrics_t, w, "host", str, "127.0.0.1")
     connectors = {
         name: parse(doc[name], root.child(name))
         for name, parse in CONNECTOR_PARSERS.items()
@@ -286,6 +326,7 @@ def parse_config(text: str, path: str = "<config>", *, base_dir: Path | None = N
         metrics_port,
         connectors,
         base / manifest if manifest else None,
+        metrics_host,
     )
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "DeviceRefused",
     "DeviceTimeout",
+    "IllegalTransition",
     "SpoolError",
     "UplinkRefused",
 ]
@@ -38,6 +39,8 @@ class ConfigError(AgentError):
 class SpoolError(AgentError):
     """The local spool cannot be opened or written."""
 
+    disk_full = False  # SQLITE_FULL: the runtime keeps the signed window and retries
+
 
 class DeviceRefused(AgentError):
     """A field device answered with an exception response (e.g. Modbus illegal address)."""
@@ -48,4 +51,21 @@ class DeviceTimeout(AgentError):
 
 
 class UplinkRefused(AgentError):
-    """The hub refused a proof for a reason that retrying cannot fix."""
+    """The hub refused a proof; ``permanent`` when retrying the same bytes cannot help."""
+
+    def __init__(self, message: str, *, code: str, permanent: bool, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+        self.permanent = permanent
+
+
+class IllegalTransition(AgentError, RuntimeError):
+    """A lifecycle event the state does not allow: a bug in the agent, not bad input."""
+
+    def __init__(self, state: str, event: str) -> None:
+        super().__init__(
+            f"illegal transition: event {event!r} in state {state!r}",
+            hint="this is a bug in the agent; report it with the log",
+        )
+        self.state = state
+        self.event = event

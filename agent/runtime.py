@@ -9,20 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from agent.backoff import Backoff
 from agent.config import AgentConfig
-from agent.connectors.base import Connector, Sample
-from agent.connectors.modbus import ModbusConnector
+from agent.connectors.base import Connector, Emit, Sample
+from agent.connectors.registry import build_connectors
+from agent.errors import SpoolError
+from agent.metrics import AgentMetrics, MetricsServer
 from agent.scoring import Scorer
 from agent.sealer import SealedWindow, seal
 from agent.spool import Spool
 from agent.uplink import Uplink
-from agent.window import ClosedWindow, WindowBuilder, merge_windows
+from agent.window import ClosedWindow, WindowBuilder, merge_windows, runs
 from attestation.microproof import Gap
 from attestation.signers.base import Signer
 
@@ -30,6 +34,7 @@ __all__ = ["AgentCounters", "AgentRuntime", "connectors_from_config"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+STOPPED_UNCOMMITTED = "agent stopped before these readings were committed (disk full)"
 
 
 @dataclass
@@ -39,14 +44,15 @@ class AgentCounters:
     windows_signed: int = 0
     gap_records: int = 0
     backpressure_waits: int = 0
+    disk_full_retries: int = 0  # window commits retried because the disk was full
     last_sign_s: float = 0.0
     anomalous_rows: int = 0  # rows whose smoothed model score passed the threshold
     last_max_score: float = 0.0
 
 
 def connectors_from_config(config: AgentConfig) -> list[Connector]:
-    """The Modbus connectors a config names (other kinds register their own builders)."""
-    return [ModbusConnector(d) for d in config.modbus]
+    """The connectors a config names (see ``agent.connectors.registry``)."""
+    return build_connectors(config)
 
 
 @dataclass
@@ -60,6 +66,9 @@ class AgentRuntime:
     clock: Callable[[], int] = time.time_ns
     queue_batches: int = 256  # connector batches buffered before connectors wait
     counters: AgentCounters = field(default_factory=AgentCounters)
+    metrics: AgentMetrics = field(default_factory=AgentMetrics)
+    disk_full_backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.2, cap_s=10.0))
+    stop_grace_s: float = 30.0  # how long a stop waits for a full disk before giving up
     spool: Spool = field(init=False)
     uplink: Uplink | None = field(init=False, default=None)
 
@@ -72,12 +81,14 @@ class AgentRuntime:
             cfg.window.max_readings, cfg.window.max_ms, next_seq=self.spool.first_free_seq
         )
         self._reserved = self.spool.state().reserved_seq
-        self._gaps: list[Gap] = [self.spool.recovered_gap] if self.spool.recovered_gap else []
-        if self._gaps:
-            log.warning("spool: %s", self._gaps[0])
+        # seqs lost before this start: the first window signs them as gap records
+        self.builder.gaps = list(self.spool.recovered_gaps)
+        for gap in self.builder.gaps:
+            log.warning("spool: %s", gap)
         self._closed: list[ClosedWindow] = []
         self._closed_readings = 0
         self._seal_lock = asyncio.Lock()
+        self._rng = random.Random()
         if cfg.hub.url:
             self.uplink = Uplink(
                 self.spool,
@@ -85,20 +96,31 @@ class AgentRuntime:
                 self._spool_call,
                 batch=cfg.hub.batch_proofs,
                 timeout_s=cfg.hub.timeout_s,
+                on_synced=self._synced,
             )
+        self.metrics.watch_connectors(lambda: self.connectors)
+        self.metrics_server: MetricsServer | None = None
 
     async def _spool_call(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._spool_pool, fn)
+
+    def _synced(self, windows: list[int]) -> None:
+        self.metrics.synced.inc(len(windows))
+        self.metrics.last_sync.set(time.time())
 
     async def run(self, stop: asyncio.Event) -> None:
         self._queue: asyncio.Queue[list[Sample]] = asyncio.Queue(self.queue_batches)
         self._room = asyncio.Event()
         self._room.set()
         self._work = asyncio.Event()
+        if self.config.metrics_port is not None:
+            self.metrics_server = MetricsServer.serve(
+                self.metrics, self.config.metrics_host, self.config.metrics_port
+            )
         try:
             async with asyncio.TaskGroup() as tg:
                 acquiring = [
-                    tg.create_task(c.run(self._emit), name=f"connector[{c.name}]")
+                    tg.create_task(c.run(self._emitter(c.name)), name=f"connector[{c.name}]")
                     for c in self.connectors
                 ]
                 collector = tg.create_task(self._collect(), name="collector")
@@ -110,9 +132,7 @@ class AgentRuntime:
                 await asyncio.gather(*acquiring, collector, return_exceptions=True)
                 await self._drain_queue()
                 self._take(self.builder.flush())
-                await self._seal_pending()
-                # everything acquired is committed: a clean stop leaves no gap record
-                await self._spool_call(self.spool.release)
+                await self._seal_on_stop()
                 sealer.cancel()
                 if uplink is not None and self.uplink is not None:
                     uplink.cancel()
@@ -120,16 +140,40 @@ class AgentRuntime:
                         async with asyncio.timeout(10):
                             await self.uplink.drain()
         finally:
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             await self._spool_call(self.spool.close)
             self._spool_pool.shutdown()
             self._sign_pool.shutdown()
 
-    async def _emit(self, samples: list[Sample]) -> None:
-        """What connectors call: waits while the signer is behind by too many readings."""
-        if not self._room.is_set():
-            self.counters.backpressure_waits += 1
-            await self._room.wait()
-        await self._queue.put(samples)
+    async def _seal_on_stop(self) -> None:
+        """Commit what is left; if the disk stays full, say which seqs were lost and why."""
+        try:
+            async with asyncio.timeout(self.stop_grace_s):
+                await self._seal_pending()
+        except TimeoutError:
+            # the spool thread runs one call at a time: this sees every commit that landed
+            st = await self._spool_call(self.spool.state)
+            lost = Gap(st.next_seq, self.builder.next_seq - 1, STOPPED_UNCOMMITTED)
+            log.error("stopping with %s", lost)  # noqa: TRY400 - a fact, not a crash
+            with contextlib.suppress(SpoolError):  # if even this fails, a restart reports it
+                await self._spool_call(lambda: self.spool.release(lost.last + 1, [lost]))
+            return
+        # everything acquired is committed: a clean stop leaves no gap record
+        await self._spool_call(self.spool.release)
+
+    def _emitter(self, connector: str) -> Emit:
+        readings = self.metrics.readings.labels(connector)
+
+        async def emit(samples: list[Sample]) -> None:
+            """What a connector calls: waits while the signer is behind by too many readings."""
+            if not self._room.is_set():
+                self.counters.backpressure_waits += 1
+                await self._room.wait()
+            await self._queue.put(samples)
+            readings.inc(len(samples))
+
+        return emit
 
     async def _drain_queue(self) -> None:
         while not self._queue.empty():
@@ -139,7 +183,7 @@ class AgentRuntime:
         if self.builder.next_seq + len(samples) > self._reserved:
             # durable before the seqs are handed out; one short write per seq block
             upto = self.builder.next_seq + len(samples)
-            self._reserved = await self._spool_call(lambda: self.spool.reserve(upto))
+            self._reserved = await self._retrying_disk_full(lambda: self.spool.reserve(upto))
         self.counters.readings_acquired += len(samples)
         self._take(self.builder.add(samples, self.clock()))
 
@@ -169,45 +213,89 @@ class AgentRuntime:
             await self._seal_pending()
 
     async def _seal_pending(self) -> None:
-        """Sign everything closed so far as ONE window: a slow signer makes windows grow."""
+        """Sign everything closed so far as ONE window: a slow signer makes windows grow.
+
+        Gap records start a new proof, so closed windows are signed run by run
+        (``runs``); without gaps that is a single run.
+        """
         async with self._seal_lock:
             if not self._closed:
                 return
-            window = merge_windows(self._closed)
+            batches = runs(self._closed)
             self._closed, self._closed_readings = [], 0
             self._room.set()
-            loop = asyncio.get_running_loop()
-            scores = None
-            if self.scorer is not None:
-                scores = await loop.run_in_executor(
-                    self._sign_pool, self.scorer.score_window, window.readings
-                )
-            st = await self._spool_call(self.spool.state)
-            gaps, self._gaps = self._gaps, []
-            started = time.monotonic()
-            sealed: SealedWindow = await loop.run_in_executor(
-                self._sign_pool,
-                lambda: seal(
-                    window,
-                    index=st.next_window,
-                    prev=st.prev_hash,
-                    signer=self.signer,
-                    iat=self.clock() // 1_000_000_000,
-                    gaps=gaps,
-                    scores=scores,
-                ),
-            )
-            self.counters.last_sign_s = time.monotonic() - started
-            await self._spool_call(lambda: self.spool.commit(sealed, now_ns=self.clock()))
-            self.counters.windows_signed += 1
-            self.counters.readings_committed += len(window.readings)
-            self.counters.gap_records += len(gaps)
-            if scores is not None:
-                self.counters.anomalous_rows += scores.anomaly.count
-                self.counters.last_max_score = scores.anomaly.max_score
+            for batch in batches:
+                await self._seal_one(merge_windows(batch))
             await self._spool_call(lambda: self.spool.shed(self.config.spool.disk_cap_bytes))
+            self._observe_spool()
             if self.uplink is not None:
                 self.uplink.wake.set()
+
+    async def _seal_one(self, window: ClosedWindow) -> None:
+        loop = asyncio.get_running_loop()
+        scores = None
+        if self.scorer is not None:
+            scores = await loop.run_in_executor(
+                self._sign_pool, self.scorer.score_window, window.readings
+            )
+        st = await self._spool_call(self.spool.state)
+        started = time.monotonic()
+        sealed: SealedWindow = await loop.run_in_executor(
+            self._sign_pool,
+            lambda: seal(
+                window,
+                index=st.next_window,
+                prev=st.prev_hash,
+                signer=self.signer,
+                iat=self.clock() // 1_000_000_000,
+                scores=scores,
+            ),
+        )
+        self.counters.last_sign_s = time.monotonic() - started
+        self.metrics.sign_seconds.observe(self.counters.last_sign_s)
+        # a full disk keeps the signed window in memory and retries the same bytes
+        await self._retrying_disk_full(lambda: self.spool.commit(sealed, now_ns=self.clock()))
+        self.counters.windows_signed += 1
+        self.counters.readings_committed += len(window.readings)
+        self.counters.gap_records += len(window.gaps)
+        self.metrics.windows_signed.inc()
+        self.metrics.gap_records.inc(len(window.gaps))
+        if scores is not None:
+            self.counters.anomalous_rows += scores.anomaly.count
+            self.counters.last_max_score = scores.anomaly.max_score
+
+    async def _retrying_disk_full(self, write: Callable[[], T]) -> T:
+        """Run a spool write; while the disk is full, shed synced readings and try again.
+
+        Nothing is lost while waiting: the caller holds the data, and acquisition slows
+        down by backpressure once ``max_pending_readings`` are waiting.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await self._spool_call(write)
+            except SpoolError as err:
+                if not err.disk_full:
+                    raise
+            self.counters.disk_full_retries += 1
+            self.metrics.spool_retries.inc()
+            # free pages inside the file are reused by SQLite: shedding makes room
+            # (the delete itself may fail on a full disk; the next round tries again)
+            with contextlib.suppress(SpoolError):
+                await self._spool_call(lambda: self.spool.shed(0))
+            delay = self.disk_full_backoff.delay(attempt, self._rng)
+            attempt += 1
+            log.error("spool: disk full; retrying in %.1f s (nothing is lost)", delay)
+            await asyncio.sleep(delay)
+
+    def _observe_spool(self) -> None:
+        m = self.metrics
+        m.queue_depth.set(self._queue.qsize())
+        m.pending_readings.set(self._closed_readings)
+        m.spool_bytes.set(self.spool.used_bytes())
+        m.set_outbox(self.spool.counts())
+        if self.uplink is not None:
+            m.uplink_stopped.set(1 if self.uplink.stats.stopped else 0)
 
     def status(self) -> dict[str, Any]:
         """Live counts for the demo and metrics."""
@@ -222,4 +310,6 @@ class AgentRuntime:
             "proofs_synced": up.synced_windows if up else 0,
             "readings_synced": up.synced_readings if up else 0,
             "uplink_failures": up.failures if up else 0,
+            "uplink_stopped": up.stopped if up else None,
+            "disk_full_retries": self.counters.disk_full_retries,
         }

@@ -61,7 +61,7 @@ def seal(
         stats=compute_stats(rs),
         drift=scores.drift if scores else None,
         tpm_clock=signer.clock(),
-        gaps=tuple(gaps),
+        gaps=(*window.gaps, *gaps),  # the window's own records first (crash, overflow)
     )
     cose = sign_microproof(mp, signer, iat=iat)
     return SealedWindow(index, window, cose, leaves, scores.scores if scores else None)

@@ -24,6 +24,7 @@ from agent.backoff import Backoff
 from agent.config import write_atomically
 from agent.errors import AgentError, UplinkRefused
 from agent.spool import OutboxItem, Spool
+from agent.window import OutboxEvent
 from attestation.reading import encode_leaf
 from attestation.signers.base import Signer
 
@@ -51,13 +52,24 @@ class UplinkStats:
     synced_readings: int = 0
     failures: int = 0
     refusals: int = 0
+    rewinds: int = 0
     last_sync_ns: int | None = None
     last_error: str | None = None
+    stopped: str | None = None  # set when a refusal stopped the uplink
+
+
+# HTTP statuses that say "later" rather than "never" (RFC 9110 §15.5.9, RFC 6585 §4)
+_RETRY_LATER = frozenset({408, 429})
 
 
 @dataclass
 class Uplink:
-    """Drains the spool's outbox to the hub; ``run`` returns only when cancelled."""
+    """Drains the spool's outbox to the hub.
+
+    ``run`` returns when cancelled, or when the hub refuses a proof for a reason that
+    retrying cannot fix (unknown device, bad signature, fork ...): it logs that loudly and
+    leaves the proof ``refused`` in the spool (tried again at the next agent start).
+    """
 
     spool: Spool
     url: str
@@ -69,6 +81,7 @@ class Uplink:
     stats: UplinkStats = field(default_factory=UplinkStats)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     idle_poll_s: float = 1.0
+    on_synced: Callable[[list[int]], None] | None = None
 
     async def run(self) -> None:
         attempt = 0
@@ -88,16 +101,30 @@ class Uplink:
                 try:
                     await self._send(client, items)
                     attempt = 0
-                except (httpx.HTTPError, UplinkRefused) as err:
+                except UplinkRefused as err:
+                    self.stats.last_error = str(err)
+                    if err.permanent:
+                        self.stats.stopped = str(err)
+                        # a refusal is an answer, not a crash: no traceback
+                        log.error("uplink STOPPED: %s (hint: %s)", err, err.hint)  # noqa: TRY400
+                        return
+                    self.stats.failures += 1
+                    attempt = await self._pause(err, attempt)
+                except httpx.HTTPError as err:
                     self.stats.failures += 1
                     self.stats.last_error = str(err)
-                    delay = self.backoff.delay(attempt, self.rng)
-                    attempt += 1
-                    log.warning("uplink: %s; retrying in %.2fs", err, delay)
-                    await asyncio.sleep(delay)
+                    attempt = await self._pause(err, attempt)
+
+    async def _pause(self, err: Exception, attempt: int) -> int:
+        delay = self.backoff.delay(attempt, self.rng)
+        log.warning("uplink: %s; retrying in %.2fs", err, delay)
+        await asyncio.sleep(delay)
+        return attempt + 1
 
     async def drain(self) -> bool:
         """Upload until the outbox is empty or one attempt fails (used at shutdown)."""
+        if self.stats.stopped:
+            return False
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
             while items := await self.spool_call(lambda: self.spool.pending(self.batch)):
                 try:
@@ -107,52 +134,95 @@ class Uplink:
                     return False
         return True
 
+    async def _mark(
+        self, windows: list[int], event: OutboxEvent, answer: dict[str, Any] | None = None
+    ) -> None:
+        await self.spool_call(lambda: self.spool.mark(windows, event, answer))
+
     async def _send(self, client: httpx.AsyncClient, items: list[OutboxItem]) -> None:
-        r = await client.post(
-            f"{self.url}/v1/proofs",
-            content=encode_upload(items),
-            headers={"content-type": "application/cbor"},
-        )
-        if r.status_code >= 500:
-            raise httpx.HTTPStatusError(
-                f"hub answered {r.status_code}", request=r.request, response=r
+        windows = [i.window for i in items]
+        await self._mark(windows, OutboxEvent.SEND)
+        try:
+            r = await client.post(
+                f"{self.url}/v1/proofs",
+                content=encode_upload(items),
+                headers={"content-type": "application/cbor"},
             )
+        except BaseException:
+            # transport error or cancellation: nothing was acknowledged, send again later
+            await self._mark(windows, OutboxEvent.FAIL)
+            raise
         doc = _json(r)
+        # proofs before a refused one were accepted; record them before anything else
+        done = await self._ack(items, doc.get("results", []) if r.status_code < 500 else [])
+        rest = [w for w in windows if w not in done]
         if r.status_code == 200:
-            await self._ack(items, doc.get("results", []))
+            await self._mark(rest, OutboxEvent.FAIL)
             return
-        # Proofs before a refused one were accepted; record them first.
-        await self._ack(items, doc.get("results", []))
-        code = doc.get("error")
+        code = str(doc.get("error", f"http_{r.status_code}"))
+        what = f"hub answered {r.status_code} {code}: {doc.get('detail')}"
+        if r.status_code >= 500 or r.status_code in _RETRY_LATER:
+            await self._mark(rest, OutboxEvent.FAIL)
+            raise UplinkRefused(what, code=code, permanent=False)
         expected = doc.get("expected_window")
-        if r.status_code == 409 and isinstance(expected, int) and expected > items[0].window:
-            # the hub is ahead of our outbox: our earlier acks were lost in transit
-            done = [i.window for i in items if i.window < expected]
-            await self.spool_call(
-                lambda: self.spool.mark(
-                    done, "acked", {"status": "hub already had it", "expected_window": expected}
-                )
-            )
-            self._count(items, done)
+        if code == "out_of_order" and isinstance(expected, int) and rest:
+            await self._mark(rest, OutboxEvent.FAIL)
+            if expected < rest[0]:
+                # the hub lost windows it had acknowledged (restored from a backup):
+                # send them again from the one it expects
+                again = await self.spool_call(lambda: self.spool.rewind(expected, doc))
+                self.stats.rewinds += 1
+                log.warning("uplink: hub expects window %d; resending %d", expected, len(again))
+                return
+            raise UplinkRefused(what, code=code, permanent=False)
+        if code == "too_large" and self.batch > 1:
+            await self._mark(rest, OutboxEvent.FAIL)
+            self.batch = max(1, self.batch // 2)
+            log.warning("uplink: %s; batches of %d proofs from now on", what, self.batch)
             return
+        index = doc.get("index", 0)
+        refused = items[index].window if isinstance(index, int) and index < len(items) else None
+        refused = refused if refused in rest else rest[0] if rest else None
+        if refused is not None:
+            await self._mark([refused], OutboxEvent.REFUSE, doc)
+            await self._mark([w for w in rest if w != refused], OutboxEvent.FAIL)
         self.stats.refusals += 1
         raise UplinkRefused(
-            f"hub refused window {items[0].window}: {code}: {doc.get('detail')}",
-            hint="check the device's enrollment with `factoryops hub devices`",
+            f"{what} (window {refused})",
+            code=code,
+            permanent=True,
+            hint=_REFUSAL_HINTS.get(code, "see docs/protocol.md for this error code"),
         )
 
-    async def _ack(self, items: list[OutboxItem], results: list[Any]) -> None:
-        done = [int(res["window"]) for res in results if isinstance(res, dict) and "window" in res]
+    async def _ack(self, items: list[OutboxItem], results: list[Any]) -> set[int]:
+        sent = {i.window for i in items}
+        done = {
+            int(res["window"])
+            for res in results
+            if isinstance(res, dict)
+            and isinstance(res.get("window"), int)
+            and res.get("status") in ("accepted", "duplicate")
+        } & sent
         if not done:
-            return
-        await self.spool_call(lambda: self.spool.mark(done, "acked", {"results": results}))
-        self._count(items, done)
-
-    def _count(self, items: list[OutboxItem], done: list[int]) -> None:
-        acked = set(done)
-        self.stats.synced_windows += len(acked)
-        self.stats.synced_readings += sum(len(i.readings) for i in items if i.window in acked)
+            return done
+        acked = sorted(done)
+        await self._mark(acked, OutboxEvent.ACK, {"results": results})
+        self.stats.synced_windows += len(done)
+        self.stats.synced_readings += sum(len(i.readings) for i in items if i.window in done)
         self.stats.last_sync_ns = time.time_ns()
+        if self.on_synced is not None:
+            self.on_synced(acked)
+        return done
+
+
+_REFUSAL_HINTS = {
+    "unknown_device": "register or enroll the device (factoryops provision enroll), then restart",
+    "revoked_device": "the hub revoked this device: re-enroll it with a new key",
+    "software_key_refused": 'the hub requires a TPM key: set [device] signer = "tpm"',
+    "bad_signature": "the device key does not match its enrollment: re-enroll the device",
+    "fork": "the hub holds other bytes for this window: the spool was replaced; re-enroll",
+    "seq_gap": "a hole in seqs without a gap record: report this agent bug with the spool",
+}
 
 
 def _json(r: httpx.Response) -> dict[str, Any]:

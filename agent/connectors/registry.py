@@ -1,0 +1,19 @@
+"""Which connectors a config asks for: one place that maps config sections to adapters.
+
+Modbus is parsed by ``agent.config`` itself; every other connector module registers its
+section parser in ``agent.config.CONNECTOR_PARSERS`` when imported, and a builder here.
+"""
+
+from __future__ import annotations
+
+from agent.config import AgentConfig
+from agent.connectors.base import Connector
+from agent.connectors.modbus import ModbusConnector
+
+__all__ = ["build_connectors"]
+
+
+def build_connectors(config: AgentConfig) -> list[Connector]:
+    """Every connector the config names, Modbus devices first."""
+    out: list[Connector] = [ModbusConnector(d) for d in config.modbus]
+    return out

@@ -1,0 +1,131 @@
+"""A full disk never corrupts the spool or loses a reading; the agent recovers by itself.
+
+The spool lives on a real 1 MiB tmpfs that a ballast file fills (a true ENOSPC from the
+kernel, not a simulated error); deleting the ballast is "space returns". Mounting needs
+root: elsewhere the test skips and says so (in CI it must run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, parse_config
+from agent.runtime import STOPPED_UNCOMMITTED, AgentRuntime
+from agent.spool import RESTART_REASON, Spool
+from attestation import parse_microproof, verify_chain
+from attestation.signers.software import SoftwareSigner
+from tests.conftest import missing
+from tests.unit.test_agent_slow_signer import Ticker
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        missing("mounting a small tmpfs for the disk-full test needs root")
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode != 0:
+        missing(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(mnt: Path, leave_bytes: int) -> Path:
+    ballast = mnt / "ballast"
+    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    ballast.write_bytes(b"\0" * max(0, free - leave_bytes))
+    return ballast
+
+
+async def _until(cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not cond():  # noqa: ASYNC110 - polling the runtime's counters
+            await asyncio.sleep(0.05)
+
+
+def _config(disk: Path) -> AgentConfig:
+    return parse_config(
+        '[device]\nname = "gw"\n[window]\nmax_readings = 200\nmax_ms = 50\n'
+        f'[spool]\npath = "{disk / "spool.db"}"\n[metrics]\nport = 0\n'
+        '[[modbus]]\nname = "unused"\nhost = "127.0.0.1"\n[[modbus.tags]]\nname = "x"\n'
+        "address = 0\n",
+        str(disk / "a.toml"),
+        base_dir=disk,
+    )
+
+
+async def _start_then_fill(
+    disk: Path, **kw: float
+) -> tuple[AgentRuntime, Ticker, asyncio.Event, asyncio.Task[None], Path]:
+    cfg = _config(disk)
+    ticker = Ticker(per_batch=50, period_s=0.005)
+    runtime = AgentRuntime(cfg, SoftwareSigner.generate(), [ticker], **kw)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop))
+    await _until(lambda: runtime.counters.windows_signed >= 3)
+    ballast = _fill(disk, leave_bytes=8 * 1024)
+    await _until(lambda: runtime.counters.disk_full_retries >= 2)
+    return runtime, ticker, stop, task, ballast
+
+
+async def test_disk_full_then_space_returns_loses_nothing(small_disk: Path) -> None:
+    runtime, ticker, stop, task, ballast = await _start_then_fill(small_disk)
+    cfg = runtime.config
+    assert runtime.metrics_server is not None
+    url = f"http://127.0.0.1:{runtime.metrics_server.port}/metrics"
+    scraped = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+    )
+    assert "factoryops_agent_spool_retries_total" in scraped
+    assert 'factoryops_agent_readings_total{connector="ticker"}' in scraped
+    stuck = runtime.counters.readings_committed
+    ballast.unlink()  # space returns
+    await _until(lambda: runtime.counters.readings_committed > stuck + 1000)
+    stop.set()
+    await task
+
+    c = runtime.counters
+    assert c.readings_committed == c.readings_acquired == ticker.batches * ticker.per_batch
+    with sqlite3.connect(cfg.spool.path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        proofs = [b for (b,) in db.execute("SELECT cose FROM windows ORDER BY window")]
+        (stored,) = db.execute("SELECT COUNT(*) FROM readings").fetchone()
+    assert stored == c.readings_committed  # no hub: nothing was synced, nothing shed
+    verify_chain(proofs)
+    assert all(parse_microproof(p).proof.gaps == () for p in proofs)  # nothing went missing
+
+
+async def test_a_stop_while_the_disk_stays_full_leaves_a_signed_gap_not_a_silent_one(
+    small_disk: Path,
+) -> None:
+    runtime, _, stop, task, ballast = await _start_then_fill(small_disk, stop_grace_s=1.0)
+    stop.set()
+    await task  # gives up on the full disk after the grace period
+    acquired = runtime.counters.readings_acquired
+    assert runtime.counters.readings_committed < acquired
+    ballast.unlink()
+    spool = Spool(runtime.config.spool.path)
+    st = spool.state()
+    assert st.next_seq == runtime.counters.readings_committed  # committed windows intact
+    gaps = spool.recovered_gaps
+    first, last = gaps[0], gaps[-1]
+    assert first.first == st.next_seq
+    assert last.last >= acquired - 1  # every reading not committed is owned up to
+    assert {g.reason for g in spool.recovered_gaps} <= {STOPPED_UNCOMMITTED, RESTART_REASON}
+    spool.close()

@@ -1,0 +1,126 @@
+"""The uplink's answers from a real hub: a refusal stops it loudly and keeps the proof;
+a hub restored from a backup gets the windows it lost again. Real uvicorn hub, SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, parse_config
+from agent.runtime import AgentRuntime
+from agent.spool import Spool
+from agent.uplink import register_device
+from attestation.signers.software import SoftwareSigner
+from cloud_sync.server import HubServer
+from cloud_sync.settings import HubSettings
+from tests.unit.test_agent_slow_signer import Ticker
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _config(tmp: Path, hub_url: str) -> AgentConfig:
+    return parse_config(
+        f'[device]\nname = "gw"\n[hub]\nurl = "{hub_url}"\ntimeout_s = 2.0\n'
+        "[window]\nmax_readings = 50\nmax_ms = 50\n"
+        '[[modbus]]\nname = "unused"\nhost = "127.0.0.1"\n[[modbus.tags]]\nname = "x"\n'
+        "address = 0\n",
+        str(tmp / "agent.toml"),
+        base_dir=tmp,
+    )
+
+
+async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not cond():  # noqa: ASYNC110 - polling the runtime's counters
+            await asyncio.sleep(0.05)
+
+
+async def _run(
+    cfg: AgentConfig, signer: SoftwareSigner, done: Callable[[AgentRuntime], bool]
+) -> AgentRuntime:
+    runtime = AgentRuntime(cfg, signer, [Ticker(per_batch=10, period_s=0.01)])
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop))
+    await _until(lambda: done(runtime))
+    stop.set()
+    await task
+    return runtime
+
+
+def _hub_seqs(hub_dir: Path) -> list[int]:
+    with sqlite3.connect(hub_dir / "hub.db") as db:
+        return [s for (s,) in db.execute("SELECT seq FROM readings ORDER BY seq")]
+
+
+async def test_an_unknown_device_stops_the_uplink_and_keeps_the_proof_for_later(
+    tmp_path: Path,
+) -> None:
+    hub = HubServer(HubSettings.create(tmp_path / "hub", allow_software_keys=True)).start()
+    try:
+        cfg, signer = _config(tmp_path, hub.url), SoftwareSigner.generate()
+        first = await _run(cfg, signer, lambda r: r.status()["uplink_stopped"] is not None)
+        assert "unknown_device" in str(first.status()["uplink_stopped"])
+        spool = Spool(cfg.spool.path)  # a restart gives refused proofs another chance
+        assert spool.counts()["acked"] == 0
+        assert spool.pending(1)[0].window == 0
+        spool.close()
+        await asyncio.to_thread(
+            register_device,
+            hub.url,
+            hub.settings.admin_token,
+            signer,
+            name="gw",
+            state_dir=tmp_path,
+        )
+        await _run(cfg, signer, lambda r: r.status()["proofs_synced"] >= 5)
+        spool = Spool(cfg.spool.path)
+        committed = spool.state().next_seq
+        spool.close()
+        await _until(lambda: len(_hub_seqs(tmp_path / "hub")) == committed)
+        assert _hub_seqs(tmp_path / "hub") == list(range(committed))
+    finally:
+        hub.stop()
+
+
+async def test_a_hub_restored_from_an_older_backup_gets_the_lost_windows_again(
+    tmp_path: Path,
+) -> None:
+    hub_dir = tmp_path / "hub"
+    hub = HubServer(HubSettings.create(hub_dir, allow_software_keys=True)).start()
+    cfg, signer = _config(tmp_path, hub.url), SoftwareSigner.generate()
+    await asyncio.to_thread(
+        register_device, hub.url, hub.settings.admin_token, signer, name="gw", state_dir=tmp_path
+    )
+    await _run(cfg, signer, lambda r: r.status()["proofs_synced"] >= 3)
+    hub.stop()
+    backup = tmp_path / "hub-backup.db"
+    shutil.copy(hub_dir / "hub.db", backup)
+    hub = HubServer(hub.settings, port=hub.port).start()
+    try:
+        await _run(cfg, signer, lambda r: r.status()["proofs_synced"] >= 6)
+        hub.stop()
+        shutil.copy(backup, hub_dir / "hub.db")  # the hub loses what it acknowledged since
+        for suffix in ("-wal", "-shm"):
+            (hub_dir / f"hub.db{suffix}").unlink(missing_ok=True)
+        hub = HubServer(hub.settings, port=hub.port).start()
+        runtime = await _run(
+            cfg, signer, lambda r: r.uplink is not None and r.uplink.stats.rewinds >= 1
+        )
+        assert runtime.uplink is not None
+        spool = Spool(cfg.spool.path)
+        committed = spool.state().next_seq
+        spool.close()
+        await _run(cfg, signer, lambda r: len(_hub_seqs(hub_dir)) >= committed)
+        spool = Spool(cfg.spool.path)
+        final = spool.state().next_seq
+        spool.close()
+        await _until(lambda: len(_hub_seqs(hub_dir)) == final)
+        assert _hub_seqs(hub_dir) == list(range(final))  # whole again, nothing twice
+    finally:
+        hub.stop()
