@@ -25,7 +25,7 @@ from agent.metrics import AgentMetrics, MetricsServer
 from agent.scoring import Scorer
 from agent.sealer import SealedWindow, seal
 from agent.spool import Spool
-from agent.uplink import Uplink
+from agent.uplink import DeviceToken, Uplink
 from agent.window import ClosedWindow, WindowBuilder, merge_windows, runs
 from attestation.microproof import Gap
 from attestation.signers.base import Signer
@@ -97,6 +97,10 @@ class AgentRuntime:
                 batch=cfg.hub.batch_proofs,
                 timeout_s=cfg.hub.timeout_s,
                 on_synced=self._synced,
+                # an enrolled TPM key must authenticate; a development key need not
+                device_token=DeviceToken(cfg.hub.url, self.signer)
+                if self.signer.kind == "tpm"
+                else None,
             )
         self.metrics.watch_connectors(lambda: self.connectors)
         self.metrics_server: MetricsServer | None = None

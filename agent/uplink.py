@@ -7,6 +7,7 @@ written to the spool before it counts. A down hub means capped, jittered retries
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import random
@@ -25,8 +26,10 @@ from agent.config import write_atomically
 from agent.errors import AgentError, UplinkRefused
 from agent.spool import OutboxItem, Spool
 from agent.window import OutboxEvent
+from attestation.device_auth import auth_message
 from attestation.reading import encode_leaf
 from attestation.signers.base import Signer
+from attestation.utid import utid_bytes, utid_text
 
 __all__ = ["Uplink", "UplinkStats", "encode_upload", "register_device"]
 
@@ -62,6 +65,62 @@ class UplinkStats:
 _RETRY_LATER = frozenset({408, 429})
 
 
+_TOKEN_ERRORS = frozenset({"token_required", "token_invalid", "token_expired"})
+
+
+@dataclass
+class DeviceToken:
+    """A short-lived hub token for an enrolled device: challenge -> signature -> token.
+
+    Fetched on first use, renewed a minute before it expires or when the hub refuses it.
+    """
+
+    url: str
+    signer: Signer
+    _token: str | None = None
+    _renew_at: float = 0.0
+
+    @property
+    def utid(self) -> str:
+        return utid_text(utid_bytes(self.signer.public_key_der()))
+
+    def forget(self) -> None:
+        self._token = None
+
+    async def header(self, client: httpx.AsyncClient) -> dict[str, str]:
+        if self._token is None or time.monotonic() >= self._renew_at:
+            utid = self.utid
+            r = await client.post(f"{self.url}/v1/devices/{utid}/challenge")
+            doc = _json(r)
+            if r.status_code != 200:
+                raise UplinkRefused(
+                    f"hub refused a challenge: {doc.get('error')}: {doc.get('detail')}",
+                    code=str(doc.get("error", f"http_{r.status_code}")),
+                    permanent=r.status_code in (403, 404),
+                    hint=_REFUSAL_HINTS.get(str(doc.get("error")), ""),
+                )
+            challenge = base64.b64decode(str(doc["challenge"]))
+            # a TPM signature takes ~200 ms: off the event loop
+            sig = await asyncio.to_thread(self.signer.sign, auth_message(utid, challenge))
+            r = await client.post(
+                f"{self.url}/v1/devices/{utid}/token",
+                json={
+                    "challenge": base64.b64encode(challenge).decode(),
+                    "signature": base64.b64encode(sig).decode(),
+                },
+            )
+            doc = _json(r)
+            if r.status_code != 200:
+                raise UplinkRefused(
+                    f"hub refused a token: {doc.get('error')}: {doc.get('detail')}",
+                    code=str(doc.get("error", f"http_{r.status_code}")),
+                    permanent=False,
+                )
+            self._token = str(doc["token"])
+            self._renew_at = time.monotonic() + max(0.0, float(doc["expires_in"]) - 60.0)
+        return {"authorization": f"Bearer {self._token}"}
+
+
 @dataclass
 class Uplink:
     """Drains the spool's outbox to the hub.
@@ -82,6 +141,7 @@ class Uplink:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     idle_poll_s: float = 1.0
     on_synced: Callable[[list[int]], None] | None = None
+    device_token: DeviceToken | None = None  # enrolled (TPM) devices authenticate
 
     async def run(self) -> None:
         attempt = 0
@@ -143,10 +203,11 @@ class Uplink:
         windows = [i.window for i in items]
         await self._mark(windows, OutboxEvent.SEND)
         try:
+            headers = {"content-type": "application/cbor"}
+            if self.device_token is not None:
+                headers |= await self.device_token.header(client)
             r = await client.post(
-                f"{self.url}/v1/proofs",
-                content=encode_upload(items),
-                headers={"content-type": "application/cbor"},
+                f"{self.url}/v1/proofs", content=encode_upload(items), headers=headers
             )
         except BaseException:
             # transport error or cancellation: nothing was acknowledged, send again later
@@ -161,6 +222,10 @@ class Uplink:
             return
         code = str(doc.get("error", f"http_{r.status_code}"))
         what = f"hub answered {r.status_code} {code}: {doc.get('detail')}"
+        if code in _TOKEN_ERRORS and self.device_token is not None:
+            self.device_token.forget()  # expired or revoked: the next try asks again
+            await self._mark(rest, OutboxEvent.FAIL)
+            raise UplinkRefused(what, code=code, permanent=False)
         if r.status_code >= 500 or r.status_code in _RETRY_LATER:
             await self._mark(rest, OutboxEvent.FAIL)
             raise UplinkRefused(what, code=code, permanent=False)

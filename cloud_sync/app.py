@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from attestation.errors import MalformedInput
 from attestation.receipt import build_receipt
 from attestation.utid import parse_utid, utid_bytes, utid_text
+from cloud_sync.enroll import DeviceAuth, enroll_router
 from cloud_sync.errors import ApiError
 from cloud_sync.fleet_ca import FleetCA
 from cloud_sync.ingest import Ingestor, ProofUpload
@@ -161,6 +162,9 @@ def create_app(
         if not hmac.compare_digest(got.encode(), want.encode()):
             raise ApiError(401, "unauthorized", "this call needs the hub's admin bearer token")
 
+    device_auth = DeviceAuth(store, now_ns)
+    app.include_router(enroll_router(settings, store, fleet, device_auth, now_ns, require_admin))
+
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"ok": True, **store.counts()}
@@ -183,6 +187,14 @@ def create_app(
             ) from err
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
             raise ApiError(422, "invalid_request", "public_key_pem must be an EC P-256 key")
+        if reg.key_kind == "tpm":
+            # the admin cannot vouch that a key lives in a TPM; only the TPM can
+            raise ApiError(
+                403,
+                "enroll_required",
+                "TPM keys are enrolled with attestation (factoryops provision enroll),"
+                " not registered",
+            )
         if reg.key_kind == "software" and not settings.allow_software_keys:
             raise ApiError(
                 403,
@@ -222,11 +234,12 @@ def create_app(
             request.headers.get("content-encoding", "").strip().lower(),
             settings.limits.max_decompressed_bytes,
         )
+        caller = device_auth.utid_of(request.headers.get("authorization", ""))
         uploads = _parse_uploads(body, settings)
         results: list[dict[str, Any]] = []
         for i, upload in enumerate(uploads):
             try:
-                results.append(ingestor.ingest(upload, now_ns=now_ns()).as_json())
+                results.append(ingestor.ingest(upload, now_ns=now_ns(), caller=caller).as_json())
             except ApiError as err:
                 # proofs before the refused one stay accepted and are listed
                 err.extra.update(index=i, results=results)

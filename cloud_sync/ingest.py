@@ -69,7 +69,10 @@ class Ingestor:
         self.allow_software_keys = allow_software_keys
         self._keys: dict[str, PublicKey] = {}
 
-    def ingest(self, upload: ProofUpload, *, now_ns: int) -> IngestResult:
+    def ingest(
+        self, upload: ProofUpload, *, now_ns: int, caller: str | None = None
+    ) -> IngestResult:
+        """Check and store one proof; ``caller`` is the device a bearer token proved."""
         try:
             smp = parse_microproof(upload.cose)  # (1)
         except AttestationError as err:
@@ -79,6 +82,13 @@ class Ingestor:
         if (done := self.store.window_by_hash(digest)) is not None:  # (2)
             return IngestResult(done.window, "duplicate", done.first_seq, done.last_seq)
         device = self._device(smp.utid)  # (3)
+        if caller is not None and caller != device.utid:
+            raise ApiError(403, "wrong_device", f"the token is for {caller}, not {device.utid}")
+        if device.key_kind == "tpm" and caller is None:
+            # enrolled devices authenticate (challenge -> token) before uploading
+            raise ApiError(
+                401, "token_required", "get a device token: POST /v1/devices/{utid}/token"
+            )
         try:  # (4)
             verify_microproof_signature(smp, self._key(device))
         except BrokenLink as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from cloud_sync.settings import HubSettings
 from hil_tests.modbus_server import PlantServer, agent_modbus_section
 from hil_tests.training import simulated_normal
 from models_onnx.recipes import build_pca
-from provisioning.swtpm import SwtpmProcess, swtpm_available
+from provisioning.swtpm import EkCa, SwtpmProcess, manufacture, swtpm_available
 
 __all__ = ["demo"]
 
@@ -66,39 +67,81 @@ def _agent_config(workdir: Path, hub_url: str, modbus_port: int) -> AgentConfig:
     return parse_config(text, str(path), base_dir=path.parent)
 
 
-def _signer(
-    workdir: Path, cfg: AgentConfig, console: Console
-) -> tuple[Signer, SwtpmProcess | None]:
-    """A key in a SIMULATED TPM (swtpm) when swtpm is installed, else a software key."""
-    if swtpm_available():
-        tpm = SwtpmProcess(workdir / "swtpm")
-        try:
-            from attestation.signers.tpm import TpmSigner  # noqa: PLC0415 - optional extra
+def _tpm_identity(
+    workdir: Path, hub: HubServer, name: str, console: Console
+) -> tuple[Signer, SwtpmProcess, str]:
+    """Make a SIMULATED TPM (EK certificate from a local maker CA), enroll it, open its key.
 
-            tpm.start()
-            signer = TpmSigner.open(tpm.tcti)
+    The hub trusts that local maker CA (copied into its ek-ca/ folder), exactly as a real
+    hub trusts a real TPM maker's CA. Reruns reuse the TPM and skip the enrollment.
+    """
+    from attestation.signers.tpm import TpmSigner  # noqa: PLC0415 - the tpm extra
+    from provisioning.enroll import enroll  # noqa: PLC0415
+    from provisioning.tpm_identity import TpmIdentity  # noqa: PLC0415
+
+    state, ca = workdir / "swtpm", EkCa(workdir / "tpm-maker")
+    if not (state / "tpm2-00.permall").exists():
+        manufacture(state, ca)
+    trusted = hub.settings.data_dir / "ek-ca"
+    trusted.mkdir(parents=True, exist_ok=True)
+    for cert in ca.cert_paths:
+        shutil.copy(cert, trusted / cert.name)
+    tpm = SwtpmProcess(state).start()
+    try:
+        r = httpx.post(
+            f"{hub.url}/v1/enrollment-tokens",
+            json={"site": "demo"},
+            headers={"authorization": f"Bearer {hub.settings.admin_token}"},
+            timeout=10,
+        )
+        r.raise_for_status()
+        with TpmIdentity(tpm.tcti) as identity:
+            done, _ = enroll(
+                identity,
+                hub.url,
+                str(r.json()["token"]),
+                name=name,
+                state_dir=workdir / "agent",
+                progress=lambda step: console.print(f"  enrollment: {step}"),
+            )
+        signer = TpmSigner.open(tpm.tcti, create=False)
+    except BaseException:
+        tpm.stop()
+        raise
+    console.print(
+        f"[bold]signing key[/bold] P-256 key in a SIMULATED TPM (swtpm, {tpm.tcti}, "
+        f"handle {signer.handle:#x}), enrolled with EK certificate, AK activation, "
+        "Certify and a PCR quote"
+    )
+    return signer, tpm, done.utid
+
+
+def _identity(
+    workdir: Path, cfg: AgentConfig, hub: HubServer, console: Console
+) -> tuple[Signer, SwtpmProcess | None, str]:
+    """An enrolled swtpm key when swtpm is installed, else a registered software key."""
+    if swtpm_available():
+        try:
+            return _tpm_identity(workdir, hub, cfg.device.name, console)
         except (ImportError, Fixable) as err:
-            tpm.stop()
             console.print(
                 f"[yellow]swtpm is installed but unusable ({err}); "
                 "falling back to a software key[/yellow]"
             )
-        else:
-            console.print(
-                f"[bold]signing key[/bold] P-256 key in a SIMULATED TPM (swtpm, "
-                f"{tpm.tcti}, persistent handle {signer.handle:#x})"
-            )
-            return signer, tpm
     else:
         console.print(
-            "[yellow]swtpm is not installed (apt install swtpm): falling back to a "
-            "software key[/yellow]"
+            "[yellow]swtpm is not installed (apt install swtpm swtpm-tools): falling back "
+            "to a software key[/yellow]"
         )
     console.print(
         f"[yellow]signing key: software P-256 key ({cfg.device.key_file}) — "
         "development only, not a TPM[/yellow]"
     )
-    return make_signer(cfg.device), None
+    signer = make_signer(cfg.device)
+    utid = register_device(
+        hub.url, hub.settings.admin_token, signer, name=cfg.device.name, state_dir=workdir / "agent"
+    )
+    return signer, None, utid
 
 
 def _demo_scorer(workdir: Path, console: Console) -> OnnxScorer:
@@ -149,15 +192,7 @@ async def _run(
             what = f"replaying {replay}" if replay else "simulated pump (physics model)"
             console.print(f"[bold]plant[/bold] Modbus TCP 127.0.0.1:{plant.port} — {what}")
             cfg = _agent_config(workdir, hub.url, plant.port)
-            signer, tpm = await asyncio.to_thread(_signer, workdir, cfg, console)
-            utid = await asyncio.to_thread(
-                register_device,
-                hub.url,
-                hub.settings.admin_token,
-                signer,
-                name=cfg.device.name,
-                state_dir=workdir / "agent",
-            )
+            signer, tpm, utid = await asyncio.to_thread(_identity, workdir, cfg, hub, console)
             console.print(f"[bold]gateway[/bold] {utid}")
             scorer = await asyncio.to_thread(_demo_scorer, workdir, console)
             runtime = AgentRuntime(cfg, signer, connectors_from_config(cfg), scorer=scorer)

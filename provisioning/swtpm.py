@@ -15,7 +15,7 @@ from pathlib import Path
 
 from provisioning.errors import ProvisioningError
 
-__all__ = ["SwtpmProcess", "swtpm_available"]
+__all__ = ["EkCa", "SwtpmProcess", "manufacture", "swtpm_available"]
 
 
 def swtpm_available() -> bool:
@@ -35,6 +35,71 @@ def _free_port_pair() -> int:
                     continue
             return port
     raise ProvisioningError("no two adjacent free ports for swtpm")
+
+
+@dataclass(frozen=True, slots=True)
+class EkCa:
+    """A local, SIMULATED TPM maker's CA (swtpm_localca): what signs the swtpm EK certificates.
+
+    A hub that should accept these TPMs trusts ``root_pem`` and ``issuer_pem`` as EK CAs.
+    """
+
+    directory: Path
+
+    @property
+    def root_pem(self) -> Path:
+        return self.directory / "swtpm-localca-rootca-cert.pem"
+
+    @property
+    def issuer_pem(self) -> Path:
+        return self.directory / "issuercert.pem"
+
+    @property
+    def cert_paths(self) -> tuple[Path, Path]:
+        return (self.root_pem, self.issuer_pem)
+
+
+def manufacture(state_dir: Path, ca: EkCa) -> None:
+    """Make a SIMULATED TPM as a TPM maker would: EK + EK certificate signed by ``ca``.
+
+    Runs ``swtpm_setup --create-ek-cert`` with its own config files (nothing under /etc or
+    /var is used or changed). The CA is created on first use and shared by later calls.
+    """
+    exe = shutil.which("swtpm_setup")
+    if exe is None:
+        raise ProvisioningError("swtpm_setup is not installed", hint="apt install swtpm-tools")
+    d = ca.directory
+    d.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "localca.conf": f"statedir = {d}\nsigningkey = {d}/signkey.pem\n"
+        f"issuercert = {d}/issuercert.pem\ncertserial = {d}/certserial\n",
+        "localca.options": "--platform-manufacturer FactoryOps\n--platform-version 2.1\n"
+        "--platform-model swtpm\n",
+        "setup.conf": "create_certs_tool = /usr/bin/swtpm_localca\n"
+        f"create_certs_tool_config = {d}/localca.conf\n"
+        f"create_certs_tool_options = {d}/localca.options\nactive_pcr_banks = sha256\n",
+    }
+    for name, text in files.items():
+        (d / name).write_text(text)
+    r = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [
+            exe,
+            "--tpm2",
+            "--tpmstate",
+            str(state_dir),
+            "--create-ek-cert",
+            "--overwrite",
+            "--config",
+            str(d / "setup.conf"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if r.returncode != 0:
+        raise ProvisioningError(f"swtpm_setup failed: {(r.stderr or r.stdout).strip()[-300:]}")
 
 
 @dataclass

@@ -31,9 +31,22 @@ from tpm2_pytss.types import (
 from attestation.errors import AttestationError
 from attestation.signers.base import ALG_ES256, TpmClock
 
-__all__ = ["DEFAULT_KEY_HANDLE", "TpmError", "TpmSigner", "parse_tcti"]
+__all__ = [
+    "AK_HANDLE",
+    "DEFAULT_KEY_HANDLE",
+    "TpmError",
+    "TpmSigner",
+    "load_or_create_key",
+    "open_esapi",
+    "parse_tcti",
+    "persistent_handles",
+]
 
-DEFAULT_KEY_HANDLE = 0x81010001  # first owner-hierarchy persistent handle (TCG registry)
+# Owner-hierarchy persistent handles (TCG handle registry: 0x81000000-0x8100FFFF is the
+# owner's range; 0x81010000 and up belong to the endorsement hierarchy, where swtpm_setup
+# and TPM makers keep the EKs)
+DEFAULT_KEY_HANDLE = 0x81000101  # the device signing key (the UTID)
+AK_HANDLE = 0x81000102  # the attestation key that certifies it at enrollment
 _KEY_ATTRS = (
     TPMA_OBJECT.FIXEDTPM
     | TPMA_OBJECT.FIXEDPARENT
@@ -76,18 +89,9 @@ class TpmSigner:
     @classmethod
     def open(cls, tcti: str, *, handle: int = DEFAULT_KEY_HANDLE, create: bool = True) -> TpmSigner:
         """Load the key at ``handle``, creating and persisting it first when ``create``."""
-        name, conf = parse_tcti(tcti)
+        esapi, ctx = open_esapi(tcti)
         try:
-            ctx = TCTILdr(name, conf)
-            esapi = ESAPI(ctx)
-        except TSS2_Exception as err:
-            raise TpmError(
-                f"no TPM answers at {tcti}: {err}",
-                hint="check the TPM (ls -l /dev/tpmrm0) or start swtpm; for development set "
-                'signer = "software"',
-            ) from err
-        try:
-            key = _load_or_create(esapi, handle, create)
+            key = load_or_create_key(esapi, handle, create=create)
             public, _, _ = esapi.read_public(key)
             der = public.publicArea.to_der()
         except TpmError:
@@ -136,21 +140,41 @@ class TpmSigner:
             self._tcti.close()
 
 
-def _persistent_handles(esapi: ESAPI) -> set[int]:
+def open_esapi(tcti: str) -> tuple[ESAPI, TCTILdr]:
+    """An ESAPI context on ``tcti``, or a TpmError that says how to get one."""
+    name, conf = parse_tcti(tcti)
+    try:
+        ctx = TCTILdr(name, conf)
+        return ESAPI(ctx), ctx
+    except TSS2_Exception as err:
+        raise TpmError(
+            f"no TPM answers at {tcti}: {err}",
+            hint="check the TPM (ls -l /dev/tpmrm0) or start swtpm; for development set "
+            'signer = "software"',
+        ) from err
+
+
+def persistent_handles(esapi: ESAPI) -> set[int]:
     _, data = esapi.get_capability(TPM2_CAP.HANDLES, TPM2_HC.PERSISTENT_FIRST, 64)
     return {int(h) for h in data.data.handles}
 
 
-def _load_or_create(esapi: ESAPI, handle: int, create: bool) -> ESYS_TR:
+def load_or_create_key(
+    esapi: ESAPI, handle: int, *, create: bool, template: TPM2B_PUBLIC | None = None
+) -> ESYS_TR:
+    """The key at persistent ``handle``; made as an owner primary from ``template`` if absent.
+
+    The default template is the device signing key: unrestricted ECC P-256, ECDSA-SHA256.
+    """
     # ask first: Esys_TR_FromTPMPublic on a missing handle logs an error to stderr
-    if handle in _persistent_handles(esapi):
+    if handle in persistent_handles(esapi):
         return esapi.tr_from_tpmpublic(handle)
     if not create:
         raise TpmError(
             f"no key at persistent handle {handle:#x}",
             hint="create it with `factoryops provision init`",
         )
-    public = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=_KEY_ATTRS)
+    public = template or TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=_KEY_ATTRS)
     transient, *_ = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), public, ESYS_TR.OWNER)
     try:
         return esapi.evict_control(ESYS_TR.OWNER, transient, handle)

@@ -22,7 +22,18 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["devices", "log_checkpoints", "log_entries", "metadata", "readings", "windows"]
+__all__ = [
+    "device_challenges",
+    "device_tokens",
+    "devices",
+    "enrollment_tokens",
+    "enrollments",
+    "log_checkpoints",
+    "log_entries",
+    "metadata",
+    "readings",
+    "windows",
+]
 
 metadata = MetaData()
 
@@ -98,4 +109,51 @@ log_checkpoints = Table(
     Column("root", LargeBinary, nullable=False),
     Column("note", Text, nullable=False),
     Column("created_ns", BigInteger, nullable=False),
+)
+
+# Enrollment (cloud_sync/enroll.py). Secrets are stored as SHA-256 only.
+enrollment_tokens = Table(
+    "enrollment_tokens",
+    metadata,
+    Column("token_sha256", LargeBinary, primary_key=True),
+    Column("site", String(128), nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+    Column("used_ns", BigInteger, nullable=True),  # set once, by compare-and-set
+    Column("used_by", String(69), nullable=True),
+)
+
+# one row per started enrollment: what the device claimed and what it must prove
+enrollments = Table(
+    "enrollments",
+    metadata,
+    Column("session", String(64), primary_key=True),
+    Column("token_sha256", LargeBinary, nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("ek_sha256", LargeBinary, nullable=False),  # of the EK public key (SPKI DER)
+    Column("ak_public", LargeBinary, nullable=False),  # TPM2B_PUBLIC
+    Column("key_public", LargeBinary, nullable=False),
+    Column("secret_sha256", LargeBinary, nullable=False),
+    Column("nonce", LargeBinary, nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | done
+    Column("utid", String(69), nullable=True),
+    Column("pcrs", Text, nullable=True),  # JSON {index: hex} of the accepted quote
+)
+
+device_challenges = Table(
+    "device_challenges",
+    metadata,
+    Column("challenge_sha256", LargeBinary, primary_key=True),
+    Column("utid", String(69), nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+    Column("used", Boolean, nullable=False, default=False),
+)
+
+device_tokens = Table(
+    "device_tokens",
+    metadata,
+    Column("token_sha256", LargeBinary, primary_key=True),
+    Column("utid", String(69), nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
 )
