@@ -70,6 +70,42 @@ def token(data_dir: Path) -> None:
     click.echo(HubSettings.create(data_dir).admin_token)
 
 
+@hub.command("enroll-token")
+@_DATA_DIR
+@_DB
+@click.option("--site", default="default", show_default=True, help="Site the device joins.")
+@click.option(
+    "--ttl",
+    "ttl_s",
+    default=86_400,
+    show_default=True,
+    type=click.IntRange(60, 30 * 86_400),
+    help="Seconds until the token expires.",
+)
+def enroll_token(data_dir: Path, db_url: str | None, site: str, ttl_s: int) -> None:
+    """Print a one-time enrollment token for a field technician.
+
+    Also put the TPM makers' CA certificates (PEM) the hub should trust in
+    DATA_DIR/ek-ca/ and, optionally, required PCR values in DATA_DIR/pcr-policy.json.
+
+    \b
+    Example:
+      factoryops hub enroll-token --site plant-1 --ttl 3600
+      # on the gateway:
+      factoryops provision enroll --hub https://hub.example --token fo-enroll-...
+    """
+    import time  # noqa: PLC0415
+
+    from cloud_sync.enroll import new_enrollment_token  # noqa: PLC0415
+    from cloud_sync.storage import Store  # noqa: PLC0415
+
+    store = Store.open(HubSettings.create(data_dir, db_url=db_url).db_url)
+    try:
+        click.echo(new_enrollment_token(store, site=site, ttl_s=ttl_s, now_ns=time.time_ns()))
+    finally:
+        store.close()
+
+
 @hub.command()
 @_DATA_DIR
 @_DB

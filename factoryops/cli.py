@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "sim": "hil_tests.cli:sim",
     "hil": "hil_tests.cli:hil",
     "model": "models_onnx.cli:model",
+    "provision": "provisioning.cli:provision",
 }
 
 

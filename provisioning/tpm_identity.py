@@ -35,6 +35,7 @@ from tpm2_pytss.types import (
 )
 from tpm2_pytss.utils import NoSuchIndex, create_ek_template
 
+from attestation.signers.base import TpmClock
 from attestation.signers.tpm import (
     AK_HANDLE,
     DEFAULT_KEY_HANDLE,
@@ -127,6 +128,12 @@ class TpmIdentity:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def clock(self) -> TpmClock:
+        info = self._tpm("read the clock", self._esapi.read_clock).clockInfo
+        return TpmClock(
+            int(info.clock), int(info.resetCount), int(info.restartCount), bool(info.safe)
+        )
 
     # keys -------------------------------------------------------------------------------
     def has_keys(self) -> dict[str, bool]:

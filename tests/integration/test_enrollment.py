@@ -260,3 +260,71 @@ def test_an_admin_cannot_register_a_tpm_key_by_claim(hub: Any) -> None:
         headers={"authorization": f"Bearer {hub.settings.admin_token}"},
     )
     assert r.status_code == 403 and r.json()["error"] == "enroll_required"
+
+
+def test_the_field_technician_cli_inits_enrolls_and_diagnoses(
+    hub: Any, maker: tuple[EkCa, list[SwtpmProcess]], tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from factoryops.cli import cli
+
+    tpm, state = maker[1][1], str(tmp_path / "state")
+    run = CliRunner().invoke
+    init = run(cli, ["provision", "init", "--tcti", tpm.tcti])
+    assert init.exit_code == 0, init.output
+    utid = init.output.strip().splitlines()[-1]
+    assert utid.startswith("utid:")
+    assert run(cli, ["provision", "init", "--tcti", tpm.tcti]).output.count("kept") == 2
+
+    status = run(cli, ["provision", "status", "--tcti", tpm.tcti, "--state-dir", state])
+    assert status.exit_code == 1 and "fix: run `provision enroll`" in status.output
+
+    args = ["--tcti", tpm.tcti, "--state-dir", state, "--hub", hub.url]
+    enrolled = run(cli, ["provision", "enroll", *args, "--token", _token(hub), "--name", "gw-cli"])
+    assert enrolled.exit_code == 0, enrolled.output
+    assert f"enrolled: {utid}" in enrolled.output
+    again = run(cli, ["provision", "enroll", *args, "--token", "fo-enroll-unused-token"])
+    assert "already enrolled" in again.output  # idempotent: no token spent, nothing changed
+
+    diagnose = run(cli, ["provision", "diagnose", *args])
+    assert diagnose.exit_code == 0, diagnose.output
+    assert "FAIL" not in diagnose.output and "knows this device" in diagnose.output
+
+    dead = run(
+        cli,
+        [
+            "provision",
+            "diagnose",
+            "--tcti",
+            tpm.tcti,
+            "--state-dir",
+            state,
+            "--hub",
+            "http://127.0.0.1:9",
+        ],
+    )
+    assert dead.exit_code == 1 and "fix: check the URL" in dead.output
+
+
+def test_no_tpm_is_a_one_line_reason_with_a_fix() -> None:
+    import subprocess
+    import sys
+
+    pytest.importorskip("tpm2_pytss", reason="tpm2-pytss is not installed")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "factoryops", "provision", "init", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
+    r = run("--tcti", "swtpm:host=127.0.0.1,port=9")
+    assert r.returncode == 1
+    assert "error: no TPM answers at swtpm:host=127.0.0.1,port=9" in r.stderr
+    assert "hint: check the TPM" in r.stderr
+    bad = run("--tcti", "bogus")
+    assert bad.returncode == 1 and "is not 'device:/dev/tpmrm0'" in bad.stderr
