@@ -31,6 +31,12 @@ _TCTI = click.option(
     show_default="device:/dev/tpmrm0 or $FACTORYOPS_TCTI",
     help="How to reach the TPM, e.g. swtpm:host=127.0.0.1,port=2321 for a SIMULATED one.",
 )
+_OWNER_AUTH = click.option(
+    "--owner-auth",
+    default=lambda: os.environ.get("FACTORYOPS_OWNER_AUTH"),
+    help="The TPM owner hierarchy's authorization value, if it has one"
+    " (or $FACTORYOPS_OWNER_AUTH).",
+)
 _STATE = click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -40,7 +46,7 @@ _STATE = click.option(
 )
 
 
-def _identity(tcti: str) -> TpmIdentity:
+def _identity(tcti: str, owner_auth: str | None = None) -> TpmIdentity:
     try:
         from provisioning.tpm_identity import TpmIdentity  # noqa: PLC0415 - the tpm extra
     except ImportError as err:
@@ -48,7 +54,7 @@ def _identity(tcti: str) -> TpmIdentity:
             f"TPM support is not installed: {err}",
             hint="apt install libtss2-dev pkg-config; uv sync --extra tpm",
         ) from err
-    return TpmIdentity(tcti)
+    return TpmIdentity(tcti, owner_auth=owner_auth)
 
 
 def _step(text: str) -> None:
@@ -70,7 +76,8 @@ def provision() -> None:
 
 @provision.command()
 @_TCTI
-def init(tcti: str) -> None:
+@_OWNER_AUTH
+def init(tcti: str, owner_auth: str | None) -> None:
     """Find and check the TPM, create the signing key and AK, print the UTID (offline).
 
     \b
@@ -79,7 +86,7 @@ def init(tcti: str) -> None:
     """
     from attestation.utid import utid_bytes, utid_text  # noqa: PLC0415
 
-    with _identity(tcti) as ident:
+    with _identity(tcti, owner_auth) as ident:
         _step(f"TPM answers at {tcti}")
         cert = ident.ek_certificate()
         _step(f"EK certificate present ({len(cert)} bytes)")
@@ -95,13 +102,16 @@ def init(tcti: str) -> None:
 
 @provision.command()
 @_TCTI
+@_OWNER_AUTH
 @_STATE
 @click.option("--hub", "hub_url", required=True, help="The hub's base URL.")
 @click.option("--token", required=True, help="One-time token from `factoryops hub enroll-token`.")
 @click.option(
     "--name", default=lambda: os.uname().nodename, help="Device name (default: hostname)."
 )
-def enroll(tcti: str, state_dir: Path, hub_url: str, token: str, name: str) -> None:
+def enroll(
+    tcti: str, owner_auth: str | None, state_dir: Path, hub_url: str, token: str, name: str
+) -> None:
     """Prove this TPM to the hub and receive the device certificate.
 
     \b
@@ -110,7 +120,7 @@ def enroll(tcti: str, state_dir: Path, hub_url: str, token: str, name: str) -> N
     """
     from provisioning.enroll import enroll as run  # noqa: PLC0415
 
-    with _identity(tcti) as ident:
+    with _identity(tcti, owner_auth) as ident:
         done, changed = run(ident, hub_url, token, name=name, state_dir=state_dir, progress=_step)
     click.echo(f"{'enrolled' if changed else 'already enrolled'}: {done.utid} with {done.hub_url}")
 

@@ -40,6 +40,7 @@ from attestation.signers.tpm import (
     AK_HANDLE,
     DEFAULT_KEY_HANDLE,
     TpmError,
+    explain,
     load_or_create_key,
     open_esapi,
     persistent_handles,
@@ -114,8 +115,10 @@ class Quote:
 class TpmIdentity:
     """EK/AK/signing-key operations on one TPM (device or SIMULATED swtpm)."""
 
-    def __init__(self, tcti: str, *, key_handle: int = DEFAULT_KEY_HANDLE) -> None:
-        self._esapi, self._tcti = open_esapi(tcti)
+    def __init__(
+        self, tcti: str, *, key_handle: int = DEFAULT_KEY_HANDLE, owner_auth: str | None = None
+    ) -> None:
+        self._esapi, self._tcti = open_esapi(tcti, owner_auth=owner_auth)
         self.tcti = tcti
         self.key_handle = key_handle
 
@@ -272,4 +275,4 @@ class TpmIdentity:
         try:
             return call()
         except TSS2_Exception as err:
-            raise TpmError(f"TPM could not {what}: {err}") from err
+            raise explain(err, what) from err

@@ -17,6 +17,7 @@ from tpm2_pytss.constants import (
     TPM2_ALG,
     TPM2_CAP,
     TPM2_HC,
+    TPM2_RC,
     TPM2_RH,
     TPM2_ST,
     TPMA_OBJECT,
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_KEY_HANDLE",
     "TpmError",
     "TpmSigner",
+    "explain",
     "load_or_create_key",
     "open_esapi",
     "parse_tcti",
@@ -99,11 +101,7 @@ class TpmSigner:
             raise
         except TSS2_Exception as err:
             esapi.close()
-            raise TpmError(
-                f"TPM refused the device key at {handle:#x}: {err}",
-                hint="run `tpm2_getcap handles-persistent`; the owner hierarchy"
-                " may need its auth value",
-            ) from err
+            raise explain(err, f"load the device key at {handle:#x}") from err
         return cls(esapi, ctx, key, der, handle)
 
     def public_key_der(self) -> bytes:
@@ -140,18 +138,41 @@ class TpmSigner:
             self._tcti.close()
 
 
-def open_esapi(tcti: str) -> tuple[ESAPI, TCTILdr]:
+def explain(err: TSS2_Exception, what: str) -> TpmError:
+    """A TPM response code as a one-line reason and the fix a technician can apply."""
+    code = int(err.error) if err.error else int(err.rc)
+    if code in (TPM2_RC.BAD_AUTH, TPM2_RC.AUTH_FAIL):
+        hint = "the owner hierarchy has an authorization value: pass it with --owner-auth"
+        return TpmError(f"TPM could not {what}: wrong owner authorization", hint=hint)
+    if code == TPM2_RC.NV_SPACE:
+        return TpmError(
+            f"TPM could not {what}: its persistent storage (NV) is full",
+            hint="list keys with `tpm2_getcap handles-persistent` and free unused ones"
+            " with `tpm2_evictcontrol -C o -c HANDLE`",
+        )
+    if code == TPM2_RC.LOCKOUT:
+        return TpmError(
+            f"TPM could not {what}: it is in dictionary-attack lockout",
+            hint="wait for the lockout to expire or reset it with the lockout auth",
+        )
+    return TpmError(f"TPM could not {what}: {err}", hint="run `factoryops provision diagnose`")
+
+
+def open_esapi(tcti: str, *, owner_auth: str | None = None) -> tuple[ESAPI, TCTILdr]:
     """An ESAPI context on ``tcti``, or a TpmError that says how to get one."""
     name, conf = parse_tcti(tcti)
     try:
         ctx = TCTILdr(name, conf)
-        return ESAPI(ctx), ctx
+        esapi = ESAPI(ctx)
     except TSS2_Exception as err:
         raise TpmError(
             f"no TPM answers at {tcti}: {err}",
             hint="check the TPM (ls -l /dev/tpmrm0) or start swtpm; for development set "
             'signer = "software"',
         ) from err
+    if owner_auth:
+        esapi.tr_set_auth(ESYS_TR.OWNER, owner_auth.encode())
+    return esapi, ctx
 
 
 def persistent_handles(esapi: ESAPI) -> set[int]:
@@ -175,9 +196,14 @@ def load_or_create_key(
             hint="create it with `factoryops provision init`",
         )
     public = template or TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=_KEY_ATTRS)
-    transient, *_ = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), public, ESYS_TR.OWNER)
+    try:
+        transient, *_ = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), public, ESYS_TR.OWNER)
+    except TSS2_Exception as err:
+        raise explain(err, f"create the key for {handle:#x}") from err
     try:
         return esapi.evict_control(ESYS_TR.OWNER, transient, handle)
+    except TSS2_Exception as err:
+        raise explain(err, f"persist the key at {handle:#x}") from err
     finally:
         # no resource manager under swtpm: every transient object is ours to flush
         esapi.flush_context(transient)

@@ -328,3 +328,60 @@ def test_no_tpm_is_a_one_line_reason_with_a_fix() -> None:
     assert "hint: check the TPM" in r.stderr
     bad = run("--tcti", "bogus")
     assert bad.returncode == 1 and "is not 'device:/dev/tpmrm0'" in bad.stderr
+
+
+@pytest.fixture
+def fresh_tpm(tmp_path: Path, maker: tuple[EkCa, list[SwtpmProcess]]) -> Iterator[SwtpmProcess]:
+    """A TPM of its own, for tests that change its owner auth or fill its storage."""
+    manufacture(tmp_path / "tpm", maker[0])
+    tpm = SwtpmProcess(tmp_path / "tpm").start()
+    yield tpm
+    tpm.stop()
+
+
+def test_a_wrong_owner_auth_and_a_full_nv_say_what_to_do(fresh_tpm: SwtpmProcess) -> None:
+    from tpm2_pytss import TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR, TPMA_OBJECT
+    from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE
+
+    from attestation.signers.tpm import TpmError, open_esapi, persistent_handles
+    from provisioning.tpm_identity import TpmIdentity
+
+    esapi, tcti = open_esapi(fresh_tpm.tcti)
+    esapi.hierarchy_change_auth(ESYS_TR.OWNER, b"plant-secret")
+    esapi.close()
+    tcti.close()
+    with TpmIdentity(fresh_tpm.tcti) as ident, pytest.raises(TpmError) as err:
+        ident.ensure_keys()
+    assert "wrong owner authorization" in str(err.value) and "--owner-auth" in err.value.hint
+
+    # fill the TPM's persistent storage with other keys, as an old install might have
+    esapi, tcti = open_esapi(fresh_tpm.tcti, owner_auth="plant-secret")
+    public = TPM2B_PUBLIC.parse(
+        "ecc256:ecdsa-sha256",
+        objectAttributes=TPMA_OBJECT.FIXEDTPM
+        | TPMA_OBJECT.FIXEDPARENT
+        | TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | TPMA_OBJECT.USERWITHAUTH
+        | TPMA_OBJECT.SIGN_ENCRYPT,
+    )
+    filler = 0x81000200
+    try:
+        while True:
+            t, *_ = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), public, ESYS_TR.OWNER)
+            try:
+                esapi.evict_control(ESYS_TR.OWNER, t, filler)
+            finally:
+                esapi.flush_context(t)
+            filler += 1
+    except TSS2_Exception:
+        pass  # NV is full
+    assert len(persistent_handles(esapi)) > 2
+    esapi.close()
+    tcti.close()
+    with TpmIdentity(fresh_tpm.tcti, owner_auth="plant-secret") as ident:
+        with pytest.raises(TpmError) as full:
+            ident.ensure_keys()
+        assert "persistent storage (NV) is full" in str(full.value)
+        assert "tpm2_evictcontrol" in full.value.hint
+        assert ident.has_keys() == {"signing_key": False, "ak": False}  # nothing half-made
