@@ -63,6 +63,18 @@ class AgentMetrics:
             ["connector"],
             registry=r,
         )
+        self.connector_up = Gauge(
+            p + "connector_up",
+            "1 while a connector runs, 0 while it waits to restart",
+            ["connector"],
+            registry=r,
+        )
+        self.connector_restarts = Counter(
+            p + "connector_restarts",
+            "Connector failures that led to a restart",
+            ["connector"],
+            registry=r,
+        )
         self.windows_signed = Counter(p + "windows_signed", "Micro-proofs committed", registry=r)
         self.gap_records = Counter(p + "gap_records", "Gap records signed", registry=r)
         self.spool_retries = Counter(

@@ -20,7 +20,7 @@ from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.connectors.base import Connector, Emit, Sample
 from agent.connectors.registry import build_connectors
-from agent.errors import SpoolError
+from agent.errors import ConfigError, SpoolError
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.scoring import Scorer
 from agent.sealer import SealedWindow, seal
@@ -69,6 +69,9 @@ class AgentRuntime:
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     disk_full_backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.2, cap_s=10.0))
     stop_grace_s: float = 30.0  # how long a stop waits for a full disk before giving up
+    restart_backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.5, cap_s=30.0))
+    restart_limit: int | None = None  # restarts in a row before a failing connector is left off
+    connector_failures: dict[str, str] = field(default_factory=dict)
     spool: Spool = field(init=False)
     uplink: Uplink | None = field(init=False, default=None)
 
@@ -124,7 +127,7 @@ class AgentRuntime:
         try:
             async with asyncio.TaskGroup() as tg:
                 acquiring = [
-                    tg.create_task(c.run(self._emitter(c.name)), name=f"connector[{c.name}]")
+                    tg.create_task(self._supervise(c), name=f"connector[{c.name}]")
                     for c in self.connectors
                 ]
                 collector = tg.create_task(self._collect(), name="collector")
@@ -165,6 +168,44 @@ class AgentRuntime:
             return
         # everything acquired is committed: a clean stop leaves no gap record
         await self._spool_call(self.spool.release)
+
+    async def _supervise(self, connector: Connector) -> None:
+        """Run one connector; if it fails, restart it alone after a backoff.
+
+        A connector handles its own peer's failures (reconnects); what reaches here is a
+        bug or a configuration error. A ``ConfigError`` stops that connector for good (a
+        restart cannot fix it); anything else restarts it, up to ``restart_limit`` times in
+        a row. The other connectors, and the agent, keep running either way.
+        """
+        name = connector.name
+        up = self.metrics.connector_up.labels(name)
+        attempt = 0
+        while True:
+            up.set(1)
+            started = time.monotonic()
+            try:
+                await connector.run(self._emitter(name))
+                reason = "returned"
+            except ConfigError as err:
+                up.set(0)
+                self.connector_failures[name] = f"stopped: {err}"
+                log.error("connector %s stopped: %s (hint: %s)", name, err, err.hint)  # noqa: TRY400
+                return
+            except Exception as err:  # a bug in one connector must not stop the rest
+                reason = f"{type(err).__name__}: {err}"
+                log.exception("connector %s failed", name)
+            up.set(0)
+            self.metrics.connector_restarts.labels(name).inc()
+            if time.monotonic() - started > self.restart_backoff.cap_s * 2:
+                attempt = 0  # it ran fine for a while: start the backoff over
+            if self.restart_limit is not None and attempt >= self.restart_limit:
+                self.connector_failures[name] = f"gave up after {attempt} restarts: {reason}"
+                log.error("connector %s: giving up after %d restarts", name, attempt)
+                return
+            self.connector_failures[name] = f"restarting after: {reason}"
+            delay = self.restart_backoff.delay(attempt, self._rng)
+            attempt += 1
+            await asyncio.sleep(delay)
 
     def _emitter(self, connector: str) -> Emit:
         readings = self.metrics.readings.labels(connector)
@@ -316,4 +357,5 @@ class AgentRuntime:
             "uplink_failures": up.failures if up else 0,
             "uplink_stopped": up.stopped if up else None,
             "disk_full_retries": self.counters.disk_full_retries,
+            "connector_failures": dict(self.connector_failures),
         }

@@ -1,0 +1,91 @@
+"""A failing connector is restarted alone (or left off); the others and the agent go on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.backoff import Backoff
+from agent.config import parse_config
+from agent.connectors.base import Emit, Sample
+from agent.errors import ConfigError
+from agent.runtime import AgentRuntime
+from attestation.signers.software import SoftwareSigner
+from tests.unit.test_agent_slow_signer import Ticker
+
+
+@dataclass
+class Failing:
+    """Raises ``error()`` on its first ``failures`` runs, then emits like a healthy peer."""
+
+    error: Callable[[], Exception]
+    failures: int
+    name: str = "flaky"
+    runs: int = 0
+
+    async def run(self, emit: Emit) -> None:
+        self.runs += 1
+        if self.runs <= self.failures:
+            raise self.error()
+        while True:
+            await emit([Sample("flaky", 1.0, "u", 1)])
+            await asyncio.sleep(0.01)
+
+
+async def _run(tmp_path: Path, failing: Failing, **kw: object) -> tuple[AgentRuntime, Ticker]:
+    cfg = parse_config(
+        '[device]\nname = "gw"\n[window]\nmax_readings = 50\nmax_ms = 50\n'
+        '[[modbus]]\nname = "unused"\nhost = "127.0.0.1"\n[[modbus.tags]]\nname = "x"\n'
+        "address = 0\n",
+        str(tmp_path / "a.toml"),
+        base_dir=tmp_path,
+    )
+    ticker = Ticker(per_batch=5, period_s=0.01)
+    runtime = AgentRuntime(
+        cfg,
+        SoftwareSigner.generate(),
+        [ticker, failing],
+        restart_backoff=Backoff(base_s=0.01, cap_s=0.05),
+        **kw,  # type: ignore[arg-type]
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop))
+    async with asyncio.timeout(30):
+        while ticker.batches < 60:  # noqa: ASYNC110 - polling the source's counter
+            await asyncio.sleep(0.02)
+    stop.set()
+    await task
+    return runtime, ticker
+
+
+def _sample(runtime: AgentRuntime, metric: str, connector: str) -> float | None:
+    return runtime.metrics.registry.get_sample_value(metric, {"connector": connector})
+
+
+async def test_a_crashing_connector_is_restarted_and_the_others_never_stop(tmp_path: Path) -> None:
+    failing = Failing(lambda: RuntimeError("bug in a decoder"), failures=3)
+    runtime, ticker = await _run(tmp_path, failing)
+    assert failing.runs == 4  # three crashes, then it ran
+    assert _sample(runtime, "factoryops_agent_connector_restarts_total", "flaky") == 3
+    assert _sample(runtime, "factoryops_agent_readings_total", "flaky") > 0  # type: ignore[operator]
+    c = runtime.counters
+    assert c.readings_committed == c.readings_acquired  # nothing lost around the crashes
+    assert ticker.batches >= 60
+
+
+async def test_a_connector_with_a_config_error_is_left_off_and_says_why(tmp_path: Path) -> None:
+    bad = Failing(lambda: ConfigError("a.toml", "mqtt[0].url", 3, "bad scheme"), failures=99)
+    runtime, ticker = await _run(tmp_path, bad)
+    assert bad.runs == 1  # a restart cannot fix configuration
+    assert "stopped" in runtime.status()["connector_failures"]["flaky"]
+    assert _sample(runtime, "factoryops_agent_connector_up", "flaky") == 0
+    assert runtime.counters.readings_committed == ticker.batches * 5
+
+
+async def test_a_connector_that_keeps_failing_is_given_up_after_the_limit(tmp_path: Path) -> None:
+    hopeless = Failing(lambda: OSError("device gone"), failures=99)
+    runtime, _ = await _run(tmp_path, hopeless, restart_limit=2)
+    assert hopeless.runs == 3
+    assert "gave up after 2 restarts" in runtime.status()["connector_failures"]["flaky"]
