@@ -70,6 +70,29 @@ def token(data_dir: Path) -> None:
     click.echo(HubSettings.create(data_dir).admin_token)
 
 
+@hub.command()
+@_DATA_DIR
+@_DB
+def migrate(data_dir: Path, db_url: str | None) -> None:
+    """Bring the database schema to this version (the hub also does it at start).
+
+    \b
+    Example (before rolling out a new version to several replicas):
+      factoryops hub migrate --db postgresql+psycopg://hub@db/hub
+    """
+    from sqlalchemy import create_engine  # noqa: PLC0415
+
+    from cloud_sync.storage.migrate import current_revision  # noqa: PLC0415
+    from cloud_sync.storage.migrate import migrate as run  # noqa: PLC0415
+
+    engine = create_engine(HubSettings.create(data_dir, db_url=db_url).db_url)
+    try:
+        run(engine)
+        click.echo(f"schema at revision {current_revision(engine)}")
+    finally:
+        engine.dispose()
+
+
 @hub.command("enroll-token")
 @_DATA_DIR
 @_DB

@@ -13,7 +13,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, insert, s
 from sqlalchemy.exc import IntegrityError
 
 from attestation.reading import Reading
-from cloud_sync.storage.tables import devices, metadata, readings, windows
+from cloud_sync.storage.migrate import migrate
+from cloud_sync.storage.tables import devices, readings, windows
 
 __all__ = ["AcceptedHook", "DeviceRow", "HeadMoved", "Store", "WindowRow"]
 
@@ -79,7 +80,7 @@ class Store:
         engine = create_engine(url, pool_pre_ping=True)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
-        metadata.create_all(engine)
+        migrate(engine)  # Alembic; also brings pre-migration databases in
         return cls(engine, on_accepted=on_accepted)
 
     def close(self) -> None:

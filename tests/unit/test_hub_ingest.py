@@ -16,7 +16,7 @@ from attestation import load_anchors, receipt_from_json, report_receipt
 from attestation.microproof import Gap
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
-from cloud_sync.storage.tables import metadata
+from cloud_sync.storage.migrate import drop_schema
 from tests.hubkit import Device, body
 
 CBOR = {"content-type": "application/cbor"}
@@ -29,7 +29,7 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TestCl
     if request.param == "postgresql":
         db_url = request.getfixturevalue("postgres_url")
         engine = create_engine(db_url)
-        metadata.drop_all(engine)
+        drop_schema(engine)
         engine.dispose()
     s = HubSettings.create(tmp_path / "hub", db_url=db_url, allow_software_keys=True)
     with TestClient(create_app(s), raise_server_exceptions=False) as client:

@@ -1,0 +1,75 @@
+"""Schema migrations with Alembic, run by the hub at start (and by ``hub migrate``).
+
+Several hub replicas may start at once on one PostgreSQL: the upgrade runs in one
+transaction under an advisory lock (PostgreSQL DDL is transactional), so exactly one
+replica migrates and the others find the schema current. A database made before
+migrations existed (tables but no ``alembic_version``) is brought up to the first
+revision's tables and stamped, then upgraded like any other.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
+
+from cloud_sync.storage.tables import metadata
+
+__all__ = ["BASELINE", "alembic_config", "current_revision", "drop_schema", "migrate"]
+
+BASELINE = "0001"  # the schema as the first hubs created it with metadata.create_all
+_HERE = Path(__file__).parent / "migrations"
+_LOCK = 0x466F_4D69  # pg advisory lock id ("FoMi")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_HERE))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database to the newest revision (idempotent, safe to race)."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
+        tables = set(inspect(conn).get_table_names())
+        cfg = alembic_config(conn)
+        if "devices" in tables and "alembic_version" not in tables:
+            # made by create_all before migrations: add what the baseline has, then stamp
+            metadata.create_all(conn)
+            command.stamp(cfg, BASELINE)
+        command.upgrade(cfg, "head")
+
+
+def drop_schema(engine: Engine) -> None:
+    """Drop every hub table and the migration record (tests and benchmarks only)."""
+    with engine.begin() as conn:
+        metadata.drop_all(conn)
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+
+
+def main(argv: list[str]) -> None:
+    """Developer entry: ``revision -m MSG`` autogenerates against a scratch SQLite."""
+    if len(argv) >= 3 and argv[0] == "revision" and argv[1] == "-m":
+        engine = create_engine("sqlite://")
+        with engine.begin() as conn:
+            cfg = alembic_config(conn)
+            command.upgrade(cfg, "head")
+            command.revision(cfg, message=argv[2], autogenerate=True)
+        return
+    raise SystemExit('usage: python -m cloud_sync.storage.migrate revision -m "message"')
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
