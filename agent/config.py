@@ -150,6 +150,7 @@ class HubConfig:
     timeout_s: float = 10.0
     batch_proofs: int = 32  # proofs per POST; the hub takes up to 256
     admin_token: str | None = None  # development registration only
+    log_key: Path | None = None  # hub-log.vkey: follow the hub's checkpoints, report forks
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +272,7 @@ def parse_config(text: str, path: str = "<config>", *, base_dir: Path | None = N
     )
     hub_t = _get(doc, root, "hub", dict, {})
     w = root.child("hub")
-    _no_unknown(hub_t, w, {"url", "timeout_s", "batch_proofs", "admin_token"})
+    _no_unknown(hub_t, w, {"url", "timeout_s", "batch_proofs", "admin_token", "log_key"})
     url = _get(hub_t, w, "url", str, None)
     if url is not None and not re.match(r"https?://[^/\s]+", url):
         raise w.error("url", f"{url!r} is not an http(s) URL")
@@ -280,6 +281,7 @@ def parse_config(text: str, path: str = "<config>", *, base_dir: Path | None = N
         timeout_s=_get(hub_t, w, "timeout_s", float, 10.0),
         batch_proofs=_int(hub_t, w, "batch_proofs", 1, 256, 32),
         admin_token=_get(hub_t, w, "admin_token", str, None),
+        log_key=base / log_key if (log_key := _get(hub_t, w, "log_key", str, None)) else None,
     )
     win_t = _get(doc, root, "window", dict, {})
     w = root.child("window")

@@ -99,6 +99,9 @@ class AgentMetrics:
         self.last_sync = Gauge(
             p + "last_sync_timestamp_seconds", "Unix time of the last acknowledgement", registry=r
         )
+        self.hub_log_fork = Gauge(
+            p + "hub_log_fork", "1 when the hub showed a forked or rewritten log", registry=r
+        )
         self.uplink_stopped = Gauge(
             p + "uplink_stopped", "1 when the hub refused a proof for good", registry=r
         )

@@ -21,6 +21,7 @@ from agent.config import AgentConfig
 from agent.connectors.base import Connector, Emit, Sample
 from agent.connectors.registry import build_connectors
 from agent.errors import ConfigError, SpoolError
+from agent.logwatch import LogWatch
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.scoring import Scorer
 from agent.sealer import SealedWindow, seal
@@ -105,6 +106,11 @@ class AgentRuntime:
                 if self.signer.kind == "tpm"
                 else None,
             )
+        self.logwatch: LogWatch | None = None
+        if cfg.hub.url and cfg.hub.log_key is not None:
+            self.logwatch = LogWatch(
+                cfg.hub.url, cfg.hub.log_key, cfg.spool.path.with_name("hub-checkpoints.json")
+            )
         self.metrics.watch_connectors(lambda: self.connectors)
         self.metrics_server: MetricsServer | None = None
 
@@ -133,6 +139,9 @@ class AgentRuntime:
                 collector = tg.create_task(self._collect(), name="collector")
                 sealer = tg.create_task(self._seal_loop(), name="sealer")
                 uplink = tg.create_task(self.uplink.run(), name="uplink") if self.uplink else None
+                watch = (
+                    tg.create_task(self.logwatch.run(), name="logwatch") if self.logwatch else None
+                )
                 await stop.wait()
                 for task in (*acquiring, collector):
                     task.cancel()
@@ -141,6 +150,8 @@ class AgentRuntime:
                 self._take(self.builder.flush())
                 await self._seal_on_stop()
                 sealer.cancel()
+                if watch is not None:
+                    watch.cancel()
                 if uplink is not None and self.uplink is not None:
                     uplink.cancel()
                     with contextlib.suppress(TimeoutError):
@@ -341,6 +352,8 @@ class AgentRuntime:
         m.set_outbox(self.spool.counts())
         if self.uplink is not None:
             m.uplink_stopped.set(1 if self.uplink.stats.stopped else 0)
+        if self.logwatch is not None:
+            m.hub_log_fork.set(1 if self.logwatch.fork else 0)
 
     def status(self) -> dict[str, Any]:
         """Live counts for the demo and metrics."""
@@ -358,4 +371,7 @@ class AgentRuntime:
             "uplink_stopped": up.stopped if up else None,
             "disk_full_retries": self.counters.disk_full_retries,
             "connector_failures": dict(self.connector_failures),
+            "hub_log": (self.logwatch.fork or (self.logwatch.last and self.logwatch.last.detail))
+            if self.logwatch
+            else None,
         }

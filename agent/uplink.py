@@ -65,6 +65,7 @@ class UplinkStats:
 _RETRY_LATER = frozenset({408, 429})
 
 
+LOG_KEY_FILE = "hub-log.vkey"  # the hub's checkpoint key, pinned at registration/enrollment
 _TOKEN_ERRORS = frozenset({"token_required", "token_invalid", "token_expired"})
 
 
@@ -330,4 +331,5 @@ def register_device(
     state_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(state_dir / "device-cert.pem", str(doc["certificate_pem"]).encode())
     write_atomically(state_dir / "fleet-ca.pem", str(doc["fleet_ca_pem"]).encode())
+    write_atomically(state_dir / LOG_KEY_FILE, str(doc["log_vkey"]).encode())
     return str(doc["utid"])

@@ -163,7 +163,11 @@ def create_app(
             raise ApiError(401, "unauthorized", "this call needs the hub's admin bearer token")
 
     device_auth = DeviceAuth(store, now_ns)
-    app.include_router(enroll_router(settings, store, fleet, device_auth, now_ns, require_admin))
+    app.include_router(
+        enroll_router(
+            settings, store, fleet, device_auth, now_ns, require_admin, log.verifier.to_vkey()
+        )
+    )
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -219,7 +223,12 @@ def create_app(
         )
         cert_pem = _der_to_pem(row.certificate)
         return JSONResponse(
-            {"utid": utid, "certificate_pem": cert_pem, "fleet_ca_pem": fleet.pem()},
+            {
+                "utid": utid,
+                "certificate_pem": cert_pem,
+                "fleet_ca_pem": fleet.pem(),
+                "log_vkey": log.verifier.to_vkey(),
+            },
             status_code=200 if existing else 201,
         )
 

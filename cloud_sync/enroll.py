@@ -385,6 +385,7 @@ def enroll_router(
     auth: DeviceAuth,
     now_ns: Clock,
     require_admin: Callable[[Request], None],
+    log_vkey: str,
 ) -> APIRouter:
     router = APIRouter()
     limit = settings.limits.max_json_bytes
@@ -550,6 +551,7 @@ def enroll_router(
             "utid": utid,
             "certificate_pem": _pem(device.certificate),
             "fleet_ca_pem": fleet.pem(),
+            "log_vkey": log_vkey,  # the agent pins it to check the hub's checkpoints
             "pcrs": {str(i): v.hex() for i, v in pcrs.items()},
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -39,7 +40,27 @@ def _load(path: Path) -> Any:
 )
 @click.option("--require-tpm", is_flag=True, help="Refuse receipts signed by a software key.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable verdict.")
-def verify(file: Path, trust: tuple[Path, ...], require_tpm: bool, as_json: bool) -> None:
+@click.option(
+    "--remember",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Checkpoint memory file: keep the newest hub checkpoint seen and report a forked"
+    " or rewritten log (needs a pinned hub key).",
+)
+@click.option(
+    "--hub",
+    "hub_url",
+    default=None,
+    help="Hub URL to fetch consistency proofs from (without it, a newer tree is only noted).",
+)
+def verify(
+    file: Path,
+    trust: tuple[Path, ...],
+    require_tpm: bool,
+    as_json: bool,
+    remember: Path | None,
+    hub_url: str | None,
+) -> None:
     """Check a reading's receipt offline; exit 0 when valid, 1 naming the broken link.
 
     FILE is a receipt JSON, or a bundle {"receipts": [...], "microproofs": [...]}
@@ -49,6 +70,8 @@ def verify(file: Path, trust: tuple[Path, ...], require_tpm: bool, as_json: bool
     Examples:
       factoryops verify receipt.json --trust fleet-ca.pem
       factoryops verify receipt.json --trust device-key.pem --json
+      factoryops verify receipt.json --trust fleet-ca.pem --trust hub-log-key.pem \\
+          --remember ~/.factoryops/checkpoints.json --hub https://hub.example
     """
     anchors = load_anchors(list(trust), allow_software_keys=not require_tpm)
     doc = _load(file)
@@ -62,6 +85,12 @@ def verify(file: Path, trust: tuple[Path, ...], require_tpm: bool, as_json: bool
         chain_error = _check_bundle_chain(doc.get("microproofs"))
     else:
         verdicts = [report_receipt(receipt_from_json(doc), anchors)]
+    if remember is not None:
+        raw = doc["receipts"] if isinstance(doc, dict) and "receipts" in doc else [doc]
+        verdicts = [
+            _witness(v, receipt_from_json(r).checkpoint, anchors.hub_keys, remember, hub_url)
+            for v, r in zip(verdicts, raw, strict=True)
+        ]
     ok = all(v.valid for v in verdicts) and chain_error is None
     if as_json:
         out: dict[str, Any] = {"valid": ok, "receipts": [v.as_json() for v in verdicts]}
@@ -90,6 +119,49 @@ def _check_bundle_chain(microproofs: Any) -> dict[str, str] | None:
     except BrokenLink as err:
         return {"link": err.link, "error": str(err)}
     return None
+
+
+def _witness(
+    v: Verdict,
+    note: str | None,
+    hub_keys: tuple[Any, ...],
+    memory_path: Path,
+    hub_url: str | None,
+) -> Verdict:
+    """Judge the receipt's checkpoint against the remembered one (a fork makes it invalid)."""
+    import httpx  # noqa: PLC0415
+
+    from attestation.signednote import NoteVerifier  # noqa: PLC0415
+    from attestation.witness import CheckpointMemory  # noqa: PLC0415
+
+    if not v.valid or note is None or not hub_keys:
+        return v
+    origin = note.split("\n", 1)[0]
+    memory = CheckpointMemory(memory_path, [NoteVerifier.for_key(origin, k) for k in hub_keys])
+
+    def proofs(size1: int, size2: int) -> list[bytes] | None:
+        if hub_url is None:
+            return None
+        import base64  # noqa: PLC0415
+
+        r = httpx.get(
+            f"{hub_url.rstrip('/')}/v1/log/proof/consistency",
+            params={"from": size1, "to": size2},
+            timeout=10,
+        )
+        r.raise_for_status()
+        return [base64.b64decode(h) for h in r.json()["proof"]]
+
+    judgement = memory.observe(note, proofs)
+    if judgement.ok:
+        return dataclasses.replace(v, notes=(*v.notes, f"checkpoint: {judgement.detail}"))
+    return dataclasses.replace(
+        v,
+        valid=False,
+        link="consistency",
+        error=f"{judgement.detail}; evidence kept in {memory_path}",
+        hint="do not trust this hub's log; report both checkpoints to its operator",
+    )
 
 
 def _print_verdict(v: Verdict) -> None:

@@ -54,6 +54,7 @@ class Enrollment:
     hub_url: str
     certificate_pem: str
     fleet_ca_pem: str
+    log_vkey: str
     pcrs: dict[str, str]
     enrolled_at: str
 
@@ -162,6 +163,7 @@ def enroll(
         hub_url=hub_url,
         certificate_pem=str(done_doc["certificate_pem"]),
         fleet_ca_pem=str(done_doc["fleet_ca_pem"]),
+        log_vkey=str(done_doc["log_vkey"]),
         pcrs=dict(done_doc.get("pcrs", {})),
         enrolled_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
@@ -169,6 +171,7 @@ def enroll(
     state_dir.mkdir(parents=True, exist_ok=True)
     _write_atomically(state_dir / "device-cert.pem", result.certificate_pem.encode())
     _write_atomically(state_dir / "fleet-ca.pem", result.fleet_ca_pem.encode())
+    _write_atomically(state_dir / "hub-log.vkey", result.log_vkey.encode())
     _write_atomically(
         state_dir / STATE_FILE, json.dumps(dataclasses.asdict(result), indent=2).encode()
     )

@@ -68,3 +68,27 @@ class Device:
 
 def body(*proofs: tuple[bytes, list[bytes]]) -> bytes:
     return cbor2.dumps({"proofs": [{"cose": c, "leaves": leaves} for c, leaves in proofs]})
+
+
+def register(hub_url: str, admin_token: str, dev: Device, name: str) -> str:
+    """Development registration of ``dev``'s software key; returns its UTID."""
+    import httpx
+
+    r = httpx.post(
+        f"{hub_url}/v1/devices",
+        json={"public_key_pem": dev.public_pem(), "key_kind": "software", "name": name},
+        headers={"authorization": f"Bearer {admin_token}"},
+    )
+    r.raise_for_status()
+    return str(r.json()["utid"])
+
+
+def upload(hub_url: str, *proofs: tuple[bytes, list[bytes]]) -> dict[str, object]:
+    import httpx
+
+    r = httpx.post(
+        f"{hub_url}/v1/proofs", content=body(*proofs), headers={"content-type": "application/cbor"}
+    )
+    r.raise_for_status()
+    doc: dict[str, object] = r.json()
+    return doc

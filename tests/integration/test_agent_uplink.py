@@ -10,15 +10,18 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agent.config import AgentConfig, parse_config
+from agent.logwatch import LogWatch
 from agent.runtime import AgentRuntime
 from agent.spool import Spool
 from agent.uplink import register_device
 from attestation.signers.software import SoftwareSigner
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
+from tests.hubkit import Device, register, upload
 from tests.unit.test_agent_slow_signer import Ticker
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,6 +30,7 @@ pytestmark = pytest.mark.timeout(120)
 def _config(tmp: Path, hub_url: str) -> AgentConfig:
     return parse_config(
         f'[device]\nname = "gw"\n[hub]\nurl = "{hub_url}"\ntimeout_s = 2.0\n'
+        'log_key = "hub-log.vkey"\n'
         "[window]\nmax_readings = 50\nmax_ms = 50\n"
         '[[modbus]]\nname = "unused"\nhost = "127.0.0.1"\n[[modbus.tags]]\nname = "x"\n'
         "address = 0\n",
@@ -45,6 +49,8 @@ async def _run(
     cfg: AgentConfig, signer: SoftwareSigner, done: Callable[[AgentRuntime], bool]
 ) -> AgentRuntime:
     runtime = AgentRuntime(cfg, signer, [Ticker(per_batch=10, period_s=0.01)])
+    if runtime.logwatch is not None:
+        runtime.logwatch.interval_s = 0.2
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.run(stop))
     await _until(lambda: done(runtime))
@@ -122,5 +128,52 @@ async def test_a_hub_restored_from_an_older_backup_gets_the_lost_windows_again(
         spool.close()
         await _until(lambda: len(_hub_seqs(hub_dir)) == final)
         assert _hub_seqs(hub_dir) == list(range(final))  # whole again, nothing twice
+        # the hub re-logged the same proofs: the same history, no false fork alarm
+        watch = LogWatch(
+            hub.url, tmp_path / "hub-log.vkey", cfg.spool.path.with_name("hub-checkpoints.json")
+        )
+        assert (await asyncio.to_thread(watch.check_once)).status in ("newer", "same")
+        assert watch.fork is None
+    finally:
+        hub.stop()
+
+
+async def test_the_agent_reports_a_hub_that_forked_its_log(tmp_path: Path) -> None:
+    hub_dir = tmp_path / "hub"
+    hub = HubServer(HubSettings.create(hub_dir, allow_software_keys=True)).start()
+    cfg, signer = _config(tmp_path, hub.url), SoftwareSigner.generate()
+    await asyncio.to_thread(
+        register_device, hub.url, hub.settings.admin_token, signer, name="gw", state_dir=tmp_path
+    )
+    hub.stop()
+    shutil.copy(hub_dir / "hub.db", tmp_path / "hub-backup.db")  # registered, log empty
+    hub = HubServer(hub.settings, port=hub.port).start()
+    try:
+        runtime = await _run(
+            cfg,
+            signer,
+            lambda r: (
+                r.logwatch is not None
+                and r.logwatch.checks >= 2
+                and r.status()["proofs_synced"] >= 2
+            ),
+        )
+        assert runtime.logwatch is not None and runtime.logwatch.fork is None
+        note = await asyncio.to_thread(httpx.get, f"{hub.url}/v1/log/checkpoint")
+        size = int(note.text.split("\n")[1])  # the tree the agent has seen
+        hub.stop()
+        shutil.copy(tmp_path / "hub-backup.db", hub_dir / "hub.db")
+        for suffix in ("-wal", "-shm"):
+            (hub_dir / f"hub.db{suffix}").unlink(missing_ok=True)
+        hub = HubServer(hub.settings, port=hub.port).start()
+        other = Device()  # another device's proofs take the places in the tree
+        register(hub.url, hub.settings.admin_token, other, "intruder")
+        upload(hub.url, *[other.window(3)[:2] for _ in range(size)])
+        runtime = await _run(
+            cfg,
+            signer,
+            lambda r: r.status()["hub_log"] is not None and "FORK" in str(r.status()["hub_log"]),
+        )
+        assert runtime.metrics.registry.get_sample_value("factoryops_agent_hub_log_fork") == 1
     finally:
         hub.stop()
