@@ -126,7 +126,7 @@ def create_app(
     """The hub application over ``store`` (opened from ``settings.db_url`` when None)."""
     now_ns: Clock = clock or time.time_ns
     store = store or Store.open(settings.db_url)
-    log = HubLog.open(store.engine, settings.data_dir, settings.log_origin)
+    log = HubLog.open(store.engine, settings.data_dir, settings.log_origin, settings.log_key_uri)
     store.on_accepted = log.append
     fleet = FleetCA.load_or_create(
         settings.data_dir, settings.fleet_name, now=dt.datetime.now(dt.UTC)

@@ -40,20 +40,36 @@ def hub() -> None:
     is_flag=True,
     help="Accept devices whose key is not in a TPM (development only).",
 )
+@click.option(
+    "--log-key",
+    "log_key_uri",
+    default=None,
+    help="Keep the log's Ed25519 key in an HSM: a pkcs11: URI (module-path, token, object,"
+    " pin-source). Default: DATA_DIR/hub-log.key (mode 0600).",
+)
 def serve(
-    data_dir: Path, db_url: str | None, host: str, port: int, allow_software_keys: bool
+    data_dir: Path,
+    db_url: str | None,
+    host: str,
+    port: int,
+    allow_software_keys: bool,
+    log_key_uri: str | None,
 ) -> None:
     """Serve the hub API and web page.
 
     \b
     Example:
       factoryops hub serve --data-dir /var/lib/factoryops-hub --port 8080
+      HSM_PIN=... factoryops hub serve --log-key \\
+        'pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=hub;object=hub-log;pin-source=env:HSM_PIN'
     """
     import uvicorn  # noqa: PLC0415 - only `serve` needs the server
 
     from cloud_sync.app import create_app  # noqa: PLC0415
 
-    settings = HubSettings.create(data_dir, db_url=db_url, allow_software_keys=allow_software_keys)
+    settings = HubSettings.create(
+        data_dir, db_url=db_url, allow_software_keys=allow_software_keys, log_key_uri=log_key_uri
+    )
     click.echo(f"hub on http://{host}:{port}  (fleet CA: {data_dir / 'fleet-ca.pem'})")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, text
 from attestation import merkle
 from attestation.logreceipt import build_log_receipt, entry_hash
 from attestation.signednote import Checkpoint, NoteVerifier, format_checkpoint, sign_note
+from attestation.signers.pkcs11 import Pkcs11Ed25519Signer
 from attestation.signers.software import Ed25519FileSigner
 from cloud_sync.errors import ApiError
 from cloud_sync.storage.tables import log_checkpoints, log_entries
@@ -28,12 +29,19 @@ _PG_APPEND_LOCK = 0x464F4C47  # "FOLG": one advisory lock serialises appends acr
 @dataclass
 class HubLog:
     engine: Engine
-    signer: Ed25519FileSigner
+    signer: Ed25519FileSigner | Pkcs11Ed25519Signer
     origin: str
 
     @classmethod
-    def open(cls, engine: Engine, data_dir: Path, origin: str) -> HubLog:
-        signer = Ed25519FileSigner.load_or_create(data_dir / "hub-log.key")
+    def open(
+        cls, engine: Engine, data_dir: Path, origin: str, key_uri: str | None = None
+    ) -> HubLog:
+        """The log over ``engine``; its key from a PKCS#11 token (``key_uri``) or a file."""
+        signer: Ed25519FileSigner | Pkcs11Ed25519Signer = (
+            Pkcs11Ed25519Signer.open(key_uri)
+            if key_uri
+            else Ed25519FileSigner.load_or_create(data_dir / "hub-log.key")
+        )
         pem = signer.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )

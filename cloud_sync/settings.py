@@ -35,6 +35,7 @@ class HubSettings:
     fleet_name: str = "FactoryOps fleet CA"
     log_origin: str = "factoryops.local/hub-log"  # C2SP checkpoint origin and note key name
     limits: HubLimits = field(default_factory=HubLimits)
+    log_key_uri: str | None = None  # pkcs11:... to keep the log key in an HSM; None: a file
 
     @classmethod
     def create(
@@ -45,6 +46,7 @@ class HubSettings:
         admin_token: str | None = None,
         allow_software_keys: bool = False,
         limits: HubLimits | None = None,
+        log_key_uri: str | None = None,
     ) -> HubSettings:
         """Settings for ``data_dir``; the admin token is made once and kept there (mode 0600)."""
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -54,6 +56,7 @@ class HubSettings:
             admin_token=admin_token or _load_or_create_token(data_dir / "admin-token"),
             allow_software_keys=allow_software_keys,
             limits=limits or HubLimits(),
+            log_key_uri=log_key_uri,
         )
 
 
