@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from agent.backoff import Backoff
 from agent.config import AgentConfig
@@ -23,11 +24,12 @@ from agent.connectors.registry import build_connectors
 from agent.errors import ConfigError, SpoolError
 from agent.logwatch import LogWatch
 from agent.metrics import AgentMetrics, MetricsServer
-from agent.scoring import Scorer
+from agent.scoring import Reloadable, Scorer
 from agent.sealer import SealedWindow, seal
 from agent.spool import Spool
 from agent.uplink import DeviceToken, Uplink
 from agent.window import ClosedWindow, WindowBuilder, merge_windows, runs
+from attestation.errors import Fixable
 from attestation.microproof import Gap
 from attestation.signers.base import Signer
 
@@ -46,9 +48,19 @@ class AgentCounters:
     gap_records: int = 0
     backpressure_waits: int = 0
     disk_full_retries: int = 0  # window commits retried because the disk was full
+    model_swaps: int = 0
+    model_swap_failures: int = 0
     last_sign_s: float = 0.0
     anomalous_rows: int = 0  # rows whose smoothed model score passed the threshold
     last_max_score: float = 0.0
+
+
+def _fingerprint(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def connectors_from_config(config: AgentConfig) -> list[Connector]:
@@ -73,6 +85,8 @@ class AgentRuntime:
     restart_backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.5, cap_s=30.0))
     restart_limit: int | None = None  # restarts in a row before a failing connector is left off
     connector_failures: dict[str, str] = field(default_factory=dict)
+    model_reload_s: float = 5.0  # how often the model manifest is checked for a new version
+    model_error: str | None = None  # why the last model swap was refused
     spool: Spool = field(init=False)
     uplink: Uplink | None = field(init=False, default=None)
 
@@ -142,6 +156,7 @@ class AgentRuntime:
                 watch = (
                     tg.create_task(self.logwatch.run(), name="logwatch") if self.logwatch else None
                 )
+                models = tg.create_task(self._watch_model(), name="model-watch")
                 await stop.wait()
                 for task in (*acquiring, collector):
                     task.cancel()
@@ -152,6 +167,7 @@ class AgentRuntime:
                 sealer.cancel()
                 if watch is not None:
                     watch.cancel()
+                models.cancel()
                 if uplink is not None and self.uplink is not None:
                     uplink.cancel()
                     with contextlib.suppress(TimeoutError):
@@ -217,6 +233,33 @@ class AgentRuntime:
             delay = self.restart_backoff.delay(attempt, self._rng)
             attempt += 1
             await asyncio.sleep(delay)
+
+    async def _watch_model(self) -> None:
+        """Swap in a new model when its manifest file changes (write it last, by rename).
+
+        The swap is atomic: a model whose hash or manifest does not verify is refused with
+        the reason logged and counted, and the previous model keeps scoring.
+        """
+        path, scorer = self.config.model_manifest, cast(object, self.scorer)
+        if path is None or not isinstance(scorer, Reloadable):
+            return
+        seen = _fingerprint(path)
+        while True:
+            await asyncio.sleep(self.model_reload_s)
+            now = _fingerprint(path)
+            if now == seen:
+                continue
+            seen = now
+            try:
+                await asyncio.to_thread(scorer.swap, path)
+            except Fixable as err:
+                self.counters.model_swap_failures += 1
+                self.model_error = f"{err} (hint: {err.hint})"
+                log.error("model %s refused, the previous model keeps running: %s", path, err)  # noqa: TRY400
+            else:
+                self.counters.model_swaps += 1
+                self.model_error = None
+                log.info("model swapped in from %s", path)
 
     def _emitter(self, connector: str) -> Emit:
         readings = self.metrics.readings.labels(connector)
@@ -371,6 +414,8 @@ class AgentRuntime:
             "uplink_stopped": up.stopped if up else None,
             "disk_full_retries": self.counters.disk_full_retries,
             "connector_failures": dict(self.connector_failures),
+            "model_swaps": self.counters.model_swaps,
+            "model_error": self.model_error,
             "hub_log": (self.logwatch.fork or (self.logwatch.last and self.logwatch.last.detail))
             if self.logwatch
             else None,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from attestation.microproof import AnomalySummary, DriftTest, ModelRef
 from attestation.reading import Reading
 
-__all__ = ["Scorer", "WindowScores"]
+__all__ = ["Reloadable", "Scorer", "WindowScores"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +32,12 @@ class Scorer(Protocol):
     """Scores a window in one batch; called off the event loop (it may take milliseconds)."""
 
     def score_window(self, readings: Sequence[Reading]) -> WindowScores: ...
+
+
+@runtime_checkable
+class Reloadable(Protocol):
+    """A scorer whose model can be replaced while it runs (``agent/inference.py``)."""
+
+    def swap(self, manifest: Path) -> None:
+        """Load and check the new model, then switch; on error the old one keeps running."""
+        ...

@@ -159,8 +159,17 @@ class PlantFeed:
             await asyncio.sleep(max(0.0, delay))
             self.tick()
 
-    async def updates(self) -> AsyncIterator[PlantSample]:
-        """Each new sample as it is made; a slow reader skips samples, never queues them."""
+    async def updates(self, after: int | None = None) -> AsyncIterator[PlantSample]:
+        """Each sample newer than step ``after`` (default: the current one), as it is made.
+
+        A slow reader skips samples, never queues them; a tick that happens while the reader
+        is busy (between ``after`` and its next wait) is not lost.
+        """
+        last = self.sample.step if after is None else after
         while True:
-            await self._tick.wait()
-            yield self.sample
+            tick = self._tick  # taken before the check: a tick in between sets this one
+            if self.sample.step > last:
+                last = self.sample.step
+                yield self.sample
+                continue
+            await tick.wait()

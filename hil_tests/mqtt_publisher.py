@@ -118,8 +118,9 @@ class MqttFace:
         """Publish until cancelled; on a lost broker, reconnect and resume with fresh samples."""
         while True:
             try:
-                await self._publish(client, self.feed.sample)
-                async for sample in self.feed.updates():
+                first = self.feed.sample
+                await self._publish(client, first)
+                async for sample in self.feed.updates(after=first.step):
                     await self._publish(client, sample)
             except aiomqtt.MqttError as err:
                 log.warning(
