@@ -24,11 +24,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import Connection
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attestation.errors import MalformedInput
 from attestation.receipt import build_receipt
 from attestation.utid import parse_utid, utid_bytes, utid_text
+from cloud_sync.anomalies import AnomalyBook
 from cloud_sync.enroll import DeviceAuth, enroll_router
 from cloud_sync.errors import ApiError
 from cloud_sync.fleet_ca import FleetCA
@@ -127,7 +129,14 @@ def create_app(
     now_ns: Clock = clock or time.time_ns
     store = store or Store.open(settings.db_url)
     log = HubLog.open(store.engine, settings.data_dir, settings.log_origin, settings.log_key_uri)
-    store.on_accepted = log.append
+    anomalies = AnomalyBook(store.engine)
+
+    def accepted(utid: str, window: int, cose: bytes, conn: Connection) -> None:
+        """Inside the transaction that stores a proof: log it, index its anomalies."""
+        log.append(utid, window, cose, conn)
+        anomalies.record(utid, window, cose, conn, now_ns())
+
+    store.on_accepted = accepted
     fleet = FleetCA.load_or_create(
         settings.data_dir, settings.fleet_name, now=dt.datetime.now(dt.UTC)
     )
@@ -286,6 +295,14 @@ def create_app(
         if logged is not None:
             rc = dataclasses.replace(rc, log_receipt=logged[0], checkpoint=logged[1])
         return JSONResponse(rc.to_json())
+
+    @app.get("/v1/anomalies")
+    def anomaly_list(
+        utid: str | None = Query(default=None, max_length=69),
+        limit: int = Query(default=100, ge=1, le=1000),
+    ) -> dict[str, Any]:
+        """Newest first: windows whose signed micro-proof reports anomalous rows."""
+        return {"anomalies": anomalies.recent(utid=utid, limit=limit)}
 
     @app.get("/v1/log/checkpoint", response_class=PlainTextResponse)
     def checkpoint() -> str:

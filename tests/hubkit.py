@@ -9,8 +9,10 @@ import cbor2
 from attestation import merkle
 from attestation.microproof import (
     GENESIS_PREV,
+    AnomalySummary,
     Gap,
     MicroProof,
+    ModelRef,
     chain_hash,
     compute_stats,
     sign_microproof,
@@ -38,7 +40,13 @@ class Device:
         ).decode()
 
     def window(
-        self, n: int = 5, *, gaps: tuple[Gap, ...] = (), skip: int = 0
+        self,
+        n: int = 5,
+        *,
+        gaps: tuple[Gap, ...] = (),
+        skip: int = 0,
+        anomaly: AnomalySummary | None = None,
+        model: ModelRef | None = None,
     ) -> tuple[bytes, list[bytes], list[Reading]]:
         """Sign the next window of ``n`` readings; ``skip`` seqs are lost before it."""
         self.next_seq += skip
@@ -59,6 +67,8 @@ class Device:
             prev=self.prev,
             stats=compute_stats(rs),
             gaps=gaps,
+            anomaly=anomaly,
+            model=model,
         )
         cose = sign_microproof(mp, self.signer, iat=self.t_ns // 10**9)
         self.prev = chain_hash(cose)

@@ -22,6 +22,17 @@ from cloud_sync.storage.tables import metadata
 __all__ = ["BASELINE", "alembic_config", "current_revision", "drop_schema", "migrate"]
 
 BASELINE = "0001"  # the schema as the first hubs created it with metadata.create_all
+_BASELINE_TABLES = (  # what revision 0001 creates (later revisions add the rest)
+    "devices",
+    "windows",
+    "readings",
+    "log_entries",
+    "log_checkpoints",
+    "enrollment_tokens",
+    "enrollments",
+    "device_challenges",
+    "device_tokens",
+)
 _HERE = Path(__file__).parent / "migrations"
 _LOCK = 0x466F_4D69  # pg advisory lock id ("FoMi")
 
@@ -47,7 +58,7 @@ def migrate(engine: Engine) -> None:
         cfg = alembic_config(conn)
         if "devices" in tables and "alembic_version" not in tables:
             # made by create_all before migrations: add what the baseline has, then stamp
-            metadata.create_all(conn)
+            metadata.create_all(conn, tables=[metadata.tables[t] for t in _BASELINE_TABLES])
             command.stamp(cfg, BASELINE)
         command.upgrade(cfg, "head")
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "anomaly_events",
     "device_challenges",
     "device_tokens",
     "devices",
@@ -156,4 +157,22 @@ device_tokens = Table(
     Column("token_sha256", LargeBinary, primary_key=True),
     Column("utid", String(69), nullable=False),
     Column("expires_ns", BigInteger, nullable=False),
+)
+
+# One row per accepted window whose signed micro-proof reports anomalous rows: the hub's
+# anomaly list (the event is the signed proof itself; this is an index of it).
+anomaly_events = Table(
+    "anomaly_events",
+    metadata,
+    Column("utid", String(69), primary_key=True),
+    Column("window", BigInteger, primary_key=True),
+    Column("first_ts_ns", BigInteger, nullable=False),
+    Column("last_ts_ns", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("max_score", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("model_id", String(128), nullable=True),
+    Column("model_sha256", LargeBinary, nullable=True),
+    Column("received_ns", BigInteger, nullable=False),
+    Index("ix_anomaly_events_received", "received_ns"),
 )

@@ -241,3 +241,23 @@ def test_hostile_bodies_get_4xx_json_and_change_nothing(
     assert 400 <= r.status_code < 500, r.text
     assert "error" in r.json()
     assert client.get("/healthz").json() == before
+
+
+def test_windows_with_anomalies_are_listed_once_with_their_model(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    from attestation.microproof import AnomalySummary, ModelRef
+
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    model = ModelRef("pump-pca", bytes(range(32)), "1")
+    calm = dev.window(4, model=model, anomaly=AnomalySummary(0, 0.4, 1.0))[:2]
+    hot = dev.window(4, model=model, anomaly=AnomalySummary(3, 2.5, 1.0))[:2]
+    status, _ = _post(client, body(calm, hot))
+    assert status == 200
+    assert _post(client, body(hot))[0] == 200  # a duplicate upload adds nothing
+    (event,) = client.get("/v1/anomalies", params={"utid": utid}).json()["anomalies"]
+    assert (event["window"], event["anomalous_rows"], event["max_score"]) == (1, 3, 2.5)
+    assert event["model_id"] == "pump-pca" and event["model_sha256"] == bytes(range(32)).hex()
+    assert client.get("/v1/anomalies", params={"limit": 0}).status_code == 422
