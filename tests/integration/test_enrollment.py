@@ -385,3 +385,19 @@ def test_a_wrong_owner_auth_and_a_full_nv_say_what_to_do(fresh_tpm: SwtpmProcess
         assert "persistent storage (NV) is full" in str(full.value)
         assert "tpm2_evictcontrol" in full.value.hint
         assert ident.has_keys() == {"signing_key": False, "ak": False}  # nothing half-made
+
+
+def test_a_hub_that_is_down_changes_nothing_and_a_rerun_enrolls(
+    hub: Any, maker: tuple[EkCa, list[SwtpmProcess]], tmp_path: Path
+) -> None:
+    from provisioning.enroll import enroll
+
+    state = tmp_path / "state"
+    with _identity(maker[1][0]) as ident:
+        with pytest.raises(ProvisioningError, match="cannot reach the hub") as err:
+            enroll(ident, "http://127.0.0.1:9", "fo-enroll-x", name="gw", state_dir=state)
+        assert "rerun when it is up" in err.value.hint
+        assert not state.exists()  # nothing half-written
+        done, changed = enroll(ident, hub.url, _token(hub), name="gw", state_dir=state)
+    assert done.hub_url == hub.url
+    assert changed and (state / "enrollment.json").exists()
