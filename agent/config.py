@@ -89,6 +89,7 @@ def _key_lines(text: str) -> dict[str, int]:
             base = f"{base}.{parts[-1]}" if base else parts[-1]
             counts[base] = counts.get(base, 0) + 1
             table = f"{base}[{counts[base] - 1}]"
+            out.setdefault(base, n)  # the array as a whole: its first table
         elif m := _TABLE_HEADER.match(s):
             table = resolve([p.strip().strip("\"'") for p in m.group(1).split(".")])
         elif m := _KEY_LINE.match(s):
@@ -251,6 +252,8 @@ def _modbus(t: dict[str, Any], w: Where) -> ModbusDeviceConfig:
 
 def parse_config(text: str, path: str = "<config>", *, base_dir: Path | None = None) -> AgentConfig:
     """Parse and validate config text; relative paths are taken from ``base_dir``."""
+    import agent.connectors.registry  # noqa: F401, PLC0415 - registers the connector sections
+
     root = Where(path, text)
     try:
         doc = tomllib.loads(text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from agent.config import AgentConfig
 from agent.connectors.base import Connector
 from agent.connectors.modbus import ModbusConnector
+from agent.connectors.mqtt import MqttConnector
 
 __all__ = ["build_connectors"]
 
@@ -16,4 +17,5 @@ __all__ = ["build_connectors"]
 def build_connectors(config: AgentConfig) -> list[Connector]:
     """Every connector the config names, Modbus devices first."""
     out: list[Connector] = [ModbusConnector(d) for d in config.modbus]
+    out += [MqttConnector(c) for c in config.connectors.get("mqtt", ())]
     return out

@@ -1,0 +1,210 @@
+"""What the OPC UA, MQTT, serial and CSV connectors share: signal scaling, number parsing
+with field-named errors, signal-list config parsing, and the reconnect loop with jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, Protocol, TypeVar
+
+from agent.backoff import Backoff
+from agent.config import Where, _get, _no_unknown
+from agent.errors import AgentError, ConfigError
+
+__all__ = [
+    "SCALING_KEYS",
+    "MalformedPayload",
+    "Reconnector",
+    "Scaling",
+    "config_dir",
+    "parse_decimal",
+    "parse_list_section",
+    "parse_scaling",
+    "parse_signals",
+    "reraise_if_cancelling",
+    "to_float",
+    "truncate",
+]
+
+log = logging.getLogger(__name__)
+SCALING_KEYS = frozenset({"unit", "scale", "offset"})
+MAX_DECIMAL_CHARS = 64  # longest numeric text accepted; float() on megabytes is a DoS vector
+LOG_EXCERPT_CHARS = 120  # bad input is logged truncated to this, so a log never floods
+
+
+class MalformedPayload(AgentError):
+    """Outside input (MQTT payload, serial line, CSV row) that cannot be mapped to a signal.
+
+    ``field`` names where mapping stopped (a JSON path, a regex group, a CSV column).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(
+            f"{field}: {message}",
+            hint="fix the sender, or the signal mapping in the connector's config section",
+        )
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Scaling:
+    """Raw value -> engineering value: ``raw * scale + offset``, in ``unit``."""
+
+    unit: str = ""
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def apply(self, raw: float, field: str) -> float:
+        value = raw * self.scale + self.offset
+        if math.isnan(raw) or math.isfinite(value):
+            return value
+        raise MalformedPayload(field, f"{raw!r} scaled by {self.scale} overflows a float")
+
+
+def parse_scaling(t: dict[str, Any], w: Where) -> Scaling:
+    return Scaling(
+        unit=_get(t, w, "unit", str, ""),
+        scale=_get(t, w, "scale", float, 1.0),
+        offset=_get(t, w, "offset", float, 0.0),
+    )
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+S = TypeVar("S", bound=_Named)
+
+
+def parse_signals(
+    t: dict[str, Any], w: Where, parse_one: Callable[[dict[str, Any], Where], S]
+) -> tuple[S, ...]:
+    """``[[<section>.signals]]``: at least one, each parsed by ``parse_one``, names unique."""
+    raw = _get(t, w, "signals", list, [])
+    if not raw:
+        raise w.error("signals", "add at least one [[...signals]] table")
+    out: list[S] = []
+    for i, item in enumerate(raw):
+        where = w.child(f"signals[{i}]")
+        if not isinstance(item, dict):
+            raise w.error(f"signals[{i}]", f"expected a table, got {type(item).__name__}")
+        out.append(parse_one(item, where))
+    names = [s.name for s in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise w.error("signals", f"signal names must be unique, repeated: {', '.join(dupes)}")
+    return tuple(out)
+
+
+def parse_list_section(
+    raw: Any, w: Where, parse_one: Callable[[dict[str, Any], Where], S], known: set[str]
+) -> tuple[S, ...]:
+    """A ``[[section]]`` array of tables; connector names must be unique within it."""
+    if not isinstance(raw, list):
+        line = w.line_of(w.prefix)
+        raise ConfigError(w.path, w.prefix, line, f"write it as [[{w.prefix}]] (one per peer)")
+    out: list[S] = []
+    for i, t in enumerate(raw):
+        where = Where(w.path, w.text, f"{w.prefix}[{i}]")
+        _no_unknown(t, where, known)
+        item = parse_one(t, where)
+        if any(c.name == item.name for c in out):
+            raise where.error("name", f"{item.name!r} names another [[{w.prefix}]] too")
+        out.append(item)
+    return tuple(out)
+
+
+def config_dir(w: Where) -> Path:
+    """Relative paths in a section are taken from the config file's folder."""
+    return Path(w.path).resolve().parent
+
+
+def to_float(raw: object, field: str) -> float:
+    """A decoded JSON/OPC UA value -> float; booleans are 0/1, text is refused by name."""
+    if isinstance(raw, bool):
+        return 1.0 if raw else 0.0
+    if isinstance(raw, int | float):
+        try:
+            return float(raw)
+        except OverflowError as err:  # an int past the float range
+            raise MalformedPayload(field, "integer too large for a float") from err
+    raise MalformedPayload(field, f"expected a number, got {type(raw).__name__} {truncate(raw)}")
+
+
+def parse_decimal(text: str, field: str) -> float:
+    """Text from a serial line or CSV cell -> float; refuses long, empty or non-finite text."""
+    s = text.strip()
+    if not s:
+        raise MalformedPayload(field, "empty where a number was expected")
+    if len(s) > MAX_DECIMAL_CHARS:
+        raise MalformedPayload(field, f"number text longer than {MAX_DECIMAL_CHARS} characters")
+    try:
+        value = float(s)
+    except ValueError as err:
+        raise MalformedPayload(field, f"not a number: {truncate(s)}") from err
+    if not math.isfinite(value):
+        raise MalformedPayload(field, f"not a finite number: {truncate(s)}")
+    return value
+
+
+def truncate(raw: object, limit: int = LOG_EXCERPT_CHARS) -> str:
+    text = raw if isinstance(raw, str) else repr(raw)
+    return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
+
+
+def reraise_if_cancelling() -> None:
+    """Re-raise a cancellation that a library's cleanup swallowed.
+
+    asyncua's ``Client.disconnect`` awaits its own tasks with ``except CancelledError: pass``,
+    which also eats a cancellation aimed at *our* task while it waits; the task still counts
+    it, so ask the task and hand it back, or stopping the agent would hang.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+Session = Callable[[Callable[[], None]], Awaitable[None]]
+
+
+@dataclass
+class Reconnector:
+    """Runs a connection session again and again, waiting a jittered backoff in between.
+
+    A session calls ``connected()`` once its peer answered, which resets the backoff. A
+    session that returns, or raises one of ``transient``, is retried; anything else (a
+    configuration error, a bug, a cancellation) propagates.
+    """
+
+    name: str
+    backoff: Backoff = field(default_factory=Backoff)
+    rng: random.Random = field(default_factory=random.Random)
+    drops: int = 0  # sessions lost or refused since start (a metric)
+    sessions: int = 0  # sessions that reached their peer
+
+    async def run(self, session: Session, transient: tuple[type[BaseException], ...]) -> NoReturn:
+        attempt = 0
+
+        def connected() -> None:
+            nonlocal attempt
+            attempt = 0
+            self.sessions += 1
+
+        while True:
+            try:
+                await session(connected)
+                reason = "peer ended the session"
+            except transient as err:
+                reason = f"{type(err).__name__}: {truncate(str(err) or repr(err))}"
+            self.drops += 1
+            delay = self.backoff.delay(attempt, self.rng)
+            attempt += 1
+            log.warning("%s: %s; reconnecting in %.2f s", self.name, reason, delay)
+            await asyncio.sleep(delay)
