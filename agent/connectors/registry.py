@@ -10,6 +10,7 @@ from agent.config import AgentConfig
 from agent.connectors.base import Connector
 from agent.connectors.modbus import ModbusConnector
 from agent.connectors.mqtt import MqttConnector
+from agent.connectors.opcua import OpcUaConnector
 
 __all__ = ["build_connectors"]
 
@@ -18,4 +19,5 @@ def build_connectors(config: AgentConfig) -> list[Connector]:
     """Every connector the config names, Modbus devices first."""
     out: list[Connector] = [ModbusConnector(d) for d in config.modbus]
     out += [MqttConnector(c) for c in config.connectors.get("mqtt", ())]
+    out += [OpcUaConnector(c) for c in config.connectors.get("opcua", ())]
     return out

@@ -1,0 +1,214 @@
+"""The OPC UA connector against a real asyncua server on loopback: subscriptions carry
+StatusCodes into quality, polling works, a server restart is survived with the
+subscription re-created, and Basic256Sha256 (SignAndEncrypt) with certificates works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from asyncua import ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.server.server import Server
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from agent.backoff import Backoff
+from agent.config import parse_config
+from agent.connectors.base import QUALITY_BAD, QUALITY_GOOD, QUALITY_UNCERTAIN, Sample
+from agent.connectors.opcua import OpcUaConfig, OpcUaConnector
+
+pytestmark = pytest.mark.timeout(120)
+NS = "urn:factoryops:test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PlcServer:
+    """A real asyncua server with two Double variables; ``write`` sets value and status."""
+
+    port: int = field(default_factory=_free_port)
+    certs: tuple[Path, Path] | None = None  # (certificate DER, key PEM) to require security
+    server: Server | None = None
+    nodes: dict[str, ua.NodeId] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}/plc/"
+
+    async def start(self) -> PlcServer:
+        server = Server()
+        await server.init()
+        server.set_endpoint(self.url)
+        if self.certs is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+            await server.load_certificate(str(self.certs[0]))
+            await server.load_private_key(str(self.certs[1]))
+        idx = await server.register_namespace(NS)
+        plc = await server.nodes.objects.add_object(f"ns={idx};s=Plc", "Plc")
+        for name in ("Pressure", "Flow"):
+            var = await plc.add_variable(f"ns={idx};s={name}", name, 0.0, ua.VariantType.Double)
+            self.nodes[name] = var.nodeid
+        await server.start()
+        self.server = server
+        return self
+
+    async def write(self, name: str, value: float, status: int = 0) -> None:
+        assert self.server is not None
+        dv = ua.DataValue(
+            ua.Variant(value, ua.VariantType.Double), StatusCode=ua.StatusCode(status)
+        )
+        await self.server.get_node(self.nodes[name]).write_value(dv)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.stop()
+
+
+def _config(url: str, mode: str = "subscribe", extra: str = "") -> OpcUaConfig:
+    text = f"""
+[device]
+name = "gw"
+[[opcua]]
+name = "plc"
+url = "{url}"
+mode = "{mode}"
+publishing_interval_ms = 50
+poll_interval_ms = 50
+{extra}
+[[opcua.signals]]
+name = "pressure"
+node = "ns=2;s=Pressure"
+unit = "bar"
+[[opcua.signals]]
+name = "flow"
+node = "ns=2;s=Flow"
+scale = 10.0
+"""
+    (cfg,) = parse_config(text, "/tmp/a.toml").connectors["opcua"]
+    assert isinstance(cfg, OpcUaConfig)
+    return cfg
+
+
+@asynccontextmanager
+async def _running(cfg: OpcUaConfig) -> AsyncIterator[tuple[OpcUaConnector, list[Sample]]]:
+    got: list[Sample] = []
+
+    async def emit(samples: list[Sample]) -> None:
+        got.extend(samples)
+
+    conn = OpcUaConnector(cfg)
+    conn.reconnector.backoff = Backoff(base_s=0.1, cap_s=1.0)
+    task = asyncio.create_task(conn.run(emit))
+    try:
+        await _until(lambda: conn.mode_in_use != "" or task.done())
+        assert not task.done(), task
+        yield conn, got
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not cond():  # noqa: ASYNC110 - polling what the connector collected
+            await asyncio.sleep(0.02)
+
+
+def _values(got: list[Sample], signal: str) -> list[float]:
+    return [s.value for s in got if s.signal == signal]
+
+
+async def test_a_subscription_carries_values_and_status_codes() -> None:
+    plc = await PlcServer().start()
+    try:
+        async with _running(_config(plc.url)) as (conn, got):
+            assert conn.mode_in_use == "subscribe"
+            await plc.write("Pressure", 5.0)
+            await _until(lambda: 5.0 in _values(got, "pressure"))
+            await plc.write("Pressure", 6.0, ua.StatusCodes.UncertainLastUsableValue)
+            await plc.write("Flow", 0.25)
+            await _until(lambda: 6.0 in _values(got, "pressure") and 2.5 in _values(got, "flow"))
+            await plc.write("Pressure", 7.0, ua.StatusCodes.BadSensorFailure)
+            await _until(lambda: any(s.quality & QUALITY_BAD for s in got))
+        by_value = {s.value: s for s in got if s.signal == "pressure"}
+        assert by_value[5.0].quality == QUALITY_GOOD
+        assert by_value[6.0].quality & 0xC0000000 == QUALITY_UNCERTAIN
+        assert by_value[6.0].quality == ua.StatusCodes.UncertainLastUsableValue  # the full code
+        bad = next(s for s in got if s.quality & QUALITY_BAD)
+        assert bad.quality == ua.StatusCodes.BadSensorFailure and conn.errors == {"pressure": 1}
+        assert all(s.unit == "bar" for s in got if s.signal == "pressure")
+    finally:
+        await plc.stop()
+
+
+async def test_polling_reads_every_signal_each_round() -> None:
+    plc = await PlcServer().start()
+    try:
+        await plc.write("Pressure", 1.5)
+        async with _running(_config(plc.url, mode="poll")) as (conn, got):
+            await _until(lambda: len(got) >= 10)
+            assert conn.mode_in_use == "poll"
+        assert {s.signal for s in got} == {"pressure", "flow"}
+        assert 1.5 in _values(got, "pressure")
+    finally:
+        await plc.stop()
+
+
+async def test_a_server_restart_is_survived_and_the_subscription_recreated() -> None:
+    plc = await PlcServer().start()
+    try:
+        async with _running(_config(plc.url)) as (conn, got):
+            await plc.write("Pressure", 1.0)
+            await _until(lambda: 1.0 in _values(got, "pressure"))
+            await plc.stop()
+            await _until(lambda: conn.reconnector.drops >= 1)
+            plc = await PlcServer(port=plc.port).start()  # same port, a fresh server
+            await _until(lambda: conn.reconnector.sessions >= 2)
+            await plc.write("Pressure", 2.0)
+            await _until(lambda: 2.0 in _values(got, "pressure"))
+    finally:
+        await plc.stop()
+
+
+async def _certificate(
+    directory: Path, name: str, uri: str, use: ExtendedKeyUsageOID
+) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.der", directory / f"{name}-key.pem"
+    await setup_self_signed_certificate(
+        key, cert, uri, socket.gethostname(), [use], {"commonName": name}
+    )
+    return cert, key
+
+
+async def test_basic256sha256_with_certificates(tmp_path: Path) -> None:
+    server_cert = await _certificate(
+        tmp_path, "plc", "urn:factoryops:test-plc", ExtendedKeyUsageOID.SERVER_AUTH
+    )
+    client_cert = await _certificate(
+        tmp_path, "agent", "urn:factoryops:agent", ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    plc = await PlcServer(certs=server_cert).start()
+    try:
+        secure = (
+            f'security = "Basic256Sha256"\ncertificate = "{client_cert[0]}"\n'
+            f'private_key = "{client_cert[1]}"\nserver_certificate = "{server_cert[0]}"\n'
+        )
+        async with _running(_config(plc.url, extra=secure)) as (_, got):
+            await plc.write("Pressure", 9.0)
+            await _until(lambda: 9.0 in _values(got, "pressure"))
+    finally:
+        await plc.stop()
