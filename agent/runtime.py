@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 
 from agent.backoff import Backoff
 from agent.config import AgentConfig
-from agent.connectors.base import Connector, Emit, Sample
+from agent.connectors.base import Connector, Emit, NeedsCommit, Sample
 from agent.connectors.registry import build_connectors
 from agent.errors import ConfigError, SpoolError
 from agent.logwatch import LogWatch
@@ -106,6 +106,9 @@ class AgentRuntime:
         self._closed: list[ClosedWindow] = []
         self._closed_readings = 0
         self._seal_lock = asyncio.Lock()
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq target, marker)
+        # seqs below the first one this run hands out are committed or owned by gap records
+        self._committed_next = self.builder.next_seq
         self._rng = random.Random()
         if cfg.hub.url:
             self.uplink = Uplink(
@@ -136,7 +139,10 @@ class AgentRuntime:
         self.metrics.last_sync.set(time.time())
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._queue: asyncio.Queue[list[Sample]] = asyncio.Queue(self.queue_batches)
+        # batches of samples, and commit markers (see ``committed``)
+        self._queue: asyncio.Queue[list[Sample] | asyncio.Future[None]] = asyncio.Queue(
+            self.queue_batches
+        )
         self._room = asyncio.Event()
         self._room.set()
         self._work = asyncio.Event()
@@ -164,6 +170,8 @@ class AgentRuntime:
                 await self._drain_queue()
                 self._take(self.builder.flush())
                 await self._seal_on_stop()
+                for _, fut in self._waiters:  # never committed: their sources must not ack
+                    fut.cancel()
                 sealer.cancel()
                 if watch is not None:
                     watch.cancel()
@@ -206,6 +214,8 @@ class AgentRuntime:
         """
         name = connector.name
         up = self.metrics.connector_up.labels(name)
+        if isinstance(connector, NeedsCommit):
+            connector.bind_committed(self.committed)
         attempt = 0
         while True:
             up.set(1)
@@ -274,11 +284,35 @@ class AgentRuntime:
 
         return emit
 
+    async def committed(self) -> None:
+        """Return once everything emitted before this call is committed in the spool."""
+        marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put(marker)
+        await marker
+
+    def _release_waiters(self) -> None:
+        keep = []
+        for target, fut in self._waiters:
+            if target <= self._committed_next:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((target, fut))
+        self._waiters = keep
+
     async def _drain_queue(self) -> None:
         while not self._queue.empty():
             await self._add(self._queue.get_nowait())
 
-    async def _add(self, samples: list[Sample]) -> None:
+    async def _add(self, item: list[Sample] | asyncio.Future[None]) -> None:
+        if isinstance(item, asyncio.Future):
+            # a commit marker: done once the spool holds every seq handed out so far; the
+            # open window is closed now so the waiter does not wait for it to age
+            self._waiters.append((self.builder.next_seq, item))
+            self._take(self.builder.flush())
+            self._release_waiters()
+            return
+        samples = item
         if self.builder.next_seq + len(samples) > self._reserved:
             # durable before the seqs are handed out; one short write per seq block
             upto = self.builder.next_seq + len(samples)
@@ -299,11 +333,11 @@ class AgentRuntime:
         while True:
             try:
                 async with asyncio.timeout(0.05):  # not wait_for: see uplink.py
-                    samples = await self._queue.get()
+                    item = await self._queue.get()
             except TimeoutError:
                 self._take(self.builder.tick(self.clock()))
                 continue
-            await self._add(samples)
+            await self._add(item)
 
     async def _seal_loop(self) -> None:
         while True:
@@ -354,6 +388,8 @@ class AgentRuntime:
         self.metrics.sign_seconds.observe(self.counters.last_sign_s)
         # a full disk keeps the signed window in memory and retries the same bytes
         await self._retrying_disk_full(lambda: self.spool.commit(sealed, now_ns=self.clock()))
+        self._committed_next = window.readings[-1].seq + 1
+        self._release_waiters()
         self.counters.windows_signed += 1
         self.counters.readings_committed += len(window.readings)
         self.counters.gap_records += len(window.gaps)

@@ -10,7 +10,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["QUALITY_BAD", "QUALITY_GOOD", "QUALITY_UNCERTAIN", "Connector", "Emit", "Sample"]
+__all__ = [
+    "QUALITY_BAD",
+    "QUALITY_GOOD",
+    "QUALITY_UNCERTAIN",
+    "Committed",
+    "Connector",
+    "Emit",
+    "NeedsCommit",
+    "Sample",
+]
 
 # OPC UA StatusCode severities (Part 4 §7.39): top two bits 00 good, 01 uncertain, 10 bad.
 QUALITY_GOOD = 0x00000000
@@ -30,6 +39,9 @@ class Sample:
 
 
 Emit = Callable[[list[Sample]], Awaitable[None]]
+# Returns once every sample emitted before the call is committed in the spool (signed,
+# fsynced): what a connector waits for before it tells its source "done" (a CSV ledger).
+Committed = Callable[[], Awaitable[None]]
 
 
 @runtime_checkable
@@ -46,3 +58,10 @@ class Connector(Protocol):
     def name(self) -> str: ...
 
     async def run(self, emit: Emit) -> None: ...
+
+
+@runtime_checkable
+class NeedsCommit(Protocol):
+    """A connector that must know when its readings are durable (exactly-once sources)."""
+
+    def bind_committed(self, committed: Committed) -> None: ...

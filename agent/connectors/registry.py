@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from agent.config import AgentConfig
 from agent.connectors.base import Connector
+from agent.connectors.csvdrop import CsvDropConnector
 from agent.connectors.modbus import ModbusConnector
 from agent.connectors.mqtt import MqttConnector
 from agent.connectors.opcua import OpcUaConnector
@@ -20,4 +21,5 @@ def build_connectors(config: AgentConfig) -> list[Connector]:
     out: list[Connector] = [ModbusConnector(d) for d in config.modbus]
     out += [MqttConnector(c) for c in config.connectors.get("mqtt", ())]
     out += [OpcUaConnector(c) for c in config.connectors.get("opcua", ())]
+    out += [CsvDropConnector(c) for c in config.connectors.get("csv", ())]
     return out

@@ -143,3 +143,36 @@ def test_config_errors_name_the_key_and_line(change: tuple[str, str], key: str, 
         parse_config(text.replace(*change), "a.toml")
     assert err.value.key == key
     assert err.value.line == line
+
+
+CSV_SECTION = """
+[[csv]]
+name = "erp"
+folder = "drop"
+timestamp_column = "t"
+timestamp_format = "unix_ms"
+[[csv.signals]]
+name = "w"
+column = "w"
+"""
+
+
+@given(st.text(max_size=600))
+def test_any_csv_text_gives_good_samples_or_numbered_bad_rows(body: str) -> None:
+    from agent.connectors.csvdrop import CsvConfig, parse_rows
+
+    (cfg,) = parse_config(BASE + CSV_SECTION, "/tmp/a.toml").connectors["csv"]
+    assert isinstance(cfg, CsvConfig)
+    samples, bad = parse_rows(cfg, "t,w\n" + body)
+    assert all(b.line >= 2 and b.reason for b in bad)
+    assert all(math.isfinite(s.value) and s.ts_ns >= 0 for s in samples)
+
+
+def test_a_csv_row_count_is_exact() -> None:
+    from agent.connectors.csvdrop import CsvConfig, parse_rows
+
+    (cfg,) = parse_config(BASE + CSV_SECTION, "/tmp/a.toml").connectors["csv"]
+    assert isinstance(cfg, CsvConfig)
+    samples, bad = parse_rows(cfg, 't,w\n1,2\n"3,4\n5,x\n\n7,8\n')
+    assert [(s.ts_ns, s.value) for s in samples] == [(1_000_000, 2.0)]
+    assert [b.line for b in bad] == [3]  # the open quote swallows the rest of the file

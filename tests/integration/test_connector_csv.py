@@ -1,0 +1,140 @@
+"""CSV drop folder through the real agent runtime and spool: each file once, even across a
+restart and when the same bytes are dropped again; bad rows quarantined with line numbers
+while the good rows of the file are kept; a file still being written is not read early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, parse_config
+from agent.connectors.csvdrop import CsvDropConnector
+from agent.runtime import AgentRuntime, connectors_from_config
+from attestation.signers.software import SoftwareSigner
+
+pytestmark = pytest.mark.timeout(120)
+SIGNER = SoftwareSigner.generate()
+GOOD = """time,weight_kg,moisture
+2026-11-25T08:00:00+00:00,1200.5,12.1
+2026-11-25T08:05:00+00:00,1198.0,12.3
+2026-11-25T08:10:00+00:00,1201.2,12.0
+"""
+
+
+def _config(tmp: Path, settle_ms: int = 0) -> AgentConfig:
+    text = f"""
+[device]
+name = "gw"
+[window]
+max_readings = 1000
+max_ms = 60000
+[[csv]]
+name = "erp"
+folder = "drop"
+timestamp_column = "time"
+settle_ms = {settle_ms}
+poll_interval_ms = 20
+[[csv.signals]]
+name = "batch_weight"
+column = "weight_kg"
+unit = "kg"
+[[csv.signals]]
+name = "moisture"
+column = "moisture"
+unit = "%"
+"""
+    return parse_config(text, str(tmp / "agent.toml"), base_dir=tmp)
+
+
+@asynccontextmanager
+async def _agent(cfg: AgentConfig) -> AsyncIterator[tuple[AgentRuntime, CsvDropConnector]]:
+    (conn,) = connectors_from_config(cfg)
+    assert isinstance(conn, CsvDropConnector)
+    runtime = AgentRuntime(cfg, SIGNER, [conn])
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop))
+    try:
+        yield runtime, conn
+    finally:
+        stop.set()
+        await task
+
+
+async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not cond():  # noqa: ASYNC110 - polling the connector's counters
+            await asyncio.sleep(0.02)
+
+
+def _stored(cfg: AgentConfig) -> list[tuple[str, float]]:
+    with sqlite3.connect(cfg.spool.path) as db:
+        return db.execute("SELECT signal, value FROM readings ORDER BY seq").fetchall()
+
+
+async def test_each_file_once_bad_rows_quarantined_good_rows_kept(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    mixed = GOOD + "2026-11-25T08:15:00+00:00,heavy,12.2\n" + "2026-11-25T08:20:00,1190.0,12.2\n"
+    mixed += "2026-11-25T08:25:00+00:00,1195.0\n" + "1764060000,1193.0,11.9\n"
+    (drop / "batch-1.csv").write_text(mixed)
+    async with _agent(cfg) as (runtime, conn):
+        await _until(lambda: conn.files_done == 1)
+        assert runtime.counters.readings_committed == 6  # committed before the ledger entry
+        (drop / "batch-1-again.csv").write_text(mixed)  # the same bytes, dropped twice
+        await _until((drop / "done" / "batch-1-again.csv").exists)
+    assert _stored(cfg) == [
+        ("batch_weight", 1200.5), ("moisture", 12.1),
+        ("batch_weight", 1198.0), ("moisture", 12.3),
+        ("batch_weight", 1201.2), ("moisture", 12.0),
+    ]  # fmt: skip
+    with (drop / "quarantine" / "batch-1.csv.bad.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["line"]), r["reason"]) for r in rows] == [
+        (5, "weight_kg: not a number: heavy"),
+        (6, "time: '2026-11-25T08:20:00' has no UTC offset"),
+        (7, "2 fields, the header has 3"),
+        (8, "time: not an ISO 8601 time: '1764060000'"),
+    ]
+    assert rows[0]["row"] == "2026-11-25T08:15:00+00:00,heavy,12.2"
+    assert conn.errors == {"batch-1.csv": 4}
+    assert sorted(p.name for p in (drop / "done").iterdir()) == ["batch-1-again.csv", "batch-1.csv"]
+
+
+async def test_a_restart_ingests_nothing_twice(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.csv").write_text(GOOD)
+    async with _agent(cfg) as (_, conn):
+        await _until(lambda: conn.files_done == 1)
+    (drop / "done" / "a.csv").rename(drop / "a.csv")  # an operator puts it back by mistake
+    (drop / "b.csv").write_text(GOOD.replace("1200.5", "999.0"))
+    async with _agent(cfg) as (_, conn):
+        await _until(lambda: not (drop / "a.csv").exists() and not (drop / "b.csv").exists())
+        assert conn.files_done == 1  # b only; a was known by its bytes
+    values = [v for s, v in _stored(cfg) if s == "batch_weight"]
+    assert values == [1200.5, 1198.0, 1201.2, 999.0, 1198.0, 1201.2]
+
+
+async def test_a_file_still_being_written_is_not_read_early(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, settle_ms=400)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    lines = GOOD.splitlines(keepends=True)
+    async with _agent(cfg) as (_, conn):
+        with (drop / "slow.csv").open("w") as f:
+            for line in lines:
+                f.write(line)
+                f.flush()
+                await asyncio.sleep(0.2)  # the writer pauses between rows, below settle_ms
+                assert conn.files_done == 0
+        await _until(lambda: conn.files_done == 1)
+    assert len(_stored(cfg)) == 6
