@@ -12,6 +12,7 @@ from agent.connectors.csvdrop import CsvDropConnector
 from agent.connectors.modbus import ModbusConnector
 from agent.connectors.mqtt import MqttConnector
 from agent.connectors.opcua import OpcUaConnector
+from agent.connectors.serial_lines import SerialConnector
 
 __all__ = ["build_connectors"]
 
@@ -22,4 +23,5 @@ def build_connectors(config: AgentConfig) -> list[Connector]:
     out += [MqttConnector(c) for c in config.connectors.get("mqtt", ())]
     out += [OpcUaConnector(c) for c in config.connectors.get("opcua", ())]
     out += [CsvDropConnector(c) for c in config.connectors.get("csv", ())]
+    out += [SerialConnector(c) for c in config.connectors.get("serial", ())]
     return out

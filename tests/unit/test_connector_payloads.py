@@ -176,3 +176,27 @@ def test_a_csv_row_count_is_exact() -> None:
     samples, bad = parse_rows(cfg, 't,w\n1,2\n"3,4\n5,x\n\n7,8\n')
     assert [(s.ts_ns, s.value) for s in samples] == [(1_000_000, 2.0)]
     assert [b.line for b in bad] == [3]  # the open quote swallows the rest of the file
+
+
+@given(
+    st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"") + b"\n"), max_size=12),
+    st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=12),
+)
+def test_serial_lines_are_the_same_however_the_bytes_arrive(
+    lines: list[bytes], cuts: list[int]
+) -> None:
+    from agent.connectors.serial_lines import LineSplitter
+
+    stream = b"".join(lines)
+    splitter, got, dropped, pos, i = LineSplitter(max_bytes=32), [], 0, 0, 0
+    while pos < len(stream):
+        step = cuts[i % len(cuts)]
+        out, d = splitter.feed(stream[pos : pos + step])
+        got += out
+        dropped += d
+        pos, i = pos + step, i + 1
+    # a line ends at \n only: a lone \r inside a line keeps it whole
+    expected = list(stream.split(b"\n")[:-1])
+    kept = [x + b"\n" for x in expected if len(x) + 1 <= 32]
+    assert list(got) == kept
+    assert dropped == len(expected) - len(kept)
