@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 REGISTER_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}
+REGISTER_TABLES = ("holding", "input")
+BIT_TABLES = ("coil", "discrete")  # one bit per tag, type "bool"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,17 +174,19 @@ class SpoolConfig:
 class ModbusTag:
     name: str
     address: int
-    table: str = "holding"  # holding | input
-    type: str = "float32"
+    table: str = "holding"  # holding | input (16-bit registers) | coil | discrete (bits)
+    type: str = "float32"  # "bool" for coils and discrete inputs
     word_order: str = "big"
     byte_order: str = "big"
     scale: float = 1.0
     offset: float = 0.0
     unit: str = ""
+    group: str = "default"  # poll group: polled at the device's groups[group] interval
 
     @property
     def count(self) -> int:
-        return REGISTER_TYPES[self.type]
+        """Registers (or, for bit tables, bits) the tag occupies."""
+        return 1 if self.table in BIT_TABLES else REGISTER_TYPES[self.type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +199,17 @@ class ModbusDeviceConfig:
     timeout_ms: int = 1000
     max_gap: int = 8  # registers a merged read may skip between tags
     tags: tuple[ModbusTag, ...] = ()
+    transport: str = "tcp"  # tcp | rtu
+    serial_port: str = ""  # rtu: the serial device (several devices may share one bus)
+    baudrate: int = 19200
+    parity: str = "N"  # N | E | O
+    stopbits: int = 1
+    groups: tuple[tuple[str, int], ...] = ()  # poll group -> interval ms ("default" implied)
+    breaker_failures: int = 3  # failed polls in a row that open the circuit breaker
+    breaker_open_ms: int = 5000  # how long an open breaker leaves the device alone
+
+    def interval_ms(self, group: str) -> int:
+        return dict(self.groups).get(group, self.poll_interval_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,16 +231,20 @@ CONNECTOR_PARSERS: dict[str, Callable[[Any, Where], Any]] = {}
 
 def _tag(t: dict[str, Any], w: Where) -> ModbusTag:
     _no_unknown(t, w, set(ModbusTag.__dataclass_fields__))
+    table = _choice(t, w, "table", REGISTER_TABLES + BIT_TABLES, "holding")
+    bits = table in BIT_TABLES
+    types = ("bool",) if bits else tuple(REGISTER_TYPES)
     return ModbusTag(
         name=_get(t, w, "name", str),
         address=_int(t, w, "address", 0, 65535),
-        table=_choice(t, w, "table", ("holding", "input"), "holding"),
-        type=_choice(t, w, "type", tuple(REGISTER_TYPES), "float32"),
+        table=table,
+        type=_choice(t, w, "type", types, "bool" if bits else "float32"),
         word_order=_choice(t, w, "word_order", ("big", "little"), "big"),
         byte_order=_choice(t, w, "byte_order", ("big", "little"), "big"),
         scale=_get(t, w, "scale", float, 1.0),
         offset=_get(t, w, "offset", float, 0.0),
         unit=_get(t, w, "unit", str, ""),
+        group=_get(t, w, "group", str, "default"),
     )
 
 
@@ -238,15 +257,33 @@ def _modbus(t: dict[str, Any], w: Where) -> ModbusDeviceConfig:
     names = [x.name for x in tags]
     if len(set(names)) != len(names):
         raise w.error("tags", "tag names must be unique within a device")
+    groups_t = _get(t, w, "groups", dict, {})
+    gw = w.child("groups")
+    groups = tuple((name, _int(groups_t, gw, name, 10, 3_600_000)) for name in sorted(groups_t))
+    for i, tag in enumerate(tags):
+        if tag.group != "default" and tag.group not in groups_t:
+            raise w.error(f"tags[{i}].group", f"{tag.group!r} is not in this device's groups")
+    transport = _choice(t, w, "transport", ("tcp", "rtu"), "tcp")
+    serial_port = _get(t, w, "serial_port", str, "")
+    if transport == "rtu" and not serial_port:
+        raise w.error("serial_port", 'transport = "rtu" needs serial_port (e.g. /dev/ttyUSB0)')
     return ModbusDeviceConfig(
         name=_get(t, w, "name", str),
-        host=_get(t, w, "host", str),
+        host=_get(t, w, "host", str, "" if transport == "rtu" else ...),
         port=_int(t, w, "port", 1, 65535, 502),
         device_id=_int(t, w, "device_id", 0, 247, 1),
         poll_interval_ms=_int(t, w, "poll_interval_ms", 10, 3_600_000, 1000),
         timeout_ms=_int(t, w, "timeout_ms", 10, 60_000, 1000),
         max_gap=_int(t, w, "max_gap", 0, 120, 8),
         tags=tags,
+        transport=transport,
+        serial_port=serial_port,
+        baudrate=_int(t, w, "baudrate", 50, 4_000_000, 19200),
+        parity=_choice(t, w, "parity", ("N", "E", "O"), "N"),
+        stopbits=_int(t, w, "stopbits", 1, 2, 1),
+        groups=groups,
+        breaker_failures=_int(t, w, "breaker_failures", 1, 1000, 3),
+        breaker_open_ms=_int(t, w, "breaker_open_ms", 0, 3_600_000, 5000),
     )
 
 

@@ -1,7 +1,13 @@
-"""Modbus TCP connector: polls holding/input registers with pymodbus's async client.
+"""Modbus connector (pymodbus async client): TCP, or RTU over a serial line.
 
-Adjacent and nearly adjacent tags are read in one request (span merging, up to the
-protocol's 125 registers); a failing span is counted per tag and never stops the others.
+Holding and input registers, coils and discrete inputs. Adjacent and nearly adjacent
+tags are read in one request (span merging, up to the protocol's 125 registers or 2000
+bits); a failing span is counted per tag and never stops the others. Tags poll in groups,
+each on its own interval. A per-device circuit breaker leaves a device that failed
+``breaker_failures`` polls in a row alone for ``breaker_open_ms``, then tries once: so a
+dead slave costs one timeout per open period, not one per poll. RTU devices that name the
+same ``serial_port`` share one bus (one client, one request at a time), and the breaker is
+what keeps a dead slave on it from eating the others' bus time.
 """
 
 from __future__ import annotations
@@ -15,15 +21,17 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from agent.backoff import Backoff
-from agent.config import ModbusDeviceConfig, ModbusTag
+from agent.config import BIT_TABLES, ModbusDeviceConfig, ModbusTag
 from agent.connectors.base import Emit, Sample
 from agent.errors import DeviceRefused, DeviceTimeout
 
 __all__ = [
+    "MAX_BITS_PER_READ",
     "MAX_REGISTERS_PER_READ",
     "ModbusConnector",
     "Span",
@@ -34,6 +42,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 MAX_REGISTERS_PER_READ = 125  # Modbus Application Protocol v1.1b3 §6.3: 1..125 registers
+MAX_BITS_PER_READ = 2000  # §6.1 / §6.2: 1..2000 coils or discrete inputs
+Client = AsyncModbusTcpClient | AsyncModbusSerialClient
 
 _FORMATS = {
     "int16": ">h",
@@ -58,15 +68,22 @@ class Span:
 def plan_spans(
     tags: Sequence[ModbusTag], max_gap: int, max_count: int = MAX_REGISTERS_PER_READ
 ) -> list[Span]:
-    """Group tags into as few reads as possible without skipping more than ``max_gap``."""
+    """Group tags into as few reads as possible without skipping more than ``max_gap``.
+
+    ``max_count`` bounds register reads; bit tables take up to 2000 bits a read (and the
+    gap, counted in bits, may be 16x larger: a register's worth).
+    """
     spans: list[Span] = []
-    for table in ("holding", "input"):
+    for table in ("holding", "input", *BIT_TABLES):
+        bits = table in BIT_TABLES
+        limit = MAX_BITS_PER_READ if bits else max_count
+        gap = max_gap * 16 if bits else max_gap
         group = sorted((t for t in tags if t.table == table), key=lambda t: t.address)
         cur: list[ModbusTag] = []
         start = end = 0
         for t in group:
             t_end = t.address + t.count
-            if cur and t.address - end <= max_gap and max(end, t_end) - start <= max_count:
+            if cur and t.address - end <= gap and max(end, t_end) - start <= limit:
                 cur.append(t)
                 end = max(end, t_end)
                 continue
@@ -96,7 +113,9 @@ def one_request_per_tag(tags: Sequence[ModbusTag]) -> list[Span]:
 
 
 def decode(registers: Sequence[int], tag: ModbusTag) -> float:
-    """Registers -> engineering value: word and byte order, type, then scale and offset."""
+    """Registers (or one bit) -> engineering value: word and byte order, type, scale, offset."""
+    if tag.table in BIT_TABLES:
+        return (1.0 if registers[0] else 0.0) * tag.scale + tag.offset
     words = list(registers)
     if tag.word_order == "little":
         words.reverse()
@@ -108,54 +127,156 @@ def decode(registers: Sequence[int], tag: ModbusTag) -> float:
 
 
 @dataclass
+class Breaker:
+    """Per-device circuit breaker: closed -> open after N failed polls -> half-open."""
+
+    failures_to_open: int
+    open_s: float
+    failures: int = 0
+    open_until: float = 0.0
+    trips: int = 0
+
+    def allows(self, now: float) -> bool:
+        return now >= self.open_until
+
+    def record(self, ok: bool, now: float) -> None:
+        if ok:
+            self.failures = 0
+            return
+        self.failures += 1
+        if self.failures >= self.failures_to_open:
+            self.open_until, self.failures = now + self.open_s, 0
+            self.trips += 1
+
+
+@dataclass
+class RtuBus:
+    """One serial line shared by the RTU devices on it: one client, one request at a time."""
+
+    client: AsyncModbusSerialClient
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+_BUSES: dict[str, RtuBus] = {}
+
+
+def _rtu_bus(cfg: ModbusDeviceConfig) -> RtuBus:
+    bus = _BUSES.get(cfg.serial_port)
+    if bus is None:
+        client = AsyncModbusSerialClient(
+            cfg.serial_port,
+            framer=FramerType.RTU,
+            baudrate=cfg.baudrate,
+            parity=cfg.parity,
+            stopbits=cfg.stopbits,
+            timeout=cfg.timeout_ms / 1000,
+            retries=0,
+            reconnect_delay=0,  # we own reconnection, with jitter
+        )
+        bus = _BUSES[cfg.serial_port] = RtuBus(client)
+    bus.users += 1
+    return bus
+
+
+def _release_bus(cfg: ModbusDeviceConfig, bus: RtuBus) -> None:
+    bus.users -= 1
+    if bus.users == 0:
+        _BUSES.pop(cfg.serial_port, None)
+        bus.client.close()
+
+
+@dataclass
 class ModbusConnector:
-    """Polls one Modbus TCP device on its own interval; reconnects with jittered backoff."""
+    """Polls one Modbus device, group by group; reconnects with jittered backoff."""
 
     config: ModbusDeviceConfig
     backoff: Backoff = field(default_factory=Backoff)
     rng: random.Random = field(default_factory=random.Random)
     errors: Counter[str] = field(default_factory=Counter)  # per tag: exceptions + timeouts
     polls: int = 0
+    breaker: Breaker = field(init=False)
+    _lock: asyncio.Lock | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.breaker = Breaker(cfg.breaker_failures, cfg.breaker_open_ms / 1000)
 
     @property
     def name(self) -> str:
         return f"modbus[{self.config.name}]"
 
+    def _groups(self) -> list[tuple[float, list[Span]]]:
+        """(interval s, spans) per poll group."""
+        cfg = self.config
+        names = sorted({t.group for t in cfg.tags})
+        return [
+            (
+                cfg.interval_ms(g) / 1000,
+                plan_spans([t for t in cfg.tags if t.group == g], cfg.max_gap),
+            )
+            for g in names
+        ]
+
     async def run(self, emit: Emit) -> None:
         cfg = self.config
-        spans = plan_spans(cfg.tags, cfg.max_gap)
-        interval = cfg.poll_interval_ms / 1000
         attempt = 0
         while True:
-            client = AsyncModbusTcpClient(
-                cfg.host,
-                port=cfg.port,
-                timeout=cfg.timeout_ms / 1000,
-                retries=0,
-                reconnect_delay=0,  # we own reconnection, with jitter
+            bus = _rtu_bus(cfg) if cfg.transport == "rtu" else None
+            client: Client = (
+                bus.client
+                if bus is not None
+                else AsyncModbusTcpClient(
+                    cfg.host,
+                    port=cfg.port,
+                    timeout=cfg.timeout_ms / 1000,
+                    retries=0,
+                    reconnect_delay=0,  # we own reconnection, with jitter
+                )
             )
+            self._lock = bus.lock if bus is not None else None
             try:
-                if not await client.connect():
-                    raise DeviceTimeout(f"{self.name}: cannot connect to {cfg.host}:{cfg.port}")
+                if not client.connected and not await client.connect():
+                    where = cfg.serial_port if bus else f"{cfg.host}:{cfg.port}"
+                    raise DeviceTimeout(f"{self.name}: cannot connect to {where}")
                 attempt = 0
-                next_poll = time.monotonic()
-                while True:
-                    await emit(await self.poll_once(client, spans))
-                    self.polls += 1
-                    _raise_if_cancelled()
-                    next_poll += interval
-                    await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
-                    if not client.connected:
-                        raise DeviceTimeout(f"{self.name}: connection lost")
+                await self._poll_loop(client, emit)
             except (DeviceTimeout, ConnectionError, OSError) as err:
                 delay = self.backoff.delay(attempt, self.rng)
                 log.warning("%s: %s; reconnecting in %.2fs", self.name, err, delay)
                 attempt += 1
                 await asyncio.sleep(delay)
             finally:
-                client.close()
+                if bus is not None:
+                    _release_bus(cfg, bus)
+                else:
+                    client.close()
 
-    async def poll_once(self, client: AsyncModbusTcpClient, spans: Sequence[Span]) -> list[Sample]:
+    async def _poll_loop(self, client: Client, emit: Emit) -> None:
+        groups = self._groups()
+        due = [time.monotonic()] * len(groups)
+        while True:
+            now = time.monotonic()
+            i = min(range(len(groups)), key=due.__getitem__)
+            if due[i] > now:
+                await asyncio.sleep(due[i] - now)
+                continue
+            interval, spans = groups[i]
+            due[i] += interval
+            if due[i] < now:  # fell behind (a slow device): skip missed polls, no burst
+                due[i] = now + interval
+            if not self.breaker.allows(now):
+                continue
+            samples = await self.poll_once(client, spans)
+            self.breaker.record(bool(samples) or not spans, time.monotonic())
+            if samples:
+                await emit(samples)
+            self.polls += 1
+            _raise_if_cancelled()
+            if not client.connected:
+                raise DeviceTimeout(f"{self.name}: connection lost")
+
+    async def poll_once(self, client: Client, spans: Sequence[Span]) -> list[Sample]:
         """Read every span once; a refused or timed-out span is counted per tag and skipped."""
         out: list[Sample] = []
         now = time.time_ns()  # one timestamp per poll cycle: its tags form one model row
@@ -174,14 +295,19 @@ class ModbusConnector:
                 out.append(Sample(t.name, decode(regs[off : off + t.count], t), t.unit, now))
         return out
 
-    async def _read(self, client: AsyncModbusTcpClient, span: Span) -> list[int]:
-        read = (
-            client.read_holding_registers
-            if span.table == "holding"
-            else client.read_input_registers
-        )
+    async def _read(self, client: Client, span: Span) -> list[int]:
+        read = {
+            "holding": client.read_holding_registers,
+            "input": client.read_input_registers,
+            "coil": client.read_coils,
+            "discrete": client.read_discrete_inputs,
+        }[span.table]
         try:
-            rr = await read(span.start, count=span.count, device_id=self.config.device_id)
+            if self._lock is not None:  # a shared RTU bus: one request at a time
+                async with self._lock:
+                    rr = await read(span.start, count=span.count, device_id=self.config.device_id)
+            else:
+                rr = await read(span.start, count=span.count, device_id=self.config.device_id)
         except ModbusException as err:
             # pymodbus turns a cancellation that lands mid-request into a ModbusIOException;
             # hand the cancellation back, or the connector task could never be stopped
@@ -194,5 +320,7 @@ class ModbusConnector:
                 f"{span.table} {span.start}+{span.count}: exception code "
                 f"{getattr(rr, 'exception_code', '?')}"
             )
+        if span.table in BIT_TABLES:
+            return [int(b) for b in rr.bits[: span.count]]
         regs: list[int] = list(rr.registers)
         return regs
