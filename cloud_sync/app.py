@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection
@@ -36,6 +36,7 @@ from cloud_sync.errors import ApiError
 from cloud_sync.fleet_ca import FleetCA
 from cloud_sync.ingest import Ingestor, ProofUpload
 from cloud_sync.log import HubLog
+from cloud_sync.metrics import HubMetrics
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import Store
 from cloud_sync.web.views import device_router
@@ -122,6 +123,14 @@ def _parse_uploads(body: bytes, settings: HubSettings) -> list[ProofUpload]:
     return uploads
 
 
+def _device_counts(store: Store) -> dict[str, float]:
+    devices = store.list_devices()
+    return {
+        "devices": float(len(devices)),
+        "devices_revoked": float(sum(d.revoked for d in devices)),
+    }
+
+
 def create_app(
     settings: HubSettings, *, store: Store | None = None, clock: Clock | None = None
 ) -> FastAPI:
@@ -170,6 +179,27 @@ def create_app(
         want = f"Bearer {settings.admin_token}"
         if not hmac.compare_digest(got.encode(), want.encode()):
             raise ApiError(401, "unauthorized", "this call needs the hub's admin bearer token")
+
+    metrics = HubMetrics()
+    metrics.watch(lambda: {"log_entries": float(log.size()), **_device_counts(store)})
+
+    @app.middleware("http")
+    async def _timed(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")  # the template, never the raw URL
+        metrics.request_seconds.labels(request.method, path, str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> Response:
+        """Prometheus exposition (text format 0.0.4)."""
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     device_auth = DeviceAuth(store, now_ns)
     app.include_router(
@@ -256,12 +286,19 @@ def create_app(
         uploads = _parse_uploads(body, settings)
         results: list[dict[str, Any]] = []
         for i, upload in enumerate(uploads):
+            started = time.perf_counter()
             try:
-                results.append(ingestor.ingest(upload, now_ns=now_ns(), caller=caller).as_json())
+                done = ingestor.ingest(upload, now_ns=now_ns(), caller=caller)
             except ApiError as err:
+                metrics.proofs.labels("refused", err.code).inc()
                 # proofs before the refused one stay accepted and are listed
                 err.extra.update(index=i, results=results)
                 raise
+            metrics.ingest_seconds.observe(time.perf_counter() - started)
+            metrics.proofs.labels(done.status, "").inc()
+            if done.status == "accepted":
+                metrics.readings.inc(len(upload.leaves))
+            results.append(done.as_json())
         return JSONResponse({"results": results})
 
     @app.get("/v1/devices")

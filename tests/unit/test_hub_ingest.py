@@ -261,3 +261,52 @@ def test_windows_with_anomalies_are_listed_once_with_their_model(
     assert (event["window"], event["anomalous_rows"], event["max_score"]) == (1, 3, 2.5)
     assert event["model_id"] == "pump-pca" and event["model_sha256"] == bytes(range(32)).hex()
     assert client.get("/v1/anomalies", params={"limit": 0}).status_code == 422
+
+
+def test_metrics_count_outcomes_readings_and_requests(hub: tuple[TestClient, HubSettings]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, s = hub
+    dev = Device()
+    _register(client, s, dev)
+    assert _post(client, body(dev.window(4)[:2], dev.window(3)[:2]))[0] == 200
+    assert _post(client, body(Device().window(2)[:2]))[0] == 403  # unknown device
+    text = client.get("/metrics").text
+    samples = {
+        (x.name, tuple(sorted(x.labels.items()))): x.value
+        for fam in text_string_to_metric_families(text)
+        for x in fam.samples
+    }
+    assert samples[("factoryops_hub_proofs_total", (("outcome", "accepted"), ("reason", "")))] == 2
+    refused = (("outcome", "refused"), ("reason", "unknown_device"))
+    assert samples[("factoryops_hub_proofs_total", refused)] == 1
+    assert samples[("factoryops_hub_readings_accepted_total", ())] == 7
+    assert samples[("factoryops_hub_log_entries", ())] == 2
+    assert samples[("factoryops_hub_devices", ())] == 1
+    route = (("method", "POST"), ("route", "/v1/proofs"), ("status", "200"))
+    assert samples[("factoryops_hub_request_seconds_count", route)] == 1
+
+
+def test_the_grafana_dashboard_charts_only_metrics_that_exist() -> None:
+    import json
+    import re
+
+    from agent.metrics import AgentMetrics
+    from cloud_sync.metrics import HubMetrics
+
+    doc = json.loads((Path(__file__).parents[2] / "docs" / "grafana" / "hub.json").read_text())
+    used = {
+        name
+        for p in doc["panels"]
+        for t in p["targets"]
+        for name in re.findall(r"factoryops_[a-z_]+", t["expr"])
+    }
+    known = {
+        "factoryops_hub_log_entries",
+        "factoryops_hub_devices",
+        "factoryops_hub_devices_revoked",
+    }
+    for registry in (HubMetrics().registry, AgentMetrics().registry):
+        for fam in registry.collect():  # labelled families have no samples until used
+            known |= {fam.name + sfx for sfx in ("", "_total", "_bucket", "_count", "_sum")}
+    assert used <= known, used - known
