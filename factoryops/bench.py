@@ -18,6 +18,8 @@ BENCHMARKS: dict[str, str] = {
     "sign": "benchmarks.sign:command",
     "inference": "benchmarks.inference:command",
     "modbus": "benchmarks.modbus:command",
+    "verify": "benchmarks.verify:command",
+    "hub": "benchmarks.hub:command",
 }
 
 

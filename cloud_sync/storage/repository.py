@@ -68,6 +68,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+_INSERT_QMARK = (  # SQLite
+    'INSERT INTO readings (utid, seq, "window", ts_ns, signal, value, unit, quality)'
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_FORMAT = (  # psycopg
+    'INSERT INTO readings (utid, seq, "window", ts_ns, signal, value, unit, quality)'
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_INSERT_READINGS = {"qmark": _INSERT_QMARK, "format": _INSERT_FORMAT, "pyformat": _INSERT_FORMAT}
+
+
 class Store:
     """Repository over one engine; every write is one transaction."""
 
@@ -232,19 +243,13 @@ class Store:
                 raise HeadMoved(row.utid)
             conn.execute(insert(windows).values(**_as_dict(row)))
             if window_readings:
-                conn.execute(
-                    insert(readings),
+                # the hot path: straight to the driver's executemany (SQLAlchemy's per-row
+                # parameter processing cost ~2 us a reading); same table, same columns
+                utid, window = row.utid, row.window
+                conn.exec_driver_sql(
+                    _INSERT_READINGS[conn.dialect.paramstyle],
                     [
-                        {
-                            "utid": row.utid,
-                            "seq": r.seq,
-                            "window": row.window,
-                            "ts_ns": r.ts_ns,
-                            "signal": r.signal,
-                            "value": r.value,
-                            "unit": r.unit,
-                            "quality": r.quality,
-                        }
+                        (utid, r.seq, window, r.ts_ns, r.signal, r.value, r.unit, r.quality)
                         for r in window_readings
                     ],
                 )

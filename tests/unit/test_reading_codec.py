@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import cbor2
 import pytest
@@ -77,3 +78,29 @@ def test_every_integer_width_of_seq_and_timestamp_matches_cbor2(seq: int, ts_ns:
     for value in (0.5, 0.1, 1e300, float("inf"), -0.0):
         r = Reading(seq, ts_ns, "Pressure", value, "bar", 0)
         assert encode_leaf(r) == _reference(r)
+
+
+_ANY = st.one_of(
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.text(max_size=140),
+    st.none(),
+    st.binary(max_size=4),
+)
+
+
+@given(st.fixed_dictionaries(dict.fromkeys(range(1, 7), _ANY)))
+def test_the_fast_field_check_accepts_only_what_the_strict_one_accepts(obj: dict[int, Any]) -> None:
+    from attestation.reading import LEAF_LIMITS, _fast_fields, reading_from_fields
+
+    fast = _fast_fields(obj, LEAF_LIMITS)
+    names = ("seq", "ts_ns", "signal", "value", "unit", "quality")
+    fields = dict(zip(names, (obj[k] for k in range(1, 7)), strict=True))
+    try:
+        strict = reading_from_fields(fields, where="leaf")
+    except MalformedInput:
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast == strict or (fast.value != fast.value and strict.value != strict.value)

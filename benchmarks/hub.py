@@ -1,0 +1,271 @@
+"""``factoryops bench hub``: micro-proofs/s the hub accepts (verified, logged, stored).
+
+The hub runs as its own process (``factoryops hub serve``, one uvicorn worker: one core),
+on SQLite and on PostgreSQL. The load generator, in this process, pre-signs every proof
+before timing (1,000 readings each, one chain per device) and then uploads from one
+concurrent HTTP client per device over loopback. Baseline, measured in the same run: the
+same readings inserted straight into SQLite with ``executemany`` and no verification, the
+floor any hub on that database pays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cbor2
+import click
+import httpx
+from cryptography.hazmat.primitives import serialization
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import create_engine, text
+
+from agent.sealer import SealedWindow, seal
+from agent.window import ClosedWindow
+from attestation.microproof import GENESIS_PREV, chain_hash
+from attestation.reading import Reading
+from attestation.signers.software import SoftwareSigner
+
+__all__ = ["command"]
+
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _chains(
+    devices: int, proofs: int, per_proof: int
+) -> list[tuple[SoftwareSigner, list[SealedWindow]]]:
+    out = []
+    for d in range(devices):
+        signer = SoftwareSigner.generate()
+        prev, chain, seq = GENESIS_PREV, [], 0
+        for w in range(proofs):
+            rs = tuple(
+                Reading(
+                    seq + i,
+                    1_700_000_000_000_000_000 + (seq + i) * 1_000_000,
+                    f"s{i % 8}",
+                    float(i),
+                    "u",
+                )
+                for i in range(per_proof)
+            )
+            sealed = seal(
+                ClosedWindow(rs), index=w, prev=prev, signer=signer, iat=1_700_000_000 + d
+            )
+            prev, seq = chain_hash(sealed.cose), seq + per_proof
+            chain.append(sealed)
+        out.append((signer, chain))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Hub:
+    """``factoryops hub serve`` in a subprocess."""
+
+    def __init__(self, data_dir: Path, db_url: str | None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, "-m", "factoryops", "hub", "serve", "--data-dir", str(data_dir)]
+        argv += ["--port", str(self.port), "--allow-software-keys"]
+        if db_url:
+            argv += ["--db", db_url]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise click.ClickException(f"hub did not start: {err[-500:]}")
+            time.sleep(0.1)
+        self.admin = (data_dir / "admin-token").read_text().strip()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def _register(hub: _Hub, signer: SoftwareSigner, name: str) -> None:
+    key = serialization.load_der_public_key(signer.public_key_der())
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    r = httpx.post(
+        f"{hub.url}/v1/devices",
+        json={"public_key_pem": pem.decode(), "key_kind": "software", "name": name},
+        headers={"authorization": f"Bearer {hub.admin}"},
+    )
+    r.raise_for_status()
+
+
+async def _upload(url: str, chains: list[list[SealedWindow]], batch: int) -> float:
+    bodies = [
+        [
+            cbor2.dumps(
+                {
+                    "proofs": [
+                        {"cose": w.cose, "leaves": list(w.leaves)} for w in chain[i : i + batch]
+                    ]
+                }
+            )
+            for i in range(0, len(chain), batch)
+        ]
+        for chain in chains
+    ]
+
+    async def one_device(posts: list[bytes]) -> None:
+        async with httpx.AsyncClient(timeout=120) as client:
+            for body in posts:
+                r = await client.post(
+                    f"{url}/v1/proofs", content=body, headers={"content-type": "application/cbor"}
+                )
+                r.raise_for_status()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_device(b) for b in bodies))
+    return time.perf_counter() - started
+
+
+def _measure(
+    db_url: str | None, chains: list[tuple[SoftwareSigner, list[SealedWindow]]], batch: int
+) -> float:
+    with tempfile.TemporaryDirectory() as d:
+        hub = _Hub(Path(d), db_url)
+        try:
+            for i, (signer, _) in enumerate(chains):
+                _register(hub, signer, f"bench-{i}")
+            return asyncio.run(_upload(hub.url, [c for _, c in chains], batch))
+        finally:
+            hub.stop()
+
+
+def _sqlite_baseline(chains: list[tuple[SoftwareSigner, list[SealedWindow]]]) -> float:
+    with tempfile.TemporaryDirectory() as d:
+        db = sqlite3.connect(Path(d) / "raw.db", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute(
+            "CREATE TABLE readings (utid TEXT, seq INTEGER, window INTEGER, ts_ns INTEGER,"
+            " signal TEXT, value REAL, unit TEXT, quality INTEGER, PRIMARY KEY (utid, seq))"
+        )
+        started = time.perf_counter()
+        for n, (_, chain) in enumerate(chains):
+            for w in chain:
+                db.execute("BEGIN")
+                db.executemany(
+                    "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (str(n), r.seq, w.index, r.ts_ns, r.signal, r.value, r.unit, r.quality)
+                        for r in w.window.readings
+                    ],
+                )
+                db.execute("COMMIT")
+        elapsed = time.perf_counter() - started
+        db.close()
+        return elapsed
+
+
+def _pg_database(base_url: str) -> tuple[str, str] | None:
+    """A fresh database of our own on the PostgreSQL server; None when it is not there."""
+    name = f"fo_bench_{secrets.token_hex(4)}"
+    try:
+        admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+    except Exception as err:  # noqa: BLE001 - any failure means: skip PostgreSQL, say why
+        click.echo(f"PostgreSQL not measured: {err}".splitlines()[0], err=True)
+        return None
+    return base_url.rsplit("/", 1)[0] + f"/{name}", name
+
+
+def _drop_pg(base_url: str, name: str) -> None:
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@click.command()
+@click.option(
+    "--devices", default=4, show_default=True, help="Concurrent devices (one client each)."
+)
+@click.option("--proofs", default=40, show_default=True, help="Proofs per device.")
+@click.option("--per-proof", default=1000, show_default=True, help="Readings per proof.")
+@click.option("--batch", default=8, show_default=True, help="Proofs per POST.")
+@click.option(
+    "--pg", "pg_url", default=DEFAULT_PG, show_default=True, help="PostgreSQL server ('' to skip)."
+)
+def command(devices: int, proofs: int, per_proof: int, batch: int, pg_url: str) -> None:
+    """Micro-proofs/s accepted by a hub process on SQLite and on PostgreSQL.
+
+    \b
+    Example:
+      factoryops bench hub --devices 8 --proofs 50
+    """
+    console = Console()
+    with console.status("signing proofs (before timing)"):
+        chains = _chains(devices, proofs, per_proof)
+    total = devices * proofs
+    with console.status("SQLite hub"):
+        t_sqlite = _measure(None, chains, batch)
+    t_raw = _sqlite_baseline(chains)
+    t_pg = None
+    if pg_url and (made := _pg_database(pg_url)) is not None:
+        try:
+            with console.status("PostgreSQL hub"):
+                t_pg = _measure(made[0], chains, batch)
+        finally:
+            _drop_pg(pg_url, made[1])
+    figures = {
+        "sqlite_proofs_per_s": round(total / t_sqlite, 1),
+        "sqlite_readings_per_s": round(total * per_proof / t_sqlite),
+        "postgres_proofs_per_s": round(total / t_pg, 1) if t_pg else None,
+        "postgres_readings_per_s": round(total * per_proof / t_pg) if t_pg else None,
+        "baseline_raw_sqlite_proofs_per_s": round(total / t_raw, 1),
+        "ratio_sqlite_hub_vs_raw_insert": round(t_raw / t_sqlite, 3),
+        "proofs": total,
+        "readings_per_proof": per_proof,
+        "devices": devices,
+    }
+    table = Table(title=f"Hub ingest: {total} proofs of {per_proof} readings, {devices} clients")
+    table.add_column("what")
+    table.add_column("proofs/s", justify="right")
+    table.add_column("readings/s", justify="right")
+    table.add_row(
+        "hub on SQLite",
+        f"{figures['sqlite_proofs_per_s']:,}",
+        f"{figures['sqlite_readings_per_s']:,}",
+    )
+    if t_pg:
+        table.add_row(
+            "hub on PostgreSQL",
+            f"{figures['postgres_proofs_per_s']:,}",
+            f"{figures['postgres_readings_per_s']:,}",
+        )
+    table.add_row(
+        "baseline: raw SQLite executemany", f"{figures['baseline_raw_sqlite_proofs_per_s']:,}", ""
+    )
+    console.print(table)
+    click.echo(json.dumps(figures))
