@@ -37,6 +37,7 @@ from cloud_sync.fleet_ca import FleetCA
 from cloud_sync.ingest import Ingestor, ProofUpload
 from cloud_sync.log import HubLog
 from cloud_sync.metrics import HubMetrics
+from cloud_sync.reports import parse_period, render_pdf, site_report
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import Store
 from cloud_sync.web.views import device_router
@@ -332,6 +333,25 @@ def create_app(
         if logged is not None:
             rc = dataclasses.replace(rc, log_receipt=logged[0], checkpoint=logged[1])
         return JSONResponse(rc.to_json())
+
+    @app.get("/v1/sites/{site}/report", response_model=None)
+    def report(
+        site: str,
+        start: str = Query(alias="from", max_length=40),
+        end: str = Query(alias="to", max_length=40),
+        fmt: str = Query(default="json", alias="format", pattern="^(json|pdf)$"),
+    ) -> Response | dict[str, Any]:
+        """The site's proof report for [from, to): JSON facts, or the same facts as a PDF."""
+        period = parse_period(start, end)
+        facts = site_report(store, log, site, *period, now_ns())
+        if fmt == "pdf":
+            name = f"factoryops-{site}-{period[0]:%Y%m%d}-{period[1]:%Y%m%d}.pdf"
+            return Response(
+                render_pdf(facts),
+                media_type="application/pdf",
+                headers={"content-disposition": f'attachment; filename="{name}"'},
+            )
+        return facts
 
     @app.get("/v1/anomalies")
     def anomaly_list(

@@ -188,3 +188,44 @@ def revoke(data_dir: Path, db_url: str | None, utid: str) -> None:
     finally:
         store.close()
     click.echo(f"revoked {utid}")
+
+
+@click.command()
+@click.option("--hub", "hub_url", required=True, help="The hub's base URL.")
+@click.option("--site", required=True, help="Site whose devices the report covers.")
+@click.option("--from", "start", required=True, help="Start, ISO 8601 (UTC if no offset).")
+@click.option("--to", "end", required=True, help="End (exclusive), ISO 8601.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="FILE.pdf or FILE.json: the format follows the suffix.",
+)
+def report(hub_url: str, site: str, start: str, end: str, out: Path) -> None:
+    """Download a site's proof report (PDF with charts, or the same facts as JSON).
+
+    \b
+    Example:
+      factoryops report --hub http://hub:8080 --site plant-1 \\
+          --from 2026-11-01 --to 2026-12-01 --out plant-1-november.pdf
+    """
+    import httpx  # noqa: PLC0415
+
+    from cloud_sync.errors import HubError  # noqa: PLC0415
+
+    fmt = "pdf" if out.suffix.lower() == ".pdf" else "json"
+    try:
+        r = httpx.get(
+            f"{hub_url.rstrip('/')}/v1/sites/{site}/report",
+            params={"from": start, "to": end, "format": fmt},
+            timeout=120,
+        )
+    except httpx.HTTPError as err:
+        raise HubError(f"cannot reach the hub at {hub_url}: {err}", hint="check --hub") from err
+    if r.status_code != 200:
+        doc = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+        raise HubError(
+            f"hub refused the report: {doc.get('error')}: {doc.get('detail', r.text[:200])}"
+        )
+    out.write_bytes(r.content)
+    click.echo(f"{fmt.upper()} report of site {site} written to {out} ({len(r.content):,} bytes)")

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "hil": "hil_tests.cli:hil",
     "model": "models_onnx.cli:model",
     "provision": "provisioning.cli:provision",
+    "report": "cloud_sync.cli:report",
 }
 
 

@@ -10,6 +10,7 @@ from attestation import merkle
 from attestation.microproof import (
     GENESIS_PREV,
     AnomalySummary,
+    DriftTest,
     Gap,
     MicroProof,
     ModelRef,
@@ -47,6 +48,7 @@ class Device:
         skip: int = 0,
         anomaly: AnomalySummary | None = None,
         model: ModelRef | None = None,
+        drift: DriftTest | None = None,
     ) -> tuple[bytes, list[bytes], list[Reading]]:
         """Sign the next window of ``n`` readings; ``skip`` seqs are lost before it."""
         self.next_seq += skip
@@ -69,6 +71,7 @@ class Device:
             gaps=gaps,
             anomaly=anomaly,
             model=model,
+            drift=drift,
         )
         cose = sign_microproof(mp, self.signer, iat=self.t_ns // 10**9)
         self.prev = chain_hash(cose)

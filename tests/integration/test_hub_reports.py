@@ -1,0 +1,177 @@
+"""Proof reports: the JSON facts match what was uploaded (gaps, anomalies, models, drift,
+coverage, checkpoint), and the PDF drawn from them renders to a real page (pdftoppm).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from attestation.microproof import AnomalySummary, DriftTest, Gap, ModelRef
+from cloud_sync.app import create_app
+from cloud_sync.settings import HubSettings
+from tests.conftest import missing
+from tests.hubkit import Device, body
+
+T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z, where hubkit devices start
+MODEL = ModelRef("pump-pca", bytes(range(32)), "3")
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> tuple[TestClient, HubSettings]:
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True)
+    return TestClient(create_app(s), raise_server_exceptions=False), s
+
+
+def _register(client: TestClient, s: HubSettings, dev: Device, name: str, site: str) -> str:
+    r = client.post(
+        "/v1/devices",
+        json={
+            "public_key_pem": dev.public_pem(),
+            "key_kind": "software",
+            "name": name,
+            "site": site,
+        },
+        headers={"authorization": f"Bearer {s.admin_token}"},
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["utid"])
+
+
+def _upload_plant(client: TestClient, s: HubSettings) -> str:
+    dev = Device()
+    utid = _register(client, s, dev, "press-1", "plant-1")
+    calm = AnomalySummary(0, 0.3, 1.0)
+    drift = DriftTest("ks", 0.12, 0.4, True)
+    proofs = [dev.window(10, model=MODEL, anomaly=calm, drift=drift)[:2]]
+    proofs.append(
+        dev.window(
+            10,
+            skip=3,
+            gaps=(Gap(10, 12, "agent restart"),),
+            model=MODEL,
+            anomaly=AnomalySummary(4, 3.5, 1.0),
+        )[:2]
+    )
+    proofs.append(dev.window(10, model=MODEL, anomaly=calm)[:2])
+    assert (
+        client.post(
+            "/v1/proofs", content=body(*proofs), headers={"content-type": "application/cbor"}
+        ).status_code
+        == 200
+    )
+    other = Device()  # another site: not in the report
+    _register(client, s, other, "elsewhere", "plant-2")
+    return utid
+
+
+def test_the_json_report_states_what_was_signed(hub: tuple[TestClient, HubSettings]) -> None:
+    client, s = hub
+    utid = _upload_plant(client, s)
+    r = client.get(
+        "/v1/sites/plant-1/report",
+        params={"from": "2023-11-14T22:00:00Z", "to": "2023-11-14T23:00:00Z"},
+    )
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["totals"] == {
+        "devices": 1, "windows": 3, "readings": 30, "gap_records": 1, "readings_lost": 3,
+        "anomalous_windows": 1,
+    }  # fmt: skip
+    (dev,) = doc["devices"]
+    assert dev["utid"] == utid and dev["name"] == "press-1"
+    assert dev["gaps"] == [{"window": 1, "first": 10, "last": 12, "reason": "agent restart"}]
+    (event,) = dev["anomalies"]
+    assert (event["window"], event["anomalous_rows"], event["max_score"]) == (1, 4, 3.5)
+    assert event["model_sha256"] == MODEL.sha256.hex()
+    assert dev["models"] == [{"sha256": MODEL.sha256.hex(), "id": "pump-pca", "version": "3"}]
+    assert dev["drift_tests"] == [
+        {"window": 0, "test": "ks", "statistic": 0.12, "p_value": 0.4, "drifted": True}
+    ]
+    assert dev["drifted_windows"] == 1
+    assert 0 < dev["coverage_pct"] < 100
+    assert sum(n for _, n in dev["readings_per_hour"]) == 30
+    assert doc["checkpoint"]["size"] == 3
+    assert doc["checkpoint"]["note"].startswith("factoryops.local/hub-log\n3\n")
+
+
+@pytest.mark.parametrize(
+    ("params", "where"),
+    [
+        ({"from": "2023-11-15T00:00:00Z", "to": "2023-11-14T00:00:00Z"}, "from: must be before to"),
+        ({"from": "yesterday", "to": "2023-11-14T00:00:00Z"}, "from: 'yesterday' is not ISO 8601"),
+        ({"from": "2020-01-01T00:00:00Z", "to": "2023-11-14T00:00:00Z"}, "to: a report covers"),
+        ({"from": "2023-11-14T22:00:00Z"}, "query.to: Field required"),
+    ],
+)
+def test_bad_report_parameters_are_named(
+    hub: tuple[TestClient, HubSettings], params: dict[str, str], where: str
+) -> None:
+    client, s = hub
+    _upload_plant(client, s)
+    r = client.get("/v1/sites/plant-1/report", params=params)
+    assert r.status_code == 422 and where in r.json()["detail"]
+    missing_site = client.get(
+        "/v1/sites/nowhere/report",
+        params={"from": "2023-11-14T00:00:00Z", "to": "2023-11-15T00:00:00Z"},
+    )
+    assert missing_site.status_code == 404 and missing_site.json()["error"] == "unknown_site"
+
+
+def test_the_pdf_renders_to_real_pages(hub: tuple[TestClient, HubSettings], tmp_path: Path) -> None:
+    if shutil.which("pdftoppm") is None:
+        missing("pdftoppm is not installed (apt install poppler-utils)")
+    client, s = hub
+    _upload_plant(client, s)
+    r = client.get(
+        "/v1/sites/plant-1/report",
+        params={"from": "2023-11-14T22:00:00Z", "to": "2023-11-14T23:00:00Z", "format": "pdf"},
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"
+    assert r.content.startswith(b"%PDF-")
+    pdf = tmp_path / "report.pdf"
+    pdf.write_bytes(r.content)
+    subprocess.run(["pdftoppm", "-r", "50", "-png", str(pdf), str(tmp_path / "page")], check=True)
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert len(pages) == 2  # the cover and one device page
+    artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    for page in pages:
+        img = np.asarray(Image.open(page).convert("L"))
+        assert img.shape[1] > 300 and img.shape[0] > 400
+        dark = int((img < 128).sum())
+        assert dark > 2000, f"{page.name} looks blank"  # text, tables and a chart were drawn
+        shutil.copy(page, artifacts / f"report-{page.name}")
+
+
+def test_factoryops_report_downloads_both_formats(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from cloud_sync.server import HubServer
+    from factoryops.cli import cli
+
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True)
+    server = HubServer(s).start()
+    try:
+        _upload_plant(TestClient(create_app(s)), s)
+        args = ["report", "--hub", server.url, "--site", "plant-1"]
+        args += ["--from", "2023-11-14T22:00:00", "--to", "2023-11-14T23:00:00"]
+        for name in ("r.json", "r.pdf"):
+            result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / name)])
+            assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / "r.json").read_text())["totals"]["readings"] == 30
+        assert (tmp_path / "r.pdf").read_bytes().startswith(b"%PDF-")
+        bad = CliRunner().invoke(
+            cli, [*args[:4], "nowhere", *args[5:], "--out", str(tmp_path / "x.pdf")]
+        )
+        assert bad.exit_code != 0 and "unknown_site" in str(bad.exception)
+    finally:
+        server.stop()
