@@ -58,6 +58,34 @@ class DeviceRegistration(BaseModel):
     site: str = Field(default="default", min_length=1, max_length=128, pattern=r"^[\w .:@-]+$")
 
 
+class ErrorBody(BaseModel):
+    """Every refusal: a stable ``error`` code scripts can match, and a ``detail`` for people.
+
+    Proof uploads add ``index`` (the refused proof), ``results`` (the ones before it, which
+    were accepted) and, for ``out_of_order``, ``expected_window``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    error: str
+    detail: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": why}
+    for code, why in (
+        (400, "Malformed body"),
+        (401, "Not authenticated, or a signature or attestation that does not verify"),
+        (403, "Refused by policy (unknown, revoked or software device; untrusted TPM)"),
+        (404, "Unknown device, reading or site"),
+        (409, "Conflicts with the stored chain (fork, out of order)"),
+        (413, "Too large"),
+        (415, "Wrong content type or encoding"),
+        (422, "A field that is invalid; `detail` names it"),
+        (501, "Not available in this installation"),
+    )
+}
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """Read the body while counting, so an oversized upload is refused before it is held."""
     declared = request.headers.get("content-length")
@@ -152,7 +180,7 @@ def create_app(
     )
     ingestor = Ingestor(store, settings.limits, allow_software_keys=settings.allow_software_keys)
     templates = Jinja2Templates(directory=str(_TEMPLATES))
-    app = FastAPI(title="FactoryOps hub", version="1")
+    app = FastAPI(title="FactoryOps hub", version="1", responses=ERROR_RESPONSES)
     app.state.store = store
     app.state.settings = settings
 
@@ -386,7 +414,7 @@ def create_app(
 
     app.include_router(device_router(store))
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)  # a page, not API
     def index(request: Request) -> HTMLResponse:
         return templates.TemplateResponse(
             request,

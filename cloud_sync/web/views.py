@@ -57,7 +57,7 @@ def device_router(store: Store) -> APIRouter:
     router = APIRouter()
     templates = Jinja2Templates(directory=str(_TEMPLATES))
 
-    @router.get("/devices/{utid}", response_class=HTMLResponse)
+    @router.get("/devices/{utid}", response_class=HTMLResponse, include_in_schema=False)
     def device_page(request: Request, utid: str) -> HTMLResponse:
         try:
             parse_utid(utid)
