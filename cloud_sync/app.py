@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from attestation.errors import MalformedInput
 from attestation.receipt import build_receipt
 from attestation.utid import parse_utid, utid_bytes, utid_text
+from cloud_sync.access import Access
 from cloud_sync.anomalies import AnomalyBook
 from cloud_sync.enroll import DeviceAuth, enroll_router
 from cloud_sync.errors import ApiError
@@ -39,7 +40,8 @@ from cloud_sync.log import HubLog
 from cloud_sync.metrics import HubMetrics
 from cloud_sync.reports import parse_period, render_pdf, site_report
 from cloud_sync.settings import HubSettings
-from cloud_sync.storage import Store
+from cloud_sync.storage import DeviceRow, Store
+from cloud_sync.web.access_views import access_router, page_principal
 from cloud_sync.web.views import device_router
 
 __all__ = ["create_app"]
@@ -231,11 +233,23 @@ def create_app(
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     device_auth = DeviceAuth(store, now_ns)
+    access = Access(store.engine, settings.admin_token, now_ns)
+    app.state.access = access
+
+    def may_read(request: Request, site: str) -> None:
+        if not settings.open_reads:
+            access.require(request, site, "viewer")
+
+    def readable_sites(request: Request) -> set[str] | None:
+        """None: every site."""
+        if settings.open_reads:
+            return None
+        return access.require(request, None, "viewer").sites("viewer")
+
     app.include_router(
-        enroll_router(
-            settings, store, fleet, device_auth, now_ns, require_admin, log.verifier.to_vkey()
-        )
+        enroll_router(settings, store, fleet, device_auth, now_ns, access, log.verifier.to_vkey())
     )
+    app.include_router(access_router(access, settings))
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -243,7 +257,7 @@ def create_app(
 
     @app.post("/v1/devices")
     async def register_device(request: Request) -> JSONResponse:
-        require_admin(request)
+        require_admin(request)  # development path: the hub's admin token only
         body = await _read_body(request, settings.limits.max_json_bytes)
         try:
             reg = DeviceRegistration.model_validate_json(body)
@@ -289,6 +303,8 @@ def create_app(
             site=reg.site,
             now_ns=now,
         )
+        if existing is None:
+            access.audit("admin", "device.register", utid, {"site": reg.site, "kind": reg.key_kind})
         cert_pem = _der_to_pem(row.certificate)
         return JSONResponse(
             {
@@ -330,23 +346,30 @@ def create_app(
             results.append(done.as_json())
         return JSONResponse({"results": results})
 
-    @app.get("/v1/devices")
-    def list_devices() -> dict[str, Any]:
-        return {"devices": [_device_json(d) for d in store.list_devices()]}
-
-    @app.get("/v1/devices/{utid}")
-    def get_device(utid: str) -> dict[str, Any]:
+    def readable_device(request: Request, utid: str) -> DeviceRow:
         device = store.device(_checked_utid(utid))
         if device is None:
             raise ApiError(404, "unknown_device", f"{utid} is not enrolled with this hub")
-        return _device_json(device)
+        may_read(request, device.site)
+        return device
+
+    @app.get("/v1/devices")
+    def list_devices(request: Request) -> dict[str, Any]:
+        sites = readable_sites(request)
+        return {
+            "devices": [
+                _device_json(d) for d in store.list_devices() if sites is None or d.site in sites
+            ]
+        }
+
+    @app.get("/v1/devices/{utid}")
+    def get_device(utid: str, request: Request) -> dict[str, Any]:
+        return _device_json(readable_device(request, utid))
 
     @app.get("/v1/devices/{utid}/readings/{seq}/receipt")
-    def receipt(utid: str, seq: int) -> JSONResponse:
-        utid = _checked_utid(utid)
-        device = store.device(utid)
-        if device is None:
-            raise ApiError(404, "unknown_device", f"{utid} is not enrolled with this hub")
+    def receipt(utid: str, seq: int, request: Request) -> JSONResponse:
+        device = readable_device(request, utid)
+        utid = device.utid
         window = store.window_for_seq(utid, seq)
         if window is None:
             raise ApiError(404, "unknown_reading", f"no accepted window holds seq {seq}")
@@ -365,11 +388,13 @@ def create_app(
     @app.get("/v1/sites/{site}/report", response_model=None)
     def report(
         site: str,
+        request: Request,
         start: str = Query(alias="from", max_length=40),
         end: str = Query(alias="to", max_length=40),
         fmt: str = Query(default="json", alias="format", pattern="^(json|pdf)$"),
     ) -> Response | dict[str, Any]:
         """The site's proof report for [from, to): JSON facts, or the same facts as a PDF."""
+        may_read(request, site)
         period = parse_period(start, end)
         facts = site_report(store, log, site, *period, now_ns())
         if fmt == "pdf":
@@ -383,11 +408,17 @@ def create_app(
 
     @app.get("/v1/anomalies")
     def anomaly_list(
+        request: Request,
         utid: str | None = Query(default=None, max_length=69),
         limit: int = Query(default=100, ge=1, le=1000),
     ) -> dict[str, Any]:
         """Newest first: windows whose signed micro-proof reports anomalous rows."""
-        return {"anomalies": anomalies.recent(utid=utid, limit=limit)}
+        sites = readable_sites(request)
+        site_of = {d.utid: d.site for d in store.list_devices()}
+        events = anomalies.recent(utid=utid, limit=limit)
+        return {
+            "anomalies": [e for e in events if sites is None or site_of.get(e["utid"]) in sites]
+        }
 
     @app.get("/v1/log/checkpoint", response_class=PlainTextResponse)
     def checkpoint() -> str:
@@ -412,14 +443,19 @@ def create_app(
         path = log.inclusion(index, size)
         return {"index": index, "size": size, "path": [base64.b64encode(h).decode() for h in path]}
 
-    app.include_router(device_router(store))
+    app.include_router(device_router(store, settings))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)  # a page, not API
-    def index(request: Request) -> HTMLResponse:
+    def index(request: Request) -> Response:
+        who = page_principal(request, settings)
+        if isinstance(who, Response):
+            return who
+        sites = who.sites("viewer")
+        shown = [d for d in store.list_devices() if sites is None or d.site in sites]
         return templates.TemplateResponse(
             request,
             "index.html",
-            {"devices": store.list_devices(), "counts": store.counts()},
+            {"devices": shown, "counts": store.counts(), "who": who},
         )
 
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -41,6 +42,12 @@ def hub() -> None:
     help="Accept devices whose key is not in a TPM (development only).",
 )
 @click.option(
+    "--open-reads",
+    is_flag=True,
+    help="Let anyone who reaches the hub read devices, receipts and reports without login"
+    " (a closed plant network, a demo). Writes always need a token or a role.",
+)
+@click.option(
     "--log-key",
     "log_key_uri",
     default=None,
@@ -53,6 +60,7 @@ def serve(
     host: str,
     port: int,
     allow_software_keys: bool,
+    open_reads: bool,
     log_key_uri: str | None,
 ) -> None:
     """Serve the hub API and web page.
@@ -68,7 +76,11 @@ def serve(
     from cloud_sync.app import create_app  # noqa: PLC0415
 
     settings = HubSettings.create(
-        data_dir, db_url=db_url, allow_software_keys=allow_software_keys, log_key_uri=log_key_uri
+        data_dir,
+        db_url=db_url,
+        allow_software_keys=allow_software_keys,
+        log_key_uri=log_key_uri,
+        open_reads=open_reads,
     )
     click.echo(f"hub on http://{host}:{port}  (fleet CA: {data_dir / 'fleet-ca.pem'})")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
@@ -229,3 +241,67 @@ def report(hub_url: str, site: str, start: str, end: str, out: Path) -> None:
         )
     out.write_bytes(r.content)
     click.echo(f"{fmt.upper()} report of site {site} written to {out} ({len(r.content):,} bytes)")
+
+
+def _access(data_dir: Path, db_url: str | None) -> tuple[Any, Any]:
+    import time  # noqa: PLC0415
+
+    from cloud_sync.access import Access  # noqa: PLC0415
+    from cloud_sync.storage import Store  # noqa: PLC0415
+
+    settings = HubSettings.create(data_dir, db_url=db_url)
+    store = Store.open(settings.db_url)
+    return Access(store.engine, settings.admin_token, time.time_ns), store
+
+
+@hub.command()
+@_DATA_DIR
+@_DB
+@click.argument("username")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    metavar="SITE=ROLE",
+    help="A role on a site: viewer, operator or admin (repeatable).",
+)
+@click.password_option(help="At least 12 characters (asked for when not given).")
+def operator(
+    data_dir: Path, db_url: str | None, username: str, roles: tuple[str, ...], password: str
+) -> None:
+    """Add an operator with roles per site (audited as the hub admin).
+
+    \b
+    Example:
+      factoryops hub operator alice --role plant-1=operator --role plant-2=viewer
+    """
+    grants = {}
+    for item in roles:
+        site, sep, role = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not SITE=ROLE", param_hint="--role")
+        grants[site] = role
+    access, store = _access(data_dir, db_url)
+    try:
+        access.create_operator(username, password, grants, "admin (cli)")
+    finally:
+        store.close()
+    click.echo(f"operator {username}: {grants or 'no roles yet'}")
+
+
+@hub.command("api-key")
+@_DATA_DIR
+@_DB
+@click.argument("username")
+def api_key(data_dir: Path, db_url: str | None, username: str) -> None:
+    """Print a new API key for an operator (shown once; only its hash is kept).
+
+    \b
+    Example:
+      curl -H "Authorization: Bearer $(factoryops hub api-key alice)" http://hub:8080/v1/devices
+    """
+    access, store = _access(data_dir, db_url)
+    try:
+        click.echo(access.create_api_key(username, "admin (cli)"))
+    finally:
+        store.close()

@@ -46,6 +46,7 @@ from sqlalchemy import delete, insert, select, update
 
 from attestation.device_auth import AUTH_CONTEXT, auth_message
 from attestation.utid import utid_bytes, utid_text
+from cloud_sync.access import Access
 from cloud_sync.errors import ApiError
 from cloud_sync.fleet_ca import FleetCA
 from cloud_sync.settings import HubSettings
@@ -378,13 +379,20 @@ class TokenOrder(_Body):
     ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)
 
 
+def revoke(store: Store, utid: str) -> None:
+    """Revoke a device and drop its tokens (its stored proofs stay)."""
+    store.set_revoked(utid, True)
+    with store.engine.begin() as conn:
+        conn.execute(delete(device_tokens).where(device_tokens.c.utid == utid))
+
+
 def enroll_router(
     settings: HubSettings,
     store: Store,
     fleet: FleetCA,
     auth: DeviceAuth,
     now_ns: Clock,
-    require_admin: Callable[[Request], None],
+    access: Access,
     log_vkey: str,
 ) -> APIRouter:
     router = APIRouter()
@@ -400,20 +408,23 @@ def enroll_router(
 
     @router.post("/v1/enrollment-tokens", status_code=201)
     async def create_enrollment_token(request: Request) -> dict[str, Any]:
-        """Admin: a one-time token a field technician passes to `provision enroll`."""
-        require_admin(request)
+        """Site admin: a one-time token a field technician passes to `provision enroll`."""
         order: TokenOrder = await _json_body(request, TokenOrder, limit)
+        who = access.require(request, order.site, "admin")
         token = new_enrollment_token(store, site=order.site, ttl_s=order.ttl_s, now_ns=now_ns())
+        access.audit(who.name, "enrollment_token.create", order.site, {"ttl_s": order.ttl_s})
         return {"token": token, "site": order.site, "expires_in": order.ttl_s}
 
     @router.post("/v1/devices/{utid}/revoke")
     def revoke_device(utid: str, request: Request) -> dict[str, Any]:
-        """Admin: refuse this device's proofs and tokens from now on (kept: what it sent)."""
-        require_admin(request)
-        if not store.set_revoked(utid, True):
+        """Site operator: refuse this device's proofs and tokens (what it sent is kept)."""
+        device = store.device(utid)
+        if device is None:
             raise ApiError(404, "unknown_device", f"no device {utid}")
-        with store.engine.begin() as conn:
-            conn.execute(delete(device_tokens).where(device_tokens.c.utid == utid))
+        who = access.require(request, device.site, "operator")
+        access.check_csrf(who, request.headers.get("x-csrf-token"))
+        revoke(store, utid)
+        access.audit(who.name, "device.revoke", utid, {"site": device.site})
         return {"utid": utid, "revoked": True}
 
     def token_row(token: str, now: int) -> Any:
@@ -538,6 +549,7 @@ def enroll_router(
             site = conn.execute(
                 select(enrollment_tokens.c.site).where(enrollment_tokens.c.token_sha256 == tok)
             ).scalar_one()
+        access.audit(f"device:{utid}", "device.enroll", utid, {"site": site, "name": row.name})
         device = existing or store.add_device(
             utid=utid,
             public_key=spki,

@@ -36,6 +36,7 @@ class HubSettings:
     log_origin: str = "factoryops.local/hub-log"  # C2SP checkpoint origin and note key name
     limits: HubLimits = field(default_factory=HubLimits)
     log_key_uri: str | None = None  # pkcs11:... to keep the log key in an HSM; None: a file
+    open_reads: bool = False  # True: reads need no login (a demo, a closed plant network)
 
     @classmethod
     def create(
@@ -47,6 +48,7 @@ class HubSettings:
         allow_software_keys: bool = False,
         limits: HubLimits | None = None,
         log_key_uri: str | None = None,
+        open_reads: bool = False,
     ) -> HubSettings:
         """Settings for ``data_dir``; the admin token is made once and kept there (mode 0600)."""
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +59,7 @@ class HubSettings:
             allow_software_keys=allow_software_keys,
             limits=limits or HubLimits(),
             log_key_uri=log_key_uri,
+            open_reads=open_reads,
         )
 
 

@@ -179,7 +179,9 @@ def _status_table(hub_url: str, status: dict[str, Any], elapsed: float) -> Table
 async def _run(
     workdir: Path, duration: float | None, replay: Path | None, port: int, console: Console
 ) -> int:
-    hub = HubServer(HubSettings.create(workdir / "hub", allow_software_keys=True), port=port)
+    # a local demo: reads are open (no login); a real hub needs operators (docs/hub.md)
+    settings = HubSettings.create(workdir / "hub", allow_software_keys=True, open_reads=True)
+    hub = HubServer(settings, port=port)
     tpm: SwtpmProcess | None = None
     await asyncio.to_thread(hub.start)
     console.print(f"[bold]hub[/bold] {hub.url}  (web view: {hub.url}/)")

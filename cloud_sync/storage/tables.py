@@ -24,15 +24,20 @@ from sqlalchemy import (
 
 __all__ = [
     "anomaly_events",
+    "api_keys",
+    "audit_log",
     "device_challenges",
     "device_tokens",
     "devices",
     "enrollment_tokens",
     "enrollments",
+    "grants",
     "log_checkpoints",
     "log_entries",
     "metadata",
+    "operators",
     "readings",
+    "sessions",
     "windows",
 ]
 
@@ -175,4 +180,53 @@ anomaly_events = Table(
     Column("model_sha256", LargeBinary, nullable=True),
     Column("received_ns", BigInteger, nullable=False),
     Index("ix_anomaly_events_received", "received_ns"),
+)
+
+# Access (cloud_sync/access.py): operators, their roles per site, API keys, sessions, audit.
+operators = Table(
+    "operators",
+    metadata,
+    Column("username", String(64), primary_key=True),
+    Column("salt", LargeBinary, nullable=False),
+    Column("password_scrypt", LargeBinary, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("username", String(64), primary_key=True),
+    Column("site", String(128), primary_key=True),
+    Column("role", String(16), nullable=False),  # viewer | operator | admin
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("username", String(64), nullable=False),
+    Column("secret_sha256", LargeBinary, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("sid_sha256", LargeBinary, primary_key=True),
+    Column("username", String(64), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts_ns", BigInteger, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("ip", String(64), nullable=False),
 )

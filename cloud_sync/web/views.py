@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
@@ -17,8 +17,10 @@ from attestation.errors import MalformedInput
 from attestation.microproof import parse_microproof
 from attestation.utid import parse_utid
 from cloud_sync.errors import ApiError
+from cloud_sync.settings import HubSettings
 from cloud_sync.storage import Store
 from cloud_sync.storage.tables import readings
+from cloud_sync.web.access_views import page_principal
 
 __all__ = ["Chart", "device_router", "polyline"]
 
@@ -53,18 +55,21 @@ def polyline(values: list[float], width: int = 400, height: int = 100) -> tuple[
     return " ".join(pts), lo, hi
 
 
-def device_router(store: Store) -> APIRouter:
+def device_router(store: Store, settings: HubSettings) -> APIRouter:
     router = APIRouter()
     templates = Jinja2Templates(directory=str(_TEMPLATES))
 
     @router.get("/devices/{utid}", response_class=HTMLResponse, include_in_schema=False)
-    def device_page(request: Request, utid: str) -> HTMLResponse:
+    def device_page(request: Request, utid: str) -> Response:
+        who = page_principal(request, settings)
+        if isinstance(who, Response):
+            return who  # to the login page
         try:
             parse_utid(utid)
         except MalformedInput as err:
             raise ApiError(422, "invalid_request", str(err)) from err
         device = store.device(utid)
-        if device is None:
+        if device is None or not who.can(device.site, "viewer"):
             raise ApiError(404, "unknown_device", f"{utid} is not enrolled with this hub")
         with store.engine.connect() as conn:
             rows = conn.execute(
@@ -104,6 +109,8 @@ def device_router(store: Store) -> APIRouter:
                 "device": device,
                 "charts": charts,
                 "chain": chain,
+                "can_revoke": who.can(device.site, "operator") and not device.revoked,
+                "csrf": who.csrf or "",
             },
         )
 

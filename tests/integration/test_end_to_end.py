@@ -68,7 +68,9 @@ def _hub_rows(hub_dir: Path) -> list[tuple[int, str, float]]:
 
 
 async def _run_slice(tmp: Path, *, restart_hub: bool) -> tuple[HubServer, str, AgentConfig]:
-    hub = HubServer(HubSettings.create(tmp / "hub", allow_software_keys=True)).start()
+    hub = HubServer(
+        HubSettings.create(tmp / "hub", allow_software_keys=True, open_reads=True)
+    ).start()
     async with PlantServer(period_s=0.02) as plant:
         cfg = _config(tmp, hub.url, plant.port)
         signer = make_signer(cfg.device)

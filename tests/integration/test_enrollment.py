@@ -49,7 +49,7 @@ def hub(tmp_path: Path, maker: tuple[EkCa, list[SwtpmProcess]]) -> Iterator[Any]
     (data / "ek-ca").mkdir(parents=True)
     for cert in maker[0].cert_paths:
         shutil.copy(cert, data / "ek-ca" / cert.name)
-    server = HubServer(HubSettings.create(data)).start()
+    server = HubServer(HubSettings.create(data, open_reads=True)).start()
     yield server
     server.stop()
 

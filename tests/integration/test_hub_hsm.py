@@ -63,7 +63,9 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_receipts_signed_in_the_hsm_verify_offline_across_a_restart(
     token: str, tmp_path: Path
 ) -> None:
-    settings = HubSettings.create(tmp_path / "hub", allow_software_keys=True, log_key_uri=token)
+    settings = HubSettings.create(
+        tmp_path / "hub", allow_software_keys=True, open_reads=True, log_key_uri=token
+    )
     hub = HubServer(settings).start()
     try:
         dev = Device()

@@ -25,7 +25,7 @@ MODEL = ModelRef("pump-pca", bytes(range(32)), "3")
 
 @pytest.fixture
 def hub(tmp_path: Path) -> tuple[TestClient, HubSettings]:
-    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True)
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
     return TestClient(create_app(s), raise_server_exceptions=False), s
 
 
@@ -158,7 +158,7 @@ def test_factoryops_report_downloads_both_formats(tmp_path: Path) -> None:
     from cloud_sync.server import HubServer
     from factoryops.cli import cli
 
-    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True)
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
     server = HubServer(s).start()
     try:
         _upload_plant(TestClient(create_app(s)), s)

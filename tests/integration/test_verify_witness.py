@@ -34,7 +34,7 @@ def _verify(receipt: Path, hub_dir: Path, memory: Path, *extra: str) -> Result:
 
 def test_an_auditor_follows_the_log_and_catches_a_fork(tmp_path: Path) -> None:
     hub_dir, memory = tmp_path / "hub", tmp_path / "auditor" / "checkpoints.json"
-    hub = HubServer(HubSettings.create(hub_dir, allow_software_keys=True)).start()
+    hub = HubServer(HubSettings.create(hub_dir, allow_software_keys=True, open_reads=True)).start()
     try:
         dev = Device()
         utid = register(hub.url, hub.settings.admin_token, dev, "press-1")

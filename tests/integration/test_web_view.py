@@ -22,6 +22,9 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("FACTORYOPS_ARTIFACTS", "test-artifacts"))
 
 
+VIEWER_PASSWORD = "a long viewer password"
+
+
 def test_device_page_draws_charts_and_its_verify_link_gives_a_valid_receipt(
     tmp_path: Path,
 ) -> None:
@@ -38,6 +41,12 @@ def test_device_page_draws_charts_and_its_verify_link_gives_a_valid_receipt(
             json={"public_key_pem": dev.public_pem(), "key_kind": "software", "name": "press-3"},
             headers={"authorization": f"Bearer {settings.admin_token}"},
         ).json()["utid"]
+        made = httpx.post(
+            f"{hub.url}/v1/operators",
+            json={"username": "vera", "password": VIEWER_PASSWORD, "roles": {"default": "viewer"}},
+            headers={"authorization": f"Bearer {settings.admin_token}"},
+        )
+        assert made.status_code == 201, made.text
         windows = [dev.window(6)[:2] for _ in range(4)]
         assert (
             httpx.post(
@@ -58,12 +67,21 @@ def test_device_page_draws_charts_and_its_verify_link_gives_a_valid_receipt(
                 ],
             )
             page = browser.new_page(accept_downloads=True)
-            page.goto(f"{hub.url}/")
+            page.goto(f"{hub.url}/")  # a closed hub: to the login form first
+            page.wait_for_url("**/login")
+            page.fill("input[name=username]", "vera")
+            page.fill("input[name=password]", "wrong password!")
+            page.click("button[type=submit]")
+            page.wait_for_selector("[role=alert]")  # refused, and said so
+            page.fill("input[name=username]", "vera")
+            page.fill("input[name=password]", VIEWER_PASSWORD)
+            page.click("button[type=submit]")
             page.click("text=press-3")
             page.wait_for_selector("figure.chart")
             points = page.get_attribute("figure.chart polyline", "points") or ""
             assert len(points.split()) == 24  # every stored reading of the signal is drawn
             assert page.locator("#chain tbody tr").count() == 4
+            assert page.locator("button.revoke").count() == 0  # a viewer cannot revoke
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "device-page.png"), full_page=True)
             with page.expect_download() as dl:
@@ -85,7 +103,7 @@ def test_device_page_draws_charts_and_its_verify_link_gives_a_valid_receipt(
 
 
 def test_hostile_device_ids_in_the_web_view_get_4xx(tmp_path: Path) -> None:
-    settings = HubSettings.create(tmp_path / "hub", allow_software_keys=True)
+    settings = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
     with HubServer(settings) as hub:
         for bad in ("<script>alert(1)<%2Fscript>", "utid:" + "zz" * 32, "' OR 1=1 --"):
             r = httpx.get(f"{hub.url}/devices/{bad}")

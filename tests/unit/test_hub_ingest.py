@@ -31,7 +31,9 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TestCl
         engine = create_engine(db_url)
         drop_schema(engine)
         engine.dispose()
-    s = HubSettings.create(tmp_path / "hub", db_url=db_url, allow_software_keys=True)
+    s = HubSettings.create(
+        tmp_path / "hub", db_url=db_url, allow_software_keys=True, open_reads=True
+    )
     with TestClient(create_app(s), raise_server_exceptions=False) as client:
         yield client, s
 
@@ -178,7 +180,10 @@ def test_oversized_and_wrongly_typed_bodies_get_4xx(tmp_path: Path) -> None:
     from cloud_sync.settings import HubLimits
 
     s = HubSettings.create(
-        tmp_path / "h", allow_software_keys=True, limits=HubLimits(max_body_bytes=1000)
+        tmp_path / "h",
+        allow_software_keys=True,
+        open_reads=True,
+        limits=HubLimits(max_body_bytes=1000),
     )
     with TestClient(create_app(s), raise_server_exceptions=False) as client:
         assert _post(client, b"\x00" * 5000)[0] == 413

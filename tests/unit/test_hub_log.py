@@ -20,7 +20,7 @@ from tests.hubkit import Device, body
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[tuple[TestClient, HubSettings, str, Device]]:
-    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True)
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
     dev = Device()
     with TestClient(create_app(s), raise_server_exceptions=False) as client:
         r = client.post(
