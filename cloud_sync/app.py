@@ -37,6 +37,7 @@ from cloud_sync.errors import ApiError
 from cloud_sync.fleet_ca import FleetCA
 from cloud_sync.ingest import Ingestor, ProofUpload
 from cloud_sync.log import HubLog
+from cloud_sync.metering import Metering, Webhooks, parse_month
 from cloud_sync.metrics import HubMetrics
 from cloud_sync.reports import parse_period, render_pdf, site_report
 from cloud_sync.settings import HubSettings
@@ -184,6 +185,7 @@ def create_app(
     templates = Jinja2Templates(directory=str(_TEMPLATES))
     app = FastAPI(title="FactoryOps hub", version="1", responses=ERROR_RESPONSES)
     app.state.store = store
+    app.state.log_key = log.signer.public_key()
     app.state.settings = settings
 
     @app.exception_handler(ApiError)
@@ -405,6 +407,55 @@ def create_app(
                 headers={"content-disposition": f'attachment; filename="{name}"'},
             )
         return facts
+
+    metering = Metering(store.engine, log, now_ns)
+    webhooks = Webhooks(store.engine, settings.webhook_url, settings.webhook_secret)
+    webhooks.start()  # resumes deliveries a previous run left pending
+    app.state.webhooks = webhooks
+
+    @app.get("/v1/sites/{site}/usage")
+    def usage(
+        site: str, request: Request, month: str = Query(max_length=7, examples=["2026-11"])
+    ) -> dict[str, Any]:
+        """Accepted proofs and readings per UTC day of ``month`` (the basis of billing)."""
+        may_read(request, site)
+        days = metering.usage(site, *parse_month(month))
+        return {
+            "site": site,
+            "month": month,
+            "days": days,
+            "proofs": sum(d["proofs"] for d in days),
+            "readings": sum(d["readings"] for d in days),
+        }
+
+    @app.post("/v1/sites/{site}/usage/{month}/close")
+    def close_month(site: str, month: str, request: Request) -> dict[str, Any]:
+        """Site admin: the month's signed usage statement (once); a billing event."""
+        who = access.require(request, site, "admin")
+        access.check_csrf(who, request.headers.get("x-csrf-token"))
+        note, created = metering.close_month(site, month)
+        if created:
+            access.audit(who.name, "usage.close", f"{site}/{month}", {})
+            webhooks.emit("usage.statement", {"site": site, "month": month, "statement": note})
+        return {"site": site, "month": month, "statement": note, "created": created}
+
+    @app.get("/v1/sites/{site}/usage/{month}/statement", response_class=PlainTextResponse)
+    def statement(site: str, month: str, request: Request) -> str:
+        """A closed month's statement: a signed note, checkable with the hub's log key."""
+        may_read(request, site)
+        parse_month(month)
+        note = metering.statement(site, month)
+        if note is None:
+            raise ApiError(404, "no_statement", f"month {month} of {site} is not closed")
+        return note
+
+    @app.get("/v1/webhooks/deliveries")
+    def deliveries(request: Request) -> dict[str, Any]:
+        """Hub admin: every billing event and its delivery state."""
+        who = access.require(request, None, "admin")
+        if not who.superuser:
+            raise ApiError(403, "forbidden", "only the hub's admin token sees deliveries")
+        return {"deliveries": webhooks.deliveries()}
 
     @app.get("/v1/anomalies")
     def anomaly_list(

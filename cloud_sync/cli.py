@@ -48,6 +48,12 @@ def hub() -> None:
     " (a closed plant network, a demo). Writes always need a token or a role.",
 )
 @click.option(
+    "--webhook",
+    "webhook_url",
+    default=None,
+    help="POST billing events (closed months) here, HMAC-signed with DATA_DIR/webhook-secret.",
+)
+@click.option(
     "--log-key",
     "log_key_uri",
     default=None,
@@ -61,6 +67,7 @@ def serve(
     port: int,
     allow_software_keys: bool,
     open_reads: bool,
+    webhook_url: str | None,
     log_key_uri: str | None,
 ) -> None:
     """Serve the hub API and web page.
@@ -81,6 +88,7 @@ def serve(
         allow_software_keys=allow_software_keys,
         log_key_uri=log_key_uri,
         open_reads=open_reads,
+        webhook_url=webhook_url,
     )
     click.echo(f"hub on http://{host}:{port}  (fleet CA: {data_dir / 'fleet-ca.pem'})")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

@@ -37,6 +37,8 @@ class HubSettings:
     limits: HubLimits = field(default_factory=HubLimits)
     log_key_uri: str | None = None  # pkcs11:... to keep the log key in an HSM; None: a file
     open_reads: bool = False  # True: reads need no login (a demo, a closed plant network)
+    webhook_url: str | None = None  # billing events (closed months) are POSTed here
+    webhook_secret: str = ""  # HMAC key of the webhook signature (made once, kept 0600)
 
     @classmethod
     def create(
@@ -49,6 +51,7 @@ class HubSettings:
         limits: HubLimits | None = None,
         log_key_uri: str | None = None,
         open_reads: bool = False,
+        webhook_url: str | None = None,
     ) -> HubSettings:
         """Settings for ``data_dir``; the admin token is made once and kept there (mode 0600)."""
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -60,6 +63,8 @@ class HubSettings:
             limits=limits or HubLimits(),
             log_key_uri=log_key_uri,
             open_reads=open_reads,
+            webhook_url=webhook_url,
+            webhook_secret=_load_or_create_token(data_dir / "webhook-secret"),
         )
 
 

@@ -38,6 +38,8 @@ __all__ = [
     "operators",
     "readings",
     "sessions",
+    "statements",
+    "webhook_deliveries",
     "windows",
 ]
 
@@ -229,4 +231,26 @@ audit_log = Table(
     Column("target", String(200), nullable=False),
     Column("detail", Text, nullable=False),
     Column("ip", String(64), nullable=False),
+)
+
+# Metering (cloud_sync/metering.py): closed months' signed statements, webhook deliveries.
+statements = Table(
+    "statements",
+    metadata,
+    Column("site", String(128), primary_key=True),
+    Column("month", String(7), primary_key=True),  # YYYY-MM
+    Column("note", Text, nullable=False),  # a C2SP signed note
+    Column("created_ns", BigInteger, nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("next_ns", BigInteger, nullable=False),
+    Column("last_error", String(200), nullable=False),
 )
