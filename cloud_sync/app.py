@@ -439,15 +439,15 @@ def create_app(
             webhooks.emit("usage.statement", {"site": site, "month": month, "statement": note})
         return {"site": site, "month": month, "statement": note, "created": created}
 
-    @app.get("/v1/sites/{site}/usage/{month}/statement", response_class=PlainTextResponse)
-    def statement(site: str, month: str, request: Request) -> str:
+    @app.get("/v1/sites/{site}/usage/{month}/statement")
+    def statement(site: str, month: str, request: Request) -> dict[str, str]:
         """A closed month's statement: a signed note, checkable with the hub's log key."""
         may_read(request, site)
         parse_month(month)
         note = metering.statement(site, month)
         if note is None:
             raise ApiError(404, "no_statement", f"month {month} of {site} is not closed")
-        return note
+        return {"site": site, "month": month, "statement": note}
 
     @app.get("/v1/webhooks/deliveries")
     def deliveries(request: Request) -> dict[str, Any]:

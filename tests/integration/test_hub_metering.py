@@ -98,7 +98,9 @@ def test_usage_statement_and_billing_webhook(tmp_path: Path, receiver: str) -> N
     closed = client.post("/v1/sites/plant-1/usage/2026-10/close", headers=admin).json()
     again = client.post("/v1/sites/plant-1/usage/2026-10/close", headers=admin).json()
     assert closed["created"] and not again["created"] and again["statement"] == closed["statement"]
-    note = client.get("/v1/sites/plant-1/usage/2026-10/statement", headers=admin).text
+    note = client.get("/v1/sites/plant-1/usage/2026-10/statement", headers=admin).json()[
+        "statement"
+    ]
     fields = verify_statement(note, app.state.log_key, s.log_origin)
     assert fields["site"] == "plant-1" and fields["proofs"] == "5" and fields["readings"] == "50"
     assert fields["log"].split()[1] == "5"  # rests on the log checkpoint of 5 entries
