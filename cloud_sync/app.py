@@ -21,8 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from fastapi.templating import Jinja2Templates
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -42,7 +41,7 @@ from cloud_sync.metrics import HubMetrics
 from cloud_sync.reports import parse_period, render_pdf, site_report
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import DeviceRow, Store
-from cloud_sync.web.access_views import access_router, page_principal
+from cloud_sync.web.access_views import access_router
 from cloud_sync.web.views import device_router
 
 __all__ = ["create_app"]
@@ -182,7 +181,6 @@ def create_app(
         settings.data_dir, settings.fleet_name, now=dt.datetime.now(dt.UTC)
     )
     ingestor = Ingestor(store, settings.limits, allow_software_keys=settings.allow_software_keys)
-    templates = Jinja2Templates(directory=str(_TEMPLATES))
     app = FastAPI(title="FactoryOps hub", version="1", responses=ERROR_RESPONSES)
     app.state.store = store
     app.state.log_key = log.signer.public_key()
@@ -227,6 +225,12 @@ def create_app(
         metrics.request_seconds.labels(request.method, path, str(response.status_code)).observe(
             time.perf_counter() - started
         )
+        # pages may not be framed (clickjacking of the forms), except the embed widget,
+        # which says so itself; no MIME sniffing anywhere
+        if "content-security-policy" not in response.headers:
+            response.headers["content-security-policy"] = "frame-ancestors 'none'"
+            response.headers["x-frame-options"] = "DENY"
+        response.headers["x-content-type-options"] = "nosniff"
         return response
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -494,20 +498,7 @@ def create_app(
         path = log.inclusion(index, size)
         return {"index": index, "size": size, "path": [base64.b64encode(h).decode() for h in path]}
 
-    app.include_router(device_router(store, settings))
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)  # a page, not API
-    def index(request: Request) -> Response:
-        who = page_principal(request, settings)
-        if isinstance(who, Response):
-            return who
-        sites = who.sites("viewer")
-        shown = [d for d in store.list_devices() if sites is None or d.site in sites]
-        return templates.TemplateResponse(
-            request,
-            "index.html",
-            {"devices": shown, "counts": store.counts(), "who": who},
-        )
+    app.include_router(device_router(store, settings, anomalies, log))
 
     return app
 

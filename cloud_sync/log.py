@@ -104,6 +104,17 @@ class HubLog:
                 )
         return cp, note
 
+    def history(self, limit: int = 200) -> list[dict[str, object]]:
+        """Signed checkpoints the hub has issued, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(log_checkpoints).order_by(log_checkpoints.c.size.desc()).limit(limit)
+            ).all()
+        return [
+            {"size": r.size, "root": r.root.hex(), "created_ns": r.created_ns, "note": r.note}
+            for r in rows
+        ]
+
     def receipt(self, utid: str, window: int) -> tuple[bytes, str] | None:
         """COSE receipt and checkpoint note for the entry of (utid, window), if logged."""
         with self.engine.connect() as conn:

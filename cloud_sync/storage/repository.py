@@ -147,6 +147,22 @@ class Store:
                 row = c.execute(stmt).mappings().first()
         return None if row is None else DeviceRow(**row)
 
+    def sync_lags(self, utids: Sequence[str]) -> dict[str, int]:
+        """Per device: ns between its newest window's last reading and the hub receiving it."""
+        if not utids:
+            return {}
+        newest = (
+            select(windows.c.utid, func.max(windows.c.window).label("w"))
+            .where(windows.c.utid.in_(list(utids)))
+            .group_by(windows.c.utid)
+            .subquery()
+        )
+        q = select(windows.c.utid, windows.c.received_ns - windows.c.last_ts_ns).join(
+            newest, (windows.c.utid == newest.c.utid) & (windows.c.window == newest.c.w)
+        )
+        with self.engine.connect() as conn:
+            return {u: int(lag) for u, lag in conn.execute(q).all()}
+
     def list_devices(self) -> list[DeviceRow]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(devices).order_by(devices.c.name)).mappings().all()

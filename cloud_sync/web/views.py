@@ -4,7 +4,9 @@ a "verify this reading" link to the receipt. No JavaScript, no CDN: it renders a
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +18,12 @@ from sqlalchemy import select
 from attestation.errors import MalformedInput
 from attestation.microproof import parse_microproof
 from attestation.utid import parse_utid
+from cloud_sync.access import Principal
+from cloud_sync.anomalies import AnomalyBook
 from cloud_sync.errors import ApiError
+from cloud_sync.log import HubLog
 from cloud_sync.settings import HubSettings
-from cloud_sync.storage import Store
+from cloud_sync.storage import DeviceRow, Store
 from cloud_sync.storage.tables import readings
 from cloud_sync.web.access_views import page_principal
 
@@ -55,15 +60,107 @@ def polyline(values: list[float], width: int = 400, height: int = 100) -> tuple[
     return " ".join(pts), lo, hi
 
 
-def device_router(store: Store, settings: HubSettings) -> APIRouter:
+def _charts(store: Store, utid: str) -> list[Chart]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(readings.c.seq, readings.c.signal, readings.c.value, readings.c.unit)
+            .where(readings.c.utid == utid)
+            .order_by(readings.c.seq.desc())
+            .limit(MAX_POINTS * 16)
+        ).all()
+    by_signal: dict[str, list[tuple[int, float, str]]] = {}
+    for seq, signal, value, unit in reversed(rows):
+        by_signal.setdefault(signal, []).append((seq, value, unit))
+    charts = []
+    for signal, full in sorted(by_signal.items()):
+        series = full[-MAX_POINTS:]
+        pts, lo, hi = polyline([v for _, v, _ in series])
+        charts.append(Chart(signal, series[-1][2], pts, lo, hi, series[-1][1], series[-1][0]))
+    return charts
+
+
+def _ns_utc(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ago(ns: int | None, now_ns: int) -> str:
+    if ns is None:
+        return "never"
+    s = max(0, (now_ns - ns) // 10**9)
+    return f"{s} s ago" if s < 120 else f"{s // 60} min ago" if s < 7200 else f"{s // 3600} h ago"
+
+
+def device_router(
+    store: Store, settings: HubSettings, anomalies: AnomalyBook, log: HubLog
+) -> APIRouter:
     router = APIRouter()
     templates = Jinja2Templates(directory=str(_TEMPLATES))
+    templates.env.filters["ns_utc"] = _ns_utc
 
-    @router.get("/devices/{utid}", response_class=HTMLResponse, include_in_schema=False)
-    def device_page(request: Request, utid: str) -> Response:
+    def visible(request: Request) -> tuple[Principal, list[DeviceRow]] | Response:
         who = page_principal(request, settings)
         if isinstance(who, Response):
-            return who  # to the login page
+            return who
+        sites = who.sites("viewer")
+        return who, [d for d in store.list_devices() if sites is None or d.site in sites]
+
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def fleet(request: Request) -> Response:
+        seen = visible(request)
+        if isinstance(seen, Response):
+            return seen
+        who, devices = seen
+        now = time.time_ns()
+        lag = store.sync_lags([d.utid for d in devices])
+        rows = [
+            {
+                "d": d,
+                "seen": _ago(d.last_seen_ns, now),
+                "lag": f"{lag[d.utid] / 1e9:.1f} s" if d.utid in lag else "—",
+                "enrollment": "TPM, attested" if d.key_kind == "tpm" else "software (dev)",
+            }
+            for d in devices
+        ]
+        return templates.TemplateResponse(
+            request, "index.html", {"rows": rows, "counts": store.counts(), "who": who}
+        )
+
+    @router.get("/anomalies", response_class=HTMLResponse, include_in_schema=False)
+    def anomaly_page(request: Request) -> Response:
+        seen = visible(request)
+        if isinstance(seen, Response):
+            return seen
+        _, devices = seen
+        names = {d.utid: d.name for d in devices}
+        events = [e for e in anomalies.recent(limit=500) if e["utid"] in names]
+        return templates.TemplateResponse(
+            request, "anomalies.html", {"events": events, "names": names, "who": seen[0]}
+        )
+
+    @router.get("/log", response_class=HTMLResponse, include_in_schema=False)
+    def log_page(request: Request) -> Response:
+        seen = visible(request)
+        if isinstance(seen, Response):
+            return seen
+        _, note = log.checkpoint()
+        return templates.TemplateResponse(
+            request, "log.html", {"note": note, "history": log.history(limit=200), "who": seen[0]}
+        )
+
+    @router.get("/embed/devices/{utid}", response_class=HTMLResponse, include_in_schema=False)
+    def embed(request: Request, utid: str) -> Response:
+        """A chart-only page for an iframe (the one page other sites may frame)."""
+        who = page_principal(request, settings)
+        if isinstance(who, Response):
+            return who
+        device = _device_for(who, utid)
+        page = templates.TemplateResponse(
+            request, "embed.html", {"device": device, "charts": _charts(store, utid)}
+        )
+        page.headers["content-security-policy"] = "frame-ancestors *"
+        return page
+
+    def _device_for(who: Principal, utid: str) -> DeviceRow:
         try:
             parse_utid(utid)
         except MalformedInput as err:
@@ -71,21 +168,14 @@ def device_router(store: Store, settings: HubSettings) -> APIRouter:
         device = store.device(utid)
         if device is None or not who.can(device.site, "viewer"):
             raise ApiError(404, "unknown_device", f"{utid} is not enrolled with this hub")
-        with store.engine.connect() as conn:
-            rows = conn.execute(
-                select(readings.c.seq, readings.c.signal, readings.c.value, readings.c.unit)
-                .where(readings.c.utid == utid)
-                .order_by(readings.c.seq.desc())
-                .limit(MAX_POINTS * 16)
-            ).all()
-        by_signal: dict[str, list[tuple[int, float, str]]] = {}
-        for seq, signal, value, unit in reversed(rows):
-            by_signal.setdefault(signal, []).append((seq, value, unit))
-        charts = []
-        for signal, full in sorted(by_signal.items()):
-            series = full[-MAX_POINTS:]
-            pts, lo, hi = polyline([v for _, v, _ in series])
-            charts.append(Chart(signal, series[-1][2], pts, lo, hi, series[-1][1], series[-1][0]))
+        return device
+
+    @router.get("/devices/{utid}", response_class=HTMLResponse, include_in_schema=False)
+    def device_page(request: Request, utid: str) -> Response:
+        who = page_principal(request, settings)
+        if isinstance(who, Response):
+            return who  # to the login page
+        device = _device_for(who, utid)
         chain = []
         for w in store.windows_of(utid, limit=20):
             mp = parse_microproof(w.cose).proof
@@ -107,8 +197,9 @@ def device_router(store: Store, settings: HubSettings) -> APIRouter:
             "device.html",
             {
                 "device": device,
-                "charts": charts,
+                "charts": _charts(store, utid),
                 "chain": chain,
+                "who": who,
                 "can_revoke": who.can(device.site, "operator") and not device.revoked,
                 "csrf": who.csrf or "",
             },

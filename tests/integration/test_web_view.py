@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from attestation import load_anchors, receipt_from_json, report_receipt
+from attestation.microproof import AnomalySummary, ModelRef
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from tests.conftest import missing
@@ -47,7 +48,11 @@ def test_device_page_draws_charts_and_its_verify_link_gives_a_valid_receipt(
             headers={"authorization": f"Bearer {settings.admin_token}"},
         )
         assert made.status_code == 201, made.text
-        windows = [dev.window(6)[:2] for _ in range(4)]
+        hot = AnomalySummary(2, 4.2, 1.0)
+        model = ModelRef("pump-pca", bytes(32), "1")
+        windows = [
+            dev.window(6, anomaly=hot if i == 2 else None, model=model)[:2] for i in range(4)
+        ]
         assert (
             httpx.post(
                 f"{hub.url}/v1/proofs",
@@ -88,7 +93,28 @@ def test_device_page_draws_charts_and_its_verify_link_gives_a_valid_receipt(
                 page.click("a.verify")
             saved = tmp_path / "receipt.json"
             dl.value.save_as(saved)
+            # the fleet overview, the anomaly list and the log's checkpoint history
+            page.click("nav >> text=Fleet")
+            assert "software (dev)" in page.inner_text("#fleet")
+            page.click("nav >> text=Anomalies")
+            row = page.inner_text("#anomalies tbody tr")
+            assert "press-3" in row and "4.200" in row and "pump-pca" in row
+            page.click("nav >> text=Log checkpoints")
+            assert page.inner_text("#checkpoint").startswith("factoryops.local/hub-log\n4\n")
+            page.screenshot(path=str(ARTIFACTS / "log-page.png"), full_page=True)
+            # the widget works inside an iframe on another page; other pages refuse framing
+            page.set_content(
+                f'<iframe id="w" src="{hub.url}/embed/devices/{utid}" width="450" height="600">'
+                "</iframe>"
+                f'<iframe id="x" src="{hub.url}/devices/{utid}" width="450" height="200"></iframe>'
+            )
+            widget = page.frame_locator("#w")
+            widget.locator("figure.chart").first.wait_for()
+            assert widget.locator("figure.chart polyline").count() == 1
+            page.screenshot(path=str(ARTIFACTS / "embedded-widget.png"))
             browser.close()
+        framed = httpx.get(f"{hub.url}/devices/{utid}", follow_redirects=False)
+        assert framed.headers["x-frame-options"] == "DENY"
         verdict = report_receipt(
             receipt_from_json(json.loads(saved.read_text())),
             load_anchors(
