@@ -26,11 +26,12 @@ from agent.logwatch import LogWatch
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.scoring import Reloadable, Scorer
 from agent.sealer import SealedWindow, seal
-from agent.spool import Spool
+from agent.spool import ShedPolicy, Spool
 from agent.uplink import DeviceToken, Uplink
 from agent.window import ClosedWindow, WindowBuilder, merge_windows, runs
 from attestation.errors import Fixable
 from attestation.microproof import Gap
+from attestation.policy import ShedPolicyStatement, sign_policy
 from attestation.signers.base import Signer
 
 __all__ = ["AgentCounters", "AgentRuntime", "connectors_from_config"]
@@ -122,6 +123,7 @@ class AgentRuntime:
                 device_token=DeviceToken(cfg.hub.url, self.signer)
                 if self.signer.kind == "tpm"
                 else None,
+                signer_der=self.signer.public_key_der(),
             )
         self.logwatch: LogWatch | None = None
         if cfg.hub.url and cfg.hub.log_key is not None:
@@ -146,6 +148,16 @@ class AgentRuntime:
         self._room = asyncio.Event()
         self._room.set()
         self._work = asyncio.Event()
+        if self.uplink is not None:
+            # state the storage policy once per start, signed like the proofs (off the loop:
+            # a TPM takes ~200 ms a signature)
+            statement = ShedPolicyStatement(
+                self.config.spool.disk_cap_bytes, ShedPolicy().low_water
+            )
+            self.uplink.policy = await asyncio.get_running_loop().run_in_executor(
+                self._sign_pool,
+                lambda: sign_policy(statement, self.signer, iat=self.clock() // 1_000_000_000),
+            )
         if self.config.metrics_port is not None:
             self.metrics_server = MetricsServer.serve(
                 self.metrics, self.config.metrics_host, self.config.metrics_port

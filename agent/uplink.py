@@ -143,11 +143,16 @@ class Uplink:
     idle_poll_s: float = 1.0
     on_synced: Callable[[list[int]], None] | None = None
     device_token: DeviceToken | None = None  # enrolled (TPM) devices authenticate
+    policy: bytes | None = None  # the signed storage policy (attestation/policy.py)
+    signer_der: bytes = b""  # the device key (SPKI DER), to name the device
+    policy_sent: bool = False
 
     async def run(self) -> None:
         attempt = 0
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
             while True:
+                if self.policy is not None and not self.policy_sent:
+                    await self._send_policy(client)
                 items: list[OutboxItem] = await self.spool_call(
                     lambda: self.spool.pending(self.batch)
                 )
@@ -175,6 +180,26 @@ class Uplink:
                     self.stats.failures += 1
                     self.stats.last_error = str(err)
                     attempt = await self._pause(err, attempt)
+
+    async def _send_policy(self, client: httpx.AsyncClient) -> None:
+        """The signed storage policy, once per start; a failure is retried with the proofs."""
+        assert self.policy is not None
+        utid = utid_text(utid_bytes(self.signer_der))
+        headers = {"content-type": "application/cose"}
+        try:
+            if self.device_token is not None:
+                headers |= await self.device_token.header(client)
+            r = await client.post(
+                f"{self.url}/v1/devices/{utid}/policy", content=self.policy, headers=headers
+            )
+        except (httpx.HTTPError, UplinkRefused) as err:
+            log.warning("uplink: storage policy not sent yet: %s", err)
+            return
+        if r.status_code == 200:
+            self.policy_sent = True
+        else:
+            log.warning("uplink: hub refused the storage policy: %s", r.text[:200])
+            self.policy_sent = r.status_code < 500  # a 4xx will not get better this run
 
     async def _pause(self, err: Exception, attempt: int) -> int:
         delay = self.backoff.delay(attempt, self.rng)

@@ -38,6 +38,7 @@ from cloud_sync.ingest import Ingestor, ProofUpload
 from cloud_sync.log import HubLog
 from cloud_sync.metering import Metering, Webhooks, parse_month
 from cloud_sync.metrics import HubMetrics
+from cloud_sync.policies import DevicePolicies
 from cloud_sync.reports import parse_period, render_pdf, site_report
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import DeviceRow, Store
@@ -370,7 +371,26 @@ def create_app(
 
     @app.get("/v1/devices/{utid}")
     def get_device(utid: str, request: Request) -> dict[str, Any]:
-        return _device_json(readable_device(request, utid))
+        device = readable_device(request, utid)
+        return {**_device_json(device), "storage_policy": policies.get(device)}
+
+    @app.post("/v1/devices/{utid}/policy")
+    async def post_policy(utid: str, request: Request) -> dict[str, Any]:
+        """A device states its storage (shedding) policy, signed with its key."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip()
+        if ctype != "application/cose":
+            raise ApiError(415, "bad_content_type", "send the signed policy as application/cose")
+        data = await _read_body(request, 4096)
+        device = store.device(_checked_utid(utid))
+        if device is None:
+            raise ApiError(404, "unknown_device", f"{utid} is not enrolled with this hub")
+        if device.revoked:
+            raise ApiError(403, "revoked_device", f"{utid} is revoked")
+        caller = device_auth.utid_of(request.headers.get("authorization", ""))
+        if device.key_kind == "tpm" and caller != device.utid:
+            raise ApiError(401, "token_required", "get a device token first")
+        doc = policies.accept(device, data, now_ns())
+        return {"utid": device.utid, "storage_policy": doc}
 
     @app.get("/v1/devices/{utid}/readings/{seq}/receipt")
     def receipt(utid: str, seq: int, request: Request) -> JSONResponse:
@@ -412,6 +432,7 @@ def create_app(
             )
         return facts
 
+    policies = DevicePolicies(store.engine)
     metering = Metering(store.engine, log, now_ns)
     webhooks = Webhooks(store.engine, settings.webhook_url, settings.webhook_secret)
     webhooks.start()  # resumes deliveries a previous run left pending

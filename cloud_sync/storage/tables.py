@@ -27,6 +27,7 @@ __all__ = [
     "api_keys",
     "audit_log",
     "device_challenges",
+    "device_policies",
     "device_tokens",
     "devices",
     "enrollment_tokens",
@@ -253,4 +254,13 @@ webhook_deliveries = Table(
     Column("status", String(16), nullable=False),  # pending | delivered | failed
     Column("next_ns", BigInteger, nullable=False),
     Column("last_error", String(200), nullable=False),
+)
+
+# The newest storage (shedding) policy each device signed (attestation/policy.py).
+device_policies = Table(
+    "device_policies",
+    metadata,
+    Column("utid", String(69), primary_key=True),
+    Column("cose", LargeBinary, nullable=False),
+    Column("received_ns", BigInteger, nullable=False),
 )

@@ -177,3 +177,44 @@ async def test_the_agent_reports_a_hub_that_forked_its_log(tmp_path: Path) -> No
         assert runtime.metrics.registry.get_sample_value("factoryops_agent_hub_log_fork") == 1
     finally:
         hub.stop()
+
+
+async def test_the_agent_states_its_signed_storage_policy_and_the_hub_checks_it(
+    tmp_path: Path,
+) -> None:
+    from attestation.policy import ShedPolicyStatement, sign_policy
+
+    hub = HubServer(
+        HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
+    ).start()
+    try:
+        cfg, signer = _config(tmp_path, hub.url), SoftwareSigner.generate()
+        utid = await asyncio.to_thread(
+            register_device,
+            hub.url,
+            hub.settings.admin_token,
+            signer,
+            name="gw",
+            state_dir=tmp_path,
+        )
+        runtime = await _run(cfg, signer, lambda r: r.uplink is not None and r.uplink.policy_sent)
+        assert runtime.uplink is not None
+        doc = (await asyncio.to_thread(httpx.get, f"{hub.url}/v1/devices/{utid}")).json()
+        policy = doc["storage_policy"]
+        assert policy["disk_cap_bytes"] == cfg.spool.disk_cap_bytes
+        assert (
+            "never" in policy and "unacknowledged" in policy["never"]
+        ) or "not acknowledged" in policy["never"]
+        # someone else's signature, or edited bytes, are refused
+        forged = sign_policy(ShedPolicyStatement(1, 0.5), SoftwareSigner.generate(), iat=1)
+        edited = runtime.uplink.policy.replace(b"disk_cap_bytes", b"disk_cap_bytez")  # type: ignore[union-attr]
+        for bad in (forged, edited):
+            r = await asyncio.to_thread(
+                httpx.post,
+                f"{hub.url}/v1/devices/{utid}/policy",
+                content=bad,
+                headers={"content-type": "application/cose"},
+            )
+            assert r.status_code == 422 and r.json()["error"] == "bad_policy", r.text
+    finally:
+        hub.stop()
