@@ -17,9 +17,9 @@ from numpy.typing import NDArray
 
 from models_onnx.errors import ModelError
 from models_onnx.manifest import load_model
-from models_onnx.recipes import build_pca, ewma
+from models_onnx.recipes import Recipe, build, ewma
 
-__all__ = ["FileResult", "Metrics", "evaluate_folder", "metrics", "read_labelled_csv"]
+__all__ = ["FileResult", "Metrics", "alarms", "evaluate_folder", "metrics", "read_labelled_csv"]
 
 TRAIN_ROWS = 400  # the SKAB outlier-detection protocol
 
@@ -75,12 +75,19 @@ def read_labelled_csv(
 
 def evaluate_folder(
     folder: Path,
+    recipe: Recipe | None = None,
     *,
-    explained: float,
-    quantile: float,
-    span: int,
+    explained: float = 0.85,
+    quantile: float = 0.99,
+    span: int = 5,
     progress: Callable[[Path], None] | None = None,
 ) -> tuple[list[FileResult], Metrics, Metrics]:
+    """Per labelled file: build ``recipe`` on its first 400 rows, alarm on the rest; pool.
+
+    Without a recipe the PCA T2+Q one is built from ``explained``, ``quantile``, ``span``.
+    """
+    if recipe is None:
+        recipe = Recipe(kind="pca", explained=explained, pca_quantile=quantile, span=span, lags=0)
     files = sorted(p for p in folder.rglob("*.csv"))
     results: list[FileResult] = []
     pooled: dict[str, list[NDArray[np.bool_]]] = {"fp32": [], "int8": []}
@@ -96,26 +103,9 @@ def evaluate_folder(
             continue
         per: dict[str, Metrics] = {}
         with tempfile.TemporaryDirectory() as d:
-            manifests = build_pca(
-                x[:TRAIN_ROWS],
-                signals,
-                Path(d),
-                model_id="eval",
-                explained=explained,
-                quantile=quantile,
-                smoothing_span=span,
-            )
+            manifests = build(recipe, x[:TRAIN_ROWS], signals, Path(d), model_id="eval")
             for kind, manifest in zip(("fp32", "int8"), manifests, strict=True):
-                model = load_model(manifest)
-                train = ewma(
-                    model.score(x[:TRAIN_ROWS].astype(np.float32)).astype(np.float64), span
-                )
-                score = ewma(
-                    model.score(x[TRAIN_ROWS:].astype(np.float32)).astype(np.float64),
-                    span,
-                    start=float(train[-1]),
-                )
-                pred = score > model.manifest.threshold
+                pred = alarms(manifest, x)[TRAIN_ROWS:]
                 pooled[kind].append(pred)
                 per[kind] = metrics(pred, y[TRAIN_ROWS:])
         truths.append(y[TRAIN_ROWS:])
@@ -128,3 +118,12 @@ def evaluate_folder(
         metrics(np.concatenate(pooled["fp32"]), truth),
         metrics(np.concatenate(pooled["int8"]), truth),
     )
+
+
+def alarms(manifest: Path, x: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Alarm per row of one continuous recording (training rows first, as the agent sees it)."""
+    model = load_model(manifest)
+    raw = model.score_rows(x).astype(np.float64)
+    smoothed = ewma(raw, model.manifest.smoothing_span)
+    out: NDArray[np.bool_] = smoothed > model.manifest.threshold
+    return out

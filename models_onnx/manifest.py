@@ -17,6 +17,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from models_onnx.errors import ModelError
+from models_onnx.scoring import stack_lags
 
 __all__ = ["LoadedModel", "Manifest", "load_model", "sha256_file", "write_manifest"]
 
@@ -29,10 +30,10 @@ def sha256_file(path: Path) -> str:
 class Manifest:
     id: str
     version: str
-    kind: str  # "pca_t2_q"
+    kind: str  # "pca_t2_q" | "autoencoder" | "twin" | "ensemble"
     onnx_file: str  # relative to the manifest
     sha256: str
-    signals: tuple[str, ...]
+    signals: tuple[str, ...]  # order of the signals within each lag block of the input
     threshold: float = 1.0
     smoothing_span: int = 5  # EWMA span over consecutive rows
     quantized: bool = False
@@ -40,6 +41,18 @@ class Manifest:
     training_sha256: str = ""
     training_scores: tuple[float, ...] = ()  # a sample, for the drift test
     metrics: dict[str, Any] = field(default_factory=dict)
+    # input schema: x = [x_t, x_{t-1}, ..., x_{t-lags}], column names in ``inputs``
+    # (empty for manifests written before lags existed: then inputs == signals)
+    lags: int = 0
+    inputs: tuple[str, ...] = ()
+    # per-signal training mean and standard deviation (the graph standardises with them;
+    # the agent imputes a bad value with the mean, see agent/inference.py)
+    scaling: dict[str, tuple[float, float]] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ("score",)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.inputs or self.signals
 
 
 def write_manifest(path: Path, m: Manifest) -> None:
@@ -56,8 +69,16 @@ class LoadedModel:
     path: Path
 
     def score(self, rows: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Score model inputs (``manifest.columns`` wide: lag blocks already stacked)."""
         out = self.session.run(["score"], {"x": rows.astype(np.float32, copy=False)})[0]
         return np.asarray(out, dtype=np.float32)
+
+    def score_rows(
+        self, rows: NDArray[np.float64], history: NDArray[np.float64] | None = None
+    ) -> NDArray[np.float32]:
+        """Score consecutive rows of the signals; ``history`` holds earlier rows, oldest first."""
+        stacked = stack_lags(np.asarray(rows, dtype=np.float64), self.manifest.lags, history)
+        return self.score(stacked.astype(np.float32))
 
 
 def load_model(manifest_path: Path) -> LoadedModel:
@@ -66,6 +87,10 @@ def load_model(manifest_path: Path) -> LoadedModel:
         doc = json.loads(manifest_path.read_text(encoding="utf-8"))
         doc["signals"] = tuple(doc["signals"])
         doc["training_scores"] = tuple(doc.get("training_scores", ()))
+        for key in ("inputs", "outputs"):
+            if key in doc:
+                doc[key] = tuple(doc[key])
+        doc["scaling"] = {k: (float(v[0]), float(v[1])) for k, v in doc.get("scaling", {}).items()}
         m = Manifest(**doc)
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise ModelError(
@@ -85,4 +110,10 @@ def load_model(manifest_path: Path) -> LoadedModel:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1  # a gateway core is shared with acquisition
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    width = session.get_inputs()[0].shape[1]
+    if isinstance(width, int) and width != len(m.columns):
+        raise ModelError(
+            f"{onnx_path} takes {width} input columns, the manifest names {len(m.columns)}",
+            hint="the manifest does not belong to this model file; rebuild both",
+        )
     return LoadedModel(m, session, onnx_path)

@@ -1,6 +1,7 @@
 """Model recipes: train -> ONNX (fp32) -> static int8 quantisation -> manifest.
 
-Quantisation is calibrated on the training rows only (onnxruntime.quantization, QDQ).
+Every kind trains on normal rows only and writes ``ID.fp32.onnx`` and ``ID.int8.onnx``, each
+with a manifest. Quantisation is calibrated on the training rows only (onnxruntime, QDQ).
 """
 
 from __future__ import annotations
@@ -9,30 +10,82 @@ import hashlib
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from numpy.typing import NDArray
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_static,
+)
 
+from models_onnx.autoencoder import autoencoder_onnx, fit_autoencoder
+from models_onnx.ensemble import ensemble_onnx, fit_ensemble
+from models_onnx.errors import ModelError
 from models_onnx.manifest import Manifest, sha256_file, write_manifest
 from models_onnx.pca import fit_pca, to_onnx
+from models_onnx.scoring import ewma, input_names, stack_lags
+from models_onnx.twin import fit_twin, twin_onnx
 
-__all__ = ["build_pca", "ewma", "quantize_model"]
+__all__ = ["KINDS", "Recipe", "build", "build_pca", "ewma", "quantize_model"]
+
+F = NDArray[np.float64]
+KINDS = ("pca", "autoencoder", "twin", "ensemble")
+_MANIFEST_KIND = {
+    "pca": "pca_t2_q",
+    "autoencoder": "autoencoder",
+    "twin": "twin",
+    "ensemble": "ensemble",
+}
 
 
-def ewma(x: NDArray[np.float64], span: int, start: float | None = None) -> NDArray[np.float64]:
-    """Exponentially weighted moving average (alpha = 2 / (span + 1)), causal."""
-    if span <= 1 or len(x) == 0:
-        return x.astype(np.float64)
-    a = 2.0 / (span + 1)
-    out = np.empty(len(x), dtype=np.float64)
-    acc = float(x[0]) if start is None else start
-    for i, v in enumerate(x):
-        acc = a * float(v) + (1 - a) * acc
-        out[i] = acc
-    return out
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """Hyper-parameters, fixed a priori for every file (no per-file tuning)."""
+
+    kind: str = "ensemble"
+    lags: int = 2  # twin / autoencoder / ensemble: rows of history in the input
+    span: int = 10  # EWMA span of the alarm smoothing
+    quantile: float = 1.0  # of the smoothed out-of-fold training score, as the limit
+    explained: float = 0.85  # pca only
+    pca_quantile: float = 0.99  # pca only: in-sample limits of T2 and Q
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ModelError(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if not 0 <= self.lags <= 16:
+            raise ModelError(f"lags={self.lags} is outside 0..16")
+
+    @property
+    def input_lags(self) -> int:
+        return 0 if self.kind == "pca" else self.lags
+
+
+class _Scores(Protocol):
+    def score(self, xl: F) -> F: ...
+
+
+def _train(recipe: Recipe, x: F, signals: list[str]) -> tuple[_Scores, onnx.ModelProto, str]:
+    r = recipe
+    if r.kind == "pca":
+        p = fit_pca(x, explained=r.explained, quantile=r.pca_quantile)
+        return p, to_onnx(p, signals), f"{p.components.shape[1]} components"
+    if r.kind == "twin":
+        t = fit_twin(x, lags=r.lags, span=r.span, quantile=r.quantile)
+        return t, twin_onnx(t, signals), f"limit {t.limit:.4g}"
+    if r.kind == "autoencoder":
+        a = fit_autoencoder(x, lags=r.lags, span=r.span, quantile=r.quantile, seed=r.seed)
+        return a, autoencoder_onnx(a, signals), f"limit {a.limit:.4g}"
+    e = fit_ensemble(x, lags=r.lags, span=r.span, quantile=r.quantile, seed=r.seed)
+    return e, ensemble_onnx(e, signals), f"limit {e.limit:.4g}"
 
 
 class _Rows(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no stubs
@@ -54,33 +107,109 @@ class _DropPreprocessAdvice(logging.Filter):
         )
 
 
-def quantize_model(fp32: onnx.ModelProto, calibration: NDArray[np.float64], out: Path) -> None:
-    """Static int8 (QDQ) quantisation calibrated on ``calibration`` rows."""
+HEADROOM = 4.0  # calibration also sees the training rows stretched this much about their mean
+
+
+def quantize_model(
+    fp32: onnx.ModelProto, calibration: F, out: Path, *, headroom: float = HEADROOM
+) -> None:
+    """Static int8 (QDQ) quantisation of the MatMul inputs, calibrated on ``calibration``
+    (training rows as wide as the graph's input ``x``, already lag-stacked).
+
+    MinMax calibration on normal rows alone sets the int8 range to what normal looks like, so
+    an anomaly (a flow 15 sd low) would be clipped to the edge of normal and vanish from the
+    residual. The reader therefore also yields the same rows stretched ``headroom`` times
+    about their mean: still training data only, with a range wide enough for faults.
+    """
+    rows = calibration
+    if headroom > 1:
+        mean = calibration.mean(axis=0)
+        rows = np.concatenate([calibration, mean + headroom * (calibration - mean)])
     advice = _DropPreprocessAdvice()
     logging.getLogger().addFilter(advice)
     try:
-        _quantize(fp32, calibration, out)
+        _quantize(fp32, rows, out)
     finally:
         logging.getLogger().removeFilter(advice)
 
 
-def _quantize(fp32: onnx.ModelProto, calibration: NDArray[np.float64], out: Path) -> None:
+def _quantize(fp32: onnx.ModelProto, calibration: F, out: Path) -> None:
+    # the pre-processor's sessions warn about each initializer it folds away: noise, not news
+    ort.set_default_logger_severity(3)
     with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / "fp32.onnx"
+        src, pre = Path(d) / "fp32.onnx", Path(d) / "pre.onnx"
         onnx.save(fp32, src)
+        # no graph optimisation: a MatMul fused with its Add into a Gemm would get its output
+        # quantised too, clipping the large residuals an anomaly makes
+        quant_pre_process(str(src), str(pre), skip_optimization=True)
         quantize_static(
-            str(src),
+            str(pre),
             str(out),
             _Rows(calibration.astype(np.float32)),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=True,
         )
 
 
+def build(
+    recipe: Recipe,
+    x: F,
+    signals: Sequence[str],
+    out_dir: Path,
+    *,
+    model_id: str,
+    version: str = "1",
+) -> tuple[Path, Path]:
+    """Train one kind on normal rows ``x`` (n x d); write fp32 and int8 ONNX with manifests."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sig = list(signals)
+    model, graph, summary = _train(recipe, x, sig)
+    lags = recipe.input_lags
+    xl = stack_lags(x, lags)
+    train_hash = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+    sample = np.quantile(model.score(xl), np.linspace(0, 1, 101)).round(6)
+    sd = x.std(axis=0)
+    scaling = {s: (float(m), float(v)) for s, m, v in zip(sig, x.mean(axis=0), sd, strict=True)}
+    params: dict[str, Any] = {
+        "recipe": {k: getattr(recipe, k) for k in Recipe.__slots__},
+        "summary": summary,
+    }
+    paths = []
+    for kind in ("fp32", "int8"):
+        onnx_path = out_dir / f"{model_id}.{kind}.onnx"
+        if kind == "fp32":
+            onnx.save(graph, onnx_path)
+        else:
+            quantize_model(graph, xl, onnx_path)
+        manifest = Manifest(
+            id=model_id,
+            version=version,
+            kind=_MANIFEST_KIND[recipe.kind],
+            onnx_file=onnx_path.name,
+            sha256=sha256_file(onnx_path),
+            signals=tuple(sig),
+            smoothing_span=recipe.span,
+            quantized=kind == "int8",
+            training_rows=len(x),
+            training_sha256=train_hash,
+            training_scores=tuple(float(v) for v in sample),
+            metrics=params,
+            lags=lags,
+            inputs=input_names(sig, lags),
+            scaling=scaling,
+            outputs=tuple(o.name for o in graph.graph.output),
+        )
+        path = out_dir / f"{model_id}.{kind}.manifest.json"
+        write_manifest(path, manifest)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
 def build_pca(
-    x: NDArray[np.float64],
+    x: F,
     signals: Sequence[str],
     out_dir: Path,
     *,
@@ -90,38 +219,8 @@ def build_pca(
     quantile: float = 0.99,
     smoothing_span: int = 5,
 ) -> tuple[Path, Path]:
-    """Train, export fp32 and int8 ONNX with one manifest each; returns both manifests."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = fit_pca(x, explained=explained, quantile=quantile)
-    graph = to_onnx(model, list(signals))
-    train_hash = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
-    sample = np.quantile(model.score(x), np.linspace(0, 1, 101)).round(6)
-    paths = []
-    for kind in ("fp32", "int8"):
-        onnx_path = out_dir / f"{model_id}.{kind}.onnx"
-        if kind == "fp32":
-            onnx.save(graph, onnx_path)
-        else:
-            quantize_model(graph, x, onnx_path)
-        manifest = Manifest(
-            id=model_id,
-            version=version,
-            kind="pca_t2_q",
-            onnx_file=onnx_path.name,
-            sha256=sha256_file(onnx_path),
-            signals=tuple(signals),
-            smoothing_span=smoothing_span,
-            quantized=kind == "int8",
-            training_rows=len(x),
-            training_sha256=train_hash,
-            training_scores=tuple(float(v) for v in sample),
-            metrics={
-                "components": int(model.components.shape[1]),
-                "explained": explained,
-                "quantile": quantile,
-            },
-        )
-        path = out_dir / f"{model_id}.{kind}.manifest.json"
-        write_manifest(path, manifest)
-        paths.append(path)
-    return paths[0], paths[1]
+    """The PCA T2+Q recipe (kept for the demo and existing callers)."""
+    recipe = Recipe(
+        kind="pca", explained=explained, pca_quantile=quantile, span=smoothing_span, lags=0
+    )
+    return build(recipe, x, signals, out_dir, model_id=model_id, version=version)
