@@ -7,17 +7,22 @@ Everything works on leaf *hashes* (SHA-256(0x00 || leaf), §2.1.1); a tree of
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from attestation.errors import BrokenLink
 
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "PerfectNode",
     "consistency_proof",
+    "consistency_proof_from",
     "hash_children",
     "inclusion_path",
+    "inclusion_path_from",
     "inclusion_path_length",
+    "perfect_nodes_completed",
+    "range_hash",
     "root",
     "root_from_inclusion",
     "verify_consistency",
@@ -210,3 +215,80 @@ def verify_consistency(
         raise fail(f"old root recomputes to {fr.hex()}, expected {root1.hex()}")
     if sr != root2:
         raise fail(f"new root recomputes to {sr.hex()}, expected {root2.hex()}")
+
+
+# --- proofs from stored perfect subtrees (a log that does not fit in memory) -----------------
+#
+# Every subtree RFC 9162 recursion touches is either perfect and aligned (2^level leaves
+# starting at a multiple of 2^level) or lies on the right edge of the tree. A log that keeps
+# the hash of each perfect aligned subtree (``PerfectNode(level, index)``; level 0 = the
+# leaf hashes) can build any root, inclusion path or consistency proof with O(log n)
+# lookups of that store instead of reading every leaf.
+
+PerfectNode = Callable[[int, int], bytes]  # (level, index) -> hash of leaves [i*2^l, (i+1)*2^l)
+
+
+def range_hash(node: PerfectNode, lo: int, hi: int) -> bytes:
+    """MTH(D[lo:hi]) from perfect subtrees (``lo`` aligned as the RFC recursion makes it)."""
+    n = hi - lo
+    if n <= 0:
+        return EMPTY_ROOT
+    if n & (n - 1) == 0 and lo % n == 0:  # perfect and aligned: stored
+        level = n.bit_length() - 1
+        return node(level, lo >> level)
+    k = _largest_power_of_two_below(n)
+    return hash_children(range_hash(node, lo, lo + k), range_hash(node, lo + k, hi))
+
+
+def inclusion_path_from(node: PerfectNode, index: int, size: int) -> list[bytes]:
+    """PATH(index, D[size]) (§2.1.3.1) from perfect subtrees; equals ``inclusion_path``."""
+    if not 0 <= index < size:
+        raise ValueError(f"leaf index {index} outside a tree of {size} leaves")
+    path: list[bytes] = []
+    lo, hi = 0, size
+    while hi - lo > 1:
+        k = _largest_power_of_two_below(hi - lo)
+        if index < lo + k:
+            path.append(range_hash(node, lo + k, hi))
+            hi = lo + k
+        else:
+            path.append(range_hash(node, lo, lo + k))
+            lo = lo + k
+    path.reverse()  # leaf to root
+    return path
+
+
+def consistency_proof_from(node: PerfectNode, size1: int, size2: int) -> list[bytes]:
+    """PROOF(size1, D[size2]) (§2.1.4.1) from perfect subtrees; equals ``consistency_proof``."""
+    if not 0 <= size1 <= size2:
+        raise ValueError(f"size1 {size1} outside 0..{size2}")
+    if size1 in (0, size2):
+        return []
+
+    def sub(m: int, lo: int, hi: int, complete: bool) -> list[bytes]:
+        if m == hi - lo:
+            return [] if complete else [range_hash(node, lo, hi)]
+        k = _largest_power_of_two_below(hi - lo)
+        if m <= k:
+            return [*sub(m, lo, lo + k, complete), range_hash(node, lo + k, hi)]
+        return [*sub(m - k, lo + k, hi, False), range_hash(node, lo, lo + k)]
+
+    return sub(size1, 0, size2, True)
+
+
+def perfect_nodes_completed(
+    index: int, leaf: bytes, node: PerfectNode
+) -> list[tuple[int, int, bytes]]:
+    """The perfect subtrees that appending leaf ``index`` completes: (level, index, hash).
+
+    Appending leaf i completes the level-l subtree ending at i for every l with
+    2^l dividing i + 1; each is the parent of the completed one below it and its stored
+    left sibling.
+    """
+    out: list[tuple[int, int, bytes]] = []
+    h, level, i = leaf, 0, index
+    while i & 1:  # i is a right child at this level: its parent is complete
+        left = node(level, i - 1)
+        h, level, i = hash_children(left, h), level + 1, i >> 1
+        out.append((level, i, h))
+    return out

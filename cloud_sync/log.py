@@ -19,11 +19,34 @@ from attestation.signednote import Checkpoint, NoteVerifier, format_checkpoint, 
 from attestation.signers.pkcs11 import Pkcs11Ed25519Signer
 from attestation.signers.software import Ed25519FileSigner
 from cloud_sync.errors import ApiError
-from cloud_sync.storage.tables import log_checkpoints, log_entries
+from cloud_sync.storage.tables import log_checkpoints, log_entries, log_nodes
 
 __all__ = ["HubLog"]
 
 _PG_APPEND_LOCK = 0x464F4C47  # "FOLG": one advisory lock serialises appends across hubs
+
+
+class _NodeReader:
+    """Perfect-subtree hashes from the database (level 0: the entries), cached per use."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.cache: dict[tuple[int, int], bytes] = {}
+
+    def __call__(self, level: int, idx: int) -> bytes:
+        key = (level, idx)
+        if key not in self.cache:
+            if level == 0:
+                q = select(log_entries.c.entry_hash).where(log_entries.c.idx == idx)
+            else:
+                q = select(log_nodes.c.hash).where(
+                    log_nodes.c.level == level, log_nodes.c.idx == idx
+                )
+            value = self.conn.execute(q).scalar()
+            if value is None:
+                raise RuntimeError(f"log node ({level}, {idx}) missing: the log index is damaged")
+            self.cache[key] = bytes(value)
+        return self.cache[key]
 
 
 @dataclass
@@ -46,7 +69,9 @@ class HubLog:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         (data_dir / "hub-log-key.pem").write_bytes(pem)
-        return cls(engine, signer, origin)
+        log = cls(engine, signer, origin)
+        log.ensure_nodes()
+        return log
 
     @property
     def verifier(self) -> NoteVerifier:
@@ -57,25 +82,35 @@ class HubLog:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_APPEND_LOCK})
         size = conn.execute(select(func.count()).select_from(log_entries)).scalar_one()
+        leaf = entry_hash(cose)
         conn.execute(
-            insert(log_entries).values(
-                idx=size, utid=utid, window=window, entry_hash=entry_hash(cose)
-            )
+            insert(log_entries).values(idx=size, utid=utid, window=window, entry_hash=leaf)
         )
+        self._add_nodes(conn, size, leaf)
+
+    def _add_nodes(self, conn: Connection, index: int, leaf: bytes) -> None:
+        completed = merkle.perfect_nodes_completed(index, leaf, _NodeReader(conn))
+        if completed:
+            conn.execute(
+                insert(log_nodes), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in completed]
+            )
+
+    def ensure_nodes(self) -> None:
+        """Build the subtree index of a log written before it existed (once, O(n))."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_APPEND_LOCK})
+            size = conn.execute(select(func.count()).select_from(log_entries)).scalar_one()
+            have = conn.execute(select(func.count()).select_from(log_nodes)).scalar_one()
+            if size < 2 or have:
+                return
+            rows = conn.execute(select(log_entries.c.entry_hash).order_by(log_entries.c.idx)).all()
+            for i, (leaf,) in enumerate(rows):
+                self._add_nodes(conn, i, leaf)
 
     def size(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(log_entries)).scalar_one())
-
-    def _hashes(self, size: int) -> list[bytes]:
-        # O(size) read; fine for a plant's log, a stored-subtree index is the scale-out step
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(log_entries.c.entry_hash)
-                .where(log_entries.c.idx < size)
-                .order_by(log_entries.c.idx)
-            ).all()
-        return [r[0] for r in rows]
 
     def checkpoint(self) -> tuple[Checkpoint, str]:
         """The signed checkpoint of the current tree (signed once per size, then kept)."""
@@ -88,7 +123,8 @@ class HubLog:
             ).first()
         if row is not None:
             return Checkpoint(self.origin, size, row[0]), row[1]
-        cp = Checkpoint(self.origin, size, merkle.root(self._hashes(size)))
+        with self.engine.connect() as conn:
+            cp = Checkpoint(self.origin, size, merkle.range_hash(_NodeReader(conn), 0, size))
         note = sign_note(
             format_checkpoint(cp), self.origin, self.signer.public_key(), self.signer.sign
         )
@@ -126,8 +162,8 @@ class HubLog:
         if idx is None:
             return None
         cp, note = self.checkpoint()
-        hashes = self._hashes(cp.size)
-        path = merkle.inclusion_path(hashes, int(idx))
+        with self.engine.connect() as conn:
+            path = merkle.inclusion_path_from(_NodeReader(conn), int(idx), cp.size)
         return build_log_receipt(self.signer, cp.size, int(idx), path, cp.root), note
 
     def consistency(self, size1: int, size2: int) -> list[bytes]:
@@ -136,7 +172,8 @@ class HubLog:
             raise ApiError(
                 422, "invalid_request", f"need 0 < from <= to <= {current}, got {size1}..{size2}"
             )
-        return merkle.consistency_proof(self._hashes(size2), size1)
+        with self.engine.connect() as conn:
+            return merkle.consistency_proof_from(_NodeReader(conn), size1, size2)
 
     def inclusion(self, index: int, size: int) -> list[bytes]:
         current = self.size()
@@ -144,4 +181,5 @@ class HubLog:
             raise ApiError(
                 422, "invalid_request", f"need 0 <= index < size <= {current}, got {index}, {size}"
             )
-        return merkle.inclusion_path(self._hashes(size), index)
+        with self.engine.connect() as conn:
+            return merkle.inclusion_path_from(_NodeReader(conn), index, size)

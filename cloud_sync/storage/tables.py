@@ -35,6 +35,7 @@ __all__ = [
     "grants",
     "log_checkpoints",
     "log_entries",
+    "log_nodes",
     "metadata",
     "operators",
     "readings",
@@ -263,4 +264,14 @@ device_policies = Table(
     Column("utid", String(69), primary_key=True),
     Column("cose", LargeBinary, nullable=False),
     Column("received_ns", BigInteger, nullable=False),
+)
+
+# Hashes of the log's perfect aligned subtrees (2^level entries from index * 2^level), written
+# with each append, so proofs need O(log n) lookups, never a read of every entry.
+log_nodes = Table(
+    "log_nodes",
+    metadata,
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary, nullable=False),
 )

@@ -15,6 +15,7 @@ from attestation.logreceipt import entry_hash
 from attestation.signednote import NoteVerifier, open_note, parse_checkpoint
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
+from cloud_sync.storage import Store
 from tests.hubkit import Device, body
 
 
@@ -89,3 +90,42 @@ def test_checkpoints_are_consistent_and_signed(
     assert len(inc) == merkle.inclusion_path_length(6, 8)
     assert client.get("/v1/log/proof/consistency", params={"from": 9, "to": 3}).status_code == 422
     assert entry_hash(b"x") != entry_hash(b"y")
+
+
+def test_a_log_written_before_the_subtree_index_is_indexed_on_open(tmp_path: Path) -> None:
+    from sqlalchemy import delete
+
+    from cloud_sync.log import HubLog
+    from cloud_sync.storage.tables import log_nodes
+
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
+    client = TestClient(create_app(s))
+    dev = Device()
+    client.post(
+        "/v1/devices",
+        json={"public_key_pem": dev.public_pem(), "key_kind": "software", "name": "gw"},
+        headers={"authorization": f"Bearer {s.admin_token}"},
+    )
+    client.post(
+        "/v1/proofs",
+        content=body(*[dev.window(3)[:2] for _ in range(11)]),
+        headers={"content-type": "application/cbor"},
+    )
+    store = Store.open(s.db_url)
+    before = HubLog.open(store.engine, s.data_dir, s.log_origin).consistency(3, 11)
+    with store.engine.begin() as conn:
+        conn.execute(delete(log_nodes))  # as an older hub left it
+    log = HubLog.open(store.engine, s.data_dir, s.log_origin)  # rebuilds the index
+    assert log.consistency(3, 11) == before
+    hashes = [entry_hash(c) for c in _stored_cose(store)]
+    assert log.inclusion(7, 11) == merkle.inclusion_path(hashes, 7)
+    store.close()
+
+
+def _stored_cose(store: Store) -> list[bytes]:
+    from sqlalchemy import select
+
+    from cloud_sync.storage.tables import windows
+
+    with store.engine.connect() as conn:
+        return [r[0] for r in conn.execute(select(windows.c.cose).order_by(windows.c.window))]

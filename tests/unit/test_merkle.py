@@ -87,3 +87,36 @@ def test_a_path_of_the_wrong_length_names_the_inclusion_link() -> None:
     with pytest.raises(BrokenLink, match="fewer than the tree needs") as err:
         merkle.verify_inclusion(leaves[1], 1, 5, path[:-1], merkle.root(leaves))
     assert err.value.link == "inclusion"
+
+
+@given(st.integers(min_value=1, max_value=300), st.data())
+def test_proofs_from_stored_perfect_subtrees_equal_the_reference(
+    n: int, data: st.DataObject
+) -> None:
+    from attestation.merkle import (
+        consistency_proof_from,
+        inclusion_path_from,
+        perfect_nodes_completed,
+        range_hash,
+    )
+
+    leaves = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(n)]
+    store: dict[tuple[int, int], bytes] = {}
+    for i, h in enumerate(leaves):  # what a log appends, one leaf at a time
+        store[(0, i)] = h
+        for level, idx, node in perfect_nodes_completed(i, h, lambda lv, ix: store[(lv, ix)]):
+            store[(level, idx)] = node
+    lookups: list[tuple[int, int]] = []
+
+    def node(level: int, idx: int) -> bytes:
+        lookups.append((level, idx))
+        return store[(level, idx)]
+
+    size = data.draw(st.integers(min_value=1, max_value=n))
+    assert range_hash(node, 0, size) == merkle.root(leaves[:size])
+    index = data.draw(st.integers(min_value=0, max_value=size - 1))
+    lookups.clear()
+    assert inclusion_path_from(node, index, size) == merkle.inclusion_path(leaves[:size], index)
+    assert len(lookups) <= 2 * size.bit_length() ** 2  # O(log^2 n), never O(n)
+    m = data.draw(st.integers(min_value=0, max_value=size))
+    assert consistency_proof_from(node, m, size) == merkle.consistency_proof(leaves[:size], m)
