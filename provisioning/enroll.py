@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 from cryptography import x509
 
+from agent.config import write_atomically
 from attestation.utid import utid_bytes, utid_text
 from provisioning.errors import ProvisioningError
 from provisioning.tpm_identity import TpmIdentity, b64, unb64
@@ -73,17 +73,6 @@ def read_enrollment(state_dir: Path) -> Enrollment | None:
         raise ProvisioningError(
             f"{path} is damaged: {err}", hint=f"move it aside and rerun provision enroll: {path}"
         ) from err
-
-
-def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _post(client: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -169,10 +158,10 @@ def enroll(
     )
     progress("writing the device certificate")
     state_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(state_dir / "device-cert.pem", result.certificate_pem.encode())
-    _write_atomically(state_dir / "fleet-ca.pem", result.fleet_ca_pem.encode())
-    _write_atomically(state_dir / "hub-log.vkey", result.log_vkey.encode())
-    _write_atomically(
+    write_atomically(state_dir / "device-cert.pem", result.certificate_pem.encode())
+    write_atomically(state_dir / "fleet-ca.pem", result.fleet_ca_pem.encode())
+    write_atomically(state_dir / "hub-log.vkey", result.log_vkey.encode())
+    write_atomically(
         state_dir / STATE_FILE, json.dumps(dataclasses.asdict(result), indent=2).encode()
     )
     return result, True

@@ -5,21 +5,18 @@ agent is away, and a broker restart survived without operator action.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
-from agent.backoff import Backoff
 from agent.config import parse_config
-from agent.connectors.base import Sample
 from agent.connectors.mqtt import MqttConfig, MqttConnector
 from tests.brokers import Mosquitto, mosquitto_available
 from tests.conftest import missing
+from tests.connectorkit import running, until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -43,30 +40,6 @@ unit = "bar"
     return cfg
 
 
-@asynccontextmanager
-async def _running(cfg: MqttConfig) -> AsyncIterator[tuple[MqttConnector, list[Sample]]]:
-    got: list[Sample] = []
-
-    async def emit(samples: list[Sample]) -> None:
-        got.extend(samples)
-
-    connector = MqttConnector(cfg)
-    connector.reconnector.backoff = Backoff(base_s=0.05, cap_s=0.5)
-    task = asyncio.create_task(connector.run(emit))
-    try:
-        await _until(lambda: connector.reconnector.sessions >= 1 or task.done())
-        yield connector, got
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not cond():  # noqa: ASYNC110 - polling what the connector collected
-            await asyncio.sleep(0.02)
-
-
 async def _publish(port: int, topic: str, *payloads: bytes) -> None:
     async with aiomqtt.Client("127.0.0.1", port) as pub:
         for p in payloads:
@@ -75,7 +48,7 @@ async def _publish(port: int, topic: str, *payloads: bytes) -> None:
 
 async def test_good_messages_arrive_and_bad_ones_are_counted(mqtt_port: int) -> None:
     topic = f"factoryops-test/{id(object()):x}/telemetry"
-    async with _running(_config(mqtt_port, topic, f"t-{id(object()):x}")) as (conn, got):
+    async with _connected(_config(mqtt_port, topic, f"t-{id(object()):x}")) as (conn, got):
         await _publish(
             mqtt_port,
             topic,
@@ -84,9 +57,13 @@ async def test_good_messages_arrive_and_bad_ones_are_counted(mqtt_port: int) -> 
             b'{"p": "high"}',
             *[json.dumps({"p": i}).encode() for i in range(50, 100)],
         )
-        await _until(lambda: len(got) == 100 and sum(conn.errors.values()) == 2)
+        await until(lambda: len(got) == 100 and sum(conn.errors.values()) == 2)
     assert [s.value for s in got] == [float(i) for i in range(100)]  # QoS 1, in order
     assert conn.errors == {"<payload>": 1, "pressure": 1}
+
+
+def _connected(cfg: MqttConfig) -> Any:
+    return running(MqttConnector(cfg), lambda c: c.reconnector.sessions >= 1)
 
 
 @pytest.fixture
@@ -99,18 +76,18 @@ def broker(tmp_path: Path) -> Mosquitto:
 async def test_a_broker_restart_is_survived_and_the_session_kept(broker: Mosquitto) -> None:
     cfg = _config(broker.port, "line/telemetry", "gw-line-persistent")
     try:
-        async with _running(cfg) as (conn, got):
+        async with _connected(cfg) as (conn, got):
             await _publish(broker.port, "line/telemetry", b'{"p": 1}')
-            await _until(lambda: len(got) == 1)
+            await until(lambda: len(got) == 1)
             broker.stop(hard=True)  # kill -9 of the broker under the connector
-            await _until(lambda: conn.reconnector.drops >= 1)
+            await until(lambda: conn.reconnector.drops >= 1)
             broker.start()  # same port, same persistence directory
-            await _until(lambda: conn.reconnector.sessions >= 2)
+            await until(lambda: conn.reconnector.sessions >= 2)
             await _publish(broker.port, "line/telemetry", b'{"p": 2}')
-            await _until(lambda: [s.value for s in got] == [1.0, 2.0])
+            await until(lambda: [s.value for s in got] == [1.0, 2.0])
         # the agent is away: its persistent session keeps QoS 1 messages for it
         await _publish(broker.port, "line/telemetry", b'{"p": 3}', b'{"p": 4}')
-        async with _running(cfg) as (_, got_later):
-            await _until(lambda: [s.value for s in got_later] == [3.0, 4.0])
+        async with _connected(cfg) as (_, got_later):
+            await until(lambda: [s.value for s in got_later] == [3.0, 4.0])
     finally:
         broker.stop()

@@ -5,12 +5,10 @@ subscription re-created, and Basic256Sha256 (SignAndEncrypt) with certificates w
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asyncua import ua
@@ -18,10 +16,10 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.server.server import Server
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from agent.backoff import Backoff
 from agent.config import parse_config
 from agent.connectors.base import QUALITY_BAD, QUALITY_GOOD, QUALITY_UNCERTAIN, Sample
 from agent.connectors.opcua import OpcUaConfig, OpcUaConnector
+from tests.connectorkit import running, until
 
 pytestmark = pytest.mark.timeout(120)
 NS = "urn:factoryops:test"
@@ -78,6 +76,10 @@ class PlcServer:
             await server.stop()
 
 
+def _connected(cfg: OpcUaConfig) -> Any:
+    return running(OpcUaConnector(cfg), lambda c: c.mode_in_use != "")
+
+
 def _config(url: str, mode: str = "subscribe", extra: str = "") -> OpcUaConfig:
     text = f"""
 [device]
@@ -103,31 +105,6 @@ scale = 10.0
     return cfg
 
 
-@asynccontextmanager
-async def _running(cfg: OpcUaConfig) -> AsyncIterator[tuple[OpcUaConnector, list[Sample]]]:
-    got: list[Sample] = []
-
-    async def emit(samples: list[Sample]) -> None:
-        got.extend(samples)
-
-    conn = OpcUaConnector(cfg)
-    conn.reconnector.backoff = Backoff(base_s=0.1, cap_s=1.0)
-    task = asyncio.create_task(conn.run(emit))
-    try:
-        await _until(lambda: conn.mode_in_use != "" or task.done())
-        assert not task.done(), task
-        yield conn, got
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not cond():  # noqa: ASYNC110 - polling what the connector collected
-            await asyncio.sleep(0.02)
-
-
 def _values(got: list[Sample], signal: str) -> list[float]:
     return [s.value for s in got if s.signal == signal]
 
@@ -135,15 +112,15 @@ def _values(got: list[Sample], signal: str) -> list[float]:
 async def test_a_subscription_carries_values_and_status_codes() -> None:
     plc = await PlcServer().start()
     try:
-        async with _running(_config(plc.url)) as (conn, got):
+        async with _connected(_config(plc.url)) as (conn, got):
             assert conn.mode_in_use == "subscribe"
             await plc.write("Pressure", 5.0)
-            await _until(lambda: 5.0 in _values(got, "pressure"))
+            await until(lambda: 5.0 in _values(got, "pressure"))
             await plc.write("Pressure", 6.0, ua.StatusCodes.UncertainLastUsableValue)
             await plc.write("Flow", 0.25)
-            await _until(lambda: 6.0 in _values(got, "pressure") and 2.5 in _values(got, "flow"))
+            await until(lambda: 6.0 in _values(got, "pressure") and 2.5 in _values(got, "flow"))
             await plc.write("Pressure", 7.0, ua.StatusCodes.BadSensorFailure)
-            await _until(lambda: any(s.quality & QUALITY_BAD for s in got))
+            await until(lambda: any(s.quality & QUALITY_BAD for s in got))
         by_value = {s.value: s for s in got if s.signal == "pressure"}
         assert by_value[5.0].quality == QUALITY_GOOD
         assert by_value[6.0].quality & 0xC0000000 == QUALITY_UNCERTAIN
@@ -159,8 +136,8 @@ async def test_polling_reads_every_signal_each_round() -> None:
     plc = await PlcServer().start()
     try:
         await plc.write("Pressure", 1.5)
-        async with _running(_config(plc.url, mode="poll")) as (conn, got):
-            await _until(lambda: len(got) >= 10)
+        async with _connected(_config(plc.url, mode="poll")) as (conn, got):
+            await until(lambda: len(got) >= 10)
             assert conn.mode_in_use == "poll"
         assert {s.signal for s in got} == {"pressure", "flow"}
         assert 1.5 in _values(got, "pressure")
@@ -171,15 +148,15 @@ async def test_polling_reads_every_signal_each_round() -> None:
 async def test_a_server_restart_is_survived_and_the_subscription_recreated() -> None:
     plc = await PlcServer().start()
     try:
-        async with _running(_config(plc.url)) as (conn, got):
+        async with _connected(_config(plc.url)) as (conn, got):
             await plc.write("Pressure", 1.0)
-            await _until(lambda: 1.0 in _values(got, "pressure"))
+            await until(lambda: 1.0 in _values(got, "pressure"))
             await plc.stop()
-            await _until(lambda: conn.reconnector.drops >= 1)
+            await until(lambda: conn.reconnector.drops >= 1)
             plc = await PlcServer(port=plc.port).start()  # same port, a fresh server
-            await _until(lambda: conn.reconnector.sessions >= 2)
+            await until(lambda: conn.reconnector.sessions >= 2)
             await plc.write("Pressure", 2.0)
-            await _until(lambda: 2.0 in _values(got, "pressure"))
+            await until(lambda: 2.0 in _values(got, "pressure"))
     finally:
         await plc.stop()
 
@@ -207,8 +184,8 @@ async def test_basic256sha256_with_certificates(tmp_path: Path) -> None:
             f'security = "Basic256Sha256"\ncertificate = "{client_cert[0]}"\n'
             f'private_key = "{client_cert[1]}"\nserver_certificate = "{server_cert[0]}"\n'
         )
-        async with _running(_config(plc.url, extra=secure)) as (_, got):
+        async with _connected(_config(plc.url, extra=secure)) as (_, got):
             await plc.write("Pressure", 9.0)
-            await _until(lambda: 9.0 in _values(got, "pressure"))
+            await until(lambda: 9.0 in _values(got, "pressure"))
     finally:
         await plc.stop()

@@ -5,18 +5,17 @@ regex; bad and over-long lines counted while good ones flow; an unplugged line r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import serial
 
-from agent.backoff import Backoff
 from agent.config import parse_config
-from agent.connectors.base import Sample
 from agent.connectors.serial_lines import SerialConfig, SerialConnector
 from tests.conftest import missing
+from tests.connectorkit import running, until
 from tests.ptys import PtyPair, socat_available
 
 pytestmark = pytest.mark.timeout(90)
@@ -29,6 +28,10 @@ def line(tmp_path: Path) -> Iterator[PtyPair]:
     pair = PtyPair(tmp_path / "pty").start()
     yield pair
     pair.stop()
+
+
+def _connected(cfg: SerialConfig) -> Any:
+    return running(SerialConnector(cfg), lambda c: c.reconnector.sessions >= 1)
 
 
 def _config(port: Path) -> SerialConfig:
@@ -55,30 +58,6 @@ unit = "C"
     return cfg
 
 
-@asynccontextmanager
-async def _running(cfg: SerialConfig) -> AsyncIterator[tuple[SerialConnector, list[Sample]]]:
-    got: list[Sample] = []
-
-    async def emit(samples: list[Sample]) -> None:
-        got.extend(samples)
-
-    conn = SerialConnector(cfg)
-    conn.reconnector.backoff = Backoff(base_s=0.05, cap_s=0.3)
-    task = asyncio.create_task(conn.run(emit))
-    try:
-        await _until(lambda: conn.reconnector.sessions >= 1)
-        yield conn, got
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not cond():  # noqa: ASYNC110 - polling what the connector collected
-            await asyncio.sleep(0.02)
-
-
 def _write(port: Path, data: bytes) -> None:
     with serial.Serial(str(port), 19200, timeout=1) as s:
         s.write(data)
@@ -86,11 +65,11 @@ def _write(port: Path, data: bytes) -> None:
 
 
 async def test_lines_become_samples_and_bad_lines_are_counted(line: PtyPair) -> None:
-    async with _running(_config(line.a)) as (conn, got):
+    async with _connected(_config(line.a)) as (conn, got):
         stream = b"W:12.5kg T:21.0C\r\n" + b"garbage\n" + b"W:x1kg T:22.0C\n"
         stream += b"W:" + b"9" * 200 + b"kg T:1C\n" + b"\xff\xfe\n" + b"W:13.0kg T:21.5C\n"
         await asyncio.to_thread(_write, line.b, stream)
-        await _until(lambda: len(got) >= 4 and sum(conn.errors.values()) >= 4)
+        await until(lambda: len(got) >= 4 and sum(conn.errors.values()) >= 4)
     assert [(s.signal, s.value, s.unit) for s in got] == [
         ("weight", 12.5, "kg"), ("temp", 21.0, "C"),
         ("temp", 22.0, "C"),
@@ -100,12 +79,12 @@ async def test_lines_become_samples_and_bad_lines_are_counted(line: PtyPair) -> 
 
 
 async def test_an_unplugged_line_is_reopened(line: PtyPair) -> None:
-    async with _running(_config(line.a)) as (conn, got):
+    async with _connected(_config(line.a)) as (conn, got):
         await asyncio.to_thread(_write, line.b, b"W:1kg T:1C\n")
-        await _until(lambda: len(got) == 2)
+        await until(lambda: len(got) == 2)
         line.stop()  # the adapter is pulled
-        await _until(lambda: conn.reconnector.drops >= 1)
+        await until(lambda: conn.reconnector.drops >= 1)
         line.start()  # and plugged back in
-        await _until(lambda: conn.reconnector.sessions >= 2)
+        await until(lambda: conn.reconnector.sessions >= 2)
         await asyncio.to_thread(_write, line.b, b"W:2kg T:2C\n")
-        await _until(lambda: [s.value for s in got if s.signal == "weight"] == [1.0, 2.0])
+        await until(lambda: [s.value for s in got if s.signal == "weight"] == [1.0, 2.0])
