@@ -19,6 +19,7 @@ from agent.errors import AgentError, ConfigError
 
 __all__ = [
     "SCALING_KEYS",
+    "ErrorCounts",
     "MalformedPayload",
     "Reconnector",
     "Scaling",
@@ -152,6 +153,22 @@ def parse_decimal(text: str, field: str) -> float:
     if not math.isfinite(value):
         raise MalformedPayload(field, f"not a finite number: {truncate(s)}")
     return value
+
+
+@dataclass
+class ErrorCounts:
+    """Bad input per signal: counted always, logged once per signal (a bad sender must
+    not flood the log). ``counts`` is what the metrics read as the connector's ``errors``."""
+
+    owner: str
+    counts: dict[str, int] = field(default_factory=dict)
+    _logged: set[str] = field(default_factory=set)
+
+    def __call__(self, signal: str, err: MalformedPayload) -> None:
+        self.counts[signal] = self.counts.get(signal, 0) + 1
+        if signal not in self._logged:
+            self._logged.add(signal)
+            log.warning("%s: %s: %s (counted from now on)", self.owner, signal, err)
 
 
 def truncate(raw: object, limit: int = LOG_EXCERPT_CHARS) -> str:

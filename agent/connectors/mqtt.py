@@ -40,6 +40,7 @@ from agent.config import CONNECTOR_PARSERS, Where, _choice, _get, _int, _no_unkn
 from agent.connectors.base import Emit, Sample
 from agent.connectors.common import (
     SCALING_KEYS,
+    ErrorCounts,
     MalformedPayload,
     Reconnector,
     Scaling,
@@ -212,22 +213,20 @@ def decode_message(
 class MqttConnector:
     config: MqttConfig
     reconnector: Reconnector = field(init=False)
-    errors: dict[str, int] = field(default_factory=dict)  # per signal; read by the metrics
+    bad: ErrorCounts = field(init=False)  # bad input per signal
     messages: int = 0
-    _logged: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.reconnector = Reconnector(f"mqtt {self.config.name}")
+        self.bad = ErrorCounts(f"mqtt {self.config.name}")
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    def _error(self, signal: str, err: MalformedPayload) -> None:
-        self.errors[signal] = self.errors.get(signal, 0) + 1
-        if signal not in self._logged:  # once per signal: a bad sender must not flood the log
-            self._logged.add(signal)
-            log.warning("mqtt %s: %s: %s (counted from now on)", self.name, signal, err)
+    @property
+    def errors(self) -> dict[str, int]:  # read by the metrics
+        return self.bad.counts
 
     async def run(self, emit: Emit) -> None:
         cfg = self.config
@@ -248,7 +247,7 @@ class MqttConnector:
                     raw = message.payload  # bytes from the broker; typed wider by aiomqtt
                     data = raw if isinstance(raw, bytes) else str(raw).encode()
                     samples = decode_message(
-                        cfg, message.topic.value, data, time.time_ns(), self._error
+                        cfg, message.topic.value, data, time.time_ns(), self.bad
                     )
                     if samples:
                         await emit(samples)

@@ -35,6 +35,7 @@ from agent.config import CONNECTOR_PARSERS, Where, _choice, _get, _int, _no_unkn
 from agent.connectors.base import Emit, Sample
 from agent.connectors.common import (
     SCALING_KEYS,
+    ErrorCounts,
     MalformedPayload,
     Reconnector,
     Scaling,
@@ -161,22 +162,20 @@ class LineSplitter:
 class SerialConnector:
     config: SerialConfig
     reconnector: Reconnector = field(init=False)
-    errors: dict[str, int] = field(default_factory=dict)
+    bad: ErrorCounts = field(init=False)  # bad input per signal
     lines: int = 0
-    _logged: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.reconnector = Reconnector(f"serial {self.config.name}")
+        self.bad = ErrorCounts(f"serial {self.config.name}")
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    def _error(self, signal: str, err: MalformedPayload) -> None:
-        self.errors[signal] = self.errors.get(signal, 0) + 1
-        if signal not in self._logged:
-            self._logged.add(signal)
-            log.warning("serial %s: %s: %s (counted from now on)", self.name, signal, err)
+    @property
+    def errors(self) -> dict[str, int]:  # read by the metrics
+        return self.bad.counts
 
     async def run(self, emit: Emit) -> None:
         await self.reconnector.run(self._session_for(emit), (serial.SerialException, OSError))
@@ -199,14 +198,12 @@ class SerialConnector:
                     data = await asyncio.to_thread(_read_some, port)
                     lines, dropped = splitter.feed(data)
                     for _ in range(dropped):
-                        self._error(
-                            "<line>", MalformedPayload("line", "longer than max_line_bytes")
-                        )
+                        self.bad("<line>", MalformedPayload("line", "longer than max_line_bytes"))
                     now = time.time_ns()
                     samples = []
                     for line in lines:
                         self.lines += 1
-                        samples += decode_line(cfg, line, now, self._error)
+                        samples += decode_line(cfg, line, now, self.bad)
                     if samples:
                         await emit(samples)
             finally:
