@@ -9,11 +9,12 @@ RUN := $(UV) run --frozen --no-sync
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help sync demo test lint typecheck pytest bench clean
+.PHONY: help sync demo test slow lint typecheck pytest bench clean
 
 help:
 	@echo "make demo   - simulated pump plant + agent + hub on 127.0.0.1 (Ctrl-C to stop)"
 	@echo "make test   - ruff, mypy --strict and the full pytest suite"
+	@echo "make slow   - the long kill -9 run (300 agent kills, 30 hub kills)"
 	@echo "make bench  - the benchmarks (figures and ratios; see docs/performance.md)"
 
 .tools/bin/uv:
@@ -37,6 +38,10 @@ pytest: sync
 	$(RUN) pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# the long reliability run: 300 kill -9 of the agent, 30 of the hub
+slow: sync
+	FACTORYOPS_KILLS=300 FACTORYOPS_HUB_KILLS=30 $(RUN) pytest tests/integration/test_agent_crash.py tests/integration/test_hub_crash.py
 
 bench: sync
 	$(RUN) factoryops bench pipeline
