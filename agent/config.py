@@ -204,6 +204,7 @@ class ModbusDeviceConfig:
     baudrate: int = 19200
     parity: str = "N"  # N | E | O
     stopbits: int = 1
+    bytesize: int = 8  # data bits: 8 (RTU as specified) or 7 (some old serial gear)
     groups: tuple[tuple[str, int], ...] = ()  # poll group -> interval ms ("default" implied)
     breaker_failures: int = 3  # failed polls in a row that open the circuit breaker
     breaker_open_ms: int = 5000  # how long an open breaker leaves the device alone
@@ -281,10 +282,33 @@ def _modbus(t: dict[str, Any], w: Where) -> ModbusDeviceConfig:
         baudrate=_int(t, w, "baudrate", 50, 4_000_000, 19200),
         parity=_choice(t, w, "parity", ("N", "E", "O"), "N"),
         stopbits=_int(t, w, "stopbits", 1, 2, 1),
+        bytesize=_int(t, w, "bytesize", 7, 8, 8),
         groups=groups,
         breaker_failures=_int(t, w, "breaker_failures", 1, 1000, 3),
         breaker_open_ms=_int(t, w, "breaker_open_ms", 0, 3_600_000, 5000),
     )
+
+
+_BUS_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize", "timeout_ms")
+
+
+def _check_shared_buses(devices: tuple[ModbusDeviceConfig, ...], root: Where) -> None:
+    """RTU devices on one ``serial_port`` share one line, so they must agree on its settings."""
+    first: dict[str, tuple[int, ModbusDeviceConfig]] = {}
+    for i, d in enumerate(devices):
+        if d.transport != "rtu":
+            continue
+        if d.serial_port not in first:
+            first[d.serial_port] = (i, d)
+            continue
+        j, other = first[d.serial_port]
+        for key in _BUS_SETTINGS:
+            if getattr(d, key) != getattr(other, key):
+                raise root.error(
+                    f"modbus[{i}].{key}",
+                    f"{getattr(d, key)!r} differs from modbus[{j}] ({getattr(other, key)!r}) "
+                    f"on the same serial_port {d.serial_port}: one bus has one setting",
+                )
 
 
 def parse_config(text: str, path: str = "<config>", *, base_dir: Path | None = None) -> AgentConfig:
@@ -343,6 +367,7 @@ def parse_config(text: str, path: str = "<config>", *, base_dir: Path | None = N
         _modbus(t, root.child(f"modbus[{i}]"))
         for i, t in enumerate(_get(doc, root, "modbus", list, []))
     )
+    _check_shared_buses(modbus, root)
     metrics_t = _get(doc, root, "metrics", dict, {})
     w = root.child("metrics")
     _no_unknown(metrics_t, w, {"port", "host"})

@@ -2,10 +2,15 @@
 
 Holding and input registers, coils and discrete inputs. Adjacent and nearly adjacent
 tags are read in one request (span merging, up to the protocol's 125 registers or 2000
-bits); a failing span is counted per tag and never stops the others. Tags poll in groups,
-each on its own interval. A per-device circuit breaker leaves a device that failed
-``breaker_failures`` polls in a row alone for ``breaker_open_ms``, then tries once: so a
-dead slave costs one timeout per open period, not one per poll. RTU devices that name the
+bits); a failing span is counted per tag and never stops the others, and a merged span
+the device refuses (an exception response: a hole in its map, a tag past its end) is split
+into a read per tag from then on, so only the refused tag goes missing. Tags poll in groups,
+each on its own interval. A per-device circuit breaker leaves a device whose polls went
+unanswered ``breaker_failures`` times in a row alone for ``breaker_open_ms``, then tries
+once (half-open: one more silent poll opens it again): so a dead slave costs one timeout
+per open period, not one per poll. An exception response is an answer, not a breaker
+failure, except a gateway's "target did not respond" (codes 10 and 11): a dead slave behind a
+TCP gateway. RTU devices that name the
 same ``serial_port`` share one bus (one client, one request at a time), and the breaker is
 what keeps a dead slave on it from eating the others' bus time.
 """
@@ -33,6 +38,7 @@ from agent.errors import DeviceRefused, DeviceTimeout
 __all__ = [
     "MAX_BITS_PER_READ",
     "MAX_REGISTERS_PER_READ",
+    "ExceptionResponse",
     "ModbusConnector",
     "Span",
     "decode",
@@ -126,9 +132,24 @@ def decode(registers: Sequence[int], tag: ModbusTag) -> float:
     return float(value) * tag.scale + tag.offset
 
 
+GATEWAY_NO_TARGET = frozenset({10, 11})  # §7: gateway path unavailable, target no response
+
+
+class ExceptionResponse(DeviceRefused):
+    """The device answered a read with a Modbus exception code (§7: 2 = illegal address)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message, hint="check the tag's table and address against the device")
+        self.code = code
+
+
 @dataclass
 class Breaker:
-    """Per-device circuit breaker: closed -> open after N failed polls -> half-open."""
+    """Per-device circuit breaker: closed -> open after N failed polls -> half-open.
+
+    Half-open: after the open period one poll is let through; its failure opens the breaker
+    again at once, its success closes it.
+    """
 
     failures_to_open: int
     open_s: float
@@ -145,7 +166,8 @@ class Breaker:
             return
         self.failures += 1
         if self.failures >= self.failures_to_open:
-            self.open_until, self.failures = now + self.open_s, 0
+            self.open_until = now + self.open_s
+            self.failures = self.failures_to_open - 1  # half-open once the period ends
             self.trips += 1
 
 
@@ -170,6 +192,7 @@ def _rtu_bus(cfg: ModbusDeviceConfig) -> RtuBus:
             baudrate=cfg.baudrate,
             parity=cfg.parity,
             stopbits=cfg.stopbits,
+            bytesize=cfg.bytesize,
             timeout=cfg.timeout_ms / 1000,
             retries=0,
             reconnect_delay=0,  # we own reconnection, with jitter
@@ -194,9 +217,13 @@ class ModbusConnector:
     backoff: Backoff = field(default_factory=Backoff)
     rng: random.Random = field(default_factory=random.Random)
     errors: Counter[str] = field(default_factory=Counter)  # per tag: exceptions + timeouts
+    timeouts: Counter[str] = field(default_factory=Counter)  # per tag
+    exception_codes: Counter[tuple[str, int]] = field(default_factory=Counter)  # (tag, code)
     polls: int = 0
     breaker: Breaker = field(init=False)
     _lock: asyncio.Lock | None = field(default=None, init=False)
+    _split: set[Span] = field(default_factory=set, init=False)  # refused merged spans
+    _answered: bool = field(default=False, init=False)  # the last poll got any reply
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -268,7 +295,7 @@ class ModbusConnector:
             if not self.breaker.allows(now):
                 continue
             samples = await self.poll_once(client, spans)
-            self.breaker.record(bool(samples) or not spans, time.monotonic())
+            self.breaker.record(self._answered or not spans, time.monotonic())
             if samples:
                 await emit(samples)
             self.polls += 1
@@ -277,19 +304,44 @@ class ModbusConnector:
                 raise DeviceTimeout(f"{self.name}: connection lost")
 
     async def poll_once(self, client: Client, spans: Sequence[Span]) -> list[Sample]:
-        """Read every span once; a refused or timed-out span is counted per tag and skipped."""
+        """Read every span once; a refused or timed-out span is counted per tag and skipped.
+
+        A merged span refused with an exception is split into a read per tag (now and from
+        then on), so one bad address costs only its own tag.
+        """
         out: list[Sample] = []
         now = time.time_ns()  # one timestamp per poll cycle: its tags form one model row
-        for span in spans:
+        self._answered = False
+        todo = list(spans)
+        while todo:
+            span = todo.pop(0)
+            if span in self._split:
+                todo[:0] = one_request_per_tag(span.tags)
+                continue
             try:
                 regs = await self._read(client, span)
-            except (DeviceRefused, DeviceTimeout) as err:
+            except ExceptionResponse as err:
+                self._answered |= err.code not in GATEWAY_NO_TARGET
+                if len(span.tags) > 1:
+                    log.warning("%s: %s; reading its tags one by one", self.name, err)
+                    self._split.add(span)
+                    todo[:0] = one_request_per_tag(span.tags)
+                    continue
+                (tag,) = span.tags
+                self.errors[tag.name] += 1
+                if self.exception_codes[tag.name, err.code] == 0:  # log once per tag and code
+                    log.warning("%s: %s: %s", self.name, tag.name, err)
+                self.exception_codes[tag.name, err.code] += 1
+                continue
+            except DeviceTimeout as err:
                 for t in span.tags:
                     self.errors[t.name] += 1
+                    self.timeouts[t.name] += 1
                 log.warning("%s: %s", self.name, err)
-                if isinstance(err, DeviceTimeout) and not client.connected:
+                if not client.connected:
                     raise
                 continue
+            self._answered = True
             for t in span.tags:
                 off = t.address - span.start
                 out.append(Sample(t.name, decode(regs[off : off + t.count], t), t.unit, now))
@@ -316,9 +368,9 @@ class ModbusConnector:
                 f"{span.table} {span.start}+{span.count}: no answer ({err})"
             ) from err
         if rr.isError():
-            raise DeviceRefused(
-                f"{span.table} {span.start}+{span.count}: exception code "
-                f"{getattr(rr, 'exception_code', '?')}"
+            code = int(getattr(rr, "exception_code", 0))
+            raise ExceptionResponse(
+                f"{span.table} {span.start}+{span.count}: exception code {code}", code
             )
         if span.table in BIT_TABLES:
             return [int(b) for b in rr.bits[: span.count]]

@@ -1,6 +1,7 @@
 """Modbus RTU over a real serial line (a socat pty pair) to a pymodbus serial server:
-registers and bits from two slaves on one bus, and a dead slave on the same bus that the
-circuit breaker keeps from eating the others' bus time.
+registers and bits from two slaves on one bus, a tag past the end of a slave's map (its
+exception response counted, the tags it was merged with still read), and a dead slave on the
+same bus that the circuit breaker keeps from eating the others' bus time.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pymodbus import FramerType
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
@@ -26,6 +30,19 @@ from tests.ptys import PtyPair, socat_available
 pytestmark = pytest.mark.timeout(120)
 
 
+HOLDING = 10  # holding registers 0..9; a read past them is refused
+
+
+async def _refuse_past_the_end(
+    fc: int, start: int, address: int, count: int, regs: list[int], _set: Any
+) -> ExcCodes | None:
+    # pymodbus 3.16's simulator wraps register reads past a block's end around to its start;
+    # a real PLC refuses them (ILLEGAL DATA ADDRESS), so make the simulator do that
+    if fc == 3 and address + count > HOLDING:
+        return ExcCodes.ILLEGAL_ADDRESS
+    return None
+
+
 def _device(dev_id: int, pressure: float) -> SimDevice:
     regs = list(struct.unpack(">HH", struct.pack(">f", pressure)))
     return SimDevice(
@@ -33,7 +50,7 @@ def _device(dev_id: int, pressure: float) -> SimDevice:
         simdata=(
             [SimData(0, count=1, values=[0b0000_0000_0000_0101], datatype=DataType.BITS)],
             [SimData(0, count=1, values=[0b10], datatype=DataType.BITS)],
-            [SimData(0, count=10, values=regs + [0] * 8, datatype=DataType.REGISTERS)],
+            [SimData(0, count=HOLDING, values=regs + [0] * 8, datatype=DataType.REGISTERS)],
             [
                 SimData(
                     0,
@@ -43,6 +60,7 @@ def _device(dev_id: int, pressure: float) -> SimDevice:
                 )
             ],
         ),
+        action=_refuse_past_the_end,
     )
 
 
@@ -55,9 +73,26 @@ def bus(tmp_path: Path) -> Iterator[PtyPair]:
     pair.stop()
 
 
+def _silent_for_unknown_ids(server: ModbusSerialServer) -> None:
+    """Make ``ignore_missing_devices`` work: a real bus is silent for an absent slave id.
+
+    pymodbus 3.16's SimCore raises KeyError, not NoSuchIdException, for an unknown id, so
+    the server answers exception 4 (device failure) instead of ignoring the request.
+    """
+    ctx = server.context
+    ids = set(ctx.device_ids())
+    real_get = ctx.async_getValues
+
+    async def get(device_id: int, func_code: int, address: int, count: int = 1) -> Any:
+        if device_id not in ids:
+            raise NoSuchIdException(f"device id {device_id}")
+        return await real_get(device_id, func_code, address, count)
+
+    ctx.async_getValues = get  # type: ignore[method-assign]
+
+
 @asynccontextmanager
 async def _slaves(port: Path) -> AsyncIterator[None]:
-    # a real bus is silent for an absent slave id: the server ignores them, as one does
     server = ModbusSerialServer(
         [_device(1, 12.5), _device(2, -3.25)],
         framer=FramerType.RTU,
@@ -65,6 +100,7 @@ async def _slaves(port: Path) -> AsyncIterator[None]:
         baudrate=115200,
         ignore_missing_devices=True,
     )
+    _silent_for_unknown_ids(server)
     task = asyncio.create_task(server.serve_forever())
     await asyncio.sleep(0.3)
     try:
@@ -108,6 +144,10 @@ name = "count"
 table = "input"
 address = 3
 type = "uint16"
+[[modbus.tags]]
+name = "ghost"                 # registers 9 and 10: the slave has 0..9, so this read fails
+address = 9
+type = "float32"
 [[modbus]]
 name = "dryer"
 device_id = 2
@@ -158,6 +198,11 @@ async def test_two_slaves_and_a_dead_one_share_an_rtu_bus(bus: PtyPair) -> None:
         "pressure": 12.5, "pump_on": 1.0, "door_open": 1.0, "count": 103.0, "temp": -3.25,
     }  # fmt: skip
     assert dead.errors["nothing"] == 2  # two timeouts opened the breaker; then it waits
-    assert press.errors == {} and dryer.errors == {}
+    assert dead.timeouts["nothing"] == 2 and not dead.exception_codes
+    # pressure and ghost share a merged read; its refusal split it, so only ghost is missing
+    assert set(press.errors) == {"ghost"} and press.errors["ghost"] >= 20
+    assert set(press.exception_codes) == {("ghost", 2)}  # ILLEGAL DATA ADDRESS, §7
+    assert not press.timeouts and dryer.errors == {}
+    assert press.breaker.trips == 0  # an exception response is an answer, not a dead slave
     # the slow group polls less often than the fast one
     assert 0 < sum(s.signal == "pump_on" for s in got) < sum(s.signal == "pressure" for s in got)
