@@ -32,7 +32,7 @@ from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from hil_tests.modbus_server import PlantServer, agent_modbus_section
 from hil_tests.training import simulated_normal
-from models_onnx.recipes import build_pca
+from models_onnx.recipes import Recipe, build
 from provisioning.swtpm import EkCa, SwtpmProcess, manufacture, swtpm_available
 
 __all__ = ["demo"]
@@ -145,16 +145,20 @@ def _identity(
 
 
 def _demo_scorer(workdir: Path, console: Console) -> OnnxScorer:
-    """The demo's own model: PCA T2+Q trained on the simulator's normal operation (cached)."""
+    """The demo's own model: a shadow twin trained on the simulator's normal operation (cached).
+
+    The twin predicts each signal from the others and the last two rows; its residuals are
+    the anomaly score (the kind that did best on SKAB, docs/models.md).
+    """
     cache = workdir / "models"
-    manifest = cache / "pump-pca.int8.manifest.json"
+    manifest = cache / "pump-twin.int8.manifest.json"
     if not manifest.exists():
         console.print(
-            "[bold]model[/bold] training PCA T2+Q on 10 simulated minutes of "
+            "[bold]model[/bold] training a shadow twin on 10 simulated minutes of "
             "normal operation (first run only)…"
         )
         signals, x = simulated_normal(600)
-        build_pca(x, signals, cache, model_id="pump-pca", smoothing_span=10)
+        build(Recipe(kind="twin"), x, signals, cache, model_id="pump-twin")
     scorer = OnnxScorer.open(manifest)
     m = scorer.model.manifest
     console.print(
