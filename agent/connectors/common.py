@@ -5,9 +5,12 @@ with field-named errors, signal-list config parsing, and the reconnect loop with
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import decimal
 import logging
 import math
 import random
+import zoneinfo
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ from agent.errors import AgentError, ConfigError
 
 __all__ = [
     "SCALING_KEYS",
+    "TIME_FORMATS",
     "ErrorCounts",
     "MalformedPayload",
     "Reconnector",
@@ -28,6 +32,9 @@ __all__ = [
     "parse_list_section",
     "parse_scaling",
     "parse_signals",
+    "parse_time_format",
+    "parse_timestamp",
+    "parse_timezone",
     "reraise_if_cancelling",
     "to_float",
     "truncate",
@@ -153,6 +160,65 @@ def parse_decimal(text: str, field: str) -> float:
     if not math.isfinite(value):
         raise MalformedPayload(field, f"not a finite number: {truncate(s)}")
     return value
+
+
+TIME_FORMATS = ("iso8601", "unix_s", "unix_ms")  # or a strptime pattern, e.g. "%d.%m.%Y %H:%M"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def parse_time_format(t: dict[str, Any], w: Where, key: str = "timestamp_format") -> str:
+    """A timestamp format key: one of ``TIME_FORMATS`` or a ``strptime`` pattern."""
+    fmt: str = _get(t, w, key, str, "iso8601")
+    if fmt not in TIME_FORMATS and "%" not in fmt:
+        raise w.error(key, f"{fmt!r} is not one of {', '.join(TIME_FORMATS)} or a strptime pattern")
+    return fmt
+
+
+def parse_timezone(t: dict[str, Any], w: Where, key: str = "timezone") -> dt.tzinfo | None:
+    """The zone of times written without a UTC offset (IANA name); None: such times are bad."""
+    name: str | None = _get(t, w, key, str, None)
+    if name is None:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as err:
+        raise w.error(key, f"unknown time zone {name!r} (an IANA name: Europe/Berlin)") from err
+
+
+def parse_timestamp(text: str, fmt: str, field: str, tz: dt.tzinfo | None = None) -> int:
+    """Time text -> Unix ns, exactly (no float round trip for dates); refuses what it cannot place.
+
+    A time without a UTC offset takes ``tz`` (the first of two readings of a repeated DST
+    hour); without ``tz`` it is refused rather than guessed.
+    """
+    s = text.strip()
+    if len(s) > MAX_DECIMAL_CHARS:
+        raise MalformedPayload(field, f"time text longer than {MAX_DECIMAL_CHARS} characters")
+    if fmt in ("unix_s", "unix_ms"):
+        parse_decimal(s, field)  # refuses what is not a finite number, by name
+        # Decimal, not float: 1764057600.25 s must be ...250000000 ns, not ...249999872
+        try:
+            ns = int(decimal.Decimal(s) * (10**9 if fmt == "unix_s" else 10**6))
+        except decimal.InvalidOperation as err:  # text float() takes and Decimal does not
+            raise MalformedPayload(field, f"not a number: {truncate(s)}") from err
+        if not 0 <= ns < 2**63:
+            raise MalformedPayload(field, f"{truncate(s)} is outside the time range")
+        return ns
+    try:
+        stamp = dt.datetime.fromisoformat(s) if fmt == "iso8601" else dt.datetime.strptime(s, fmt)
+    except ValueError as err:
+        raise MalformedPayload(field, f"not a time in {fmt}: {truncate(s)}") from err
+    if stamp.tzinfo is None:
+        if tz is None:
+            raise MalformedPayload(field, f"{truncate(s)} has no UTC offset (or set timezone)")
+        stamp = stamp.replace(tzinfo=tz)
+    try:
+        ns = (stamp - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+    except OverflowError as err:  # year 1 minus an offset
+        raise MalformedPayload(field, f"{truncate(s)} is outside the time range") from err
+    if not 0 <= ns < 2**63:
+        raise MalformedPayload(field, f"{truncate(s)} is outside the time range")
+    return ns
 
 
 @dataclass

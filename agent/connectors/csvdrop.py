@@ -6,7 +6,8 @@ name = "erp"
 folder = "drop/erp"            # relative to the config file
 pattern = "*.csv"
 timestamp_column = "time"
-timestamp_format = "iso8601"   # or "unix_s", "unix_ms"
+timestamp_format = "iso8601"   # or "unix_s", "unix_ms", or a strptime pattern
+# timezone = "Europe/Berlin"   # for times written without a UTC offset (else such rows are bad)
 settle_ms = 2000               # a file is read once unchanged this long (or renamed in whole)
 poll_interval_ms = 1000
 [[csv.signals]]
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import CONNECTOR_PARSERS, Where, _choice, _get, _int, _no_unknown
+from agent.config import CONNECTOR_PARSERS, Where, _get, _int, _no_unknown
 from agent.connectors.base import Committed, Emit, Sample
 from agent.connectors.common import (
     SCALING_KEYS,
@@ -54,12 +55,14 @@ from agent.connectors.common import (
     parse_list_section,
     parse_scaling,
     parse_signals,
+    parse_time_format,
+    parse_timestamp,
+    parse_timezone,
 )
 
 __all__ = ["CsvConfig", "CsvDropConnector", "CsvSignal", "parse_rows"]
 
 log = logging.getLogger(__name__)
-TIME_FORMATS = ("iso8601", "unix_s", "unix_ms")
 BATCH = 500  # samples per emit
 MAX_FILE_BYTES = 256 << 20
 
@@ -78,6 +81,7 @@ class CsvConfig:
     pattern: str
     timestamp_column: str
     timestamp_format: str
+    timezone: dt.tzinfo | None
     settle_ms: int
     poll_interval_ms: int
     delimiter: str
@@ -98,7 +102,8 @@ def _connector(t: dict[str, Any], w: Where) -> CsvConfig:
         folder=config_dir(w) / _get(t, w, "folder", str),
         pattern=_get(t, w, "pattern", str, "*.csv"),
         timestamp_column=_get(t, w, "timestamp_column", str),
-        timestamp_format=_choice(t, w, "timestamp_format", TIME_FORMATS, "iso8601"),
+        timestamp_format=parse_time_format(t, w),
+        timezone=parse_timezone(t, w),
         settle_ms=_int(t, w, "settle_ms", 0, 3_600_000, 2000),
         poll_interval_ms=_int(t, w, "poll_interval_ms", 10, 3_600_000, 1000),
         delimiter=delimiter,
@@ -107,7 +112,7 @@ def _connector(t: dict[str, Any], w: Where) -> CsvConfig:
 
 
 _KNOWN = {
-    "name", "folder", "pattern", "timestamp_column", "timestamp_format", "settle_ms",
+    "name", "folder", "pattern", "timestamp_column", "timestamp_format", "timezone", "settle_ms",
     "poll_interval_ms", "delimiter", "signals",
 }  # fmt: skip
 
@@ -117,22 +122,6 @@ def parse_csv_section(raw: Any, w: Where) -> tuple[CsvConfig, ...]:
 
 
 CONNECTOR_PARSERS["csv"] = parse_csv_section
-
-
-def _timestamp(text: str, fmt: str, column: str) -> int:
-    if fmt == "iso8601":
-        try:
-            stamp = dt.datetime.fromisoformat(text.strip())
-        except ValueError as err:
-            raise MalformedPayload(column, f"not an ISO 8601 time: {text[:40]!r}") from err
-        if stamp.tzinfo is None:
-            raise MalformedPayload(column, f"{text[:40]!r} has no UTC offset")
-        return int(stamp.timestamp() * 1e9)
-    number = parse_decimal(text, column)
-    ns = number * (1e9 if fmt == "unix_s" else 1e6)
-    if not 0 <= ns < 2**63:
-        raise MalformedPayload(column, f"{text[:40]!r} is outside the time range")
-    return int(ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +163,11 @@ def parse_rows(cfg: CsvConfig, text: str) -> tuple[list[Sample], list[BadRow]]:
             bad.append(BadRow(start, reason, _line(lines, start)))
             continue
         try:
-            ts = _timestamp(
-                row[index[cfg.timestamp_column]], cfg.timestamp_format, cfg.timestamp_column
+            ts = parse_timestamp(
+                row[index[cfg.timestamp_column]],
+                cfg.timestamp_format,
+                cfg.timestamp_column,
+                cfg.timezone,
             )
             values = [
                 (s, s.scaling.apply(parse_decimal(row[index[s.column]], s.column), s.column))
@@ -221,6 +213,12 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _read_capped(path: Path) -> bytes:
+    """The file's bytes, or its first ``MAX_FILE_BYTES + 1`` (never a whole huge file in RAM)."""
+    with path.open("rb") as f:
+        return f.read(MAX_FILE_BYTES + 1)
 
 
 def _move(src: Path, folder: Path) -> Path:
@@ -291,8 +289,8 @@ class CsvDropConnector:
 
     async def _ingest(self, path: Path, ledger: Ledger, emit: Emit) -> None:
         cfg = self.config
-        data = await asyncio.to_thread(path.read_bytes)
         self._sizes.pop(path.name, None)
+        data = await asyncio.to_thread(_read_capped, path)
         sha = hashlib.sha256(data).hexdigest()
         if await asyncio.to_thread(ledger.seen, sha):
             log.info(
@@ -301,8 +299,8 @@ class CsvDropConnector:
             await asyncio.to_thread(_move, path, cfg.folder / "done")
             return
         samples: list[Sample] = []
-        if len(data) > MAX_FILE_BYTES:
-            bad = [BadRow(0, f"file larger than {MAX_FILE_BYTES} bytes", "")]
+        if len(data) > MAX_FILE_BYTES:  # only its first MAX_FILE_BYTES + 1 bytes were read
+            bad = [BadRow(0, f"file larger than {MAX_FILE_BYTES} bytes: not read", "")]
         else:
             try:
                 samples, bad = parse_rows(cfg, data.decode("utf-8-sig"))

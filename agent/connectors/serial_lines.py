@@ -5,7 +5,9 @@
 name = "scale"
 port = "/dev/ttyUSB0"
 baudrate = 9600
-regex = 'W:(?P<weight>[-0-9.]+)kg T:(?P<temp>[-0-9.]+)C'
+regex = '(?P<t>\\S+) W:(?P<weight>[-0-9.]+)kg T:(?P<temp>[-0-9.]+)C'
+timestamp_group = "t"          # optional: the line's own time (else: when it arrived)
+timestamp_format = "iso8601"   # or "unix_s", "unix_ms", a strptime pattern; timezone = "..."
 [[serial.signals]]
 name = "weight"
 group = "weight"
@@ -15,13 +17,15 @@ unit = "kg"
 pyserial is blocking; reads run in a worker thread with a short timeout, so a stop never
 waits on the line. A line that does not match, a group that is not a number, bad UTF-8
 and a line longer than ``max_line_bytes`` (read on until the next newline and dropped) are
-counted per signal (``<line>`` when the whole line is bad) and logged once. A port that
+counted per signal (``<line>`` when the whole line is bad, ``<timestamp>`` when its time
+group cannot be read: the line is then dropped) and logged once. A port that
 disappears (USB adapter unplugged, socat gone) is reopened with jittered backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import re
 import time
@@ -43,6 +47,9 @@ from agent.connectors.common import (
     parse_list_section,
     parse_scaling,
     parse_signals,
+    parse_time_format,
+    parse_timestamp,
+    parse_timezone,
     truncate,
 )
 
@@ -68,6 +75,9 @@ class SerialConfig:
     regex: re.Pattern[str]
     max_line_bytes: int
     signals: tuple[SerialSignal, ...]
+    timestamp_group: str | None = None  # None: a line's time is when it arrived
+    timestamp_format: str = "iso8601"
+    timezone: dt.tzinfo | None = None
 
 
 def _signal(t: dict[str, Any], w: Where) -> SerialSignal:
@@ -86,6 +96,10 @@ def _connector(t: dict[str, Any], w: Where) -> SerialConfig:
         if s.group not in regex.groupindex:
             known = ", ".join(regex.groupindex) or "none"
             raise w.error(f"signals[{i}].group", f"{s.group!r} is not a named group ({known})")
+    ts_group = _get(t, w, "timestamp_group", str, None)
+    if ts_group is not None and ts_group not in regex.groupindex:
+        known = ", ".join(regex.groupindex) or "none"
+        raise w.error("timestamp_group", f"{ts_group!r} is not a named group ({known})")
     return SerialConfig(
         name=_get(t, w, "name", str),
         port=_get(t, w, "port", str),
@@ -94,11 +108,15 @@ def _connector(t: dict[str, Any], w: Where) -> SerialConfig:
         regex=regex,
         max_line_bytes=_int(t, w, "max_line_bytes", 16, 65_536, 512),
         signals=signals,
+        timestamp_group=ts_group,
+        timestamp_format=parse_time_format(t, w),
+        timezone=parse_timezone(t, w),
     )
 
 
 def parse_serial_section(raw: Any, w: Where) -> tuple[SerialConfig, ...]:
     known = {"name", "port", "baudrate", "parity", "regex", "max_line_bytes", "signals"}
+    known |= {"timestamp_group", "timestamp_format", "timezone"}
     return parse_list_section(raw, w, _connector, known)
 
 
@@ -117,6 +135,17 @@ def decode_line(
     if m is None:
         on_error("<line>", MalformedPayload("line", f"does not match the regex: {truncate(text)}"))
         return []
+    if cfg.timestamp_group is not None:
+        try:
+            raw_ts = m.group(cfg.timestamp_group)
+            if raw_ts is None:
+                raise MalformedPayload(cfg.timestamp_group, "group did not take part in the match")
+            now_ns = parse_timestamp(
+                raw_ts, cfg.timestamp_format, cfg.timestamp_group, cfg.timezone
+            )
+        except MalformedPayload as err:
+            on_error("<timestamp>", err)
+            return []
     out = []
     for s in cfg.signals:
         raw = m.group(s.group)

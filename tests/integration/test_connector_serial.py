@@ -1,5 +1,6 @@
 """The serial line connector over a real pty pair (socat): lines parsed by the configured
-regex; bad and over-long lines counted while good ones flow; an unplugged line reconnects.
+regex; bad and over-long lines counted while good ones flow; a line's own time group gives
+the readings' time; an unplugged line reconnects.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def _connected(cfg: SerialConfig) -> Any:
     return running(SerialConnector(cfg), lambda c: c.reconnector.sessions >= 1)
 
 
-def _config(port: Path) -> SerialConfig:
+REGEX = "W:(?P<weight>[^ ]+)kg T:(?P<temp>[^ ]+)C"
+
+
+def _config(port: Path, regex: str = REGEX, extra: str = "") -> SerialConfig:
     text = f"""
 [device]
 name = "gw"
@@ -42,8 +46,9 @@ name = "gw"
 name = "scale"
 port = "{port}"
 baudrate = 19200
-regex = 'W:(?P<weight>[^ ]+)kg T:(?P<temp>[^ ]+)C'
+regex = '{regex}'
 max_line_bytes = 64
+{extra}
 [[serial.signals]]
 name = "weight"
 group = "weight"
@@ -88,3 +93,19 @@ async def test_an_unplugged_line_is_reopened(line: PtyPair) -> None:
         await until(lambda: conn.reconnector.sessions >= 2)
         await asyncio.to_thread(_write, line.b, b"W:2kg T:2C\n")
         await until(lambda: [s.value for s in got if s.signal == "weight"] == [1.0, 2.0])
+
+
+async def test_a_line_carries_its_own_time(line: PtyPair) -> None:
+    cfg = _config(
+        line.a, "(?P<t>[^ ]+) " + REGEX, 'timestamp_group = "t"\ntimestamp_format = "unix_ms"'
+    )
+    async with _connected(cfg) as (conn, got):
+        stream = b"1764057600000 W:1kg T:2C\n" + b"soon W:5kg T:6C\n"
+        stream += b"1764057600250 W:3kg T:4C\n"
+        await asyncio.to_thread(_write, line.b, stream)
+        await until(lambda: len(got) >= 4)
+    assert [(s.signal, s.value, s.ts_ns) for s in got] == [
+        ("weight", 1.0, 1_764_057_600_000_000_000), ("temp", 2.0, 1_764_057_600_000_000_000),
+        ("weight", 3.0, 1_764_057_600_250_000_000), ("temp", 4.0, 1_764_057_600_250_000_000),
+    ]  # fmt: skip
+    assert conn.errors == {"<timestamp>": 1}  # "soon": the whole line is dropped, not guessed
