@@ -23,6 +23,9 @@ and moved to ``done/``. A crash before the ledger write means the rows were not 
 (they come back with the file at restart, never twice) — or they were committed in the
 last instant before the crash, the one case where a file is read twice; the ledger is
 written in the same breath as the commit returns, so that window is a few milliseconds.
+It is never silent: the ledger marks a file *pending* before its first row is emitted, and
+a file found pending at its next read is logged as a replay and counted (``replays``), so
+an auditor knows which file's readings may be in the spool twice (same values, same times).
 Bad rows (wrong column count, unparsable time or number) go to
 ``quarantine/<file>.bad.csv`` with their line number and reason; the good rows of that file
 are kept. A file already in the ledger (the same bytes dropped again) is moved to ``done/``
@@ -60,7 +63,7 @@ from agent.connectors.common import (
     parse_timezone,
 )
 
-__all__ = ["CsvConfig", "CsvDropConnector", "CsvSignal", "parse_rows"]
+__all__ = ["CsvConfig", "CsvDropConnector", "CsvSignal", "Ledger", "parse_rows"]
 
 log = logging.getLogger(__name__)
 BATCH = 500  # samples per emit
@@ -196,6 +199,20 @@ class Ledger:
             "CREATE TABLE IF NOT EXISTS files (sha256 TEXT PRIMARY KEY, name TEXT NOT NULL,"
             " good_rows INTEGER NOT NULL, bad_rows INTEGER NOT NULL, done_ns INTEGER NOT NULL)"
         )
+        # files whose rows are being emitted: a row left here by a crash marks a replay
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS pending (sha256 TEXT PRIMARY KEY, name TEXT NOT NULL,"
+            " started_ns INTEGER NOT NULL)"
+        )
+
+    def begin(self, sha: str, name: str) -> bool:
+        """Mark ``sha`` pending; True when it already was (an ingest a crash interrupted)."""
+        with self._db:
+            was = self._db.execute("SELECT 1 FROM pending WHERE sha256 = ?", (sha,)).fetchone()
+            self._db.execute(
+                "INSERT OR REPLACE INTO pending VALUES (?, ?, ?)", (sha, name, time.time_ns())
+            )
+        return was is not None
 
     def seen(self, sha: str) -> bool:
         return (
@@ -203,10 +220,13 @@ class Ledger:
         )
 
     def record(self, sha: str, name: str, good: int, bad: int) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?)",
-            (sha, name, good, bad, time.time_ns()),
-        )
+        with self._db:  # one transaction: done and no longer pending
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?)",
+                (sha, name, good, bad, time.time_ns()),
+            )
+            self._db.execute("DELETE FROM pending WHERE sha256 = ?", (sha,))
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
@@ -248,6 +268,7 @@ class CsvDropConnector:
     config: CsvConfig
     errors: dict[str, int] = field(default_factory=dict)  # bad rows per file
     files_done: int = 0
+    replays: int = 0  # files read again after a crash between commit and ledger (see above)
     _committed: Committed | None = None
     _sizes: dict[str, tuple[int, int, float]] = field(default_factory=dict)
 
@@ -306,6 +327,16 @@ class CsvDropConnector:
                 samples, bad = parse_rows(cfg, data.decode("utf-8-sig"))
             except UnicodeDecodeError as err:
                 bad = [BadRow(0, f"not UTF-8: {err}", "")]
+        replay = False
+        if samples:
+            replay = await asyncio.to_thread(ledger.begin, sha, path.name)
+        if replay:
+            self.replays += 1
+            log.warning(
+                "csv %s: %s was being ingested when the agent stopped; reading it again: "
+                "if its readings were committed just before the stop, they are in the spool "
+                "twice (same values and times)", self.name, path.name,
+            )  # fmt: skip
         for i in range(0, len(samples), BATCH):
             await emit(samples[i : i + BATCH])
         if samples and self._committed is not None:

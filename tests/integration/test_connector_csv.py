@@ -1,12 +1,14 @@
 """CSV drop folder through the real agent runtime and spool: each file once, even across a
 restart and when the same bytes are dropped again; bad rows quarantined with line numbers
-while the good rows of the file are kept; a file still being written is not read early.
+while the good rows of the file are kept; a file still being written is not read early; a
+crash between commit and ledger shows up as a counted replay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig, parse_config
-from agent.connectors.csvdrop import CsvDropConnector
+from agent.connectors.csvdrop import CsvDropConnector, Ledger
 from agent.runtime import AgentRuntime, connectors_from_config
 from attestation.signers.software import SoftwareSigner
 
@@ -138,3 +140,23 @@ async def test_a_file_still_being_written_is_not_read_early(tmp_path: Path) -> N
                 assert conn.files_done == 0
         await _until(lambda: conn.files_done == 1)
     assert len(_stored(cfg)) == 6
+
+
+async def test_a_crash_between_commit_and_ledger_is_a_visible_replay(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.csv").write_text(GOOD)
+    # the state a crash leaves after the rows were emitted and before the ledger entry
+    ledger = Ledger(drop / ".factoryops" / "ledger.sqlite")
+    assert ledger.begin(hashlib.sha256(GOOD.encode()).hexdigest(), "a.csv") is False
+    ledger.close()
+    async with _agent(cfg) as (_, conn):
+        await _until(lambda: conn.files_done == 1)
+        assert conn.replays == 1  # said out loud (and logged), never silent
+        (drop / "b.csv").write_text(GOOD.replace("1200.5", "999.0"))
+        await _until(lambda: conn.files_done == 2)
+        assert conn.replays == 1  # an ordinary file is no replay
+    ledger = Ledger(drop / ".factoryops" / "ledger.sqlite")
+    assert ledger.count() == 2 and not ledger.begin("unseen", "x.csv")
+    ledger.close()
