@@ -2,7 +2,10 @@
 
 Against a pymodbus server on loopback serving SIMULATED devices: 20 devices x 100 scattered
 float32 tags. (1) tags/s read with merged spans vs a read per tag, same devices, same run;
-(2) polls/s of the healthy devices with and without one silent (dead) slave among them.
+(2) polls/s of the healthy devices with and without one silent (dead) slave among them;
+(3) Modbus RTU requests/s over a socat pty pair to a pymodbus serial server (a pty does not
+pace bytes at the baud rate, so this is the software's ceiling; the line's own bound at the
+configured baud rate is printed beside it).
 """
 
 from __future__ import annotations
@@ -11,15 +14,20 @@ import asyncio
 import contextlib
 import json
 import random
+import shutil
 import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.server import ModbusTcpServer
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 from rich.console import Console
@@ -184,8 +192,96 @@ async def healthy_poll_rates(
     return sum(a - b for a, b in zip(after, before, strict=True)) / elapsed / len(healthy)
 
 
+RTU_BAUD = 115200
+RTU_GAP_S = 0.00175  # Modbus over Serial Line v1.02 §2.5.1.1: t3.5 fixed at 1.75 ms > 19200 Bd
+
+
+def rtu_line_bound(registers: int, baud: int = RTU_BAUD) -> float:
+    """Requests/s a real RS-485 line can carry: 11 bits a character, a t3.5 gap per frame."""
+    chars = 8 + 5 + 2 * registers  # read request; reply: id, fc, byte count, data, CRC
+    return 1 / (chars * 11 / baud + 2 * RTU_GAP_S)
+
+
+@contextlib.asynccontextmanager
+async def _pty_pair() -> Any:
+    """Two ptys joined by socat: ``(a, b)`` paths; socat is stopped on exit."""
+    socat = shutil.which("socat")
+    if socat is None:
+        raise RuntimeError("socat is not installed (apt install socat)")
+    with tempfile.TemporaryDirectory() as d:
+        a, b = Path(d) / "a", Path(d) / "b"
+        proc = subprocess.Popen(  # noqa: ASYNC220 - socat runs for the whole measurement
+            [socat, f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            async with asyncio.timeout(10):
+                while not (a.exists() and b.exists()):  # noqa: ASYNC110 - socat makes files
+                    await asyncio.sleep(0.02)
+            yield a, b
+        finally:
+            proc.terminate()
+            proc.wait(timeout=5)
+
+
+async def rtu_rates(seconds: float) -> dict[str, float]:
+    """Requests/s and tags/s of one RTU connector polling back to back over a pty pair."""
+    tags = tuple(ModbusTag(f"r{a}", a, unit="u") for a in range(0, 20, 2))  # 10 float32
+    async with _pty_pair() as (a, b):
+        device = SimDevice(
+            id=1,
+            simdata=(
+                [SimData(0, count=1, datatype=DataType.BITS)],
+                [SimData(0, count=1, datatype=DataType.BITS)],
+                [SimData(0, count=32, values=0, datatype=DataType.REGISTERS)],
+                [SimData(0, count=1, values=0, datatype=DataType.REGISTERS)],
+            ),
+        )
+        server = ModbusSerialServer([device], framer=FramerType.RTU, port=str(b), baudrate=RTU_BAUD)
+        task = asyncio.create_task(server.serve_forever(), name="rtu-server")
+        await asyncio.sleep(0.3)
+        client = AsyncModbusSerialClient(
+            str(a), framer=FramerType.RTU, baudrate=RTU_BAUD, timeout=2, retries=0
+        )
+        cfg = ModbusDeviceConfig(
+            name="rtu", host="", transport="rtu", serial_port=str(a), baudrate=RTU_BAUD, tags=tags
+        )
+        conn = ModbusConnector(cfg)
+        out: dict[str, float] = {}
+        try:
+            if not await client.connect():
+                raise RuntimeError(f"cannot open {a}")
+            for label, plan in (
+                ("per_tag", one_request_per_tag(tags)),
+                ("merged", plan_spans(tags, max_gap=8)),
+            ):
+                n = requests = 0
+                started = time.monotonic()
+                while time.monotonic() - started < seconds:
+                    n += len(await conn.poll_once(client, plan))
+                    requests += len(plan)
+                elapsed = time.monotonic() - started
+                out[f"rtu_requests_per_s_{label}"] = requests / elapsed
+                out[f"rtu_tags_per_s_{label}"] = n / elapsed
+                out[f"rtu_line_bound_requests_per_s_{label}"] = rtu_line_bound(
+                    max(s.count for s in plan), RTU_BAUD
+                )
+            if conn.errors:
+                raise RuntimeError(f"RTU reads failed during the benchmark: {dict(conn.errors)}")
+        finally:
+            client.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await server.shutdown()  # type: ignore[no-untyped-call]
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return out
+
+
 async def _run(
-    devices: int, tags_per_device: int, seconds: float, spread: int, max_gap: int
+    devices: int, tags_per_device: int, seconds: float, spread: int, max_gap: int, rtu: bool
 ) -> dict[str, float]:
     rng = random.Random(42)
     async with FleetServer(devices) as fleet, SilentPeer() as dead:
@@ -198,7 +294,8 @@ async def _run(
         )
         without = await healthy_poll_rates(fleet.port, devices, tags, seconds, None)
         with_dead = await healthy_poll_rates(fleet.port, devices, tags, seconds, dead.port)
-    return {
+    serial = await rtu_rates(seconds) if rtu else {}
+    return serial | {
         "merged_tags_per_s": merged_rate,
         "naive_tags_per_s": naive_rate,
         "speedup": merged_rate / naive_rate,
@@ -228,7 +325,15 @@ async def _run(
     show_default=True,
     help="Registers a merged read may skip between two tags.",
 )
-def command(devices: int, tags_per_device: int, seconds: float, spread: int, max_gap: int) -> None:
+@click.option(
+    "--rtu/--no-rtu",
+    default=True,
+    show_default=True,
+    help="Also measure Modbus RTU over a socat pty pair (needs socat).",
+)
+def command(
+    devices: int, tags_per_device: int, seconds: float, spread: int, max_gap: int, rtu: bool
+) -> None:
     """Span merging vs one request per tag; healthy poll rate with a dead slave.
 
     \b
@@ -236,7 +341,7 @@ def command(devices: int, tags_per_device: int, seconds: float, spread: int, max
       factoryops bench modbus --devices 20 --tags 100 --seconds 5
     """
     with Console().status("polling simulated devices on loopback"):
-        r = asyncio.run(_run(devices, tags_per_device, seconds, spread, max_gap))
+        r = asyncio.run(_run(devices, tags_per_device, seconds, spread, max_gap, rtu))
     table = Table(
         title=f"Modbus TCP, {devices} devices x {tags_per_device} tags scattered "
         f"over {spread} registers, max gap {max_gap}"
@@ -253,5 +358,13 @@ def command(devices: int, tags_per_device: int, seconds: float, spread: int, max
     table.add_row("healthy polls/s per device", f"{r['healthy_polls_per_s']:.2f}")
     table.add_row("... with one dead slave", f"{r['healthy_polls_per_s_with_dead_slave']:.2f}")
     table.add_row("ratio", f"{r['healthy_rate_ratio_with_dead_slave']:.3f}")
+    for label, what in (("per_tag", "a read per tag"), ("merged", "merged, 1 read")):
+        if f"rtu_requests_per_s_{label}" in r:
+            bound = r[f"rtu_line_bound_requests_per_s_{label}"]
+            table.add_row(
+                f"RTU over a pty, 10 float32 tags, {what}: requests/s",
+                f"{r[f'rtu_requests_per_s_{label}']:,.0f} (line at {RTU_BAUD} Bd: {bound:,.0f})",
+            )
+            table.add_row("RTU ... tags/s", f"{r[f'rtu_tags_per_s_{label}']:,.0f}")
     Console().print(table)
     click.echo(json.dumps({k: round(v, 3) for k, v in r.items()}))
