@@ -340,6 +340,11 @@ def command(
     Example:
       factoryops bench modbus --devices 20 --tags 100 --seconds 5
     """
+    if rtu and shutil.which("socat") is None:
+        click.echo(
+            "socat is not installed (apt install socat): the RTU figure is skipped", err=True
+        )
+        rtu = False
     with Console().status("polling simulated devices on loopback"):
         r = asyncio.run(_run(devices, tags_per_device, seconds, spread, max_gap, rtu))
     table = Table(
