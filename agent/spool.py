@@ -34,6 +34,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1  # PRAGMA user_version; 0 = the first layout (no 'sent' state, no carry)
 RESTART_REASON = "agent restart: readings not committed"
+WAL_PAGES = 256  # checkpoint the WAL at ~1 MiB and truncate it back to that size
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -193,6 +194,9 @@ class Spool:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            # keep the WAL small and bounded: it counts against the disk cap
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_PAGES * 4096}")
             self._migrate()
             self._db.execute(
                 "INSERT OR IGNORE INTO state VALUES (1, 0, 0, ?, 0, '[]')", (GENESIS_PREV,)

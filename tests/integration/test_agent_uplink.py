@@ -7,16 +7,19 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from agent.config import AgentConfig, parse_config
+from agent.connectors.base import Emit, Sample
 from agent.logwatch import LogWatch
 from agent.runtime import AgentRuntime
-from agent.spool import Spool
+from agent.spool import WAL_PAGES, Spool
 from agent.uplink import register_device
 from attestation.signers.software import SoftwareSigner
 from cloud_sync.server import HubServer
@@ -218,3 +221,78 @@ async def test_the_agent_states_its_signed_storage_policy_and_the_hub_checks_it(
             assert r.status_code == 422 and r.json()["error"] == "bad_policy", r.text
     finally:
         hub.stop()
+
+
+@dataclass
+class Firehose:
+    """Fast readings with long names: fills a spool quickly."""
+
+    name: str = "firehose"
+    batches: int = 0
+
+    async def run(self, emit: Emit) -> None:
+        signals = [f"line-7/press-3/hydraulics/{i:02d}/pressure-transducer-a" for i in range(50)]
+        while True:
+            now = time.time_ns()
+            await emit([Sample(s, float(i), "bar", now) for i, s in enumerate(signals)])
+            self.batches += 1
+            await asyncio.sleep(0.005)
+
+
+async def test_the_spool_keeps_its_cap_while_synced_and_keeps_unsynced_data_in_an_outage(
+    tmp_path: Path,
+) -> None:
+    cap = 2 << 20
+    hub_dir = tmp_path / "hub"
+    hub = HubServer(HubSettings.create(hub_dir, allow_software_keys=True, open_reads=True)).start()
+    cfg = parse_config(
+        f'[device]\nname = "gw"\n[hub]\nurl = "{hub.url}"\ntimeout_s = 2.0\n'
+        f"[window]\nmax_readings = 2000\nmax_ms = 100\n[spool]\ndisk_cap_bytes = {cap}\n"
+        '[[modbus]]\nname = "unused"\nhost = "127.0.0.1"\n[[modbus.tags]]\nname = "x"\n'
+        "address = 0\n",
+        str(tmp_path / "agent.toml"),
+        base_dir=tmp_path,
+    )
+    signer = SoftwareSigner.generate()
+    await asyncio.to_thread(
+        register_device, hub.url, hub.settings.admin_token, signer, name="gw", state_dir=tmp_path
+    )
+    runtime = AgentRuntime(cfg, signer, [Firehose()])
+    gauge = runtime.metrics.registry.get_sample_value
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop))
+    peak = 0.0
+
+    async def watch(cond: Callable[[], bool]) -> None:
+        nonlocal peak
+        async with asyncio.timeout(120):
+            while not cond():
+                peak = max(peak, gauge("factoryops_agent_spool_bytes") or 0.0)
+                await asyncio.sleep(0.02)
+
+    try:
+        # synced: the spool sheds acknowledged readings and stays near its cap
+        await watch(lambda: runtime.counters.readings_committed > 60_000)
+        synced_peak, peak = peak, 0.0
+        bound = cap + 2 * WAL_PAGES * 4096  # the WAL, bounded too, counts against the cap
+        assert synced_peak <= bound, synced_peak
+        # an outage: unsynced proofs and readings are never dropped, so the spool grows
+        await asyncio.to_thread(hub.stop)
+        outage_start = runtime.counters.readings_committed
+        await watch(lambda: runtime.counters.readings_committed > outage_start + 40_000)
+        assert peak > cap  # kept, not shed
+        hub = HubServer(hub.settings, port=hub.port).start()
+        assert runtime.uplink is not None
+        up = runtime.uplink.stats
+        await watch(lambda: up.synced_windows >= runtime.counters.windows_signed - 2)
+        caught_up = runtime.counters.windows_signed  # the next commits shed the backlog
+        await watch(lambda: runtime.counters.windows_signed >= caught_up + 5)
+        drained_at, peak = runtime.counters.readings_committed, 0.0
+        await watch(lambda: runtime.counters.readings_committed > drained_at + 40_000)
+        assert peak <= bound, peak  # drained, shed, bounded again
+    finally:
+        stop.set()
+        await task  # a clean stop uploads what is left
+        hub.stop()
+    committed = runtime.counters.readings_committed
+    assert _hub_seqs(hub_dir) == list(range(committed))  # all of it, once, in order
