@@ -7,11 +7,12 @@ The builder numbers readings gap-free and closes a window at ``max_readings`` re
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from agent.connectors.base import Sample
+from agent.connectors.base import QUALITY_BAD, Sample
 from agent.errors import IllegalTransition
 from attestation.microproof import Gap
 from attestation.reading import Reading
@@ -26,6 +27,7 @@ __all__ = [
     "WindowEvent",
     "WindowState",
     "advance",
+    "bad_quality",
     "merge_windows",
     "runs",
 ]
@@ -146,6 +148,15 @@ def runs(windows: Iterable[ClosedWindow]) -> list[list[ClosedWindow]]:
     return out
 
 
+def bad_quality(quality: int) -> int:
+    """A value that is not a number (NaN, infinite) is Bad whatever its source said.
+
+    OPC UA StatusCode layout: the top two bits are the severity (00 good, 01 uncertain,
+    10 bad); the rest, the source's sub-code, is kept so the reason is not lost.
+    """
+    return (quality & 0x3FFFFFFF) | QUALITY_BAD
+
+
 @dataclass
 class WindowBuilder:
     """Assigns gap-free seqs from ``next_seq`` and cuts windows by count or age.
@@ -173,7 +184,8 @@ class WindowBuilder:
         for s in samples:
             if self._opened_ns is None:
                 self._opened_ns = now_ns
-            self._open.append(Reading(self.next_seq, s.ts_ns, s.signal, s.value, s.unit, s.quality))
+            quality = s.quality if math.isfinite(s.value) else bad_quality(s.quality)
+            self._open.append(Reading(self.next_seq, s.ts_ns, s.signal, s.value, s.unit, quality))
             self.next_seq += 1
             if len(self._open) >= self.max_readings:
                 closed.append(self._close(WindowEvent.FULL))

@@ -49,3 +49,20 @@ def test_merged_windows_must_be_consecutive() -> None:
     assert [r.seq for r in merge_windows([w1, w2]).readings] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="does not follow"):
         merge_windows([w2, w1])
+
+
+def test_a_value_that_is_not_a_number_is_marked_bad_and_keeps_its_sub_code() -> None:
+    from agent.connectors.base import QUALITY_BAD, QUALITY_UNCERTAIN, Sample
+    from agent.window import WindowBuilder
+
+    b = WindowBuilder(max_readings=10, max_ms=1000)
+    b.add(
+        [
+            Sample("p", float("nan"), "bar", 1),
+            Sample("p", float("inf"), "bar", 2, QUALITY_UNCERTAIN | 0x00A10000),
+            Sample("p", 1.5, "bar", 3),
+        ],
+        now_ns=0,
+    )
+    (w,) = b.flush()
+    assert [r.quality for r in w.readings] == [QUALITY_BAD, QUALITY_BAD | 0x00A10000, 0]
