@@ -269,3 +269,59 @@ def inspect(manifest: Path) -> None:
     click.echo(f"  input    {len(man.columns)} columns: x_t .. x_(t-{man.lags}), {man.lags} lags")
     click.echo(f"  trained  {man.training_rows} rows, data sha256 {man.training_sha256[:16]}…")
     click.echo(f"  alarm    smoothed score > {man.threshold} (EWMA span {man.smoothing_span})")
+
+
+@model.command("eval-lofo")
+@click.option(
+    "--dataset",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Folder searched recursively for SKAB-format CSVs.",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["twin", "autoencoder", "ensemble", "pca"]),
+    default="twin",
+    show_default=True,
+)
+@click.option(
+    "--lags", "lag_grid", default="0,1,2,3", show_default=True, help="Lags to choose from."
+)
+@click.option(
+    "--spans", "span_grid", default="5,10,20", show_default=True, help="EWMA spans to choose from."
+)
+def eval_lofo(dataset: Path, kind: str, lag_grid: str, span_grid: str) -> None:
+    """SKAB protocol with the settings chosen leave-one-file-out (no file's labels pick its own).
+
+    For every file, each candidate (lags x span) is scored on all the other files; the best
+    (pooled fp32 F1) scores this file. Pooled fp32 and int8 of those choices; last line JSON.
+
+    \b
+    Example:
+      factoryops model eval-lofo --dataset ../shared/datasets/skab --kind twin
+    """
+    from models_onnx.evaluate import evaluate_lofo  # noqa: PLC0415
+    from models_onnx.recipes import Recipe  # noqa: PLC0415
+
+    lags = [int(v) for v in lag_grid.split(",")]
+    spans = [int(v) for v in span_grid.split(",")]
+    grid = [Recipe(kind=kind, lags=lg, span=sp) for lg in lags for sp in spans]
+    console = Console()
+    with console.status("building every candidate on every file") as status:
+        result = evaluate_lofo(dataset, grid, progress=status.update)
+    table = Table(title=f"candidates on all files (int8), {kind}")
+    for col in ("lags", "span", "F1", "FAR %", "MAR %"):
+        table.add_column(col, justify="right")
+    for recipe, m in result.grid:
+        table.add_row(
+            str(recipe.lags), str(recipe.span), f"{m.f1:.3f}", f"{m.far:.1f}", f"{m.mar:.1f}"
+        )
+    console.print(table)
+    picked = sorted({(r.lags, r.span) for _, r in result.chosen})
+    console.print(f"settings chosen leave-one-file-out (lags, span): {picked}")
+    for name, m in (("fp32", result.fp32), ("int8", result.int8)):
+        console.print(
+            f"[bold]pooled, leave-one-file-out, {name}[/bold]: F1 {m.f1:.3f}, "
+            f"FAR {m.far:.1f} %, MAR {m.mar:.1f} %"
+        )
+    click.echo(json.dumps({"fp32": result.fp32.as_json(), "int8": result.int8.as_json()}))

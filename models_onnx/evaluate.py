@@ -127,3 +127,61 @@ def alarms(manifest: Path, x: NDArray[np.float64]) -> NDArray[np.bool_]:
     smoothed = ewma(raw, model.manifest.smoothing_span)
     out: NDArray[np.bool_] = smoothed > model.manifest.threshold
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class LofoResult:
+    """Leave-one-file-out selection: each file scored with the recipe that did best on the
+    *other* files (pooled fp32 F1), so no file's own labels choose its settings."""
+
+    chosen: list[tuple[Path, Recipe]]
+    fp32: Metrics
+    int8: Metrics
+    grid: list[tuple[Recipe, Metrics]]  # every candidate on all files (int8), for the record
+
+
+def evaluate_lofo(
+    folder: Path, grid: list[Recipe], *, progress: Callable[[str], None] | None = None
+) -> LofoResult:
+    files: list[tuple[Path, list[str], NDArray[np.float64], NDArray[np.bool_]]] = []
+    for path in sorted(folder.rglob("*.csv")):
+        data = read_labelled_csv(path)
+        if data is not None and len(data[1]) > TRAIN_ROWS:
+            files.append((path, *data))
+    if not files:
+        raise ModelError(f"no CSV with an 'anomaly' column under {folder}")
+    preds: dict[tuple[int, int, str], NDArray[np.bool_]] = {}
+    for g, recipe in enumerate(grid):
+        for i, (path, signals, x, _) in enumerate(files):
+            if progress:
+                progress(f"{recipe.kind} lags={recipe.lags} span={recipe.span}: {path.name}")
+            with tempfile.TemporaryDirectory() as d:
+                m32, m8 = build(recipe, x[:TRAIN_ROWS], signals, Path(d), model_id="lofo")
+                preds[(g, i, "fp32")] = alarms(m32, x)[TRAIN_ROWS:]
+                preds[(g, i, "int8")] = alarms(m8, x)[TRAIN_ROWS:]
+    truth = [y[TRAIN_ROWS:] for *_, y in files]
+
+    def pooled(g: int, idx: list[int], kind: str) -> Metrics:
+        return metrics(
+            np.concatenate([preds[(g, i, kind)] for i in idx]),
+            np.concatenate([truth[i] for i in idx]),
+        )
+
+    everything = list(range(len(files)))
+    chosen = []
+    for i in everything:
+        others = [j for j in everything if j != i]  # file i's labels play no part
+        chosen.append(max(range(len(grid)), key=lambda g: pooled(g, others, "fp32").f1))
+    out = {
+        kind: metrics(
+            np.concatenate([preds[(g, i, kind)] for i, g in enumerate(chosen)]),
+            np.concatenate(truth),
+        )
+        for kind in ("fp32", "int8")
+    }
+    return LofoResult(
+        [(files[i][0], grid[g]) for i, g in enumerate(chosen)],
+        out["fp32"],
+        out["int8"],
+        [(grid[g], pooled(g, everything, "int8")) for g in range(len(grid))],
+    )

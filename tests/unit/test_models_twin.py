@@ -177,3 +177,29 @@ def test_int8_twin_keeps_the_fp32_alarms_on_skab(skab_dir: Path, tmp_path: Path)
     _, fp32, int8 = evaluate_folder(tmp_path, Recipe(kind="twin"))
     assert fp32.f1 > 0.6
     assert abs(int8.f1 - fp32.f1) < 0.05
+
+
+def test_lofo_never_lets_a_files_own_labels_pick_its_settings(
+    skab_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from models_onnx.evaluate import evaluate_lofo
+    from models_onnx.recipes import Recipe
+
+    picks = sorted((skab_dir / "valve1").glob("*.csv"))[:3]
+    for p in picks:
+        shutil.copy(p, tmp_path / p.name)
+    grid = [Recipe(kind="twin", lags=0, span=5), Recipe(kind="twin", lags=2, span=10)]
+    before = evaluate_lofo(tmp_path, grid)
+    first = tmp_path / picks[0].name  # invert that file's labels: its choice must not move
+    lines = first.read_text().splitlines()
+    col = lines[0].split(";").index("anomaly")
+    flipped = [lines[0]] + [
+        ";".join(c if k != col else str(1 - int(float(c))) for k, c in enumerate(r.split(";")))
+        for r in lines[1:]
+    ]
+    first.write_text("\n".join(flipped) + "\n")
+    after = evaluate_lofo(tmp_path, grid)
+    assert before.chosen[0] == after.chosen[0]
+    assert before.fp32 != after.fp32  # the labels did change the score, just not the choice
