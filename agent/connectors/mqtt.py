@@ -19,9 +19,14 @@ or ``<payload>`` when nothing could be read), logged once truncated, and dropped
 connection and every other message go on. The broker going away is survived with
 jittered reconnects (``Reconnector``); subscriptions are made again on every session.
 
-Limit (documented in docs/agent.md): aiomqtt acknowledges a QoS 1 message when it arrives,
-before the reading reaches the spool, and exposes no manual acknowledgement; a crash in the
-milliseconds between the two loses those messages.
+A QoS 1/2 message is acknowledged only once ``emit`` has returned, i.e. the runtime's bounded
+queue took its readings (and also when it was malformed or matched no signal: it was
+counted). Until then the broker holds it: at most its in-flight window (Mosquitto's
+``max_inflight_messages``, 20) is on its way to us, so a stalled runtime stops the broker
+instead of growing memory here, and a message received but not taken when the agent stops or
+the connection drops is delivered again (at least once; the repeat has the same value).
+Limit (documented in docs/agent.md): between ``emit`` and the spool commit the readings sit
+in the runtime's queue; a crash then loses them, as for every connector.
 """
 
 from __future__ import annotations
@@ -232,13 +237,18 @@ class MqttConnector:
         cfg = self.config
 
         async def session(connected: Callable[[], None]) -> None:
-            async with aiomqtt.Client(
+            client = aiomqtt.Client(
                 cfg.host,
                 cfg.port,
                 identifier=cfg.client_id,
                 clean_session=False,  # the broker keeps our QoS 1 messages while we are away
                 timeout=10.0,
-            ) as client:
+            )
+            # aiomqtt 2.5 has no manual-ack option, so reach its (private) paho client, whose
+            # manual_ack_set/ack are public; test_what_a_stalled_agent_... guards this
+            paho = client._client
+            paho.manual_ack_set(True)
+            async with client:
                 for topic in sorted({s.topic for s in cfg.signals}):
                     await client.subscribe(topic, qos=cfg.qos)
                 connected()
@@ -251,5 +261,6 @@ class MqttConnector:
                     )
                     if samples:
                         await emit(samples)
+                    paho.ack(message.mid, message.qos)  # taken by the runtime (or counted)
 
         await self.reconnector.run(session, (aiomqtt.MqttError, OSError))
