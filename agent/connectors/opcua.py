@@ -146,12 +146,18 @@ def parse_opcua_section(raw: Any, w: Where) -> tuple[OpcUaConfig, ...]:
 CONNECTOR_PARSERS["opcua"] = parse_opcua_section
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _ns(stamp: dt.datetime | None) -> int | None:
+    """An OPC UA DateTime -> Unix ns, exactly (a float would round to ~256 ns); None when
+    absent or before 1970 (a server that sets no time sends 1601-01-01, DateTime 0)."""
     if stamp is None:
         return None
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=dt.UTC)  # OPC UA DateTime is UTC
-    return int(stamp.timestamp() * 1e9)
+    ns = (stamp - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+    return ns if 0 < ns < 2**63 else None
 
 
 def sample_from_datavalue(signal: OpcUaSignal, dv: ua.DataValue, now_ns: int) -> Sample:

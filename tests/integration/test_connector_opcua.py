@@ -5,6 +5,7 @@ subscription re-created, and Basic256Sha256 (SignAndEncrypt) with certificates w
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ class PlcServer:
 
     port: int = field(default_factory=_free_port)
     certs: tuple[Path, Path] | None = None  # (certificate DER, key PEM) to require security
+    max_subscriptions: int | None = None  # 0: a server that refuses every subscription
     server: Server | None = None
     nodes: dict[str, ua.NodeId] = field(default_factory=dict)
 
@@ -48,6 +50,8 @@ class PlcServer:
         server = Server()
         await server.init()
         server.set_endpoint(self.url)
+        if self.max_subscriptions is not None:
+            server.iserver.max_subscriptions = self.max_subscriptions
         if self.certs is None:
             server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         else:
@@ -141,6 +145,33 @@ async def test_polling_reads_every_signal_each_round() -> None:
             assert conn.mode_in_use == "poll"
         assert {s.signal for s in got} == {"pressure", "flow"}
         assert 1.5 in _values(got, "pressure")
+    finally:
+        await plc.stop()
+
+
+async def test_a_refused_subscription_falls_back_to_polled_reads() -> None:
+    plc = await PlcServer(max_subscriptions=0).start()
+    try:
+        await plc.write("Flow", 0.5)
+        async with _connected(_config(plc.url)) as (conn, got):  # mode = "subscribe"
+            await until(lambda: 5.0 in _values(got, "flow"))
+            assert conn.mode_in_use == "poll"
+        assert all(s.quality == QUALITY_GOOD for s in got)
+    finally:
+        await plc.stop()
+
+
+async def test_source_timestamps_are_kept_exactly() -> None:
+    plc = await PlcServer().start()
+    stamp = dt.datetime(2026, 11, 25, 5, 14, 7, 123457, tzinfo=dt.UTC)
+    try:
+        async with _connected(_config(plc.url)) as (_, got):
+            assert plc.server is not None
+            dv = ua.DataValue(ua.Variant(3.0, ua.VariantType.Double), SourceTimestamp=stamp)
+            await plc.server.get_node(plc.nodes["Pressure"]).write_value(dv)
+            await until(lambda: 3.0 in _values(got, "pressure"))
+        (sample,) = [s for s in got if s.value == 3.0]
+        assert sample.ts_ns == 1_795_583_647_123_457_000
     finally:
         await plc.stop()
 
