@@ -49,10 +49,14 @@ def check_config(config: Path) -> None:
     """
     cfg = load_config(config)
     tags = sum(len(d.tags) for d in cfg.modbus)
-    click.echo(
-        f"{config}: OK  device={cfg.device.name} signer={cfg.device.signer} "
-        f"modbus devices={len(cfg.modbus)} tags={tags} hub={cfg.hub.url or '(offline)'}"
-    )
+    parts = [
+        f"device={cfg.device.name}",
+        f"signer={cfg.device.signer}",
+        f"modbus devices={len(cfg.modbus)} tags={tags}",
+        *(f"{section}={len(items)}" for section, items in sorted(cfg.connectors.items()) if items),
+        f"hub={cfg.hub.url or '(offline)'}",
+    ]
+    click.echo(f"{config}: OK  " + " ".join(parts))
 
 
 @agent.command()
