@@ -38,11 +38,36 @@ class _ConnectorErrors(Collector):
             "Exception responses and timeouts per connector and signal",
             labels=["connector", "signal"],
         )
+        timeouts = CounterMetricFamily(
+            "factoryops_agent_modbus_timeouts", "Unanswered Modbus reads per tag",
+            labels=["connector", "tag"],
+        )  # fmt: skip
+        codes = CounterMetricFamily(
+            "factoryops_agent_modbus_exceptions", "Modbus exception responses per tag and code",
+            labels=["connector", "tag", "code"],
+        )  # fmt: skip
+        trips = CounterMetricFamily(
+            "factoryops_agent_breaker_trips", "Times a device's circuit breaker opened",
+            labels=["connector"],
+        )  # fmt: skip
+        replays = CounterMetricFamily(
+            "factoryops_agent_csv_replays", "CSV files read again after a crash (see docs)",
+            labels=["connector"],
+        )  # fmt: skip
         for c in self._connectors():
             errors: Mapping[str, int] = getattr(c, "errors", {})
             for signal, n in sorted(errors.items()):
                 fam.add_metric([c.name, signal], n)
-        yield fam
+            for tag, n in sorted(getattr(c, "timeouts", {}).items()):
+                timeouts.add_metric([c.name, tag], n)
+            for (tag, code), n in sorted(getattr(c, "exception_codes", {}).items()):
+                codes.add_metric([c.name, tag, str(code)], n)
+            breaker = getattr(c, "breaker", None)
+            if breaker is not None:
+                trips.add_metric([c.name], breaker.trips)
+            if hasattr(c, "replays"):
+                replays.add_metric([c.name], c.replays)
+        yield from (fam, timeouts, codes, trips, replays)
 
 
 @dataclass

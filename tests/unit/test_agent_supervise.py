@@ -89,3 +89,23 @@ async def test_a_connector_that_keeps_failing_is_given_up_after_the_limit(tmp_pa
     runtime, _ = await _run(tmp_path, hopeless, restart_limit=2)
     assert hopeless.runs == 3
     assert "gave up after 2 restarts" in runtime.status()["connector_failures"]["flaky"]
+
+
+def test_modbus_and_csv_counters_are_exported() -> None:
+    from agent.config import ModbusDeviceConfig, ModbusTag
+    from agent.connectors.modbus import ModbusConnector
+    from agent.metrics import AgentMetrics
+
+    conn = ModbusConnector(ModbusDeviceConfig("plc", "127.0.0.1", tags=(ModbusTag("p", 0),)))
+    conn.timeouts["p"] += 2
+    conn.exception_codes["p", 2] += 1
+    conn.breaker.record(False, 0.0)
+    conn.breaker.record(False, 0.0)
+    conn.breaker.record(False, 0.0)
+    metrics = AgentMetrics()
+    metrics.watch_connectors(lambda: [conn])
+    get = metrics.registry.get_sample_value
+    assert get("factoryops_agent_modbus_timeouts_total", {"connector": conn.name, "tag": "p"}) == 2
+    labels = {"connector": conn.name, "tag": "p", "code": "2"}
+    assert get("factoryops_agent_modbus_exceptions_total", labels) == 1
+    assert get("factoryops_agent_breaker_trips_total", {"connector": conn.name}) == 1
