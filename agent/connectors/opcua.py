@@ -8,6 +8,7 @@ mode = "subscribe"              # or "poll"
 publishing_interval_ms = 100    # subscription publishing interval (and sampling interval)
 deadband = 0.0                  # absolute deadband; 0 reports every change
 poll_interval_ms = 500          # "poll" mode, and the fallback when a subscription fails
+queue_size = 10000              # notifications held while the runtime is behind (see below)
 security = "none"               # or "Basic256Sha256" (SignAndEncrypt):
 # certificate = "agent-cert.der"; private_key = "agent-key.pem"; server_certificate = "plc.der"
 # application_uri = "urn:factoryops:agent"   (must match the URI in the certificate)
@@ -22,6 +23,11 @@ severity: good, uncertain, bad) and its SourceTimestamp. A lost connection is no
 the client's watchdog or a failed request; the session ends and ``Reconnector`` starts a
 new one after a jittered backoff, re-creating the subscription (asyncua's own reconnect is
 left off so there is one reconnect policy in the agent).
+
+If the runtime falls ``queue_size`` notifications behind (emit blocked), asyncua's queue is
+full: each notification that does not fit is counted in ``errors["<queue-overflow>"]`` and
+logged, and the session is ended (what was queued is still delivered first); a new session
+makes a new subscription, which reports current values. Lost changes are never silent.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from typing import Any
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.node import Node
-from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent
+from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusChangeEvent
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError, UaStringParsingError
 
@@ -62,6 +68,7 @@ from agent.connectors.common import (
 __all__ = ["OpcUaConfig", "OpcUaConnector", "OpcUaSignal", "sample_from_datavalue"]
 
 log = logging.getLogger(__name__)
+OVERFLOW = "<queue-overflow>"  # the errors key of notifications lost to a full queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,7 @@ class OpcUaConfig:
     poll_interval_ms: int
     security: OpcUaSecurity | None
     signals: tuple[OpcUaSignal, ...]
+    queue_size: int = 10_000  # notifications buffered client-side while the runtime is behind
     timeout_s: float = 5.0
 
 
@@ -128,6 +136,7 @@ def _connector(t: dict[str, Any], w: Where) -> OpcUaConfig:
         publishing_interval_ms=_int(t, w, "publishing_interval_ms", 10, 60_000, 100),
         deadband=deadband,
         poll_interval_ms=_int(t, w, "poll_interval_ms", 10, 3_600_000, 500),
+        queue_size=_int(t, w, "queue_size", 10, 1_000_000, 10_000),
         security=security,
         signals=parse_signals(t, w, _signal),
     )
@@ -135,7 +144,7 @@ def _connector(t: dict[str, Any], w: Where) -> OpcUaConfig:
 
 _KNOWN = {
     "name", "url", "mode", "publishing_interval_ms", "deadband", "poll_interval_ms", "security",
-    "certificate", "private_key", "server_certificate", "application_uri", "signals",
+    "certificate", "private_key", "server_certificate", "application_uri", "signals", "queue_size",
 }  # fmt: skip
 
 
@@ -232,7 +241,26 @@ class OpcUaConnector:
     async def _subscribe(self, client: Client, nodes: Sequence[Node], emit: Emit) -> None:
         cfg = self.config
         by_node = {n.nodeid: s for n, s in zip(nodes, cfg.signals, strict=True)}
-        sub = await client.create_subscription(cfg.publishing_interval_ms, queue_maxsize=10_000)
+        sub = await client.create_subscription(
+            cfg.publishing_interval_ms,
+            queue_maxsize=cfg.queue_size,
+            overflow=OverflowPolicy.DISCONNECT,  # DROP_OLDEST, the default, drops silently
+        )
+
+        overflow = asyncio.Event()
+
+        def overflowed() -> None:  # asyncua calls this for each notification it cannot queue
+            lost = self.errors.get(OVERFLOW, 0)
+            self.errors[OVERFLOW] = lost + 1
+            if not overflow.is_set():
+                log.warning(
+                    "opcua %s: the runtime is %d notifications behind; changes are lost "
+                    "(counted in errors[%s]) until a new subscription is made",
+                    self.name, cfg.queue_size, OVERFLOW,
+                )  # fmt: skip
+            overflow.set()
+
+        sub.set_overflow_disconnect_handler(overflowed)
         async with sub:
             if cfg.deadband > 0:
                 for node in nodes:
@@ -242,9 +270,16 @@ class OpcUaConnector:
                     list(nodes), sampling_interval=ua.Double(float(cfg.publishing_interval_ms))
                 )
             self.mode_in_use = "subscribe"
+            queued = cfg.queue_size  # after an overflow: what the full queue held
             while True:
+                if overflow.is_set():  # deliver what was queued, then start afresh
+                    if queued == 0:
+                        raise ConnectionError(f"{cfg.queue_size} notifications behind")
+                    queued -= 1
                 ev = await sub.next_event(timeout=1.0)
                 if ev is None:
+                    if overflow.is_set():
+                        raise ConnectionError(f"{cfg.queue_size} notifications behind")
                     await client.check_connection()  # raises once the watchdog saw it die
                     continue
                 if isinstance(ev, StatusChangeEvent):

@@ -5,6 +5,7 @@ subscription re-created, and Basic256Sha256 (SignAndEncrypt) with certificates w
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import socket
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.server.server import Server
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from agent.backoff import Backoff
 from agent.config import parse_config
 from agent.connectors.base import QUALITY_BAD, QUALITY_GOOD, QUALITY_UNCERTAIN, Sample
-from agent.connectors.opcua import OpcUaConfig, OpcUaConnector
+from agent.connectors.opcua import OVERFLOW, OpcUaConfig, OpcUaConnector
 from tests.connectorkit import running, until
 
 pytestmark = pytest.mark.timeout(120)
@@ -173,6 +175,38 @@ async def test_source_timestamps_are_kept_exactly() -> None:
         (sample,) = [s for s in got if s.value == 3.0]
         assert sample.ts_ns == 1_795_583_647_123_457_000
     finally:
+        await plc.stop()
+
+
+async def test_notifications_lost_behind_a_stalled_runtime_are_counted_then_resume() -> None:
+    plc = await PlcServer().start()
+    conn = OpcUaConnector(_config(plc.url, extra="queue_size = 10"))
+    conn.reconnector.backoff = Backoff(base_s=0.05, cap_s=0.5)
+    unstalled, got = asyncio.Event(), list[Sample]()
+
+    async def emit(samples: list[Sample]) -> None:
+        got.extend(samples)
+        await unstalled.wait()  # the runtime's queue is full until released
+
+    task = asyncio.create_task(conn.run(emit))
+    try:
+        await until(lambda: conn.mode_in_use == "subscribe")
+        async with asyncio.timeout(60):
+            value = 0.0
+            while OVERFLOW not in conn.errors:  # a change per publishing interval
+                value += 1.0
+                await plc.write("Pressure", value)
+                await asyncio.sleep(0.03)
+        unstalled.set()
+        await until(lambda: conn.reconnector.sessions >= 2)  # a fresh subscription
+        await plc.write("Pressure", 1000.0)
+        await until(lambda: 1000.0 in _values(got, "pressure"))
+        pressures = _values(got, "pressure")
+        assert pressures == [*sorted(pressures[:-1]), 1000.0]  # nothing reordered
+        assert conn.errors[OVERFLOW] >= 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await plc.stop()
 
 
