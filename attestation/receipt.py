@@ -7,7 +7,6 @@ Keys: reading, leaf_index, path, microproof, log_receipt, checkpoint, certificat
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 from attestation import merkle
 from attestation.errors import MalformedInput
 from attestation.reading import Reading, encode_leaf, leaf_hash, reading_from_fields
+from attestation.signednote import unb64
 
 __all__ = ["MAX_RECEIPT_BYTES", "Receipt", "build_receipt", "receipt_from_json"]
 
@@ -75,15 +75,6 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode("ascii")
 
 
-def _unb64(value: Any, field: str) -> bytes:
-    if not isinstance(value, str):
-        raise MalformedInput(field, "expected a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise MalformedInput(field, f"not standard base64: {err}") from err
-
-
 def receipt_from_json(doc: Any) -> Receipt:
     """Parse a receipt object (already JSON-decoded), naming the first bad field."""
     if isinstance(doc, str | bytes):
@@ -107,7 +98,7 @@ def receipt_from_json(doc: Any) -> Receipt:
     raw_path = doc["path"]
     if not isinstance(raw_path, list) or len(raw_path) > _MAX_PATH:
         raise MalformedInput("path", f"expected a list of at most {_MAX_PATH} hashes")
-    path = tuple(_unb64(h, f"path[{i}]") for i, h in enumerate(raw_path))
+    path = tuple(unb64(h, f"path[{i}]") for i, h in enumerate(raw_path))
     log_receipt = doc.get("log_receipt")
     checkpoint = doc.get("checkpoint")
     if checkpoint is not None and not isinstance(checkpoint, str):
@@ -119,8 +110,8 @@ def receipt_from_json(doc: Any) -> Receipt:
         reading=reading,
         leaf_index=leaf_index,
         path=path,
-        microproof=_unb64(doc["microproof"], "microproof"),
-        log_receipt=None if log_receipt is None else _unb64(log_receipt, "log_receipt"),
+        microproof=unb64(doc["microproof"], "microproof"),
+        log_receipt=None if log_receipt is None else unb64(log_receipt, "log_receipt"),
         checkpoint=checkpoint,
-        certificates=tuple(_unb64(c, f"certificates[{i}]") for i, c in enumerate(certs)),
+        certificates=tuple(unb64(c, f"certificates[{i}]") for i, c in enumerate(certs)),
     )

@@ -18,6 +18,20 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from attestation.errors import BrokenLink, MalformedInput
 
+
+def unb64(value: object, field: str) -> bytes:
+    """Strict standard base64 (RFC 4648 s.4); anything else is MalformedInput naming ``field``.
+
+    ``base64.b64decode`` raises ``binascii.Error`` for bad padding but ``ValueError`` for
+    non-ASCII text: both end up here (found by fuzz/targets.py checkpoint).
+    """
+    if not isinstance(value, str):
+        raise MalformedInput(field, "expected a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise MalformedInput(field, f"not standard base64: {err}") from err
+
 __all__ = [
     "Checkpoint",
     "NoteVerifier",
@@ -59,11 +73,11 @@ class NoteVerifier:
         if len(parts) != 3:
             raise MalformedInput("vkey", "expected name+keyid+key")
         name, hex_id, b64 = parts
+        blob = unb64(b64, "vkey")
         try:
-            blob = base64.b64decode(b64, validate=True)
             key_id = int(hex_id, 16)
-        except (binascii.Error, ValueError) as err:
-            raise MalformedInput("vkey", str(err)) from err
+        except ValueError as err:
+            raise MalformedInput("vkey", f"key ID {hex_id!r} is not hex") from err
         if len(hex_id) != 8 or len(blob) != 33 or blob[0] != _ED25519:
             raise MalformedInput("vkey", "only Ed25519 (type 0x01) verifier keys are supported")
         v = cls.for_key(name, ed25519.Ed25519PublicKey.from_public_bytes(blob[1:]))
@@ -106,10 +120,7 @@ def open_note(note: str, verifiers: Sequence[NoteVerifier]) -> str:
         if not line.startswith(_DASH):
             raise MalformedInput(f"note signature line {i + 1}", "must start with an em dash")
         name, _, b64 = line[len(_DASH) :].rpartition(" ")
-        try:
-            blob = base64.b64decode(b64, validate=True)
-        except binascii.Error as err:
-            raise MalformedInput(f"note signature line {i + 1}", "not base64") from err
+        blob = unb64(b64, f"note signature line {i + 1}")
         if len(blob) < 5:
             raise MalformedInput(f"note signature line {i + 1}", "too short")
         v = known.get((name, int.from_bytes(blob[:4], "big")))
@@ -149,12 +160,9 @@ def parse_checkpoint(text: str) -> Checkpoint:
     if lines[-1] != "" or len(lines) < 4 or any(not x for x in lines[:-1]):
         raise MalformedInput("checkpoint", "expected origin, size and root on non-empty lines")
     origin, size_s, root_s = lines[0], lines[1], lines[2]
-    if not size_s.isdigit() or (size_s.startswith("0") and size_s != "0"):
+    if not (size_s.isascii() and size_s.isdigit()) or (size_s.startswith("0") and size_s != "0"):
         raise MalformedInput("checkpoint", f"tree size {size_s!r} is not a decimal number")
-    try:
-        root = base64.b64decode(root_s, validate=True)
-    except binascii.Error as err:
-        raise MalformedInput("checkpoint", "root hash is not base64") from err
+    root = unb64(root_s, "checkpoint root hash")
     if len(root) != 32:
         raise MalformedInput("checkpoint", f"root hash has {len(root)} bytes, expected 32")
     return Checkpoint(origin, int(size_s), root, tuple(lines[3:-1]))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
 from attestation import load_anchors, merkle, receipt_from_json, report_receipt
+from attestation.errors import MalformedInput
 from attestation.logreceipt import entry_hash
 from attestation.signednote import NoteVerifier, open_note, parse_checkpoint
 from cloud_sync.app import create_app
@@ -129,3 +131,26 @@ def _stored_cose(store: Store) -> list[bytes]:
 
     with store.engine.connect() as conn:
         return [r[0] for r in conn.execute(select(windows.c.cose).order_by(windows.c.window))]
+
+
+_NOTE_KEY = NoteVerifier.for_key("hub.example/log", Ed25519PrivateKey.generate().public_key())
+
+
+@pytest.mark.parametrize(
+    ("parse", "note", "field"),
+    [  # the first one was found by fuzz/targets.py: base64 raised ValueError on non-ASCII
+        (parse_checkpoint, "hub.example/log\n4\n\u00e9AAAA\n", "checkpoint root hash"),
+        (parse_checkpoint, "hub.example/log\n\u00b2\nAAAA\n", "checkpoint"),  # Unicode digit
+        (
+            lambda note: open_note(note, [_NOTE_KEY]),
+            "o\n1\nAA==\n\n\u2014 hub.example/log \u00e9\n",
+            "note signature line 1",
+        ),
+    ],
+)
+def test_non_ascii_in_a_checkpoint_is_malformed_input_naming_the_field(
+    parse: Callable[[str], object], note: str, field: str
+) -> None:
+    with pytest.raises(MalformedInput) as err:
+        parse(note)
+    assert err.value.field == field

@@ -1,0 +1,180 @@
+"""Coverage-guided fuzz targets (atheris / libFuzzer) for everything that parses outside input.
+
+Each target takes raw bytes and may only fail with the parser's own "this input is bad"
+error; anything else (a crash, an IndexError, a ValueError, a RecursionError) is a bug and
+libFuzzer stops with the traceback and writes the input to ``crash-<sha1>``.
+
+    uv run python fuzz/targets.py leaf -runs=100000          # libFuzzer options after the name
+    uv run python fuzz/targets.py checkpoint -max_total_time=600
+    uv run python fuzz/targets.py checkpoint crash-5da7ff06...  # replay one input
+
+``tests/unit/test_fuzz.py`` runs every target for a few thousand inputs in ``make test``.
+Found so far: non-ASCII base64 in a checkpoint or a note signature raised ValueError
+instead of MalformedInput (fixed in attestation/signednote.py ``unb64``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import atheris
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+with atheris.instrument_imports(include=["agent", "attestation", "cloud_sync"]):
+    from agent.config import parse_config
+    from agent.connectors.mqtt import decode_message
+    from agent.errors import ConfigError
+    from attestation import cose, receipt
+    from attestation.errors import AttestationError
+    from attestation.microproof import decode_payload, parse_microproof
+    from attestation.policy import ShedPolicyStatement, parse_policy, sign_policy
+    from attestation.reading import decode_leaf
+    from attestation.signednote import (
+        Checkpoint,
+        NoteVerifier,
+        format_checkpoint,
+        open_note,
+        parse_checkpoint,
+    )
+    from attestation.signers.software import SoftwareSigner
+    from attestation.verify import TrustAnchors, report_receipt
+    from cloud_sync.app import _parse_uploads
+    from cloud_sync.errors import ApiError
+    from cloud_sync.settings import HubLimits, HubSettings
+
+_SIGNER = SoftwareSigner.generate()
+_PUBLIC = serialization.load_der_public_key(_SIGNER.public_key_der())
+_NOTE_KEY = NoteVerifier.for_key(
+    "hub.example/log", ed25519.Ed25519PrivateKey.generate().public_key()
+)
+_SETTINGS = HubSettings(
+    data_dir=Path("/nonexistent"), db_url="", admin_token="x" * 32, limits=HubLimits()
+)
+_MQTT_TOML = (
+    '[device]\nname = "f"\n[[mqtt]]\nname = "m"\nurl = "mqtt://127.0.0.1"\n'
+    '[[mqtt.signals]]\nname = "a"\ntopic = "plant/+/telemetry"\npointer = "/v/0/a"\n'
+)
+_MQTT = parse_config(_MQTT_TOML, "f.toml").connectors["mqtt"][0]
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def leaf(data: bytes) -> None:
+    with contextlib.suppress(AttestationError):
+        decode_leaf(data)
+
+
+def microproof(data: bytes) -> None:
+    with contextlib.suppress(AttestationError):
+        parse_microproof(data)
+    with contextlib.suppress(AttestationError):
+        decode_payload(data)
+
+
+def sign1(data: bytes) -> None:
+    with contextlib.suppress(AttestationError):
+        cose.verify_sign1(cose.decode_sign1(data), _PUBLIC)
+
+
+def upload(data: bytes) -> None:
+    """The hub's CBOR upload body, as it arrives over HTTP: a refusal must be a 4xx."""
+    try:
+        _parse_uploads(data, _SETTINGS)
+    except ApiError as err:
+        if not 400 <= err.status < 500:
+            raise RuntimeError(f"hostile body answered with {err.status}") from err
+
+
+def receipt_json(data: bytes) -> None:
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return  # not JSON at all: the CLI reports that before it gets here
+    with contextlib.suppress(AttestationError):
+        report_receipt(receipt.receipt_from_json(doc), TrustAnchors())
+
+
+def checkpoint(data: bytes) -> None:
+    with contextlib.suppress(AttestationError):
+        parse_checkpoint(_text(data))
+    with contextlib.suppress(AttestationError):
+        open_note(_text(data), [_NOTE_KEY])
+
+
+def policy(data: bytes) -> None:
+    with contextlib.suppress(AttestationError):
+        parse_policy(data, _PUBLIC)
+
+
+def config(data: bytes) -> None:
+    """agent.toml text, as a technician might mistype it."""
+    with contextlib.suppress(ConfigError):
+        parse_config(_text(data), "fuzz.toml")
+
+
+def mqtt(data: bytes) -> None:
+    """A message on a subscribed topic: bad payloads are counted, never raised."""
+    decode_message(_MQTT, "plant/x/telemetry", data, 0, lambda _s, _e: None)
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "leaf": leaf,
+    "microproof": microproof,
+    "sign1": sign1,
+    "upload": upload,
+    "receipt": receipt_json,
+    "checkpoint": checkpoint,
+    "policy": policy,
+    "config": config,
+    "mqtt": mqtt,
+}
+
+
+def seeds() -> dict[str, list[bytes]]:
+    """One well-formed input per target, so mutation starts inside the parser, not at byte 0."""
+    from tests.hubkit import Device, body  # noqa: PLC0415 - the real signed-window builder
+
+    dev = Device(signer=_SIGNER)
+    cose_bytes, leaves, rs = dev.window(4)
+    rcpt = receipt.build_receipt(rs, 1, cose_bytes)
+    note = format_checkpoint(Checkpoint("hub.example/log", 4, bytes(range(32))))
+    return {
+        "leaf": leaves,
+        "microproof": [cose_bytes, cose.decode_sign1(cose_bytes).payload],
+        "sign1": [cose_bytes],
+        "upload": [body((cose_bytes, leaves))],
+        "receipt": [rcpt.dumps().encode()],
+        "checkpoint": [note.encode(), (note + "\n\u2014 hub.example/log AAAAAQ==\n").encode()],
+        "policy": [sign_policy(ShedPolicyStatement(10**9, 0.8), _SIGNER, iat=1_700_000_000)],
+        "config": [_MQTT_TOML.encode()],
+        "mqtt": [b'{"v": [{"a": 1.5}]}', b'{"v": [{"a": "x"}], "t": 1}'],
+    }
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "seed":
+        for name, inputs in seeds().items():
+            folder = Path(sys.argv[2]) / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, data in enumerate(inputs):
+                (folder / f"seed-{i}").write_bytes(data)
+        return
+    if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:
+        sys.exit(
+            f"usage: targets.py {{{','.join(TARGETS)}}} [corpus dir] [libFuzzer options]\n"
+            "       targets.py seed DIR    (write a starting corpus per target under DIR)"
+        )
+    name = sys.argv[1]
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], TARGETS[name])
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
