@@ -32,6 +32,7 @@ def unb64(value: object, field: str) -> bytes:
     except (binascii.Error, ValueError) as err:
         raise MalformedInput(field, f"not standard base64: {err}") from err
 
+
 __all__ = [
     "Checkpoint",
     "NoteVerifier",
