@@ -14,10 +14,16 @@ from typing import Any
 
 from attestation import merkle
 from attestation.errors import MalformedInput
-from attestation.reading import Reading, encode_leaf, leaf_hash, reading_from_fields
+from attestation.reading import Reading, decode_leaf, encode_leaf, leaf_hash, reading_from_fields
 from attestation.signednote import unb64
 
-__all__ = ["MAX_RECEIPT_BYTES", "Receipt", "build_receipt", "receipt_from_json"]
+__all__ = [
+    "MAX_RECEIPT_BYTES",
+    "Receipt",
+    "build_receipt",
+    "receipt_from_json",
+    "receipt_from_leaves",
+]
 
 MAX_RECEIPT_BYTES = 1 << 20  # a receipt is a few KiB; 1 MiB bounds what we parse
 _MAX_PATH = 64  # a tree of 2^64 leaves has a 64-hash path
@@ -66,6 +72,22 @@ def build_receipt(
         reading=window_readings[index],
         leaf_index=index,
         path=tuple(merkle.inclusion_path(hashes, index)),
+        microproof=microproof,
+        certificates=tuple(certificates),
+    )
+
+
+def receipt_from_leaves(
+    leaves: Sequence[bytes], index: int, microproof: bytes, *, certificates: Sequence[bytes] = ()
+) -> Receipt:
+    """Receipt for leaf ``index`` from the window's leaves as signed (how the hub stores them).
+
+    Raises ``MalformedInput`` when that leaf does not decode (a damaged store).
+    """
+    return Receipt(
+        reading=decode_leaf(leaves[index]),
+        leaf_index=index,
+        path=tuple(merkle.inclusion_path([leaf_hash(x) for x in leaves], index)),
         microproof=microproof,
         certificates=tuple(certificates),
     )

@@ -3,9 +3,10 @@
 The hub runs as its own process (``factoryops hub serve``, one uvicorn worker: one core),
 on SQLite and on PostgreSQL. The load generator, in this process, pre-signs every proof
 before timing (1,000 readings each, one chain per device) and then uploads from one
-concurrent HTTP client per device over loopback. Baseline, measured in the same run: the
-same readings inserted straight into SQLite with ``executemany`` and no verification, the
-floor any hub on that database pays.
+concurrent HTTP client per device over loopback. Baselines, measured in the same run: the
+same hub with its leaves checked by the pure-Python decoder (``FACTORYOPS_PURE_PYTHON=1``,
+what it did before ADR 0007), and the same readings inserted straight into SQLite one row a
+reading with ``executemany`` and no verification (the hub's storage before ADR 0007).
 """
 
 from __future__ import annotations
@@ -77,16 +78,18 @@ def _free_port() -> int:
 class _Hub:
     """``factoryops hub serve`` in a subprocess."""
 
-    def __init__(self, data_dir: Path, db_url: str | None) -> None:
+    def __init__(self, data_dir: Path, db_url: str | None, env: dict[str, str]) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "factoryops", "hub", "serve", "--data-dir", str(data_dir)]
         argv += ["--port", str(self.port), "--allow-software-keys"]
         if db_url:
             argv += ["--db", db_url]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
         )
         deadline = time.monotonic() + 60
         while True:
@@ -148,10 +151,13 @@ async def _upload(url: str, chains: list[list[SealedWindow]], batch: int) -> flo
 
 
 def _measure(
-    db_url: str | None, chains: list[tuple[SoftwareSigner, list[SealedWindow]]], batch: int
+    db_url: str | None,
+    chains: list[tuple[SoftwareSigner, list[SealedWindow]]],
+    batch: int,
+    env: dict[str, str] | None = None,
 ) -> float:
     with tempfile.TemporaryDirectory() as d:
-        hub = _Hub(Path(d), db_url)
+        hub = _Hub(Path(d), db_url, env or {})
         try:
             for i, (signer, _) in enumerate(chains):
                 _register(hub, signer, f"bench-{i}")
@@ -230,6 +236,8 @@ def command(devices: int, proofs: int, per_proof: int, batch: int, pg_url: str) 
     total = devices * proofs
     with console.status("SQLite hub"):
         t_sqlite = _measure(None, chains, batch)
+    with console.status("SQLite hub, leaves checked in pure Python (baseline)"):
+        t_pure = _measure(None, chains, batch, {"FACTORYOPS_PURE_PYTHON": "1"})
     t_raw = _sqlite_baseline(chains)
     t_pg = None
     if pg_url and (made := _pg_database(pg_url)) is not None:
@@ -243,6 +251,8 @@ def command(devices: int, proofs: int, per_proof: int, batch: int, pg_url: str) 
         "sqlite_readings_per_s": round(total * per_proof / t_sqlite),
         "postgres_proofs_per_s": round(total / t_pg, 1) if t_pg else None,
         "postgres_readings_per_s": round(total * per_proof / t_pg) if t_pg else None,
+        "baseline_pure_python_sqlite_proofs_per_s": round(total / t_pure, 1),
+        "ratio_native_vs_pure_python": round(t_pure / t_sqlite, 2),
         "baseline_raw_sqlite_proofs_per_s": round(total / t_raw, 1),
         "ratio_sqlite_hub_vs_raw_insert": round(t_raw / t_sqlite, 3),
         "proofs": total,
@@ -264,8 +274,10 @@ def command(devices: int, proofs: int, per_proof: int, batch: int, pg_url: str) 
             f"{figures['postgres_proofs_per_s']:,}",
             f"{figures['postgres_readings_per_s']:,}",
         )
-    table.add_row(
-        "baseline: raw SQLite executemany", f"{figures['baseline_raw_sqlite_proofs_per_s']:,}", ""
-    )
+    for what, elapsed in (
+        ("baseline: hub on SQLite, pure-Python leaf check", t_pure),
+        ("baseline: raw SQLite executemany, one row a reading", t_raw),
+    ):
+        table.add_row(what, f"{total / elapsed:,.1f}", f"{total * per_proof / elapsed:,.0f}")
     console.print(table)
     click.echo(json.dumps(figures))

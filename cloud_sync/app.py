@@ -27,7 +27,7 @@ from sqlalchemy import Connection
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attestation.errors import MalformedInput
-from attestation.receipt import build_receipt
+from attestation.receipt import receipt_from_leaves
 from attestation.utid import parse_utid, utid_bytes, utid_text
 from cloud_sync.access import Access
 from cloud_sync.anomalies import AnomalyBook
@@ -399,13 +399,16 @@ def create_app(
         window = store.window_for_seq(utid, seq)
         if window is None:
             raise ApiError(404, "unknown_reading", f"no accepted window holds seq {seq}")
-        # Rebuild from the stored readings, never from a cached blob: an edit to a stored
-        # reading must show up as a receipt that fails verification.
-        rows = store.readings_of_window(utid, window.window)
-        index = next((i for i, r in enumerate(rows) if r.seq == seq), None)
-        if index is None:
+        # Rebuilt from the stored leaves on every request: an edit to a stored byte must
+        # show up as a receipt that fails verification.
+        leaves = store.leaves_of_window(utid, window.window)
+        index = seq - window.first_seq
+        if not 0 <= index < len(leaves):
             raise ApiError(404, "unknown_reading", f"seq {seq} is not stored")
-        rc = build_receipt(rows, index, window.cose, certificates=(device.certificate,))
+        try:
+            rc = receipt_from_leaves(leaves, index, window.cose, certificates=(device.certificate,))
+        except MalformedInput as err:
+            raise ApiError(500, "corrupt_store", f"stored leaf of seq {seq}: {err}") from err
         logged = log.receipt(utid, window.window)
         if logged is not None:
             rc = dataclasses.replace(rc, log_receipt=logged[0], checkpoint=logged[1])

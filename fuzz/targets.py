@@ -29,7 +29,7 @@ with atheris.instrument_imports(include=["agent", "attestation", "cloud_sync"]):
     from agent.config import parse_config
     from agent.connectors.mqtt import decode_message
     from agent.errors import ConfigError
-    from attestation import cose, receipt
+    from attestation import cose, leafbatch, receipt
     from attestation.errors import AttestationError
     from attestation.microproof import decode_payload, parse_microproof
     from attestation.policy import ShedPolicyStatement, parse_policy, sign_policy
@@ -69,6 +69,19 @@ def _text(data: bytes) -> str:
 def leaf(data: bytes) -> None:
     with contextlib.suppress(AttestationError):
         decode_leaf(data)
+
+
+def leafcheck(data: bytes) -> None:
+    """Differential: the native window check and the Python decoder judge a leaf alike."""
+    if leafbatch._native is None:
+        raise RuntimeError("the native window check is not built")
+    native = leafbatch._native.check_window([data], 0, 1024, 128, 32, 0xFFFFFFFF)
+    try:
+        reference: object = leafbatch.window_root([data], 0, native=False)
+    except AttestationError:
+        reference = 0  # the index of the refused leaf
+    if native != reference:
+        raise RuntimeError(f"native {native!r} but Python {reference!r} for {data.hex()}")
 
 
 def microproof(data: bytes) -> None:
@@ -126,6 +139,7 @@ def mqtt(data: bytes) -> None:
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "leaf": leaf,
+    "leafcheck": leafcheck,
     "microproof": microproof,
     "sign1": sign1,
     "upload": upload,
@@ -147,6 +161,7 @@ def seeds() -> dict[str, list[bytes]]:
     note = format_checkpoint(Checkpoint("hub.example/log", 4, bytes(range(32))))
     return {
         "leaf": leaves,
+        "leafcheck": leaves,
         "microproof": [cose_bytes, cose.decode_sign1(cose_bytes).payload],
         "sign1": [cose_bytes],
         "upload": [body((cose_bytes, leaves))],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cbor2
 
@@ -18,7 +20,7 @@ from attestation.microproof import (
     compute_stats,
     sign_microproof,
 )
-from attestation.reading import Reading, encode_leaf, leaf_hash
+from attestation.reading import Reading, decode_leaf, encode_leaf, leaf_hash
 from attestation.signers import SoftwareSigner
 
 
@@ -77,6 +79,13 @@ class Device:
         self.prev = chain_hash(cose)
         self.next_window += 1
         return cose, leaves, rs
+
+
+def hub_readings(db_path: Path) -> list[Reading]:
+    """Every reading a SQLite hub database holds, decoded from its stored window leaves."""
+    with sqlite3.connect(db_path) as db:
+        blobs = db.execute("SELECT leaves FROM window_leaves ORDER BY utid, window").fetchall()
+    return [decode_leaf(leaf) for (blob,) in blobs for leaf in cbor2.loads(blob)]
 
 
 def body(*proofs: tuple[bytes, list[bytes]]) -> bytes:

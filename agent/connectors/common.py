@@ -14,7 +14,7 @@ import zoneinfo
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, Protocol, TypeVar
 
 from agent.backoff import Backoff
 from agent.config import Where, _get, _no_unknown
@@ -24,6 +24,7 @@ __all__ = [
     "SCALING_KEYS",
     "TIME_FORMATS",
     "ErrorCounts",
+    "LinkConnector",
     "MalformedPayload",
     "Reconnector",
     "Scaling",
@@ -291,3 +292,30 @@ class Reconnector:
             attempt += 1
             log.warning("%s: %s; reconnecting in %.2f s", self.name, reason, delay)
             await asyncio.sleep(delay)
+
+
+C = TypeVar("C", bound=_Named)
+
+
+@dataclass
+class LinkConnector(Generic[C]):
+    """A connector over one link that it re-opens after a fault (a broker session, a serial
+    port): its name, its reconnect loop, and its bad-input counts per signal."""
+
+    KIND: ClassVar[str] = ""
+    config: C
+    reconnector: Reconnector = field(init=False)
+    bad: ErrorCounts = field(init=False)  # bad input per signal
+
+    def __post_init__(self) -> None:
+        label = f"{self.KIND} {self.config.name}"
+        self.reconnector = Reconnector(label)
+        self.bad = ErrorCounts(label)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def errors(self) -> dict[str, int]:  # read by the metrics
+        return self.bad.counts

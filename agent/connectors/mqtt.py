@@ -35,7 +35,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,9 +45,8 @@ from agent.config import CONNECTOR_PARSERS, Where, _choice, _get, _int, _no_unkn
 from agent.connectors.base import Emit, Sample
 from agent.connectors.common import (
     SCALING_KEYS,
-    ErrorCounts,
+    LinkConnector,
     MalformedPayload,
-    Reconnector,
     Scaling,
     parse_list_section,
     parse_scaling,
@@ -215,23 +214,9 @@ def decode_message(
 
 
 @dataclass
-class MqttConnector:
-    config: MqttConfig
-    reconnector: Reconnector = field(init=False)
-    bad: ErrorCounts = field(init=False)  # bad input per signal
+class MqttConnector(LinkConnector[MqttConfig]):
+    KIND = "mqtt"
     messages: int = 0
-
-    def __post_init__(self) -> None:
-        self.reconnector = Reconnector(f"mqtt {self.config.name}")
-        self.bad = ErrorCounts(f"mqtt {self.config.name}")
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def errors(self) -> dict[str, int]:  # read by the metrics
-        return self.bad.counts
 
     async def run(self, emit: Emit) -> None:
         cfg = self.config

@@ -39,9 +39,8 @@ from agent.config import CONNECTOR_PARSERS, Where, _choice, _get, _int, _no_unkn
 from agent.connectors.base import Emit, Sample
 from agent.connectors.common import (
     SCALING_KEYS,
-    ErrorCounts,
+    LinkConnector,
     MalformedPayload,
-    Reconnector,
     Scaling,
     parse_decimal,
     parse_list_section,
@@ -188,23 +187,9 @@ class LineSplitter:
 
 
 @dataclass
-class SerialConnector:
-    config: SerialConfig
-    reconnector: Reconnector = field(init=False)
-    bad: ErrorCounts = field(init=False)  # bad input per signal
+class SerialConnector(LinkConnector[SerialConfig]):
+    KIND = "serial"
     lines: int = 0
-
-    def __post_init__(self) -> None:
-        self.reconnector = Reconnector(f"serial {self.config.name}")
-        self.bad = ErrorCounts(f"serial {self.config.name}")
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def errors(self) -> dict[str, int]:  # read by the metrics
-        return self.bad.counts
 
     async def run(self, emit: Emit) -> None:
         await self.reconnector.run(self._session_for(emit), (serial.SerialException, OSError))

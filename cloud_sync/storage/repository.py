@@ -9,12 +9,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cbor2
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from attestation.reading import Reading
+from attestation.reading import Reading, decode_leaf
 from cloud_sync.storage.migrate import migrate
-from cloud_sync.storage.tables import devices, readings, windows
+from cloud_sync.storage.tables import devices, window_leaves, windows
 
 __all__ = ["AcceptedHook", "DeviceRow", "HeadMoved", "Store", "WindowRow"]
 
@@ -66,17 +67,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
-
-
-_INSERT_QMARK = (  # SQLite
-    'INSERT INTO readings (utid, seq, "window", ts_ns, signal, value, unit, quality)'
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_FORMAT = (  # psycopg
-    'INSERT INTO readings (utid, seq, "window", ts_ns, signal, value, unit, quality)'
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-)
-_INSERT_READINGS = {"qmark": _INSERT_QMARK, "format": _INSERT_FORMAT, "pyformat": _INSERT_FORMAT}
 
 
 class Store:
@@ -214,31 +204,42 @@ class Store:
         with self.engine.connect() as conn:
             return [WindowRow(**r) for r in conn.execute(stmt).mappings().all()]
 
-    def readings_of_window(self, utid: str, window: int) -> list[Reading]:
-        stmt = (
-            select(
-                readings.c.seq,
-                readings.c.ts_ns,
-                readings.c.signal,
-                readings.c.value,
-                readings.c.unit,
-                readings.c.quality,
-            )
-            .where(readings.c.utid == utid, readings.c.window == window)
-            .order_by(readings.c.seq)
+    def leaves_of_window(self, utid: str, window: int) -> list[bytes]:
+        """The window's leaves as the device signed them (empty when none are stored)."""
+        stmt = select(window_leaves.c.leaves).where(
+            window_leaves.c.utid == utid, window_leaves.c.window == window
         )
         with self.engine.connect() as conn:
-            return [Reading(*r) for r in conn.execute(stmt).all()]
+            blob = conn.execute(stmt).scalar_one_or_none()
+        return [] if blob is None else _unpack_leaves(blob)
+
+    def latest_readings(self, utid: str, at_least: int) -> list[Reading]:
+        """The newest readings of a device (whole windows, oldest first), ``at_least`` of them
+        when it has that many."""
+        stmt = (
+            select(window_leaves.c.leaves)
+            .where(window_leaves.c.utid == utid)
+            .order_by(window_leaves.c.window.desc())
+        )
+        out: list[list[Reading]] = []
+        have = 0
+        with self.engine.connect() as conn:
+            for (blob,) in conn.execute(stmt.execution_options(yield_per=8)):
+                out.append([decode_leaf(leaf) for leaf in _unpack_leaves(blob)])
+                have += len(out[-1])
+                if have >= at_least:
+                    break
+        return [r for window in reversed(out) for r in window]
 
     def store_window(
         self,
         row: WindowRow,
-        window_readings: Sequence[Reading],
+        leaves: Sequence[bytes],
         *,
         expected_head: int,
         now_ns: int,
     ) -> None:
-        """Store one accepted proof, its readings and the new chain head in one transaction.
+        """Store one accepted proof, its leaves and the new chain head in one transaction.
 
         Raises ``HeadMoved`` when another writer advanced the head first, and lets an
         ``IntegrityError`` through when the same proof or a fork was stored concurrently.
@@ -252,22 +253,17 @@ class Store:
                     head_hash=row.cose_sha256,
                     head_last_seq=row.last_seq if row.count else devices.c.head_last_seq,
                     last_seen_ns=now_ns,
-                    n_readings=devices.c.n_readings + len(window_readings),
+                    n_readings=devices.c.n_readings + len(leaves),
                 )
             ).rowcount
             if moved != 1:
                 raise HeadMoved(row.utid)
             conn.execute(insert(windows).values(**_as_dict(row)))
-            if window_readings:
-                # the hot path: straight to the driver's executemany (SQLAlchemy's per-row
-                # parameter processing cost ~2 us a reading); same table, same columns
-                utid, window = row.utid, row.window
-                conn.exec_driver_sql(
-                    _INSERT_READINGS[conn.dialect.paramstyle],
-                    [
-                        (utid, r.seq, window, r.ts_ns, r.signal, r.value, r.unit, r.quality)
-                        for r in window_readings
-                    ],
+            if leaves:
+                conn.execute(
+                    insert(window_leaves).values(
+                        utid=row.utid, window=row.window, leaves=pack_leaves(leaves)
+                    )
                 )
             if self.on_accepted is not None:
                 self.on_accepted(row.utid, row.window, row.cose, conn)
@@ -280,6 +276,18 @@ class Store:
                 select(func.coalesce(func.sum(devices.c.n_readings), 0))
             ).scalar_one()
         return {"devices": int(n_dev), "windows": int(n_win), "readings": int(n_read)}
+
+
+def pack_leaves(leaves: Sequence[bytes]) -> bytes:
+    """A window's leaves as stored: one CBOR array of byte strings."""
+    return cbor2.dumps(list(leaves))
+
+
+def _unpack_leaves(blob: bytes) -> list[bytes]:
+    leaves = cbor2.loads(blob)
+    if not isinstance(leaves, list) or not all(isinstance(x, bytes) for x in leaves):
+        raise ValueError("stored leaves are not a CBOR array of byte strings")
+    return leaves
 
 
 def _as_dict(row: WindowRow) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The hub's tables (SQLAlchemy Core): devices, windows (micro-proofs) and readings.
+"""The hub's tables (SQLAlchemy Core): devices, windows (micro-proofs) and their leaves.
 
 UNIQUE(utid, prev) makes a fork impossible to store even with two hub processes on one
 database; the device row's chain head is advanced with a compare-and-set update.
@@ -38,10 +38,10 @@ __all__ = [
     "log_nodes",
     "metadata",
     "operators",
-    "readings",
     "sessions",
     "statements",
     "webhook_deliveries",
+    "window_leaves",
     "windows",
 ]
 
@@ -86,18 +86,16 @@ windows = Table(
     Index("ix_windows_utid_last_seq", "utid", "last_seq"),
 )
 
-readings = Table(
-    "readings",
+# Each accepted window's leaves, exactly as the device signed them: a CBOR array of byte
+# strings whose RFC 9162 root is the micro-proof's signed root. One row a window, not one a
+# reading: the hub's ingest cost is per window (ADR 0007). Readings are decoded from here for
+# receipts and charts; editing a stored byte breaks the receipts of its window.
+window_leaves = Table(
+    "window_leaves",
     metadata,
     Column("utid", String(69), primary_key=True),
-    Column("seq", BigInteger, primary_key=True),
-    Column("window", BigInteger, nullable=False),
-    Column("ts_ns", BigInteger, nullable=False),
-    Column("signal", String(128), nullable=False),
-    Column("value", Float, nullable=False),
-    Column("unit", String(32), nullable=False),
-    Column("quality", BigInteger, nullable=False),
-    Index("ix_readings_utid_window", "utid", "window"),
+    Column("window", BigInteger, primary_key=True),
+    Column("leaves", LargeBinary, nullable=False),
 )
 
 # The transparency log: entry i is the i-th accepted micro-proof (its exact COSE bytes live

@@ -13,7 +13,6 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
 
 from attestation.errors import MalformedInput
 from attestation.microproof import parse_microproof
@@ -24,7 +23,6 @@ from cloud_sync.errors import ApiError
 from cloud_sync.log import HubLog
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import DeviceRow, Store
-from cloud_sync.storage.tables import readings
 from cloud_sync.web.access_views import page_principal
 
 __all__ = ["Chart", "device_router", "polyline"]
@@ -61,16 +59,9 @@ def polyline(values: list[float], width: int = 400, height: int = 100) -> tuple[
 
 
 def _charts(store: Store, utid: str) -> list[Chart]:
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(readings.c.seq, readings.c.signal, readings.c.value, readings.c.unit)
-            .where(readings.c.utid == utid)
-            .order_by(readings.c.seq.desc())
-            .limit(MAX_POINTS * 16)
-        ).all()
     by_signal: dict[str, list[tuple[int, float, str]]] = {}
-    for seq, signal, value, unit in reversed(rows):
-        by_signal.setdefault(signal, []).append((seq, value, unit))
+    for r in store.latest_readings(utid, at_least=MAX_POINTS * 16):
+        by_signal.setdefault(r.signal, []).append((r.seq, r.value, r.unit))
     charts = []
     for signal, full in sorted(by_signal.items()):
         series = full[-MAX_POINTS:]

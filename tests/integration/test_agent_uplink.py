@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from agent.uplink import register_device
 from attestation.signers.software import SoftwareSigner
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
-from tests.hubkit import Device, register, upload
+from tests.hubkit import Device, hub_readings, register, upload
 from tests.unit.test_agent_slow_signer import Ticker
 
 pytestmark = pytest.mark.timeout(120)
@@ -63,8 +62,7 @@ async def _run(
 
 
 def _hub_seqs(hub_dir: Path) -> list[int]:
-    with sqlite3.connect(hub_dir / "hub.db") as db:
-        return [s for (s,) in db.execute("SELECT seq FROM readings ORDER BY seq")]
+    return sorted(r.seq for r in hub_readings(hub_dir / "hub.db"))
 
 
 async def test_an_unknown_device_stops_the_uplink_and_keeps_the_proof_for_later(

@@ -7,10 +7,12 @@ real sockets: pymodbus client/server, httpx, uvicorn, SQLite.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import sqlite3
 from pathlib import Path
 
+import cbor2
 import httpx
 import pytest
 
@@ -19,9 +21,11 @@ from agent.config import AgentConfig, parse_config
 from agent.runtime import AgentRuntime, connectors_from_config
 from agent.uplink import register_device
 from attestation import Verdict, load_anchors, receipt_from_json, report_receipt
+from attestation.reading import decode_leaf, encode_leaf
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from hil_tests.modbus_server import PlantServer, agent_modbus_section
+from tests.hubkit import hub_readings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,8 +67,24 @@ def _spool_rows(cfg: AgentConfig) -> list[tuple[int, str, float]]:
 
 
 def _hub_rows(hub_dir: Path) -> list[tuple[int, str, float]]:
-    with sqlite3.connect(hub_dir / "hub.db") as db:
-        return db.execute("SELECT seq, signal, value FROM readings ORDER BY seq").fetchall()
+    return sorted((r.seq, r.signal, r.value) for r in hub_readings(hub_dir / "hub.db"))
+
+
+def _tamper(db_path: Path, seq: int, delta: float) -> None:
+    """Change one stored reading's value on the hub, as an attacker with the database would."""
+    with sqlite3.connect(db_path) as db:
+        for utid, window, blob in db.execute("SELECT utid, window, leaves FROM window_leaves"):
+            leaves = cbor2.loads(blob)
+            for i, leaf in enumerate(leaves):
+                r = decode_leaf(leaf)
+                if r.seq == seq:
+                    leaves[i] = encode_leaf(dataclasses.replace(r, value=r.value + delta))
+                    db.execute(
+                        "UPDATE window_leaves SET leaves = ? WHERE utid = ? AND window = ?",
+                        (cbor2.dumps(leaves), utid, window),
+                    )
+                    return
+    raise AssertionError(f"seq {seq} is not stored")
 
 
 async def _run_slice(tmp: Path, *, restart_hub: bool) -> tuple[HubServer, str, AgentConfig]:
@@ -122,8 +142,7 @@ async def test_a_reading_tampered_on_the_hub_fails_its_receipt(tmp_path: Path) -
     hub, utid, _ = await _run_slice(tmp_path, restart_hub=False)
     try:
         seq = 5
-        with sqlite3.connect(tmp_path / "hub" / "hub.db") as db:
-            db.execute("UPDATE readings SET value = value + 0.5 WHERE seq = ?", (seq,))
+        _tamper(tmp_path / "hub" / "hub.db", seq, 0.5)
         verdict = await asyncio.to_thread(_verdict, hub, utid, seq, tmp_path / "hub")
         assert not verdict.valid
         assert verdict.link in ("reading", "root")

@@ -12,7 +12,19 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Float,
+    Index,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    inspect,
+    text,
+)
 
 from cloud_sync.storage import Store
 from cloud_sync.storage.migrate import BASELINE, current_revision, migrate
@@ -21,9 +33,9 @@ from cloud_sync.storage.tables import (
     log_checkpoints,
     log_entries,
     metadata,
-    readings,
     windows,
 )
+from tests.hubkit import Device
 
 
 def _drift(engine: Engine) -> list[object]:
@@ -51,11 +63,33 @@ def test_migrations_build_exactly_the_declared_schema_on_sqlite(tmp_path: Path) 
     assert current_revision(engine) == _head()
 
 
+# one row a reading, as hubs stored them before revision 0007
+_OLD_READINGS = Table(
+    "readings",
+    MetaData(),
+    Column("utid", String(69), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("window", BigInteger, nullable=False),
+    Column("ts_ns", BigInteger, nullable=False),
+    Column("signal", String(128), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("unit", String(32), nullable=False),
+    Column("quality", BigInteger, nullable=False),
+    Index("ix_readings_utid_window", "utid", "window"),
+)
+
+
 def test_a_database_from_before_migrations_is_brought_in(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
-    old_tables = [devices, windows, readings, log_entries, log_checkpoints]
+    old_tables = [devices, windows, log_entries, log_checkpoints]
     metadata.create_all(engine, tables=old_tables)  # what the first hubs made
+    _OLD_READINGS.create(engine)
+    _, signed_leaves, rs = Device().window(7)
     with engine.begin() as conn:
+        conn.execute(
+            _OLD_READINGS.insert(),
+            [{"utid": "utid:" + "0" * 64, "window": 0, **r.as_dict()} for r in rs],
+        )
         conn.execute(
             devices.insert().values(
                 utid="utid:" + "0" * 64,
@@ -73,6 +107,8 @@ def test_a_database_from_before_migrations_is_brought_in(tmp_path: Path) -> None
         )
     store = Store.open(str(engine.url))
     assert [d.name for d in store.list_devices()] == ["old"]  # data kept
+    # readings moved into their window's leaves: exactly the bytes the device signed
+    assert store.leaves_of_window("utid:" + "0" * 64, 0) == signed_leaves
     assert _drift(store.engine) == []
     assert current_revision(store.engine) == _head()
     store.close()
