@@ -14,12 +14,14 @@ Steps, each with its own refusal (docs/protocol.md):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from attestation.cose import PublicKey
@@ -72,16 +74,104 @@ class Ingestor:
     def ingest(
         self, upload: ProofUpload, *, now_ns: int, caller: str | None = None
     ) -> IngestResult:
-        """Check and store one proof; ``caller`` is the device a bearer token proved."""
+        """Check and store one proof in its own transaction; ``caller`` is the device a bearer
+        token proved."""
+        checked = self._check(upload, now_ns=now_ns, caller=caller)
+        if isinstance(checked, IngestResult):
+            return checked
+        row, smp, device = checked
+        for attempt in range(2):
+            if attempt:
+                device = self._device(smp.utid)
+            self._check_chain(smp, device)  # (5)
+            self._check_seqs(smp, device)  # (6)
+            try:
+                self.store.store_window(  # (8)
+                    row, upload.leaves, expected_head=device.head_window, now_ns=now_ns
+                )
+                return IngestResult(row.window, "accepted", row.first_seq, row.last_seq)
+            except (HeadMoved, IntegrityError):
+                if (done := self.store.window_by_hash(row.cose_sha256)) is not None:
+                    return IngestResult(done.window, "duplicate", done.first_seq, done.last_seq)
+        raise ApiError(409, "fork", f"window {row.window} lost a race with a different proof")
+
+    def ingest_many(
+        self, uploads: Sequence[ProofUpload], *, now_ns: int, caller: str | None = None
+    ) -> tuple[list[IngestResult], tuple[int, ApiError] | None]:
+        """A request's proofs in one transaction: one commit (one fsync) instead of one a proof.
+
+        Returns the results of the proofs stored and, when one was refused, its index and the
+        refusal; the proofs before it are committed. A race with another writer (a replica)
+        rolls the whole request back and stores it again one proof at a time.
+        """
+        results: list[IngestResult] = []
+        try:
+            with self.store.engine.begin() as conn:
+                heads: dict[str, DeviceRow] = {}  # chain heads as this transaction moves them
+                for i, upload in enumerate(uploads):
+                    try:
+                        results.append(self._ingest_in(conn, heads, upload, now_ns, caller))
+                    except ApiError as err:
+                        return results, (i, err)  # leaving the block commits the ones before
+        except (HeadMoved, IntegrityError):
+            return self._one_by_one(uploads, now_ns=now_ns, caller=caller)
+        return results, None
+
+    def _one_by_one(
+        self, uploads: Sequence[ProofUpload], *, now_ns: int, caller: str | None
+    ) -> tuple[list[IngestResult], tuple[int, ApiError] | None]:
+        results: list[IngestResult] = []
+        for i, upload in enumerate(uploads):
+            try:
+                results.append(self.ingest(upload, now_ns=now_ns, caller=caller))
+            except ApiError as err:
+                return results, (i, err)
+        return results, None
+
+    def _ingest_in(
+        self,
+        conn: Connection,
+        heads: dict[str, DeviceRow],
+        upload: ProofUpload,
+        now_ns: int,
+        caller: str | None,
+    ) -> IngestResult:
+        checked = self._check(upload, now_ns=now_ns, caller=caller, conn=conn, heads=heads)
+        if isinstance(checked, IngestResult):
+            return checked
+        row, smp, device = checked
+        self._check_chain(smp, device)  # (5)
+        self._check_seqs(smp, device)  # (6)
+        self.store.store_window(  # (8)
+            row, upload.leaves, expected_head=device.head_window, now_ns=now_ns, conn=conn
+        )
+        heads[device.utid] = dataclasses.replace(
+            device,
+            head_window=row.window,
+            head_hash=row.cose_sha256,
+            head_last_seq=row.last_seq if row.count else device.head_last_seq,
+        )
+        return IngestResult(row.window, "accepted", row.first_seq, row.last_seq)
+
+    def _check(
+        self,
+        upload: ProofUpload,
+        *,
+        now_ns: int,
+        caller: str | None,
+        conn: Connection | None = None,
+        heads: dict[str, DeviceRow] | None = None,
+    ) -> IngestResult | tuple[WindowRow, SignedMicroProof, DeviceRow]:
+        """Steps (1)-(4) and (7): a duplicate's result, or the row to store and its device."""
         try:
             smp = parse_microproof(upload.cose)  # (1)
         except AttestationError as err:
             raise ApiError(400, "malformed_proof", str(err)) from err
         mp = smp.proof
         digest = hashlib.sha256(upload.cose).digest()
-        if (done := self.store.window_by_hash(digest)) is not None:  # (2)
+        if (done := self.store.window_by_hash(digest, conn)) is not None:  # (2)
             return IngestResult(done.window, "duplicate", done.first_seq, done.last_seq)
-        device = self._device(smp.utid)  # (3)
+        device = (heads or {}).get(smp.utid) or self._device(smp.utid, conn)  # (3)
         if caller is not None and caller != device.utid:
             raise ApiError(403, "wrong_device", f"the token is for {caller}, not {device.utid}")
         if device.key_kind == "tpm" and caller is None:
@@ -93,7 +183,7 @@ class Ingestor:
             verify_microproof_signature(smp, self._key(device))
         except BrokenLink as err:
             raise ApiError(401, "bad_signature", str(err)) from err
-        self._check_leaves(smp, upload.leaves)  # (7), pure, before the DB
+        self._check_leaves(smp, upload.leaves)  # (7), pure
         row = WindowRow(
             utid=device.utid,
             window=mp.window,
@@ -109,23 +199,10 @@ class Ingestor:
             gaps=len(mp.gaps),
             received_ns=now_ns,
         )
-        for attempt in range(2):
-            if attempt:
-                device = self._device(smp.utid)
-            self._check_chain(smp, device)  # (5)
-            self._check_seqs(smp, device)  # (6)
-            try:
-                self.store.store_window(  # (8)
-                    row, upload.leaves, expected_head=device.head_window, now_ns=now_ns
-                )
-                return IngestResult(mp.window, "accepted", mp.first_seq, mp.last_seq)
-            except (HeadMoved, IntegrityError):
-                if (done := self.store.window_by_hash(digest)) is not None:
-                    return IngestResult(done.window, "duplicate", done.first_seq, done.last_seq)
-        raise ApiError(409, "fork", f"window {mp.window} lost a race with a different proof")
+        return row, smp, device
 
-    def _device(self, utid: str) -> DeviceRow:
-        device = self.store.device(utid)
+    def _device(self, utid: str, conn: Connection | None = None) -> DeviceRow:
+        device = self.store.device(utid, conn)
         if device is None:
             raise ApiError(403, "unknown_device", f"{utid} is not enrolled with this hub")
         if device.revoked:

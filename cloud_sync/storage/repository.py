@@ -166,13 +166,15 @@ class Store:
         return bool(n)
 
     # windows -------------------------------------------------------------------------
-    def window_by_hash(self, cose_sha256: bytes) -> WindowRow | None:
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(select(windows).where(windows.c.cose_sha256 == cose_sha256))
-                .mappings()
-                .first()
-            )
+    def window_by_hash(
+        self, cose_sha256: bytes, conn: Connection | None = None
+    ) -> WindowRow | None:
+        stmt = select(windows).where(windows.c.cose_sha256 == cose_sha256)
+        if conn is not None:
+            row = conn.execute(stmt).mappings().first()
+        else:
+            with self.engine.connect() as c:
+                row = c.execute(stmt).mappings().first()
         return None if row is None else WindowRow(**row)
 
     def window_with_prev(self, utid: str, prev: bytes) -> WindowRow | None:
@@ -238,35 +240,40 @@ class Store:
         *,
         expected_head: int,
         now_ns: int,
+        conn: Connection | None = None,
     ) -> None:
-        """Store one accepted proof, its leaves and the new chain head in one transaction.
+        """Store one accepted proof, its leaves and the new chain head atomically: in its own
+        transaction, or inside ``conn``'s when given (a request's proofs commit together).
 
         Raises ``HeadMoved`` when another writer advanced the head first, and lets an
         ``IntegrityError`` through when the same proof or a fork was stored concurrently.
         """
-        with self.engine.begin() as conn:
-            moved = conn.execute(
-                update(devices)
-                .where(devices.c.utid == row.utid, devices.c.head_window == expected_head)
-                .values(
-                    head_window=row.window,
-                    head_hash=row.cose_sha256,
-                    head_last_seq=row.last_seq if row.count else devices.c.head_last_seq,
-                    last_seen_ns=now_ns,
-                    n_readings=devices.c.n_readings + len(leaves),
+        if conn is None:
+            with self.engine.begin() as own:
+                self.store_window(row, leaves, expected_head=expected_head, now_ns=now_ns, conn=own)
+            return
+        moved = conn.execute(
+            update(devices)
+            .where(devices.c.utid == row.utid, devices.c.head_window == expected_head)
+            .values(
+                head_window=row.window,
+                head_hash=row.cose_sha256,
+                head_last_seq=row.last_seq if row.count else devices.c.head_last_seq,
+                last_seen_ns=now_ns,
+                n_readings=devices.c.n_readings + len(leaves),
+            )
+        ).rowcount
+        if moved != 1:
+            raise HeadMoved(row.utid)
+        conn.execute(insert(windows).values(**_as_dict(row)))
+        if leaves:
+            conn.execute(
+                insert(window_leaves).values(
+                    utid=row.utid, window=row.window, leaves=pack_leaves(leaves)
                 )
-            ).rowcount
-            if moved != 1:
-                raise HeadMoved(row.utid)
-            conn.execute(insert(windows).values(**_as_dict(row)))
-            if leaves:
-                conn.execute(
-                    insert(window_leaves).values(
-                        utid=row.utid, window=row.window, leaves=pack_leaves(leaves)
-                    )
-                )
-            if self.on_accepted is not None:
-                self.on_accepted(row.utid, row.window, row.cose, conn)
+            )
+        if self.on_accepted is not None:
+            self.on_accepted(row.utid, row.window, row.cose, conn)
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
