@@ -12,8 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select
 
-from attestation.cose import decode_sign1
-from attestation.microproof import decode_payload
+from attestation.microproof import MicroProof
 from cloud_sync.storage.tables import anomaly_events
 
 __all__ = ["AnomalyBook"]
@@ -23,8 +22,7 @@ __all__ = ["AnomalyBook"]
 class AnomalyBook:
     engine: Engine
 
-    def record(self, utid: str, window: int, cose: bytes, conn: Connection, now_ns: int) -> None:
-        mp = decode_payload(decode_sign1(cose, require_tag=True).payload or b"")
+    def record(self, utid: str, window: int, mp: MicroProof, conn: Connection, now_ns: int) -> None:
         if mp.anomaly is None or mp.anomaly.count == 0:
             return
         conn.execute(

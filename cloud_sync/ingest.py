@@ -87,7 +87,11 @@ class Ingestor:
             self._check_seqs(smp, device)  # (6)
             try:
                 self.store.store_window(  # (8)
-                    row, upload.leaves, expected_head=device.head_window, now_ns=now_ns
+                    row,
+                    upload.leaves,
+                    expected_head=device.head_window,
+                    now_ns=now_ns,
+                    proof=smp.proof,
                 )
                 return IngestResult(row.window, "accepted", row.first_seq, row.last_seq)
             except (HeadMoved, IntegrityError):
@@ -143,7 +147,12 @@ class Ingestor:
         self._check_chain(smp, device)  # (5)
         self._check_seqs(smp, device)  # (6)
         self.store.store_window(  # (8)
-            row, upload.leaves, expected_head=device.head_window, now_ns=now_ns, conn=conn
+            row,
+            upload.leaves,
+            expected_head=device.head_window,
+            now_ns=now_ns,
+            proof=smp.proof,
+            conn=conn,
         )
         heads[device.utid] = dataclasses.replace(
             device,

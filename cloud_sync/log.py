@@ -52,6 +52,7 @@ class _NodeReader:
 # the tree size: entries are numbered 0..n-1, so max(idx) + 1 reads one index entry where
 # COUNT(*) would scan the whole table (SQLite) on every append
 _SIZE = select(func.coalesce(func.max(log_entries.c.idx), -1) + 1)
+_INSERT_ENTRY = insert(log_entries)
 
 
 @dataclass
@@ -89,7 +90,7 @@ class HubLog:
         size = conn.execute(_SIZE).scalar_one()
         leaf = entry_hash(cose)
         conn.execute(
-            insert(log_entries).values(idx=size, utid=utid, window=window, entry_hash=leaf)
+            _INSERT_ENTRY, {"idx": size, "utid": utid, "window": window, "entry_hash": leaf}
         )
         self._add_nodes(conn, size, leaf)
 

@@ -10,17 +10,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
+from attestation.cose import decode_sign1
+from attestation.microproof import MicroProof, decode_payload
 from attestation.reading import Reading, decode_leaf
 from cloud_sync.storage.migrate import migrate
 from cloud_sync.storage.tables import devices, window_leaves, windows
 
 __all__ = ["AcceptedHook", "DeviceRow", "HeadMoved", "Store", "WindowRow"]
-
-# Called inside the transaction that stores a proof (the transparency log appends here).
-AcceptedHook = Callable[[str, int, bytes, Connection], None]
 
 
 class HeadMoved(Exception):
@@ -59,6 +69,10 @@ class WindowRow:
     cose_sha256: bytes
     gaps: int
     received_ns: int
+
+
+# Called inside the transaction that stores a proof (the transparency log appends here).
+AcceptedHook = Callable[[WindowRow, MicroProof, Connection], None]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -169,12 +183,12 @@ class Store:
     def window_by_hash(
         self, cose_sha256: bytes, conn: Connection | None = None
     ) -> WindowRow | None:
-        stmt = select(windows).where(windows.c.cose_sha256 == cose_sha256)
+        params = {"h": cose_sha256}
         if conn is not None:
-            row = conn.execute(stmt).mappings().first()
+            row = conn.execute(_WINDOW_BY_HASH, params).mappings().first()
         else:
             with self.engine.connect() as c:
-                row = c.execute(stmt).mappings().first()
+                row = c.execute(_WINDOW_BY_HASH, params).mappings().first()
         return None if row is None else WindowRow(**row)
 
     def window_with_prev(self, utid: str, prev: bytes) -> WindowRow | None:
@@ -240,6 +254,7 @@ class Store:
         *,
         expected_head: int,
         now_ns: int,
+        proof: MicroProof | None = None,
         conn: Connection | None = None,
     ) -> None:
         """Store one accepted proof, its leaves and the new chain head atomically: in its own
@@ -250,30 +265,36 @@ class Store:
         """
         if conn is None:
             with self.engine.begin() as own:
-                self.store_window(row, leaves, expected_head=expected_head, now_ns=now_ns, conn=own)
+                self.store_window(
+                    row, leaves, expected_head=expected_head, now_ns=now_ns, proof=proof, conn=own
+                )
             return
+        # statements built once with bound parameters (``.values(...)`` per call cost more
+        # in SQLAlchemy's statement building than the database spent on the rows)
         moved = conn.execute(
-            update(devices)
-            .where(devices.c.utid == row.utid, devices.c.head_window == expected_head)
-            .values(
-                head_window=row.window,
-                head_hash=row.cose_sha256,
-                head_last_seq=row.last_seq if row.count else devices.c.head_last_seq,
-                last_seen_ns=now_ns,
-                n_readings=devices.c.n_readings + len(leaves),
-            )
+            _ADVANCE_HEAD,
+            {
+                "u": row.utid,
+                "expected": expected_head,
+                "new_window": row.window,
+                "new_hash": row.cose_sha256,
+                "new_last_seq": row.last_seq if row.count else None,
+                "seen": now_ns,
+                "added": len(leaves),
+            },
         ).rowcount
         if moved != 1:
             raise HeadMoved(row.utid)
-        conn.execute(insert(windows).values(**_as_dict(row)))
+        conn.execute(_INSERT_WINDOW, _as_dict(row))
         if leaves:
             conn.execute(
-                insert(window_leaves).values(
-                    utid=row.utid, window=row.window, leaves=pack_leaves(leaves)
-                )
+                _INSERT_LEAVES,
+                {"utid": row.utid, "window": row.window, "leaves": pack_leaves(leaves)},
             )
         if self.on_accepted is not None:
-            self.on_accepted(row.utid, row.window, row.cose, conn)
+            if proof is None:  # callers that did not keep the parsed payload
+                proof = decode_payload(decode_sign1(row.cose, require_tag=True).payload or b"")
+            self.on_accepted(row, proof, conn)
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -283,6 +304,25 @@ class Store:
                 select(func.coalesce(func.sum(devices.c.n_readings), 0))
             ).scalar_one()
         return {"devices": int(n_dev), "windows": int(n_win), "readings": int(n_read)}
+
+
+_ADVANCE_HEAD = (
+    update(devices)
+    .where(devices.c.utid == bindparam("u"), devices.c.head_window == bindparam("expected"))
+    .values(
+        head_window=bindparam("new_window"),
+        head_hash=bindparam("new_hash"),
+        # a window of gap records only leaves the last seq where it was
+        head_last_seq=func.coalesce(
+            bindparam("new_last_seq", type_=BigInteger), devices.c.head_last_seq
+        ),
+        last_seen_ns=bindparam("seen"),
+        n_readings=devices.c.n_readings + bindparam("added", type_=BigInteger),
+    )
+)
+_INSERT_WINDOW = insert(windows)
+_INSERT_LEAVES = insert(window_leaves)
+_WINDOW_BY_HASH = select(windows).where(windows.c.cose_sha256 == bindparam("h"))
 
 
 def pack_leaves(leaves: Sequence[bytes]) -> bytes:

@@ -315,3 +315,21 @@ def test_the_grafana_dashboard_charts_only_metrics_that_exist() -> None:
         for fam in registry.collect():  # labelled families have no samples until used
             known |= {fam.name + sfx for sfx in ("", "_total", "_bucket", "_count", "_sum")}
     assert used <= known, used - known
+
+
+def test_one_request_interleaves_devices_and_repeats_a_proof(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """A request's proofs share one transaction: each device's chain head moves within it."""
+    client, s = hub
+    a, b = Device(), Device()
+    ua, ub = _register(client, s, a), _register(client, s, b)
+    a0, b0, a1, b1 = (d.window(3)[:2] for d in (a, b, a, b))
+    status, doc = _post(client, body(a0, b0, a1, a1, b1))
+    assert status == 200, doc
+    assert [r["status"] for r in doc["results"]] == ["accepted"] * 3 + ["duplicate", "accepted"]
+    for utid in (ua, ub):
+        assert client.get(f"/v1/devices/{utid}").json()["windows"] == 2
+    # and the whole request again is idempotent
+    status, doc = _post(client, body(a0, b0, a1, b1))
+    assert [r["status"] for r in doc["results"]] == ["duplicate"] * 4
