@@ -104,22 +104,34 @@ class Ingestor:
     ) -> tuple[list[IngestResult], tuple[int, ApiError] | None]:
         """A request's proofs in one transaction: one commit (one fsync) instead of one a proof.
 
+        First every proof is checked on its own (parse, device, signature, leaves: CPU work,
+        outside any lock), then the checked ones are chained and stored in one transaction.
         Returns the results of the proofs stored and, when one was refused, its index and the
         refusal; the proofs before it are committed. A race with another writer (a replica)
-        rolls the whole request back and stores it again one proof at a time.
+        rolls the request back and stores it again one proof at a time.
         """
+        checked: list[IngestResult | tuple[WindowRow, SignedMicroProof, DeviceRow]] = []
+        refusal: tuple[int, ApiError] | None = None
+        with self.store.engine.connect() as reads:  # one connection for the lookups
+            for i, upload in enumerate(uploads):
+                try:
+                    checked.append(self._check(upload, now_ns=now_ns, caller=caller, conn=reads))
+                except ApiError as err:
+                    refusal = (i, err)
+                    break
         results: list[IngestResult] = []
         try:
             with self.store.engine.begin() as conn:
                 heads: dict[str, DeviceRow] = {}  # chain heads as this transaction moves them
-                for i, upload in enumerate(uploads):
+                done: dict[bytes, IngestResult] = {}  # a proof sent twice in one request
+                for i, item in enumerate(checked):
                     try:
-                        results.append(self._ingest_in(conn, heads, upload, now_ns, caller))
+                        results.append(self._store_in(conn, heads, done, item, uploads[i], now_ns))
                     except ApiError as err:
                         return results, (i, err)  # leaving the block commits the ones before
         except (HeadMoved, IntegrityError):
             return self._one_by_one(uploads, now_ns=now_ns, caller=caller)
-        return results, None
+        return results, refusal
 
     def _one_by_one(
         self, uploads: Sequence[ProofUpload], *, now_ns: int, caller: str | None
@@ -132,18 +144,22 @@ class Ingestor:
                 return results, (i, err)
         return results, None
 
-    def _ingest_in(
+    def _store_in(
         self,
         conn: Connection,
         heads: dict[str, DeviceRow],
+        done: dict[bytes, IngestResult],
+        checked: IngestResult | tuple[WindowRow, SignedMicroProof, DeviceRow],
         upload: ProofUpload,
         now_ns: int,
-        caller: str | None,
     ) -> IngestResult:
-        checked = self._check(upload, now_ns=now_ns, caller=caller, conn=conn, heads=heads)
-        if isinstance(checked, IngestResult):
+        if isinstance(checked, IngestResult):  # stored by an earlier request
             return checked
-        row, smp, device = checked
+        row, smp, _ = checked
+        if row.cose_sha256 in done:
+            earlier = done[row.cose_sha256]
+            return dataclasses.replace(earlier, status="duplicate")
+        device = heads.get(row.utid) or self._device(row.utid, conn)  # the head as of now
         self._check_chain(smp, device)  # (5)
         self._check_seqs(smp, device)  # (6)
         self.store.store_window(  # (8)
@@ -160,7 +176,10 @@ class Ingestor:
             head_hash=row.cose_sha256,
             head_last_seq=row.last_seq if row.count else device.head_last_seq,
         )
-        return IngestResult(row.window, "accepted", row.first_seq, row.last_seq)
+        result = done[row.cose_sha256] = IngestResult(
+            row.window, "accepted", row.first_seq, row.last_seq
+        )
+        return result
 
     def _check(
         self,
@@ -169,7 +188,6 @@ class Ingestor:
         now_ns: int,
         caller: str | None,
         conn: Connection | None = None,
-        heads: dict[str, DeviceRow] | None = None,
     ) -> IngestResult | tuple[WindowRow, SignedMicroProof, DeviceRow]:
         """Steps (1)-(4) and (7): a duplicate's result, or the row to store and its device."""
         try:
@@ -180,7 +198,7 @@ class Ingestor:
         digest = hashlib.sha256(upload.cose).digest()
         if (done := self.store.window_by_hash(digest, conn)) is not None:  # (2)
             return IngestResult(done.window, "duplicate", done.first_seq, done.last_seq)
-        device = (heads or {}).get(smp.utid) or self._device(smp.utid, conn)  # (3)
+        device = self._device(smp.utid, conn)  # (3)
         if caller is not None and caller != device.utid:
             raise ApiError(403, "wrong_device", f"the token is for {caller}, not {device.utid}")
         if device.key_kind == "tpm" and caller is None:
