@@ -233,11 +233,13 @@ static PyObject *check_window(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OKnnnK", &seq_obj, &first, &lim.max_leaf, &lim.max_signal,
                           &lim.max_unit, &lim.max_quality))
         return NULL;
-    PyObject *leaves = PySequence_Fast(seq_obj, "leaves must be a sequence of bytes");
+    /* a tuple of our own: its items stay referenced and in place while the GIL is released,
+       whatever another thread does to the caller's list */
+    PyObject *leaves = PySequence_Tuple(seq_obj);
     if (leaves == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(leaves);
-    PyObject **items = PySequence_Fast_ITEMS(leaves);
+    Py_ssize_t n = PyTuple_GET_SIZE(leaves);
+    PyObject **items = ((PyTupleObject *)leaves)->ob_item;
     if (n == 0) {
         Py_DECREF(leaves);
         PyErr_SetString(PyExc_ValueError, "an empty window has no leaves to check");
@@ -256,7 +258,6 @@ static PyObject *check_window(PyObject *self, PyObject *args)
         Py_DECREF(leaves);
         return PyErr_NoMemory();
     }
-    /* `leaves` holds a reference to every item, so their buffers outlive the unlocked part */
     Py_BEGIN_ALLOW_THREADS
     static const unsigned char zero = 0x00;
     for (Py_ssize_t i = 0; i < n; i++) {
