@@ -7,12 +7,13 @@ the proof, so the list can never disagree with what was accepted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select
 
-from attestation.microproof import MicroProof
+from cloud_sync.storage import Accepted
 from cloud_sync.storage.tables import anomaly_events
 
 __all__ = ["AnomalyBook"]
@@ -22,23 +23,26 @@ __all__ = ["AnomalyBook"]
 class AnomalyBook:
     engine: Engine
 
-    def record(self, utid: str, window: int, mp: MicroProof, conn: Connection, now_ns: int) -> None:
-        if mp.anomaly is None or mp.anomaly.count == 0:
-            return
-        conn.execute(
-            insert(anomaly_events).values(
-                utid=utid,
-                window=window,
-                first_ts_ns=mp.first_ts_ns,
-                last_ts_ns=mp.last_ts_ns,
-                count=mp.anomaly.count,
-                max_score=mp.anomaly.max_score,
-                threshold=mp.anomaly.threshold,
-                model_id=mp.model.id if mp.model else None,
-                model_sha256=mp.model.sha256 if mp.model else None,
-                received_ns=now_ns,
-            )
-        )
+    def record(self, batch: Sequence[Accepted], conn: Connection, now_ns: int) -> None:
+        """Index the anomalies the accepted proofs report (inside their transaction)."""
+        rows = [
+            {
+                "utid": a.row.utid,
+                "window": a.row.window,
+                "first_ts_ns": mp.first_ts_ns,
+                "last_ts_ns": mp.last_ts_ns,
+                "count": mp.anomaly.count,
+                "max_score": mp.anomaly.max_score,
+                "threshold": mp.anomaly.threshold,
+                "model_id": mp.model.id if mp.model else None,
+                "model_sha256": mp.model.sha256 if mp.model else None,
+                "received_ns": now_ns,
+            }
+            for a in batch
+            if (mp := a.proof).anomaly is not None and mp.anomaly.count
+        ]
+        if rows:
+            conn.execute(insert(anomaly_events), rows)
 
     def recent(self, *, utid: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         q = select(anomaly_events).order_by(anomaly_events.c.received_ns.desc()).limit(limit)

@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from sqlalchemy import Connection
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attestation.errors import MalformedInput
-from attestation.microproof import MicroProof
 from attestation.receipt import receipt_from_leaves
 from attestation.utid import parse_utid, utid_bytes, utid_text
 from cloud_sync.access import Access
@@ -42,7 +41,7 @@ from cloud_sync.metrics import HubMetrics
 from cloud_sync.policies import DevicePolicies
 from cloud_sync.reports import parse_period, render_pdf, site_report
 from cloud_sync.settings import HubSettings
-from cloud_sync.storage import DeviceRow, Store, WindowRow
+from cloud_sync.storage import Accepted, DeviceRow, Store
 from cloud_sync.web.access_views import access_router
 from cloud_sync.web.views import device_router
 
@@ -173,10 +172,10 @@ def create_app(
     log = HubLog.open(store.engine, settings.data_dir, settings.log_origin, settings.log_key_uri)
     anomalies = AnomalyBook(store.engine)
 
-    def accepted(row: WindowRow, proof: MicroProof, conn: Connection) -> None:
-        """Inside the transaction that stores a proof: log it, index its anomalies."""
-        log.append(row.utid, row.window, row.cose, conn)
-        anomalies.record(row.utid, row.window, proof, conn, now_ns())
+    def accepted(batch: Sequence[Accepted], conn: Connection) -> None:
+        """Inside the transaction that stores proofs: log them, index their anomalies."""
+        log.append([(a.row.utid, a.row.window, a.row.cose) for a in batch], conn)
+        anomalies.record(batch, conn, now_ns())
 
     store.on_accepted = accepted
     fleet = FleetCA.load_or_create(

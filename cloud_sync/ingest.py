@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -35,7 +35,7 @@ from attestation.microproof import (
 )
 from cloud_sync.errors import ApiError
 from cloud_sync.settings import HubLimits
-from cloud_sync.storage import DeviceRow, HeadMoved, Store, WindowRow
+from cloud_sync.storage import Accepted, DeviceRow, HeadMoved, Store, WindowRow
 
 __all__ = ["IngestResult", "Ingestor", "ProofUpload"]
 
@@ -60,6 +60,16 @@ class IngestResult:
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
         }
+
+
+@dataclass
+class _Chain:
+    """A request's accepted proofs before they are written, and the heads they move."""
+
+    batch: list[Accepted] = field(default_factory=list)
+    heads: dict[str, DeviceRow] = field(default_factory=dict)  # as the batch leaves them
+    expected: dict[str, int] = field(default_factory=dict)  # as the database had them
+    done: dict[bytes, IngestResult] = field(default_factory=dict)  # by COSE SHA-256
 
 
 class Ingestor:
@@ -122,13 +132,16 @@ class Ingestor:
         results: list[IngestResult] = []
         try:
             with self.store.engine.begin() as conn:
-                heads: dict[str, DeviceRow] = {}  # chain heads as this transaction moves them
-                done: dict[bytes, IngestResult] = {}  # a proof sent twice in one request
+                chain = _Chain()
                 for i, item in enumerate(checked):
                     try:
-                        results.append(self._store_in(conn, heads, done, item, uploads[i], now_ns))
+                        results.append(self._chain_in(conn, chain, item, uploads[i]))
                     except ApiError as err:
-                        return results, (i, err)  # leaving the block commits the ones before
+                        refusal = (i, err)  # the ones before it are stored and committed
+                        break
+                self.store.store_windows(
+                    chain.batch, expected_heads=chain.expected, now_ns=now_ns, conn=conn
+                )
         except (HeadMoved, IntegrityError):
             return self._one_by_one(uploads, now_ns=now_ns, caller=caller)
         return results, refusal
@@ -144,39 +157,34 @@ class Ingestor:
                 return results, (i, err)
         return results, None
 
-    def _store_in(
+    def _chain_in(
         self,
         conn: Connection,
-        heads: dict[str, DeviceRow],
-        done: dict[bytes, IngestResult],
+        chain: _Chain,
         checked: IngestResult | tuple[WindowRow, SignedMicroProof, DeviceRow],
         upload: ProofUpload,
-        now_ns: int,
     ) -> IngestResult:
+        """Steps (5)-(6) for a checked proof against the heads inside ``conn``, as the
+        request's earlier proofs move them; an accepted one joins ``chain.batch``."""
         if isinstance(checked, IngestResult):  # stored by an earlier request
             return checked
         row, smp, _ = checked
-        if row.cose_sha256 in done:
-            earlier = done[row.cose_sha256]
+        if (earlier := chain.done.get(row.cose_sha256)) is not None:  # sent twice
             return dataclasses.replace(earlier, status="duplicate")
-        device = heads.get(row.utid) or self._device(row.utid, conn)  # the head as of now
+        device = chain.heads.get(row.utid)
+        if device is None:  # first proof of this device in the request: its head now
+            device = self._device(row.utid, conn)
+            chain.expected[row.utid] = device.head_window
         self._check_chain(smp, device)  # (5)
         self._check_seqs(smp, device)  # (6)
-        self.store.store_window(  # (8)
-            row,
-            upload.leaves,
-            expected_head=device.head_window,
-            now_ns=now_ns,
-            proof=smp.proof,
-            conn=conn,
-        )
-        heads[device.utid] = dataclasses.replace(
+        chain.batch.append(Accepted(row, upload.leaves, smp.proof))
+        chain.heads[device.utid] = dataclasses.replace(
             device,
             head_window=row.window,
             head_hash=row.cose_sha256,
             head_last_seq=row.last_seq if row.count else device.head_last_seq,
         )
-        result = done[row.cose_sha256] = IngestResult(
+        result = chain.done[row.cose_sha256] = IngestResult(
             row.window, "accepted", row.first_seq, row.last_seq
         )
         return result

@@ -7,6 +7,7 @@ signed notes and receipts are COSE receipts, both with the hub's Ed25519 log key
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class _NodeReader:
 # COUNT(*) would scan the whole table (SQLite) on every append
 _SIZE = select(func.coalesce(func.max(log_entries.c.idx), -1) + 1)
 _INSERT_ENTRY = insert(log_entries)
+_INSERT_NODE = insert(log_nodes)
 
 
 @dataclass
@@ -83,16 +85,26 @@ class HubLog:
     def verifier(self) -> NoteVerifier:
         return NoteVerifier.for_key(self.origin, self.signer.public_key())
 
-    def append(self, utid: str, window: int, cose: bytes, conn: Connection) -> None:
-        """The ``on_accepted`` hook: runs inside the transaction that stores the proof."""
+    def append(self, entries: Sequence[tuple[str, int, bytes]], conn: Connection) -> None:
+        """The ``on_accepted`` hook: append (utid, window, COSE bytes) entries, in order,
+        inside the transaction that stores them (one statement a table, not one an entry)."""
+        if not entries:
+            return
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_APPEND_LOCK})
         size = conn.execute(_SIZE).scalar_one()
-        leaf = entry_hash(cose)
-        conn.execute(
-            _INSERT_ENTRY, {"idx": size, "utid": utid, "window": window, "entry_hash": leaf}
-        )
-        self._add_nodes(conn, size, leaf)
+        reader = _NodeReader(conn)
+        rows, nodes = [], []
+        for i, (utid, window, cose) in enumerate(entries):
+            leaf = entry_hash(cose)
+            rows.append({"idx": size + i, "utid": utid, "window": window, "entry_hash": leaf})
+            reader.cache[(0, size + i)] = leaf
+            for lv, ix, h in merkle.perfect_nodes_completed(size + i, leaf, reader):
+                reader.cache[(lv, ix)] = h  # the next entry may complete its parent
+                nodes.append({"level": lv, "idx": ix, "hash": h})
+        conn.execute(_INSERT_ENTRY, rows)
+        if nodes:
+            conn.execute(_INSERT_NODE, nodes)
 
     def _add_nodes(self, conn: Connection, index: int, leaf: bytes) -> None:
         completed = merkle.perfect_nodes_completed(index, leaf, _NodeReader(conn))

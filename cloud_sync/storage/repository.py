@@ -5,7 +5,7 @@ Runs on SQLite (WAL) and PostgreSQL through one SQLAlchemy Core engine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from attestation.reading import Reading, decode_leaf
 from cloud_sync.storage.migrate import migrate
 from cloud_sync.storage.tables import devices, window_leaves, windows
 
-__all__ = ["AcceptedHook", "DeviceRow", "HeadMoved", "Store", "WindowRow"]
+__all__ = ["Accepted", "AcceptedHook", "DeviceRow", "HeadMoved", "Store", "WindowRow"]
 
 
 class HeadMoved(Exception):
@@ -71,8 +71,17 @@ class WindowRow:
     received_ns: int
 
 
-# Called inside the transaction that stores a proof (the transparency log appends here).
-AcceptedHook = Callable[[WindowRow, MicroProof, Connection], None]
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A proof that passed every check, ready to store: its row, leaves and parsed payload."""
+
+    row: WindowRow
+    leaves: Sequence[bytes]
+    proof: MicroProof
+
+
+# Called inside the transaction that stores proofs (the transparency log appends here).
+AcceptedHook = Callable[[Sequence[Accepted], Connection], None]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -255,46 +264,66 @@ class Store:
         expected_head: int,
         now_ns: int,
         proof: MicroProof | None = None,
-        conn: Connection | None = None,
     ) -> None:
-        """Store one accepted proof, its leaves and the new chain head atomically: in its own
-        transaction, or inside ``conn``'s when given (a request's proofs commit together).
+        """Store one accepted proof, its leaves and the new chain head in one transaction."""
+        if proof is None:  # callers that did not keep the parsed payload
+            proof = decode_payload(decode_sign1(row.cose, require_tag=True).payload or b"")
+        with self.engine.begin() as conn:
+            self.store_windows(
+                [Accepted(row, leaves, proof)],
+                expected_heads={row.utid: expected_head},
+                now_ns=now_ns,
+                conn=conn,
+            )
 
-        Raises ``HeadMoved`` when another writer advanced the head first, and lets an
-        ``IntegrityError`` through when the same proof or a fork was stored concurrently.
+    def store_windows(
+        self,
+        batch: Sequence[Accepted],
+        *,
+        expected_heads: Mapping[str, int],
+        now_ns: int,
+        conn: Connection,
+    ) -> None:
+        """Store accepted proofs (each device's in chain order), their leaves and the new chain
+        heads inside ``conn``'s transaction: one statement a table, not one a proof.
+
+        Raises ``HeadMoved`` when another writer advanced a head from ``expected_heads``
+        first, and lets an ``IntegrityError`` through when the same proof or a fork was
+        stored concurrently; the caller's transaction then rolls back as a whole.
         """
-        if conn is None:
-            with self.engine.begin() as own:
-                self.store_window(
-                    row, leaves, expected_head=expected_head, now_ns=now_ns, proof=proof, conn=own
-                )
+        if not batch:
             return
+        by_device: dict[str, list[Accepted]] = {}
+        for a in batch:
+            by_device.setdefault(a.row.utid, []).append(a)
+        for utid, items in by_device.items():
+            counted = [a.row for a in items if a.row.count]
+            moved = conn.execute(
+                _ADVANCE_HEAD,
+                {
+                    "u": utid,
+                    "expected": expected_heads[utid],
+                    "new_window": items[-1].row.window,
+                    "new_hash": items[-1].row.cose_sha256,
+                    "new_last_seq": counted[-1].last_seq if counted else None,
+                    "seen": now_ns,
+                    "added": sum(len(a.leaves) for a in items),
+                },
+            ).rowcount
+            if moved != 1:
+                raise HeadMoved(utid)
         # statements built once with bound parameters (``.values(...)`` per call cost more
         # in SQLAlchemy's statement building than the database spent on the rows)
-        moved = conn.execute(
-            _ADVANCE_HEAD,
-            {
-                "u": row.utid,
-                "expected": expected_head,
-                "new_window": row.window,
-                "new_hash": row.cose_sha256,
-                "new_last_seq": row.last_seq if row.count else None,
-                "seen": now_ns,
-                "added": len(leaves),
-            },
-        ).rowcount
-        if moved != 1:
-            raise HeadMoved(row.utid)
-        conn.execute(_INSERT_WINDOW, _as_dict(row))
-        if leaves:
-            conn.execute(
-                _INSERT_LEAVES,
-                {"utid": row.utid, "window": row.window, "leaves": pack_leaves(leaves)},
-            )
+        conn.execute(_INSERT_WINDOW, [_as_dict(a.row) for a in batch])
+        packed = [
+            {"utid": a.row.utid, "window": a.row.window, "leaves": pack_leaves(a.leaves)}
+            for a in batch
+            if a.leaves
+        ]
+        if packed:
+            conn.execute(_INSERT_LEAVES, packed)
         if self.on_accepted is not None:
-            if proof is None:  # callers that did not keep the parsed payload
-                proof = decode_payload(decode_sign1(row.cose, require_tag=True).payload or b"")
-            self.on_accepted(row, proof, conn)
+            self.on_accepted(batch, conn)
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:

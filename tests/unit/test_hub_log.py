@@ -95,7 +95,7 @@ def test_checkpoints_are_consistent_and_signed(
 
 
 def test_a_log_written_before_the_subtree_index_is_indexed_on_open(tmp_path: Path) -> None:
-    from sqlalchemy import delete
+    from sqlalchemy import delete, select
 
     from cloud_sync.log import HubLog
     from cloud_sync.storage.tables import log_nodes
@@ -116,8 +116,13 @@ def test_a_log_written_before_the_subtree_index_is_indexed_on_open(tmp_path: Pat
     store = Store.open(s.db_url)
     before = HubLog.open(store.engine, s.data_dir, s.log_origin).consistency(3, 11)
     with store.engine.begin() as conn:
+        # the 11 entries came in one request, appended as a batch
+        batch_nodes = sorted(conn.execute(select(log_nodes)).all())
         conn.execute(delete(log_nodes))  # as an older hub left it
-    log = HubLog.open(store.engine, s.data_dir, s.log_origin)  # rebuilds the index
+    log = HubLog.open(store.engine, s.data_dir, s.log_origin)  # rebuilds, one entry at a time
+    with store.engine.connect() as conn:
+        assert sorted(conn.execute(select(log_nodes)).all()) == batch_nodes
+    assert len(batch_nodes) == 11 - 3  # perfect subtrees of 11 leaves: 5 + 2 + 1
     assert log.consistency(3, 11) == before
     hashes = [entry_hash(c) for c in _stored_cose(store)]
     assert log.inclusion(7, 11) == merkle.inclusion_path(hashes, 7)
