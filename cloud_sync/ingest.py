@@ -93,6 +93,8 @@ class Ingestor:
         for attempt in range(2):
             if attempt:
                 device = self._device(smp.utid)
+            if (stored := self._stored_since(row, device)) is not None:
+                return stored
             self._check_chain(smp, device)  # (5)
             self._check_seqs(smp, device)  # (6)
             try:
@@ -175,6 +177,8 @@ class Ingestor:
         if device is None:  # first proof of this device in the request: its head now
             device = self._device(row.utid, conn)
             chain.expected[row.utid] = device.head_window
+            if (stored := self._stored_since(row, device, conn)) is not None:
+                return stored
         self._check_chain(smp, device)  # (5)
         self._check_seqs(smp, device)  # (6)
         chain.batch.append(Accepted(row, upload.leaves, smp.proof))
@@ -188,6 +192,20 @@ class Ingestor:
             row.window, "accepted", row.first_seq, row.last_seq
         )
         return result
+
+    def _stored_since(
+        self, row: WindowRow, device: DeviceRow, conn: Connection | None = None
+    ) -> IngestResult | None:
+        """A duplicate stored after our check (2), by another writer: a replica, or a retry
+        racing this request. Only looked up when the head already passed the proof's window."""
+        if row.window > device.head_window:
+            return None
+        done = self.store.window_by_hash(row.cose_sha256, conn)
+        return (
+            None
+            if done is None
+            else IngestResult(done.window, "duplicate", done.first_seq, done.last_seq)
+        )
 
     def _check(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy import create_engine
 from attestation import load_anchors, receipt_from_json, report_receipt
 from attestation.microproof import Gap
 from cloud_sync.app import create_app
+from cloud_sync.ingest import IngestResult
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage.migrate import drop_schema
 from tests.hubkit import Device, body
@@ -333,3 +335,51 @@ def test_one_request_interleaves_devices_and_repeats_a_proof(
     # and the whole request again is idempotent
     status, doc = _post(client, body(a0, b0, a1, b1))
     assert [r["status"] for r in doc["results"]] == ["duplicate"] * 4
+
+
+@pytest.mark.parametrize("when", ["before_our_head_read", "after_our_head_read"])
+def test_a_request_that_races_another_writer_stores_nothing_twice(
+    hub: tuple[TestClient, HubSettings], when: str
+) -> None:
+    """Another writer (a replica) stores the request's first proof between our checks and our
+    writes. Before we read the chain head inside our transaction, we see its proof and answer
+    duplicate; after, our compare-and-set on the head fails, the request rolls back and is
+    stored again one proof at a time. Either way nothing is stored twice or lost."""
+    from cloud_sync.ingest import Ingestor, ProofUpload
+    from cloud_sync.settings import HubLimits
+    from cloud_sync.storage import Store
+
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    (c0, l0), (c1, l1) = (dev.window(4)[:2] for _ in range(2))
+    uploads = [ProofUpload(c0, tuple(l0)), ProofUpload(c1, tuple(l1))]
+    ours, theirs = Store.open(s.db_url), Store.open(s.db_url)
+    replica = Ingestor(theirs, HubLimits(), allow_software_keys=True)
+    raced: list[bool] = []
+
+    def race() -> None:
+        if not raced:
+            raced.append(True)
+            assert replica.ingest(uploads[0], now_ns=1).status == "accepted"
+
+    class Raced(Ingestor):  # our own ingest, with the replica's write slipped in
+        def _chain_in(self, *args: Any, **kwargs: Any) -> IngestResult:
+            if when == "before_our_head_read":
+                race()
+            done = super()._chain_in(*args, **kwargs)
+            if when == "after_our_head_read":
+                race()
+            return done
+
+    try:
+        results, refusal = Raced(ours, HubLimits(), allow_software_keys=True).ingest_many(
+            uploads, now_ns=2
+        )
+    finally:
+        ours.close()
+        theirs.close()
+    assert raced
+    assert refusal is None
+    assert [(r.window, r.status) for r in results] == [(0, "duplicate"), (1, "accepted")]
+    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 2
