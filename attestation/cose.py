@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from attestation import cborsafe
 from attestation.errors import BrokenLink, MalformedInput, UnsupportedAlgorithm
 from attestation.signers.base import ALG_EDDSA, ALG_ES256, Signer
 
@@ -99,7 +100,7 @@ def decode_sign1(data: bytes, *, require_tag: bool = False) -> Sign1:
     if len(data) > MAX_SIGN1_BYTES:
         raise MalformedInput("cose", f"{len(data)} bytes, limit {MAX_SIGN1_BYTES}")
     try:
-        obj = cbor2.loads(data)
+        obj = cborsafe.loads(data)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError) as err:
         raise MalformedInput("cose", f"not CBOR: {err}") from err
     if isinstance(obj, cbor2.CBORTag):
@@ -122,7 +123,7 @@ def decode_sign1(data: bytes, *, require_tag: bool = False) -> Sign1:
     protected: Any = {}
     if protected_bytes:
         try:
-            protected = cbor2.loads(protected_bytes)
+            protected = cborsafe.loads(protected_bytes)
         except (cbor2.CBORDecodeError, ValueError, TypeError) as err:
             raise MalformedInput("cose.protected", f"not CBOR: {err}") from err
         if not isinstance(protected, dict):

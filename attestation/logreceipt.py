@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cbor2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from attestation import cose, merkle
+from attestation import cborsafe, cose, merkle
 from attestation.errors import BrokenLink, MalformedInput
 from attestation.signednote import NoteVerifier, open_note, parse_checkpoint
 from attestation.signers.base import ALG_EDDSA, Signer
@@ -60,7 +60,7 @@ def verify_log_receipt(receipt: bytes, entry: bytes, key: ed25519.Ed25519PublicK
         raise MalformedInput("log_receipt", "vds must be 1 (RFC9162_SHA256)")
     try:
         (raw,) = msg.unprotected[HDR_VDP][VDP_INCLUSION]
-        size, index, path = cbor2.loads(raw)
+        size, index, path = cborsafe.loads(raw)
     except (KeyError, TypeError, ValueError, cbor2.CBORDecodeError) as err:
         raise MalformedInput("log_receipt", f"no readable inclusion proof: {err}") from err
     if not (

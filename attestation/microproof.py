@@ -14,7 +14,7 @@ from typing import Any
 
 import cbor2
 
-from attestation import cose
+from attestation import cborsafe, cose
 from attestation.errors import BrokenLink, MalformedInput
 from attestation.reading import Reading
 from attestation.signers.base import ALG_ES256, Signer, TpmClock
@@ -213,7 +213,7 @@ def decode_payload(data: bytes, limits: MicroProofLimits = MICROPROOF_LIMITS) ->
     if len(data) > limits.max_payload_bytes:
         raise MalformedInput("payload", f"{len(data)} bytes, limit {limits.max_payload_bytes}")
     try:
-        obj = cbor2.loads(data)
+        obj = cborsafe.loads(data)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError) as err:
         raise MalformedInput("payload", f"not CBOR: {err}") from err
     if not isinstance(obj, dict):

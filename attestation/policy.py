@@ -14,7 +14,7 @@ from typing import Any
 
 import cbor2
 
-from attestation import cose
+from attestation import cborsafe, cose
 from attestation.errors import MalformedInput
 from attestation.signers.base import Signer
 from attestation.utid import utid_bytes
@@ -62,7 +62,7 @@ def parse_policy(data: bytes, key: cose.PublicKey) -> dict[str, Any]:
         raise MalformedInput("policy", f"content type is not {CONTENT_TYPE}")
     cose.verify_sign1(msg, key)
     try:
-        doc = cbor2.loads(msg.payload or b"")
+        doc = cborsafe.loads(msg.payload or b"")
     except (cbor2.CBORDecodeError, ValueError) as err:
         raise MalformedInput("policy", f"payload is not CBOR: {err}") from err
     need = {"v", "disk_cap_bytes", "low_water", "sheds", "never", "on_disk_full", "iat"}

@@ -14,6 +14,7 @@ from typing import Any
 
 import cbor2
 
+from attestation import cborsafe
 from attestation.errors import MalformedInput
 
 __all__ = [
@@ -167,7 +168,7 @@ def decode_leaf(data: bytes, limits: LeafLimits = LEAF_LIMITS) -> Reading:
     if len(data) > limits.max_leaf_bytes:
         raise MalformedInput("leaf", f"{len(data)} bytes, limit {limits.max_leaf_bytes}")
     try:
-        obj = cbor2.loads(data)
+        obj = cborsafe.loads(data)
     except (cbor2.CBORDecodeError, ValueError, TypeError) as err:
         raise MalformedInput("leaf", f"not CBOR: {err}") from err
     if not isinstance(obj, dict) or set(obj) != {1, 2, 3, 4, 5, 6}:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from attestation import cborsafe
 from attestation.errors import MalformedInput
 from attestation.receipt import receipt_from_leaves
 from attestation.utid import parse_utid, utid_bytes, utid_text
@@ -122,7 +123,7 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
 def _parse_uploads(body: bytes, settings: HubSettings) -> list[ProofUpload]:
     limits = settings.limits
     try:
-        doc = cbor2.loads(body)
+        doc = cborsafe.loads(body)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as err:
         raise ApiError(400, "malformed_body", f"body is not CBOR: {err}") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("proofs"), list):

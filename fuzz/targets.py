@@ -10,7 +10,9 @@ libFuzzer stops with the traceback and writes the input to ``crash-<sha1>``.
 
 ``tests/unit/test_fuzz.py`` runs every target for a few thousand inputs in ``make test``.
 Found so far: non-ASCII base64 in a checkpoint or a note signature raised ValueError
-instead of MalformedInput (fixed in attestation/signednote.py ``unb64``).
+instead of MalformedInput (fixed in attestation/signednote.py ``unb64``); ``upload`` ran out
+of memory: cbor2 5.9's C decoder leaks on every invalid-UTF-8 string it refuses
+(agronholm/cbor2#257), so outside bytes now go through attestation/cborsafe.py.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from attestation import cborsafe
 from attestation.cose import decode_sign1
 from attestation.microproof import MicroProof, decode_payload
 from attestation.reading import Reading, decode_leaf
@@ -360,7 +361,7 @@ def pack_leaves(leaves: Sequence[bytes]) -> bytes:
 
 
 def _unpack_leaves(blob: bytes) -> list[bytes]:
-    leaves = cbor2.loads(blob)
+    leaves = cborsafe.loads(blob)
     if not isinstance(leaves, list) or not all(isinstance(x, bytes) for x in leaves):
         raise ValueError("stored leaves are not a CBOR array of byte strings")
     return leaves

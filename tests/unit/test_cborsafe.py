@@ -1,0 +1,63 @@
+"""attestation.cborsafe: strict UTF-8 without cbor2 5.x's leak on the error path.
+
+cbor2 5.9's C decoder leaks ~600 bytes per refused invalid-UTF-8 string
+(agronholm/cbor2#257; found by fuzz/targets.py ``upload``, which ran out of memory).
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attestation import cborsafe
+
+HOSTILE = [
+    b"\x62\xff\xff",  # a text string that is not UTF-8
+    b"\x82\x01\x62\xed\xa0",  # truncated surrogate inside an array
+    b"\xa1\x62\xc0\xaf\x01",  # overlong encoding as a map key
+    b"\xd8\x18\x62\xff\xfe",  # inside a tag
+    b"\xa1\xa1\x61a\x62\xed\xa0\x80\x01",  # an encoded surrogate in a map used as a key
+]
+
+
+@pytest.mark.parametrize("data", HOSTILE)
+def test_invalid_utf8_is_refused_like_cbor2_refuses_it(data: bytes) -> None:
+    with pytest.raises(cbor2.CBORDecodeValueError, match="unicode string"):
+        cborsafe.loads(data)
+
+
+def test_refusing_invalid_utf8_does_not_grow_memory() -> None:
+    for data in HOSTILE:  # warm up caches and interned objects first
+        with pytest.raises(cbor2.CBORDecodeError):
+            cborsafe.loads(data)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(4000):
+            for data in HOSTILE:
+                with pytest.raises(cbor2.CBORDecodeError):
+                    cborsafe.loads(data)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # cbor2.loads on the same 20,000 inputs keeps ~12 MB; what is left here is noise
+    assert grown < 256 * 1024, f"{grown} bytes kept after 20,000 refused decodes"
+
+
+@given(
+    st.recursive(
+        st.text() | st.binary() | st.integers(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+    )
+)
+def test_valid_cbor_decodes_exactly_as_cbor2_does(value: object) -> None:
+    data = cbor2.dumps(value)
+    assert cborsafe.loads(data) == cbor2.loads(data)
+
+
+def test_a_literal_replacement_character_is_valid_text() -> None:
+    assert cborsafe.loads(b"\x63\xef\xbf\xbd") == "\ufffd"
