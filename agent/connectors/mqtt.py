@@ -93,12 +93,12 @@ def _signal(t: dict[str, Any], w: Where) -> MqttSignal:
 
 def _connector(t: dict[str, Any], w: Where) -> MqttConfig:
     url = _get(t, w, "url", str)
-    parts = urlsplit(url)
-    try:
+    try:  # urlsplit refuses a malformed [IPv6] host, .port a bad port: both ValueError
+        parts = urlsplit(url)
         port = parts.port or 1883
-    except ValueError:
-        port = -1
-    if parts.scheme != "mqtt" or not parts.hostname or port < 0:
+    except ValueError as err:
+        raise w.error("url", f"{url!r} is not mqtt://host[:port] ({err})") from err
+    if parts.scheme != "mqtt" or not parts.hostname:
         raise w.error("url", f"{url!r} is not mqtt://host[:port]")
     name = _get(t, w, "name", str)
     payload = _choice(t, w, "payload", PAYLOAD_KINDS, "json")

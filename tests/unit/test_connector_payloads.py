@@ -130,6 +130,9 @@ def test_any_json_document_is_decoded_or_counted_never_raised(doc: dict[str, Any
     ("change", "key", "line"),
     [
         (('url = "mqtt://127.0.0.1:1883"', 'url = "http://x"'), "mqtt[0].url", 6),
+        # found by fuzz/targets.py config: urlsplit raised a bare ValueError
+        (('url = "mqtt://127.0.0.1:1883"', 'url = "mqtt://127.0.]l0/a"'), "mqtt[0].url", 6),
+        (('url = "mqtt://127.0.0.1:1883"', 'url = "mqtt://h:99999"'), "mqtt[0].url", 6),
         (('topic = "plant/#"', 'topic = "plant/#/x"'), "mqtt[0].signals[1].topic", 16),
         (('pointer = "/values/F"', 'pointer = "values/F"'), "mqtt[0].signals[1].pointer", 17),
         (('name = "flow"', 'name = "pressure"'), "mqtt[0].signals", 8),
