@@ -18,7 +18,7 @@ from attestation import merkle
 from attestation.errors import MalformedInput
 from attestation.reading import LEAF_LIMITS, LeafLimits, Reading, decode_leaf, leaf_hash
 
-__all__ = ["NATIVE", "check_leaf", "window_root"]
+__all__ = ["NATIVE", "check_leaf", "native_verdict", "window_root"]
 
 _native: ModuleType | None
 try:
@@ -44,6 +44,24 @@ def check_leaf(
     return reading
 
 
+def native_verdict(
+    leaves: Sequence[bytes], first_seq: int, limits: LeafLimits = LEAF_LIMITS
+) -> bytes | int | None:
+    """The C check alone: the root, the index of the first leaf it refuses, or None when the
+    extension is not built (or ``FACTORYOPS_PURE_PYTHON=1``)."""
+    if _native is None:
+        return None
+    verdict: bytes | int = _native.check_window(
+        leaves,
+        first_seq,
+        limits.max_leaf_bytes,
+        limits.max_signal_chars,
+        limits.max_unit_chars,
+        limits.max_quality,
+    )
+    return verdict
+
+
 def window_root(
     leaves: Sequence[bytes],
     first_seq: int,
@@ -59,20 +77,13 @@ def window_root(
         raise MalformedInput("first_seq", f"{first_seq} outside 0..2^63-1")
     if not leaves:
         return merkle.EMPTY_ROOT
-    if native and _native is not None:
-        got = _native.check_window(
-            leaves,
-            first_seq,
-            limits.max_leaf_bytes,
-            limits.max_signal_chars,
-            limits.max_unit_chars,
-            limits.max_quality,
-        )
-        if isinstance(got, bytes):
-            return got
+    got = native_verdict(leaves, first_seq, limits) if native else None
+    if isinstance(got, bytes):
+        return got
+    if got is not None:
         check_leaf(leaves[got], got, first_seq, limits)  # raises, naming the fault
         # unreachable while the two agree (tests prove they do); if they ever did not,
         # the Python decoder is the reference: fall through and let it decide
-    return merkle.root(
-        [leaf_hash(leaf) for i, leaf in enumerate(leaves) if check_leaf(leaf, i, first_seq, limits)]
-    )
+    for i, leaf in enumerate(leaves):
+        check_leaf(leaf, i, first_seq, limits)
+    return merkle.root([leaf_hash(leaf) for leaf in leaves])

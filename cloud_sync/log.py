@@ -57,6 +57,19 @@ _INSERT_ENTRY = insert(log_entries)
 _INSERT_NODE = insert(log_nodes)
 
 
+def _add_nodes(conn: Connection, first: int, leaves: Sequence[bytes]) -> None:
+    """Store the perfect subtrees that appending entries ``first, first + 1, ...`` completes."""
+    reader = _NodeReader(conn)
+    nodes = []
+    for i, leaf in enumerate(leaves, start=first):
+        reader.cache[(0, i)] = leaf
+        for lv, ix, h in merkle.perfect_nodes_completed(i, leaf, reader):
+            reader.cache[(lv, ix)] = h  # the next entry may complete its parent
+            nodes.append({"level": lv, "idx": ix, "hash": h})
+    if nodes:
+        conn.execute(_INSERT_NODE, nodes)
+
+
 @dataclass
 class HubLog:
     engine: Engine
@@ -93,25 +106,15 @@ class HubLog:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_APPEND_LOCK})
         size = conn.execute(_SIZE).scalar_one()
-        reader = _NodeReader(conn)
-        rows, nodes = [], []
-        for i, (utid, window, cose) in enumerate(entries):
-            leaf = entry_hash(cose)
-            rows.append({"idx": size + i, "utid": utid, "window": window, "entry_hash": leaf})
-            reader.cache[(0, size + i)] = leaf
-            for lv, ix, h in merkle.perfect_nodes_completed(size + i, leaf, reader):
-                reader.cache[(lv, ix)] = h  # the next entry may complete its parent
-                nodes.append({"level": lv, "idx": ix, "hash": h})
-        conn.execute(_INSERT_ENTRY, rows)
-        if nodes:
-            conn.execute(_INSERT_NODE, nodes)
-
-    def _add_nodes(self, conn: Connection, index: int, leaf: bytes) -> None:
-        completed = merkle.perfect_nodes_completed(index, leaf, _NodeReader(conn))
-        if completed:
-            conn.execute(
-                insert(log_nodes), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in completed]
-            )
+        leaves = [entry_hash(cose) for _, _, cose in entries]
+        conn.execute(
+            _INSERT_ENTRY,
+            [
+                {"idx": size + i, "utid": utid, "window": window, "entry_hash": leaf}
+                for i, ((utid, window, _), leaf) in enumerate(zip(entries, leaves, strict=True))
+            ],
+        )
+        _add_nodes(conn, size, leaves)
 
     def ensure_nodes(self) -> None:
         """Build the subtree index of a log written before it existed (once, O(n))."""
@@ -123,8 +126,7 @@ class HubLog:
             if size < 2 or have:
                 return
             rows = conn.execute(select(log_entries.c.entry_hash).order_by(log_entries.c.idx)).all()
-            for i, (leaf,) in enumerate(rows):
-                self._add_nodes(conn, i, leaf)
+            _add_nodes(conn, 0, [leaf for (leaf,) in rows])
 
     def size(self) -> int:
         with self.engine.connect() as conn:

@@ -25,8 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from attestation import cborsafe
-from attestation.cose import decode_sign1
-from attestation.microproof import MicroProof, decode_payload
+from attestation.microproof import MicroProof
 from attestation.reading import Reading, decode_leaf
 from cloud_sync.storage.migrate import migrate
 from cloud_sync.storage.tables import devices, window_leaves, windows
@@ -264,11 +263,9 @@ class Store:
         *,
         expected_head: int,
         now_ns: int,
-        proof: MicroProof | None = None,
+        proof: MicroProof,
     ) -> None:
         """Store one accepted proof, its leaves and the new chain head in one transaction."""
-        if proof is None:  # callers that did not keep the parsed payload
-            proof = decode_payload(decode_sign1(row.cose, require_tag=True).payload or b"")
         with self.engine.begin() as conn:
             self.store_windows(
                 [Accepted(row, leaves, proof)],

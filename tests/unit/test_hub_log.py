@@ -116,10 +116,10 @@ def test_a_log_written_before_the_subtree_index_is_indexed_on_open(tmp_path: Pat
     store = Store.open(s.db_url)
     before = HubLog.open(store.engine, s.data_dir, s.log_origin).consistency(3, 11)
     with store.engine.begin() as conn:
-        # the 11 entries came in one request, appended as a batch
+        # the 11 entries came in one request, their nodes built as it was appended
         batch_nodes = sorted(conn.execute(select(log_nodes)).all())
         conn.execute(delete(log_nodes))  # as an older hub left it
-    log = HubLog.open(store.engine, s.data_dir, s.log_origin)  # rebuilds, one entry at a time
+    log = HubLog.open(store.engine, s.data_dir, s.log_origin)  # rebuilds them from the entries
     with store.engine.connect() as conn:
         assert sorted(conn.execute(select(log_nodes)).all()) == batch_nodes
     assert len(batch_nodes) == 11 - 3  # perfect subtrees of 11 leaves: 5 + 2 + 1

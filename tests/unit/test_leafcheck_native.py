@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attestation import leafbatch, merkle
+from attestation import merkle
 from attestation.errors import MalformedInput
-from attestation.leafbatch import NATIVE, window_root
+from attestation.leafbatch import NATIVE, native_verdict, window_root
 from attestation.reading import LeafLimits, Reading, encode_leaf, leaf_hash
 from tests.conftest import missing
 from tests.strategies import readings, windows
@@ -31,14 +31,8 @@ def _native_built() -> None:
 
 def _native(leaves: list[bytes], first_seq: int, limits: LeafLimits) -> object:
     """The C answer alone (no Python fallback): the root, or ``leaves[i]`` it refused."""
-    got = leafbatch._native.check_window(  # type: ignore[union-attr]
-        leaves,
-        first_seq,
-        limits.max_leaf_bytes,
-        limits.max_signal_chars,
-        limits.max_unit_chars,
-        limits.max_quality,
-    )
+    got = native_verdict(leaves, first_seq, limits)
+    assert got is not None
     return got if isinstance(got, bytes) else f"leaves[{got}]"
 
 
