@@ -39,11 +39,12 @@ SpoolCall = Callable[[Callable[[], T]], Awaitable[T]]
 
 
 def encode_upload(items: list[OutboxItem]) -> bytes:
-    """CBOR body of POST /v1/proofs."""
+    """CBOR body of POST /v1/proofs: each window's leaves back to back in one byte string
+    (a CBOR sequence; the hub stores those bytes as they are, ADR 0008)."""
     return cbor2.dumps(
         {
             "proofs": [
-                {"cose": i.cose, "leaves": [encode_leaf(r) for r in i.readings]} for i in items
+                {"cose": i.cose, "leaves": b"".join(map(encode_leaf, i.readings))} for i in items
             ]
         }
     )

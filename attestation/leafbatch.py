@@ -1,10 +1,13 @@
 """Check a whole window of leaves at once and compute its Merkle root (the hub's hot path).
 
-``window_root`` gives the same answer as decoding every leaf with ``decode_leaf``, checking
-its seq and hashing it, but runs in C when the native extension was built
-(``attestation/_native/leafcheck.c``, ~0.1 us a leaf instead of ~5 us; ADR 0007). The Python
-decoder stays the reference: it names what is wrong with a rejected leaf, and it decides
-alone whenever the extension is missing or ``FACTORYOPS_PURE_PYTHON=1`` is set.
+A window's leaves travel and are stored either as a list of byte strings or, since ADR 0008,
+back to back in one byte string: a CBOR sequence (RFC 8742; each canonical leaf is one
+self-delimiting CBOR item). ``window_root`` (a list) and ``sequence_root`` (a sequence) give
+the same answer as decoding every leaf with ``decode_leaf``, checking its seq and hashing it,
+but run in C when the native extension was built (``attestation/_native/leafcheck.c``,
+~0.2 us a leaf instead of ~5 us; ADR 0007). The Python decoder stays the reference: it names
+what is wrong with a rejected leaf, and it decides alone whenever the extension is missing or
+``FACTORYOPS_PURE_PYTHON=1`` is set.
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ from attestation import merkle
 from attestation.errors import MalformedInput
 from attestation.reading import LEAF_LIMITS, LeafLimits, Reading, decode_leaf, leaf_hash
 
-__all__ = ["NATIVE", "check_leaf", "native_verdict", "window_root"]
+__all__ = [
+    "NATIVE",
+    "check_leaf",
+    "checked_leaves",
+    "native_sequence_verdict",
+    "native_verdict",
+    "sequence_root",
+    "split_leaves",
+    "window_root",
+]
 
 _native: ModuleType | None
 try:
@@ -62,6 +74,25 @@ def native_verdict(
     return verdict
 
 
+def native_sequence_verdict(
+    blob: bytes, count: int, first_seq: int, limits: LeafLimits = LEAF_LIMITS
+) -> bytes | int | None:
+    """``native_verdict`` for ``count`` >= 1 leaves back to back in ``blob``: the root, the
+    index of the first leaf it refuses (``count``: bytes follow the last leaf), or None."""
+    if _native is None:
+        return None
+    verdict: bytes | int = _native.check_sequence(
+        blob,
+        count,
+        first_seq,
+        limits.max_leaf_bytes,
+        limits.max_signal_chars,
+        limits.max_unit_chars,
+        limits.max_quality,
+    )
+    return verdict
+
+
 def window_root(
     leaves: Sequence[bytes],
     first_seq: int,
@@ -87,3 +118,99 @@ def window_root(
     for i, leaf in enumerate(leaves):
         check_leaf(leaf, i, first_seq, limits)
     return merkle.root([leaf_hash(leaf) for leaf in leaves])
+
+
+def sequence_root(
+    blob: bytes,
+    count: int,
+    first_seq: int,
+    limits: LeafLimits = LEAF_LIMITS,
+    *,
+    native: bool = True,
+) -> bytes:
+    """``window_root`` of ``count`` leaves sent back to back in ``blob`` (a CBOR sequence).
+
+    Raises ``MalformedInput`` naming the first bad leaf (``leaves[i]``), or ``leaves`` when
+    the blob holds fewer or more leaves than ``count``.
+    """
+    if not 0 <= first_seq < 2**63:
+        raise MalformedInput("first_seq", f"{first_seq} outside 0..2^63-1")
+    if count == 0:
+        if blob:
+            raise MalformedInput("leaves", f"{len(blob)} bytes of leaves for a window of none")
+        return merkle.EMPTY_ROOT
+    got = native_sequence_verdict(blob, count, first_seq, limits) if native else None
+    if isinstance(got, bytes):
+        return got
+    # refused in C (the Python decoder names why) or no C: the reference decides
+    return merkle.root([leaf_hash(leaf) for leaf in checked_leaves(blob, count, first_seq, limits)])
+
+
+def checked_leaves(
+    blob: bytes, count: int, first_seq: int, limits: LeafLimits = LEAF_LIMITS
+) -> list[bytes]:
+    """The ``count`` leaves of ``blob``, each split off and checked before the next one, so
+    the fault named is the first one, as in C."""
+    leaves: list[bytes] = []
+    pos = 0
+    for i in range(count):
+        if pos == len(blob):
+            raise MalformedInput("leaves", f"{i} leaves sent, the proof signs {count}")
+        end = _item_end(blob, pos, min(len(blob), pos + limits.max_leaf_bytes))
+        if end is None:
+            raise MalformedInput(
+                f"leaves[{i}]",
+                f"no complete CBOR item of at most {limits.max_leaf_bytes} bytes at byte {pos}"
+                f" of {len(blob)}",
+            )
+        leaves.append(blob[pos:end])
+        check_leaf(leaves[-1], i, first_seq, limits)
+        pos = end
+    if pos != len(blob):
+        raise MalformedInput(
+            "leaves", f"{len(blob) - pos} bytes follow the last of the {count} leaves signed"
+        )
+    return leaves
+
+
+def split_leaves(blob: bytes, limits: LeafLimits = LEAF_LIMITS) -> list[bytes]:
+    """A stored CBOR sequence of leaves as a list (delimited only: ``check_leaf`` decodes)."""
+    leaves: list[bytes] = []
+    pos = 0
+    while pos < len(blob):
+        end = _item_end(blob, pos, min(len(blob), pos + limits.max_leaf_bytes))
+        if end is None:
+            raise MalformedInput(f"leaves[{len(leaves)}]", f"no complete CBOR item at byte {pos}")
+        leaves.append(blob[pos:end])
+        pos = end
+    return leaves
+
+
+def _item_end(blob: bytes, pos: int, limit: int) -> int | None:
+    """Where the CBOR item at ``blob[pos]`` ends, if it ends by ``limit`` (iterative: nesting
+    costs no stack). Indefinite lengths and reserved heads are refused: no leaf has them."""
+    pending = 1  # items still to read
+    while pending:
+        if pos >= limit:
+            return None
+        major, info = blob[pos] >> 5, blob[pos] & 31
+        pos += 1
+        if info < 24:
+            arg = info
+        elif info <= 27:
+            width = 1 << (info - 24)
+            arg = int.from_bytes(blob[pos : pos + width], "big")
+            pos += width
+        else:
+            return None
+        if major in (2, 3):  # byte and text strings: their bytes follow
+            pos += arg
+        if major == 4:
+            pending += arg - 1
+        elif major == 5:
+            pending += 2 * arg - 1
+        elif major != 6:  # a tag is followed by its item; everything else is one item
+            pending -= 1
+        if pos > limit or pending > limit - pos:  # every pending item needs a byte
+            return None
+    return pos

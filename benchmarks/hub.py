@@ -128,7 +128,7 @@ async def _upload(url: str, chains: list[list[SealedWindow]], batch: int) -> flo
             cbor2.dumps(
                 {
                     "proofs": [
-                        {"cose": w.cose, "leaves": list(w.leaves)} for w in chain[i : i + batch]
+                        {"cose": w.cose, "leaves": b"".join(w.leaves)} for w in chain[i : i + batch]
                     ]
                 }
             )

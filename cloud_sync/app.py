@@ -144,15 +144,22 @@ def _parse_uploads(body: bytes, settings: HubSettings) -> list[ProofUpload]:
         cose, leaves = p.get("cose"), p.get("leaves")
         if not isinstance(cose, bytes):
             raise ApiError(400, "malformed_body", f"proofs[{i}].cose must be a byte string")
-        if not isinstance(leaves, list) or not all(isinstance(x, bytes) for x in leaves):
-            raise ApiError(400, "malformed_body", f"proofs[{i}].leaves must be byte strings")
-        if len(leaves) > limits.max_leaves_per_proof:
+        if isinstance(leaves, list) and all(isinstance(x, bytes) for x in leaves):
+            if len(leaves) > limits.max_leaves_per_proof:
+                raise ApiError(
+                    413,
+                    "too_large",
+                    f"proofs[{i}] has {len(leaves)} leaves, limit {limits.max_leaves_per_proof}",
+                )
+            leaves = b"".join(leaves)  # agents before ADR 0008 send a list
+        if not isinstance(leaves, bytes):
             raise ApiError(
-                413,
-                "too_large",
-                f"proofs[{i}] has {len(leaves)} leaves, limit {limits.max_leaves_per_proof}",
+                400,
+                "malformed_body",
+                f"proofs[{i}].leaves must be a byte string (the leaves back to back)"
+                " or an array of byte strings",
             )
-        uploads.append(ProofUpload(cose, tuple(leaves)))
+        uploads.append(ProofUpload(cose, leaves))
     return uploads
 
 
@@ -339,11 +346,11 @@ def create_app(
         uploads = _parse_uploads(body, settings)
         started = time.perf_counter()
         done, refused = ingestor.ingest_many(uploads, now_ns=now_ns(), caller=caller)
-        for result, upload in zip(done, uploads, strict=False):
-            metrics.ingest_seconds.observe((time.perf_counter() - started) / len(uploads))
+        per_proof = (time.perf_counter() - started) / len(uploads)
+        for result in done:
+            metrics.ingest_seconds.observe(per_proof)
             metrics.proofs.labels(result.status, "").inc()
-            if result.status == "accepted":
-                metrics.readings.inc(len(upload.leaves))
+            metrics.readings.inc(result.readings)
         results = [r.as_json() for r in done]
         if refused is not None:
             index, err = refused

@@ -8,7 +8,8 @@ Steps, each with its own refusal (docs/protocol.md):
 5. chain: the next window index, and prev = SHA-256 of the device's last accepted proof
 6. seqs: first seq follows the last accepted one, or gap records cover the hole
 7. leaves: count matches, each decodes strictly, seqs consecutive, RFC 9162 root matches
-   (attestation.leafbatch: in C when built, ~0.2 us a leaf; ADR 0007)
+   (attestation.leafbatch: in C when built, ~0.2 us a leaf; ADR 0007; they arrive and are
+   stored back to back in one byte string, ADR 0008)
 8. store window + its leaves + new head atomically (a concurrent writer -> re-check once)
 """
 
@@ -26,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from attestation.cose import PublicKey
 from attestation.errors import AttestationError, BrokenLink, MalformedInput
-from attestation.leafbatch import window_root
+from attestation.leafbatch import sequence_root
 from attestation.microproof import (
     GENESIS_PREV,
     SignedMicroProof,
@@ -43,7 +44,7 @@ __all__ = ["IngestResult", "Ingestor", "ProofUpload"]
 @dataclass(frozen=True, slots=True)
 class ProofUpload:
     cose: bytes
-    leaves: tuple[bytes, ...]
+    leaves: bytes  # the window's leaves back to back: a CBOR sequence (RFC 8742; ADR 0008)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,12 @@ class IngestResult:
     status: str  # "accepted" | "duplicate"
     first_seq: int
     last_seq: int
+    readings: int = 0  # readings this call accepted (0 for a duplicate); not in the JSON
+
+    @classmethod
+    def of(cls, row: WindowRow, status: str) -> IngestResult:
+        accepted = row.count if status == "accepted" else 0
+        return cls(row.window, status, row.first_seq, row.last_seq, accepted)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -93,7 +100,7 @@ class Ingestor:
         for attempt in range(2):
             if attempt:
                 device = self._device(smp.utid)
-            if (stored := self._stored_since(row, device)) is not None:
+            if (stored := self._stored_since(row.cose_sha256, row.window, device)) is not None:
                 return stored
             self._check_chain(smp, device)  # (5)
             self._check_seqs(smp, device)  # (6)
@@ -105,10 +112,10 @@ class Ingestor:
                     now_ns=now_ns,
                     proof=smp.proof,
                 )
-                return IngestResult(row.window, "accepted", row.first_seq, row.last_seq)
+                return IngestResult.of(row, "accepted")
             except (HeadMoved, IntegrityError):
                 if (done := self.store.window_by_hash(row.cose_sha256)) is not None:
-                    return IngestResult(done.window, "duplicate", done.first_seq, done.last_seq)
+                    return IngestResult.of(done, "duplicate")
         raise ApiError(409, "fork", f"window {row.window} lost a race with a different proof")
 
     def ingest_many(
@@ -124,10 +131,13 @@ class Ingestor:
         """
         checked: list[IngestResult | tuple[WindowRow, SignedMicroProof, DeviceRow]] = []
         refusal: tuple[int, ApiError] | None = None
+        seen: dict[str, DeviceRow | None] = {}  # each device looked up once a request
         with self.store.engine.connect() as reads:  # one connection for the lookups
             for i, upload in enumerate(uploads):
                 try:
-                    checked.append(self._check(upload, now_ns=now_ns, caller=caller, conn=reads))
+                    checked.append(
+                        self._check(upload, now_ns=now_ns, caller=caller, conn=reads, seen=seen)
+                    )
                 except ApiError as err:
                     refusal = (i, err)
                     break
@@ -175,9 +185,9 @@ class Ingestor:
             return dataclasses.replace(earlier, status="duplicate")
         device = chain.heads.get(row.utid)
         if device is None:  # first proof of this device in the request: its head now
-            device = self._device(row.utid, conn)
+            device = self._admit(self.store.device(row.utid, conn), row.utid)
             chain.expected[row.utid] = device.head_window
-            if (stored := self._stored_since(row, device, conn)) is not None:
+            if stored := self._stored_since(row.cose_sha256, row.window, device, conn):
                 return stored
         self._check_chain(smp, device)  # (5)
         self._check_seqs(smp, device)  # (6)
@@ -188,24 +198,20 @@ class Ingestor:
             head_hash=row.cose_sha256,
             head_last_seq=row.last_seq if row.count else device.head_last_seq,
         )
-        result = chain.done[row.cose_sha256] = IngestResult(
-            row.window, "accepted", row.first_seq, row.last_seq
-        )
+        result = chain.done[row.cose_sha256] = IngestResult.of(row, "accepted")
         return result
 
     def _stored_since(
-        self, row: WindowRow, device: DeviceRow, conn: Connection | None = None
+        self, cose_sha256: bytes, window: int, device: DeviceRow, conn: Connection | None = None
     ) -> IngestResult | None:
-        """A duplicate stored after our check (2), by another writer: a replica, or a retry
-        racing this request. Only looked up when the head already passed the proof's window."""
-        if row.window > device.head_window:
+        """The stored proof with these bytes, if any: an idempotent retry, or a duplicate
+        another writer (a replica, a racing retry) stored after our first look. Looked up
+        only when the device's head already reached the proof's window: a window past the
+        head cannot have been stored (one query saved per proof on the common path)."""
+        if window > device.head_window:
             return None
-        done = self.store.window_by_hash(row.cose_sha256, conn)
-        return (
-            None
-            if done is None
-            else IngestResult(done.window, "duplicate", done.first_seq, done.last_seq)
-        )
+        done = self.store.window_by_hash(cose_sha256, conn)
+        return None if done is None else IngestResult.of(done, "duplicate")
 
     def _check(
         self,
@@ -214,17 +220,23 @@ class Ingestor:
         now_ns: int,
         caller: str | None,
         conn: Connection | None = None,
+        seen: dict[str, DeviceRow | None] | None = None,
     ) -> IngestResult | tuple[WindowRow, SignedMicroProof, DeviceRow]:
-        """Steps (1)-(4) and (7): a duplicate's result, or the row to store and its device."""
+        """Steps (1)-(4) and (7): a duplicate's result, or the row to store and its device.
+        ``seen`` caches device rows across a request's proofs."""
         try:
             smp = parse_microproof(upload.cose)  # (1)
         except AttestationError as err:
             raise ApiError(400, "malformed_proof", str(err)) from err
         mp = smp.proof
         digest = hashlib.sha256(upload.cose).digest()
-        if (done := self.store.window_by_hash(digest, conn)) is not None:  # (2)
-            return IngestResult(done.window, "duplicate", done.first_seq, done.last_seq)
-        device = self._device(smp.utid, conn)  # (3)
+        seen = {} if seen is None else seen
+        if smp.utid not in seen:
+            seen[smp.utid] = self.store.device(smp.utid, conn)
+        found = seen[smp.utid]
+        if found is not None and (done := self._stored_since(digest, mp.window, found, conn)):
+            return done  # (2), answered even for a device revoked since
+        device = self._admit(found, smp.utid)  # (3)
         if caller is not None and caller != device.utid:
             raise ApiError(403, "wrong_device", f"the token is for {caller}, not {device.utid}")
         if device.key_kind == "tpm" and caller is None:
@@ -255,7 +267,10 @@ class Ingestor:
         return row, smp, device
 
     def _device(self, utid: str, conn: Connection | None = None) -> DeviceRow:
-        device = self.store.device(utid, conn)
+        return self._admit(self.store.device(utid, conn), utid)
+
+    def _admit(self, device: DeviceRow | None, utid: str) -> DeviceRow:
+        """The device when policy lets it upload, else the refusal."""
         if device is None:
             raise ApiError(403, "unknown_device", f"{utid} is not enrolled with this hub")
         if device.revoked:
@@ -318,16 +333,20 @@ class Ingestor:
                 " a hole needs a signed gap record",
             )
 
-    def _check_leaves(self, smp: SignedMicroProof, leaves: Sequence[bytes]) -> None:
+    def _check_leaves(self, smp: SignedMicroProof, leaves: bytes) -> None:
         mp = smp.proof
-        if len(leaves) != mp.count:
+        if mp.count > self.limits.max_leaves_per_proof:
             raise ApiError(
-                422, "leaf_count", f"{len(leaves)} leaves uploaded, the proof signs {mp.count}"
+                413,
+                "too_large",
+                f"window {mp.window} signs {mp.count} readings,"
+                f" limit {self.limits.max_leaves_per_proof}",
             )
         try:
-            got = window_root(leaves, mp.first_seq)
+            got = sequence_root(leaves, mp.count, mp.first_seq)
         except MalformedInput as err:
-            raise ApiError(422, "bad_leaf", str(err)) from err
+            code = "leaf_count" if err.field == "leaves" else "bad_leaf"
+            raise ApiError(422, code, str(err)) from err
         if got != mp.root:
             raise ApiError(
                 422,

@@ -86,6 +86,27 @@ def leafcheck(data: bytes) -> None:
         raise RuntimeError(f"native {native!r} but Python {reference!r} for {data.hex()}")
 
 
+def leafseq(data: bytes) -> None:
+    """Differential: a window of leaves back to back (byte 0: how many the proof signs),
+    judged alike by the native sequence check and the Python splitter and decoder."""
+    if not data:
+        return
+    count, blob = 1 + data[0] % 8, data[1:]
+    native = leafbatch.native_sequence_verdict(blob, count, 0)
+    if native is None:
+        raise RuntimeError("the native window check is not built")
+    try:
+        reference: object = leafbatch.sequence_root(blob, count, 0, native=False)
+    except AttestationError as err:
+        field = getattr(err, "field", "")
+        # leaves[i]: leaf i is refused; "leaves": a count mismatch, found at or before count
+        reference = int(field[7:-1]) if field.startswith("leaves[") else native
+        if field == "leaves" and not (isinstance(native, int) and native <= count):
+            reference = "a count mismatch"
+    if native != reference:
+        raise RuntimeError(f"native {native!r} but Python {reference!r} for {data.hex()}")
+
+
 def microproof(data: bytes) -> None:
     with contextlib.suppress(AttestationError):
         parse_microproof(data)
@@ -142,6 +163,7 @@ def mqtt(data: bytes) -> None:
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "leaf": leaf,
     "leafcheck": leafcheck,
+    "leafseq": leafseq,
     "microproof": microproof,
     "sign1": sign1,
     "upload": upload,
@@ -164,6 +186,7 @@ def seeds() -> dict[str, list[bytes]]:
     return {
         "leaf": leaves,
         "leafcheck": leaves,
+        "leafseq": [bytes([len(leaves) - 1]) + b"".join(leaves), bytes([0]) + leaves[0]],
         "microproof": [cose_bytes, cose.decode_sign1(cose_bytes).payload],
         "sign1": [cose_bytes],
         "upload": [body((cose_bytes, leaves))],

@@ -9,6 +9,7 @@ from pathlib import Path
 import cbor2
 
 from attestation import merkle
+from attestation.leafbatch import split_leaves
 from attestation.microproof import (
     GENESIS_PREV,
     AnomalySummary,
@@ -85,10 +86,16 @@ def hub_readings(db_path: Path) -> list[Reading]:
     """Every reading a SQLite hub database holds, decoded from its stored window leaves."""
     with sqlite3.connect(db_path) as db:
         blobs = db.execute("SELECT leaves FROM window_leaves ORDER BY utid, window").fetchall()
-    return [decode_leaf(leaf) for (blob,) in blobs for leaf in cbor2.loads(blob)]
+    return [decode_leaf(leaf) for (blob,) in blobs for leaf in split_leaves(blob)]
 
 
 def body(*proofs: tuple[bytes, list[bytes]]) -> bytes:
+    """An upload as agents send it: each window's leaves back to back (ADR 0008)."""
+    return cbor2.dumps({"proofs": [{"cose": c, "leaves": b"".join(ls)} for c, ls in proofs]})
+
+
+def list_body(*proofs: tuple[bytes, list[bytes]]) -> bytes:
+    """An upload as agents before ADR 0008 send it: each window's leaves as an array."""
     return cbor2.dumps({"proofs": [{"cose": c, "leaves": leaves} for c, leaves in proofs]})
 
 

@@ -7,12 +7,13 @@
  * ~100-200 windows of 1,000 readings a second. No maintained library validates *our* leaf
  * schema in deterministic CBOR, so this file does exactly that and nothing else.
  *
- * The contract is narrow and checked by tests: check_window() accepts a leaf exactly when
- * attestation.reading.decode_leaf() accepts it and its seq is the expected one
- * (tests/unit/test_leafcheck_native.py, Hypothesis, plus a differential fuzz target).
- * On the first leaf it does not accept it returns that leaf's index; the Python caller then
- * runs decode_leaf() on it to name what is wrong. It never allocates per leaf and never
- * reads past a leaf's end.
+ * The contract is narrow and checked by tests: check_window() (a list of leaves) and
+ * check_sequence() (the leaves back to back in one byte string, as uploads carry them and
+ * the hub stores them) accept a leaf exactly when attestation.reading.decode_leaf() accepts
+ * it and its seq is the expected one (tests/unit/test_leafcheck_native.py, Hypothesis, plus
+ * a differential fuzz target). On the first leaf they do not accept they return that leaf's
+ * index; the Python caller then decodes it to name what is wrong. They never allocate per
+ * leaf and never read past the input's end.
  *
  * A canonical leaf (RFC 8949 s.4.2.1, our map {1: seq, 2: ts_ns, 3: signal, 4: value,
  * 5: unit, 6: quality}) is: a6 | 01 uint | 02 int | 03 text | 04 float | 05 text | 06 uint,
@@ -175,13 +176,14 @@ static Py_ssize_t value(const unsigned char *p, Py_ssize_t n)
     return 0;
 }
 
-/* 1 when leaf p[0..n) is a canonical leaf with seq `want`. */
-static int leaf_ok(const unsigned char *p, Py_ssize_t n, uint64_t want, const Limits *lim)
+/* The length of the canonical leaf with seq `want` that starts p[0..n), 0 if none does.
+   A leaf is self-delimiting, so this also splits a CBOR sequence of leaves. */
+static Py_ssize_t leaf_len(const unsigned char *p, Py_ssize_t n, uint64_t want, const Limits *lim)
 {
-    const unsigned char *end = p + n;
+    const unsigned char *start = p, *end = p + (n < lim->max_leaf ? n : lim->max_leaf);
     uint64_t v;
     Py_ssize_t k;
-    if (n > lim->max_leaf || n < 2 || p[0] != 0xA6 || p[1] != 0x01)
+    if (end - p < 2 || p[0] != 0xA6 || p[1] != 0x01)
         return 0;
     p += 2;
     if (!(k = head(p, end - p, 0, &v)) || v != want || v >= (1ULL << 63))
@@ -206,18 +208,69 @@ static int leaf_ok(const unsigned char *p, Py_ssize_t n, uint64_t want, const Li
     p += k;
     if (p >= end || *p++ != 0x06 || !(k = head(p, end - p, 0, &v)) || v > lim->max_quality)
         return 0;
-    return p + k == end;
+    return (p + k) - start;
 }
 
-static void node(const unsigned char *left, const unsigned char *right, unsigned char *out)
+/* The RFC 9162 root of n >= 1 leaves (leaf i at ptr[i], len[i] bytes) into out[32].
+   `level` is scratch of n * 32 bytes. Runs without the GIL: it touches no Python object. */
+static void merkle_root(const unsigned char *const *ptr, const Py_ssize_t *len, Py_ssize_t n,
+                        unsigned char *level, unsigned char *out)
 {
-    static const unsigned char one = 0x01;
-    SHA256_CTX c;
-    SHA256_Init(&c);
-    SHA256_Update(&c, &one, 1);
-    SHA256_Update(&c, left, 32);
-    SHA256_Update(&c, right, 32);
-    SHA256_Final(out, &c);
+    unsigned char buf[65];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        SHA256_CTX c;
+        buf[0] = 0x00;
+        SHA256_Init(&c);
+        SHA256_Update(&c, buf, 1);
+        SHA256_Update(&c, ptr[i], (size_t)len[i]);
+        SHA256_Final(level + 32 * i, &c);
+    }
+    /* pair neighbours level by level, carrying an odd last node up: RFC 9162 s.2.1.1's tree */
+    buf[0] = 0x01;
+    for (Py_ssize_t width = n; width > 1; width = (width + 1) / 2) {
+        for (Py_ssize_t i = 0; i + 1 < width; i += 2) {
+            SHA256_CTX c; /* not SHA256(): in OpenSSL 3 it fetches the algorithm each call */
+            memcpy(buf + 1, level + 32 * i, 64);
+            SHA256_Init(&c);
+            SHA256_Update(&c, buf, 65);
+            SHA256_Final(level + 32 * (i / 2), &c);
+        }
+        if (width % 2)
+            memmove(level + 32 * (width / 2), level + 32 * (width - 1), 32);
+    }
+    memcpy(out, level, 32);
+}
+
+/* Scratch for n leaves: pointers, lengths and one Merkle level, in one allocation. */
+typedef struct {
+    const unsigned char **ptr;
+    Py_ssize_t *len;
+    unsigned char *level;
+} Scratch;
+
+static int scratch_alloc(Scratch *s, Py_ssize_t n)
+{
+    size_t each = sizeof(*s->ptr) + sizeof(*s->len) + 32;
+    if ((size_t)n > ((size_t)PY_SSIZE_T_MAX) / each)
+        return 0;
+    char *mem = PyMem_RawMalloc((size_t)n * each);
+    if (mem == NULL)
+        return 0;
+    s->ptr = (const unsigned char **)mem;
+    s->len = (Py_ssize_t *)(mem + (size_t)n * sizeof(*s->ptr));
+    s->level = (unsigned char *)(mem + (size_t)n * (sizeof(*s->ptr) + sizeof(*s->len)));
+    return 1;
+}
+
+/* Hash the leaves in `s` without the GIL, free `s`, return the root as bytes. */
+static PyObject *finish(Scratch *s, Py_ssize_t n)
+{
+    unsigned char root[32];
+    Py_BEGIN_ALLOW_THREADS
+    merkle_root(s->ptr, s->len, n, s->level, root);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(s->ptr);
+    return PyBytes_FromStringAndSize((const char *)root, 32);
 }
 
 PyDoc_STRVAR(check_window_doc,
@@ -245,44 +298,77 @@ static PyObject *check_window(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "an empty window has no leaves to check");
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!PyBytes_Check(items[i]) ||
-            !leaf_ok((const unsigned char *)PyBytes_AS_STRING(items[i]), PyBytes_GET_SIZE(items[i]),
-                     (uint64_t)first + (uint64_t)i, &lim)) {
-            Py_DECREF(leaves);
-            return PyLong_FromSsize_t(i);
-        }
-    }
-    unsigned char *level = PyMem_RawMalloc((size_t)n * 32);
-    if (level == NULL) {
+    Scratch s;
+    if (!scratch_alloc(&s, n)) {
         Py_DECREF(leaves);
         return PyErr_NoMemory();
     }
-    Py_BEGIN_ALLOW_THREADS
-    static const unsigned char zero = 0x00;
     for (Py_ssize_t i = 0; i < n; i++) {
-        SHA256_CTX c;
-        SHA256_Init(&c);
-        SHA256_Update(&c, &zero, 1);
-        SHA256_Update(&c, PyBytes_AS_STRING(items[i]), (size_t)PyBytes_GET_SIZE(items[i]));
-        SHA256_Final(level + 32 * i, &c);
+        Py_ssize_t k = PyBytes_Check(items[i])
+            ? leaf_len((const unsigned char *)PyBytes_AS_STRING(items[i]),
+                       PyBytes_GET_SIZE(items[i]), (uint64_t)first + (uint64_t)i, &lim)
+            : 0;
+        if (k == 0 || k != PyBytes_GET_SIZE(items[i])) { /* 0: no leaf, not an empty one */
+            PyMem_RawFree(s.ptr);
+            Py_DECREF(leaves);
+            return PyLong_FromSsize_t(i);
+        }
+        s.ptr[i] = (const unsigned char *)PyBytes_AS_STRING(items[i]);
+        s.len[i] = PyBytes_GET_SIZE(items[i]);
     }
-    /* pair neighbours level by level, carrying an odd last node up: RFC 9162 s.2.1.1's tree */
-    for (Py_ssize_t width = n; width > 1; width = (width + 1) / 2) {
-        for (Py_ssize_t i = 0; i + 1 < width; i += 2)
-            node(level + 32 * i, level + 32 * (i + 1), level + 32 * (i / 2));
-        if (width % 2)
-            memmove(level + 32 * (width / 2), level + 32 * (width - 1), 32);
-    }
-    Py_END_ALLOW_THREADS
+    PyObject *root = finish(&s, n);
     Py_DECREF(leaves);
-    PyObject *root = PyBytes_FromStringAndSize((const char *)level, 32);
-    PyMem_RawFree(level);
     return root;
+}
+
+PyDoc_STRVAR(check_sequence_doc,
+"check_sequence(blob, count, first_seq, max_leaf, max_signal, max_unit, max_quality)\n"
+"    -> bytes | int\n\n"
+"The RFC 9162 root when `blob` is exactly `count` >= 1 canonical leaves back to back (a CBOR\n"
+"sequence, RFC 8742), leaf i with seq first_seq + i; otherwise the index of the first leaf\n"
+"that is not one, or `count` when bytes follow the last leaf.");
+
+static PyObject *check_sequence(PyObject *self, PyObject *args)
+{
+    const unsigned char *blob;
+    Py_ssize_t size, n;
+    unsigned long long first;
+    Limits lim;
+    /* y#: an immutable bytes-like object, kept alive by `args` while the GIL is released */
+    if (!PyArg_ParseTuple(args, "y#nKnnnK", &blob, &size, &n, &first, &lim.max_leaf,
+                          &lim.max_signal, &lim.max_unit, &lim.max_quality))
+        return NULL;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "an empty window has no leaves to check");
+        return NULL;
+    }
+    /* a leaf takes at least 2 bytes, so leaf size / 2 fails at the latest: room for that
+       many, whatever count a peer claims */
+    Py_ssize_t cap = n < size / 2 + 1 ? n : size / 2 + 1;
+    Scratch s;
+    if (!scratch_alloc(&s, cap))
+        return PyErr_NoMemory();
+    Py_ssize_t pos = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t k = i < cap ? leaf_len(blob + pos, size - pos, (uint64_t)first + (uint64_t)i, &lim) : 0;
+        if (k == 0) {
+            PyMem_RawFree(s.ptr);
+            return PyLong_FromSsize_t(i);
+        }
+        s.ptr[i] = blob + pos;
+        s.len[i] = k;
+        pos += k;
+    }
+    if (pos != size) {
+        PyMem_RawFree(s.ptr);
+        return PyLong_FromSsize_t(n);
+    }
+    return finish(&s, n);
 }
 
 static PyMethodDef methods[] = {
     {"check_window", check_window, METH_VARARGS, check_window_doc},
+    {"check_sequence", check_sequence, METH_VARARGS, check_sequence_doc},
     {NULL, NULL, 0, NULL},
 };
 

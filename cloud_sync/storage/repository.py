@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cbor2
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -24,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from attestation import cborsafe
+from attestation.leafbatch import split_leaves
 from attestation.microproof import MicroProof
 from attestation.reading import Reading, decode_leaf
 from cloud_sync.storage.migrate import migrate
@@ -76,7 +75,7 @@ class Accepted:
     """A proof that passed every check, ready to store: its row, leaves and parsed payload."""
 
     row: WindowRow
-    leaves: Sequence[bytes]
+    leaves: bytes  # back to back, as uploaded and stored (a CBOR sequence; ADR 0008)
     proof: MicroProof
 
 
@@ -236,7 +235,7 @@ class Store:
         )
         with self.engine.connect() as conn:
             blob = conn.execute(stmt).scalar_one_or_none()
-        return [] if blob is None else _unpack_leaves(blob)
+        return [] if blob is None else split_leaves(blob)
 
     def latest_readings(self, utid: str, at_least: int) -> list[Reading]:
         """The newest readings of a device (whole windows, oldest first), ``at_least`` of them
@@ -250,7 +249,7 @@ class Store:
         have = 0
         with self.engine.connect() as conn:
             for (blob,) in conn.execute(stmt.execution_options(yield_per=8)):
-                out.append([decode_leaf(leaf) for leaf in _unpack_leaves(blob)])
+                out.append([decode_leaf(leaf) for leaf in split_leaves(blob)])
                 have += len(out[-1])
                 if have >= at_least:
                     break
@@ -259,7 +258,7 @@ class Store:
     def store_window(
         self,
         row: WindowRow,
-        leaves: Sequence[bytes],
+        leaves: bytes,
         *,
         expected_head: int,
         now_ns: int,
@@ -305,7 +304,7 @@ class Store:
                     "new_hash": items[-1].row.cose_sha256,
                     "new_last_seq": counted[-1].last_seq if counted else None,
                     "seen": now_ns,
-                    "added": sum(len(a.leaves) for a in items),
+                    "added": sum(a.row.count for a in items),
                 },
             ).rowcount
             if moved != 1:
@@ -313,13 +312,13 @@ class Store:
         # statements built once with bound parameters (``.values(...)`` per call cost more
         # in SQLAlchemy's statement building than the database spent on the rows)
         conn.execute(_INSERT_WINDOW, [_as_dict(a.row) for a in batch])
-        packed = [
-            {"utid": a.row.utid, "window": a.row.window, "leaves": pack_leaves(a.leaves)}
+        stored = [
+            {"utid": a.row.utid, "window": a.row.window, "leaves": a.leaves}
             for a in batch
             if a.leaves
         ]
-        if packed:
-            conn.execute(_INSERT_LEAVES, packed)
+        if stored:  # the bytes as they arrived: nothing decoded, nothing re-encoded
+            conn.execute(_INSERT_LEAVES, stored)
         if self.on_accepted is not None:
             self.on_accepted(batch, conn)
 
@@ -350,18 +349,6 @@ _ADVANCE_HEAD = (
 _INSERT_WINDOW = insert(windows)
 _INSERT_LEAVES = insert(window_leaves)
 _WINDOW_BY_HASH = select(windows).where(windows.c.cose_sha256 == bindparam("h"))
-
-
-def pack_leaves(leaves: Sequence[bytes]) -> bytes:
-    """A window's leaves as stored: one CBOR array of byte strings."""
-    return cbor2.dumps(list(leaves))
-
-
-def _unpack_leaves(blob: bytes) -> list[bytes]:
-    leaves = cborsafe.loads(blob)
-    if not isinstance(leaves, list) or not all(isinstance(x, bytes) for x in leaves):
-        raise ValueError("stored leaves are not a CBOR array of byte strings")
-    return leaves
 
 
 def _as_dict(row: WindowRow) -> dict[str, Any]:

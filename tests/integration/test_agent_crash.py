@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,10 +64,24 @@ def _spawn(config: Path) -> subprocess.Popen[bytes]:
 
 
 def _windows(spool_path: Path) -> list[tuple[int, int, int, bytes]]:
-    with sqlite3.connect(spool_path) as db:
+    """The spool's committed windows; none while an agent killed early never made its schema
+    (read-only, so the test never creates the file itself)."""
+    if not spool_path.exists():
+        return []
+    with sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True) as db:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'windows'").fetchone():
+            return []
         return db.execute(
             "SELECT window, first_seq, last_seq, cose FROM windows ORDER BY window"
         ).fetchall()
+
+
+async def _until_a_window(spool_path: Path, timeout_s: float = 120.0) -> float:
+    started = time.monotonic()
+    while not _windows(spool_path):
+        assert time.monotonic() - started < timeout_s, "the agent committed no window"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
 
 
 @pytest.mark.timeout(900)
@@ -87,9 +102,13 @@ async def test_kill_9_at_random_moments_loses_no_committed_window(tmp_path: Path
                 state_dir=tmp_path,
             )
             committed_before_kill: list[tuple[int, bytes]] = []
-            for _ in range(KILLS):
+            startup_s = 0.0
+            for kill in range(KILLS):
                 proc = _spawn(config)
-                await asyncio.sleep(rng.uniform(0.6, 2.2))  # sometimes mid-start, mostly mid-run
+                if kill == 0:  # how long this machine takes from spawn to a committed window
+                    startup_s = await _until_a_window(cfg.spool.path)
+                else:  # sometimes mid-start, mostly mid-run
+                    await asyncio.sleep(rng.uniform(0.5 * startup_s, startup_s + 1.6))
                 proc.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(proc.wait)
                 if proc.stderr is not None:

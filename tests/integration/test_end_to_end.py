@@ -12,7 +12,6 @@ import random
 import sqlite3
 from pathlib import Path
 
-import cbor2
 import httpx
 import pytest
 
@@ -21,6 +20,7 @@ from agent.config import AgentConfig, parse_config
 from agent.runtime import AgentRuntime, connectors_from_config
 from agent.uplink import register_device
 from attestation import Verdict, load_anchors, receipt_from_json, report_receipt
+from attestation.leafbatch import split_leaves
 from attestation.reading import decode_leaf, encode_leaf
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
@@ -74,14 +74,14 @@ def _tamper(db_path: Path, seq: int, delta: float) -> None:
     """Change one stored reading's value on the hub, as an attacker with the database would."""
     with sqlite3.connect(db_path) as db:
         for utid, window, blob in db.execute("SELECT utid, window, leaves FROM window_leaves"):
-            leaves = cbor2.loads(blob)
+            leaves = split_leaves(blob)
             for i, leaf in enumerate(leaves):
                 r = decode_leaf(leaf)
                 if r.seq == seq:
                     leaves[i] = encode_leaf(dataclasses.replace(r, value=r.value + delta))
                     db.execute(
                         "UPDATE window_leaves SET leaves = ? WHERE utid = ? AND window = ?",
-                        (cbor2.dumps(leaves), utid, window),
+                        (b"".join(leaves), utid, window),
                     )
                     return
     raise AssertionError(f"seq {seq} is not stored")

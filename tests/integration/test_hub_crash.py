@@ -97,7 +97,7 @@ def test_kill_9_of_the_hub_loses_nothing_it_acknowledged(tmp_path: Path) -> None
             while nxt < len(chain):
                 batch = chain[nxt : nxt + 4]
                 content = cbor2.dumps(
-                    {"proofs": [{"cose": w.cose, "leaves": list(w.leaves)} for w in batch]}
+                    {"proofs": [{"cose": w.cose, "leaves": b"".join(w.leaves)} for w in batch]}
                 )
                 try:
                     resp = client.post(

@@ -17,7 +17,17 @@ pytest.importorskip("atheris", reason="atheris (dev dependency) is not installed
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = ROOT / "fuzz" / "targets.py"
-TARGETS = ["leaf", "leafcheck", "microproof", "sign1", "upload", "receipt", "checkpoint", "policy"]
+TARGETS = [
+    "leaf",
+    "leafcheck",
+    "leafseq",
+    "microproof",
+    "sign1",
+    "upload",
+    "receipt",
+    "checkpoint",
+    "policy",
+]
 TARGETS += ["config", "mqtt"]
 
 

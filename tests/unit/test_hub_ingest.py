@@ -353,7 +353,7 @@ def test_a_request_that_races_another_writer_stores_nothing_twice(
     dev = Device()
     utid = _register(client, s, dev)
     (c0, l0), (c1, l1) = (dev.window(4)[:2] for _ in range(2))
-    uploads = [ProofUpload(c0, tuple(l0)), ProofUpload(c1, tuple(l1))]
+    uploads = [ProofUpload(c0, b"".join(l0)), ProofUpload(c1, b"".join(l1))]
     ours, theirs = Store.open(s.db_url), Store.open(s.db_url)
     replica = Ingestor(theirs, HubLimits(), allow_software_keys=True)
     raced: list[bool] = []

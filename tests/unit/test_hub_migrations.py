@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -33,6 +34,7 @@ from cloud_sync.storage.tables import (
     log_checkpoints,
     log_entries,
     metadata,
+    window_leaves,
     windows,
 )
 from tests.hubkit import Device
@@ -112,6 +114,34 @@ def test_a_database_from_before_migrations_is_brought_in(tmp_path: Path) -> None
     assert _drift(store.engine) == []
     assert current_revision(store.engine) == _head()
     store.close()
+
+
+def test_0008_stores_leaves_back_to_back_and_downgrades(tmp_path: Path) -> None:
+    """Revision 0008 turns every stored CBOR array of leaves into the leaves back to back,
+    page by page (1,203 windows: three pages), and its downgrade turns them back."""
+    from alembic import command
+
+    from cloud_sync.storage.migrate import alembic_config
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    _, signed_leaves, _ = Device().window(3)
+    rows = [
+        {"utid": f"utid:{u:064x}", "window": w, "leaves": cbor2.dumps(signed_leaves[: 1 + w % 3])}
+        for u in range(3)
+        for w in range(401)
+    ]
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0007")
+        conn.execute(window_leaves.insert(), rows)
+        command.upgrade(alembic_config(conn), "0008")
+        stored = {(r.utid, r.window): r.leaves for r in conn.execute(window_leaves.select())}
+        assert stored == {
+            (r["utid"], r["window"]): b"".join(signed_leaves[: 1 + r["window"] % 3]) for r in rows
+        }
+        command.downgrade(alembic_config(conn), "0007")
+        back = {(r.utid, r.window): r.leaves for r in conn.execute(window_leaves.select())}
+        assert back == {(r["utid"], r["window"]): r["leaves"] for r in rows}
+    engine.dispose()
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@
 ``attestation/_native/leafcheck.c`` re-implements, for speed, the rules ``decode_leaf``
 enforces: deterministic CBOR, the leaf schema, the limits and the expected seq. These
 properties compare the two on honest leaves, on every float edge case, and on arbitrary
-corruptions; fuzz/targets.py ``leafcheck`` does the same with coverage guidance.
+corruptions, for a list of leaves and for the leaves back to back in one byte string (a CBOR
+sequence, ADR 0008); fuzz/targets.py ``leafcheck`` and ``leafseq`` do the same with coverage
+guidance.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from hypothesis import strategies as st
 
 from attestation import merkle
 from attestation.errors import MalformedInput
-from attestation.leafbatch import NATIVE, native_verdict, window_root
+from attestation.leafbatch import (
+    NATIVE,
+    native_sequence_verdict,
+    native_verdict,
+    sequence_root,
+    split_leaves,
+    window_root,
+)
 from attestation.reading import LeafLimits, Reading, encode_leaf, leaf_hash
 from tests.conftest import missing
 from tests.strategies import readings, windows
@@ -132,3 +141,72 @@ def test_the_first_bad_leaf_is_named() -> None:
         window_root(leaves, 10)
     with pytest.raises(MalformedInput, match=r"leaves\[0\]: seq 10, expected 11"):
         window_root(leaves, 11)
+
+
+def _same_sequence(blob: bytes, count: int, first_seq: int) -> object:
+    """C and Python agree on ``count`` leaves back to back: the root, or which leaf (a count
+    mismatch the Python side calls ``leaves``: C names the leaf where it showed)."""
+    got = native_sequence_verdict(blob, count, first_seq)
+    assert got is not None
+    try:
+        reference = sequence_root(blob, count, first_seq, native=False)
+    except MalformedInput as err:
+        field = err.field
+    else:
+        assert got == reference
+        return reference
+    assert isinstance(got, int)
+    assert got <= count if field == "leaves" else field == f"leaves[{got}]"
+    return field
+
+
+@given(windows())
+def test_an_honest_sequence_has_the_list_root(window: list[Reading]) -> None:
+    leaves = [encode_leaf(r) for r in window]
+    blob = b"".join(leaves)
+    assert _same_sequence(blob, len(leaves), window[0].seq) == window_root(leaves, window[0].seq)
+    assert split_leaves(blob) == leaves
+
+
+@settings(max_examples=400)
+@given(windows(), st.data())
+def test_corrupted_sequences_are_judged_alike(window: list[Reading], data: st.DataObject) -> None:
+    blob = bytearray(b"".join(encode_leaf(r) for r in window))
+    at = data.draw(st.integers(0, len(blob) - 1))
+    edit = data.draw(st.sampled_from(["flip", "cut", "insert", "append"]))
+    if edit == "flip":
+        blob[at] ^= 1 << data.draw(st.integers(0, 7))
+    elif edit == "cut":
+        del blob[at:]
+    elif edit == "insert":
+        blob[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+    else:
+        blob += data.draw(st.binary(min_size=1, max_size=30))
+    count = len(window) + data.draw(st.integers(-1, 1))
+    if count >= 1:
+        _same_sequence(bytes(blob), count, window[0].seq)
+
+
+@given(st.binary(max_size=200), st.integers(1, 6))
+def test_arbitrary_sequences_are_judged_alike(blob: bytes, count: int) -> None:
+    _same_sequence(blob, count, 0)
+
+
+def test_a_count_the_bytes_cannot_hold_is_refused_without_allocating_for_it() -> None:
+    leaf = encode_leaf(Reading(0, 0, "s", 1.5, "u"))
+    assert native_sequence_verdict(leaf, 2**40, 0) == 1  # leaf 1 is missing; no 48 TB scratch
+    with pytest.raises(MalformedInput, match="1 leaves sent, the proof signs 1099511627776"):
+        sequence_root(leaf, 2**40, 0)
+
+
+def test_a_sequence_names_its_first_bad_leaf_and_count_mismatches() -> None:
+    leaves = [encode_leaf(Reading(10 + i, 0, "s", 1.5, "u")) for i in range(5)]
+    blob = b"".join(leaves)
+    with pytest.raises(MalformedInput, match=r"leaves\[0\]: seq 10, expected 11"):
+        sequence_root(blob, 5, 11)
+    with pytest.raises(MalformedInput, match=r"^leaves: 5 leaves sent, the proof signs 6"):
+        sequence_root(blob, 6, 10)
+    with pytest.raises(MalformedInput, match=r"^leaves: \d+ bytes follow the last of the 4"):
+        sequence_root(blob, 4, 10)
+    with pytest.raises(MalformedInput, match=r"leaves\[2\]"):
+        sequence_root(leaves[0] + leaves[1] + b"\xa6\x01" + blob[-8:], 5, 10)
