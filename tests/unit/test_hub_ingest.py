@@ -19,7 +19,7 @@ from cloud_sync.app import create_app
 from cloud_sync.ingest import IngestResult
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage.migrate import drop_schema
-from tests.hubkit import Device, body
+from tests.hubkit import Device, body, list_body
 
 CBOR = {"content-type": "application/cbor"}
 
@@ -163,6 +163,36 @@ def test_leaves_that_do_not_hash_to_the_signed_root_are_refused(
     assert doc["error"] in ("bad_leaf", "root_mismatch")
     status, doc = _post(client, body((cose, leaves[:2])))
     assert (status, doc["error"]) == (422, "leaf_count")
+    assert doc["detail"] == "leaves: 2 leaves sent, the proof signs 3"
+    status, doc = _post(client, body((cose, [*leaves, leaves[2]])))
+    assert (status, doc["error"]) == (422, "leaf_count")
+    assert "bytes follow the last of the 3 leaves signed" in str(doc["detail"])
+    status, doc = _post(client, body((cose, [leaves[0], leaves[1][:-1] + b"\xff", leaves[2]])))
+    assert (status, doc["error"]) == (422, "bad_leaf")
+    assert str(doc["detail"]).startswith("leaves[1]: ")
+
+
+def test_uploads_of_agents_before_adr_0008_send_leaves_as_an_array(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """An agent not yet updated sends each window's leaves as a CBOR array: accepted, stored
+    as the same bytes back to back, and its mistakes named as for a sequence."""
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    cose0, leaves0, _ = dev.window(3)
+    cose1, leaves1, _ = dev.window(2)
+    status, doc = _post(client, list_body((cose0, leaves0)))
+    assert (status, doc["results"][0]["status"]) == (200, "accepted")
+    status, doc = _post(client, list_body((cose1, leaves1[:1])))
+    assert (status, doc["error"]) == (422, "leaf_count")
+    status, doc = _post(client, cbor2.dumps({"proofs": [{"cose": cose1, "leaves": [1, 2]}]}))
+    assert (status, doc["error"]) == (400, "malformed_body")
+    assert "proofs[0].leaves must be a byte string" in str(doc["detail"])
+    assert _post(client, body((cose1, leaves1)))[0] == 200  # the same chain, the new form
+    assert client.get(f"/v1/devices/{utid}").json()["readings"] == 5
+    for seq in range(5):  # every reading's receipt rebuilt from what was stored
+        assert client.get(f"/v1/devices/{utid}/readings/{seq}/receipt").status_code == 200
 
 
 def test_a_refused_proof_keeps_the_accepted_ones_before_it(
