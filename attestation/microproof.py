@@ -169,6 +169,9 @@ def encode_payload(mp: MicroProof) -> bytes:
     return cbor2.dumps(obj, canonical=True)
 
 
+_NUMBER = frozenset({int, float})
+
+
 class _Fields:
     """Typed access to an untrusted CBOR map that names the failing key."""
 
@@ -240,10 +243,12 @@ def decode_payload(data: bytes, limits: MicroProofLimits = MICROPROOF_LIMITS) ->
     if len(raw_stats) > limits.max_signals:
         raise MalformedInput("payload[12]", f"{len(raw_stats)} signals, limit {limits.max_signals}")
     for signal, row in raw_stats.items():
-        ok = isinstance(signal, str) and isinstance(row, list) and len(row) == 5
-        if not ok or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in row):
+        # type() not isinstance(): a bool is an int subclass and must not pass as a number
+        ok = type(signal) is str and type(row) is list and len(row) == 5
+        if not ok or not {type(x) for x in row} <= _NUMBER:
             raise MalformedInput(f"payload[12][{signal!r}]", "expected [n, mean, M2, min, max]")
-        stats[signal] = SignalStats(int(row[0]), *(float(x) for x in row[1:]))
+        n, mean, m2, low, high = row
+        stats[signal] = SignalStats(int(n), float(mean), float(m2), float(low), float(high))
     drift = None
     if (d := f.sub(13)) is not None:
         drift = DriftTest(d.get(1, str), d.number(2), d.number(3), d.get(4, bool))

@@ -18,6 +18,8 @@ from cloud_sync.storage.tables import anomaly_events
 
 __all__ = ["AnomalyBook"]
 
+_INSERT = insert(anomaly_events)
+
 
 @dataclass
 class AnomalyBook:
@@ -42,7 +44,7 @@ class AnomalyBook:
             if (mp := a.proof).anomaly is not None and mp.anomaly.count
         ]
         if rows:
-            conn.execute(insert(anomaly_events), rows)
+            conn.execute(_INSERT, rows)
 
     def recent(self, *, utid: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         q = select(anomaly_events).order_by(anomaly_events.c.received_ns.desc()).limit(limit)

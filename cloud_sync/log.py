@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Connection, Engine, func, insert, select, text
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, text
 
 from attestation import merkle
 from attestation.logreceipt import build_log_receipt, entry_hash
@@ -38,12 +38,9 @@ class _NodeReader:
         key = (level, idx)
         if key not in self.cache:
             if level == 0:
-                q = select(log_entries.c.entry_hash).where(log_entries.c.idx == idx)
+                value = self.conn.execute(_ENTRY_HASH, {"i": idx}).scalar()
             else:
-                q = select(log_nodes.c.hash).where(
-                    log_nodes.c.level == level, log_nodes.c.idx == idx
-                )
-            value = self.conn.execute(q).scalar()
+                value = self.conn.execute(_NODE_HASH, {"l": level, "i": idx}).scalar()
             if value is None:
                 raise RuntimeError(f"log node ({level}, {idx}) missing: the log index is damaged")
             self.cache[key] = bytes(value)
@@ -54,6 +51,10 @@ class _NodeReader:
 # COUNT(*) would scan the whole table (SQLite) on every append
 _SIZE = select(func.coalesce(func.max(log_entries.c.idx), -1) + 1)
 _INSERT_ENTRY = insert(log_entries)
+_ENTRY_HASH = select(log_entries.c.entry_hash).where(log_entries.c.idx == bindparam("i"))
+_NODE_HASH = select(log_nodes.c.hash).where(
+    log_nodes.c.level == bindparam("l"), log_nodes.c.idx == bindparam("i")
+)
 _INSERT_NODE = insert(log_nodes)
 
 

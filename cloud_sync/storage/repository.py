@@ -151,13 +151,13 @@ class Store:
         return row
 
     def device(self, utid: str, conn: Connection | None = None) -> DeviceRow | None:
-        stmt = select(devices).where(devices.c.utid == utid)
+        params = {"u": utid}
         if conn is not None:
-            row = conn.execute(stmt).mappings().first()
+            row = conn.execute(_DEVICE_BY_UTID, params).first()
         else:
             with self.engine.connect() as c:
-                row = c.execute(stmt).mappings().first()
-        return None if row is None else DeviceRow(**row)
+                row = c.execute(_DEVICE_BY_UTID, params).first()
+        return None if row is None else DeviceRow(*row)
 
     def sync_lags(self, utids: Sequence[str]) -> dict[str, int]:
         """Per device: ns between its newest window's last reading and the hub receiving it."""
@@ -347,6 +347,10 @@ _ADVANCE_HEAD = (
     )
 )
 _INSERT_WINDOW = insert(windows)
+# DeviceRow(*row) relies on this column order: the dataclass's fields, in order
+_DEVICE_BY_UTID = select(*(devices.c[f] for f in DeviceRow.__dataclass_fields__)).where(
+    devices.c.utid == bindparam("u")
+)
 _INSERT_LEAVES = insert(window_leaves)
 _WINDOW_BY_HASH = select(windows).where(windows.c.cose_sha256 == bindparam("h"))
 
