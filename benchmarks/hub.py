@@ -7,6 +7,10 @@ concurrent HTTP client per device over loopback. Baselines, measured in the same
 same hub with its leaves checked by the pure-Python decoder (``FACTORYOPS_PURE_PYTHON=1``,
 what it did before ADR 0007), and the same readings inserted straight into SQLite one row a
 reading with ``executemany`` and no verification (the hub's storage before ADR 0007).
+
+Two rates per database: proofs per second of wall time (the hub and the load generator
+share this machine's cores), and proofs per CPU-second of the hub process, read from
+``/proc`` around the upload: what one core running the hub sustains.
 """
 
 from __future__ import annotations
@@ -104,6 +108,14 @@ class _Hub:
             time.sleep(0.1)
         self.admin = (data_dir / "admin-token").read_text().strip()
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU the hub process has used (Linux /proc; None elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
@@ -155,13 +167,20 @@ def _measure(
     chains: list[tuple[SoftwareSigner, list[SealedWindow]]],
     batch: int,
     env: dict[str, str] | None = None,
-) -> float:
+) -> tuple[float, float | None]:
+    """Seconds the upload took, and CPU seconds the hub process spent on it (one core's
+    worth of work: the hub runs one event loop; the load generator runs on another core)."""
     with tempfile.TemporaryDirectory() as d:
         hub = _Hub(Path(d), db_url, env or {})
         try:
             for i, (signer, _) in enumerate(chains):
                 _register(hub, signer, f"bench-{i}")
-            return asyncio.run(_upload(hub.url, [c for _, c in chains], batch))
+            cpu_before = hub.cpu_seconds()
+            elapsed = asyncio.run(_upload(hub.url, [c for _, c in chains], batch))
+            cpu_after = hub.cpu_seconds()
+            if cpu_before is None or cpu_after is None:
+                return elapsed, None
+            return elapsed, cpu_after - cpu_before
         finally:
             hub.stop()
 
@@ -235,22 +254,26 @@ def command(devices: int, proofs: int, per_proof: int, batch: int, pg_url: str) 
         chains = _chains(devices, proofs, per_proof)
     total = devices * proofs
     with console.status("SQLite hub"):
-        t_sqlite = _measure(None, chains, batch)
+        t_sqlite, cpu_sqlite = _measure(None, chains, batch)
     with console.status("SQLite hub, leaves checked in pure Python (baseline)"):
-        t_pure = _measure(None, chains, batch, {"FACTORYOPS_PURE_PYTHON": "1"})
+        t_pure, _ = _measure(None, chains, batch, {"FACTORYOPS_PURE_PYTHON": "1"})
     t_raw = _sqlite_baseline(chains)
-    t_pg = None
+    t_pg = cpu_pg = None
     if pg_url and (made := _pg_database(pg_url)) is not None:
         try:
             with console.status("PostgreSQL hub"):
-                t_pg = _measure(made[0], chains, batch)
+                t_pg, cpu_pg = _measure(made[0], chains, batch)
         finally:
             _drop_pg(pg_url, made[1])
     figures = {
         "sqlite_proofs_per_s": round(total / t_sqlite, 1),
         "sqlite_readings_per_s": round(total * per_proof / t_sqlite),
+        # what one core sustains: proofs per CPU-second of the hub process
+        "sqlite_proofs_per_hub_cpu_s": round(total / cpu_sqlite, 1) if cpu_sqlite else None,
         "postgres_proofs_per_s": round(total / t_pg, 1) if t_pg else None,
         "postgres_readings_per_s": round(total * per_proof / t_pg) if t_pg else None,
+        # the hub process only: PostgreSQL's own server processes are not counted
+        "postgres_proofs_per_hub_cpu_s": round(total / cpu_pg, 1) if cpu_pg else None,
         "baseline_pure_python_sqlite_proofs_per_s": round(total / t_pure, 1),
         "ratio_native_vs_pure_python": round(t_pure / t_sqlite, 2),
         "baseline_raw_sqlite_proofs_per_s": round(total / t_raw, 1),
@@ -268,6 +291,12 @@ def command(devices: int, proofs: int, per_proof: int, batch: int, pg_url: str) 
         f"{figures['sqlite_proofs_per_s']:,}",
         f"{figures['sqlite_readings_per_s']:,}",
     )
+    if cpu_sqlite:
+        table.add_row(
+            "hub on SQLite, per CPU-second of the hub process",
+            f"{total / cpu_sqlite:,.1f}",
+            f"{total * per_proof / cpu_sqlite:,.0f}",
+        )
     if t_pg:
         table.add_row(
             "hub on PostgreSQL",

@@ -86,10 +86,11 @@ windows = Table(
     Index("ix_windows_utid_last_seq", "utid", "last_seq"),
 )
 
-# Each accepted window's leaves, exactly as the device signed them: a CBOR array of byte
-# strings whose RFC 9162 root is the micro-proof's signed root. One row a window, not one a
-# reading: the hub's ingest cost is per window (ADR 0007). Readings are decoded from here for
-# receipts and charts; editing a stored byte breaks the receipts of its window.
+# Each accepted window's leaves, exactly as the device signed and uploaded them: the leaves
+# back to back (a CBOR sequence, ADR 0008) whose RFC 9162 root is the micro-proof's signed
+# root. One row a window, not one a reading: the hub's ingest cost is per window (ADR 0007).
+# Readings are decoded from here for receipts and charts; editing a stored byte breaks the
+# receipts of its window.
 window_leaves = Table(
     "window_leaves",
     metadata,
