@@ -63,14 +63,7 @@ def native_verdict(
     extension is not built (or ``FACTORYOPS_PURE_PYTHON=1``)."""
     if _native is None:
         return None
-    verdict: bytes | int = _native.check_window(
-        leaves,
-        first_seq,
-        limits.max_leaf_bytes,
-        limits.max_signal_chars,
-        limits.max_unit_chars,
-        limits.max_quality,
-    )
+    verdict: bytes | int = _native.check_window(leaves, first_seq, *_limit_args(limits))
     return verdict
 
 
@@ -81,16 +74,18 @@ def native_sequence_verdict(
     index of the first leaf it refuses (``count``: bytes follow the last leaf), or None."""
     if _native is None:
         return None
-    verdict: bytes | int = _native.check_sequence(
-        blob,
-        count,
-        first_seq,
+    verdict: bytes | int = _native.check_sequence(blob, count, first_seq, *_limit_args(limits))
+    return verdict
+
+
+def _limit_args(limits: LeafLimits) -> tuple[int, int, int, int]:
+    """The limits as the C functions take them, after their other arguments."""
+    return (
         limits.max_leaf_bytes,
         limits.max_signal_chars,
         limits.max_unit_chars,
         limits.max_quality,
     )
-    return verdict
 
 
 def window_root(

@@ -114,19 +114,27 @@ def test_utf8_rules_agree(text: bytes) -> None:
 def test_corrupted_leaves_are_judged_alike(
     rs: list[Reading], data: st.DataObject, max_signal: int, max_unit: int
 ) -> None:
-    leaf = bytearray(encode_leaf(rs[0]))
-    edit = data.draw(st.sampled_from(["flip", "cut", "insert", "replace", "none"]))
-    at = data.draw(st.integers(0, len(leaf) - 1))
-    if edit == "flip":
-        leaf[at] ^= 1 << data.draw(st.integers(0, 7))
-    elif edit == "cut":
-        del leaf[at:]
-    elif edit == "insert":
-        leaf[at:at] = data.draw(st.binary(min_size=1, max_size=4))
-    elif edit == "replace":
-        leaf[at] = data.draw(st.integers(0, 255))
+    leaf = _corrupt(encode_leaf(rs[0]), data, ["flip", "cut", "insert", "replace", "none"])
     limits = LeafLimits(max_signal_chars=max_signal, max_unit_chars=max_unit)
-    _same([bytes(leaf)], 7, limits)
+    _same([leaf], 7, limits)
+
+
+def _corrupt(good: bytes, data: st.DataObject, edits: list[str]) -> bytes:
+    """``good`` with one edit drawn from ``edits`` at a drawn place."""
+    out = bytearray(good)
+    edit = data.draw(st.sampled_from(edits))
+    at = data.draw(st.integers(0, len(out) - 1))
+    if edit == "flip":
+        out[at] ^= 1 << data.draw(st.integers(0, 7))
+    elif edit == "cut":
+        del out[at:]
+    elif edit == "insert":
+        out[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+    elif edit == "replace":
+        out[at] = data.draw(st.integers(0, 255))
+    elif edit == "append":
+        out += data.draw(st.binary(min_size=1, max_size=30))
+    return bytes(out)
 
 
 @given(st.binary(max_size=64))
@@ -171,20 +179,11 @@ def test_an_honest_sequence_has_the_list_root(window: list[Reading]) -> None:
 @settings(max_examples=400)
 @given(windows(), st.data())
 def test_corrupted_sequences_are_judged_alike(window: list[Reading], data: st.DataObject) -> None:
-    blob = bytearray(b"".join(encode_leaf(r) for r in window))
-    at = data.draw(st.integers(0, len(blob) - 1))
-    edit = data.draw(st.sampled_from(["flip", "cut", "insert", "append"]))
-    if edit == "flip":
-        blob[at] ^= 1 << data.draw(st.integers(0, 7))
-    elif edit == "cut":
-        del blob[at:]
-    elif edit == "insert":
-        blob[at:at] = data.draw(st.binary(min_size=1, max_size=4))
-    else:
-        blob += data.draw(st.binary(min_size=1, max_size=30))
+    good = b"".join(encode_leaf(r) for r in window)
+    blob = _corrupt(good, data, ["flip", "cut", "insert", "append"])
     count = len(window) + data.draw(st.integers(-1, 1))
     if count >= 1:
-        _same_sequence(bytes(blob), count, window[0].seq)
+        _same_sequence(blob, count, window[0].seq)
 
 
 @given(st.binary(max_size=200), st.integers(1, 6))
