@@ -6,6 +6,8 @@ cbor2 5.9's C decoder leaks ~600 bytes per refused invalid-UTF-8 string
 
 from __future__ import annotations
 
+import base64
+import decimal
 import tracemalloc
 
 import cbor2
@@ -14,6 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attestation import cborsafe
+from attestation.errors import MalformedInput
+from attestation.leafbatch import sequence_root
+from attestation.reading import decode_leaf
 
 HOSTILE = [
     b"\x62\xff\xff",  # a text string that is not UTF-8
@@ -61,3 +66,23 @@ def test_valid_cbor_decodes_exactly_as_cbor2_does(value: object) -> None:
 
 def test_a_literal_replacement_character_is_valid_text() -> None:
     assert cborsafe.loads(b"\x63\xef\xbf\xbd") == "\ufffd"
+
+
+# found by fuzz/targets.py leafseq: a tag-4 decimal fraction whose parts are arrays made
+# cbor2 raise decimal.InvalidOperation, which no caller caught (a hostile leaf -> a crash)
+_BAD_DECIMAL = base64.b64decode(
+    "0MSCgoKCgoKCgoKDoi2CgisAAQEAAAABgoyCghIAgoKCgoKCgtQAAAAAAQEBAAAAgoKCgoMAAMvLy8vLy8vLy8vLy8vL"
+    "y8vLy8vLYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYMvLy8vL"
+    "y8vLy8vLy8vLy8vLy8vLy8vLy8vLy8vLy8vLAAAAAAAAAQEBB9A="
+)
+
+
+def test_errors_from_tagged_types_are_decode_errors() -> None:
+    with pytest.raises(decimal.InvalidOperation):
+        cbor2.loads(_BAD_DECIMAL)  # what cbor2 itself does
+    with pytest.raises(cbor2.CBORDecodeValueError, match="InvalidOperation"):
+        cborsafe.loads(_BAD_DECIMAL)
+    with pytest.raises(MalformedInput, match="leaf: not CBOR"):
+        decode_leaf(_BAD_DECIMAL)
+    with pytest.raises(MalformedInput, match=r"leaves\[0\]"):
+        sequence_root(_BAD_DECIMAL[1:], 1, 0)
