@@ -27,14 +27,15 @@ def loads(data: bytes) -> Any:
     Every refusal is a ``cbor2.CBORDecodeValueError`` (a ``CBORDecodeError`` and a
     ``ValueError``): cbor2's semantic tags can raise other errors from the types they build,
     such as ``decimal.InvalidOperation`` for a decimal fraction (tag 4) whose parts are not
-    numbers (found by fuzz/targets.py ``leafseq``), and a caller that catches decode errors
+    numbers, or ``RuntimeError`` for a shared-reference tag that contains itself used as a
+    map key (both found by fuzz/targets.py ``leafseq``), and a caller that catches decode errors
     must not let those through as a crash.
     """
     try:
         obj = cbor2.loads(data, str_errors="surrogateescape")  # type: ignore[arg-type]  # stub lags
     except cbor2.CBORDecodeError:
         raise
-    except (ValueError, TypeError, ArithmeticError, LookupError) as err:
+    except (ValueError, TypeError, ArithmeticError, LookupError, RuntimeError) as err:
         raise cbor2.CBORDecodeValueError(f"{type(err).__name__}: {err}") from err
     try:
         clean = _clean(obj)

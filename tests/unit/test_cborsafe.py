@@ -86,3 +86,18 @@ def test_errors_from_tagged_types_are_decode_errors() -> None:
         decode_leaf(_BAD_DECIMAL)
     with pytest.raises(MalformedInput, match=r"leaves\[0\]"):
         sequence_root(_BAD_DECIMAL[1:], 1, 0)
+
+
+# found by the same target after that fix: a shared-reference tag (28/29) that contains
+# itself, used where a hashable key is needed, makes cbor2 raise RuntimeError
+_SELF_TAG = base64.b64decode(
+    "46PjzMzMKkHjo8zMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzM"
+    "zMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzOOj48zMzCpB"
+    "4+GBAMzMzCpB4+GBAAAAYTE="
+)
+
+
+def test_a_self_referencing_tag_is_a_decode_error() -> None:
+    count, blob = 1 + _SELF_TAG[0] % 8, _SELF_TAG[1:]
+    with pytest.raises(MalformedInput):
+        sequence_root(blob, count, 0, native=False)
