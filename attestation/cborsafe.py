@@ -24,12 +24,12 @@ _PLAIN = frozenset({bytes, int, float, bool, type(None)})  # nothing to look int
 def loads(data: bytes) -> Any:
     """Decode one CBOR item strictly; invalid UTF-8 in any text string is refused.
 
-    Every refusal is a ``cbor2.CBORDecodeValueError`` (a ``CBORDecodeError`` and a
-    ``ValueError``): cbor2's semantic tags can raise other errors from the types they build,
-    such as ``decimal.InvalidOperation`` for a decimal fraction (tag 4) whose parts are not
-    numbers, or ``RuntimeError`` for a shared-reference tag that contains itself used as a
-    map key (both found by fuzz/targets.py ``leafseq``), and a caller that catches decode errors
-    must not let those through as a crash.
+    Every refusal is a ``cbor2.CBORDecodeError`` (cbor2's own, or a ``CBORDecodeValueError``
+    made here), so callers catch that one type. cbor2's semantic tags can raise other errors
+    from the types they build, such as ``decimal.InvalidOperation`` for a decimal fraction
+    (tag 4) whose parts are not numbers, or ``RuntimeError`` for a shared-reference tag that
+    contains itself used as a map key (both found by fuzz/targets.py ``leafseq``); a caller
+    that catches decode errors must not let those through as a crash.
     """
     try:
         obj = cbor2.loads(data, str_errors="surrogateescape")  # type: ignore[arg-type]  # stub lags

@@ -101,7 +101,7 @@ def decode_sign1(data: bytes, *, require_tag: bool = False) -> Sign1:
         raise MalformedInput("cose", f"{len(data)} bytes, limit {MAX_SIGN1_BYTES}")
     try:
         obj = cborsafe.loads(data)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError) as err:
+    except cbor2.CBORDecodeError as err:
         raise MalformedInput("cose", f"not CBOR: {err}") from err
     if isinstance(obj, cbor2.CBORTag):
         if obj.tag != COSE_SIGN1_TAG:
@@ -124,7 +124,7 @@ def decode_sign1(data: bytes, *, require_tag: bool = False) -> Sign1:
     if protected_bytes:
         try:
             protected = cborsafe.loads(protected_bytes)
-        except (cbor2.CBORDecodeError, ValueError, TypeError) as err:
+        except cbor2.CBORDecodeError as err:
             raise MalformedInput("cose.protected", f"not CBOR: {err}") from err
         if not isinstance(protected, dict):
             raise MalformedInput("cose.protected", "expected a map")

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from itertools import islice
 from types import ModuleType
 
 from attestation import merkle
@@ -147,38 +148,37 @@ def checked_leaves(
     """The ``count`` leaves of ``blob``, each split off and checked before the next one, so
     the fault named is the first one, as in C."""
     leaves: list[bytes] = []
-    pos = 0
-    for i in range(count):
-        if pos == len(blob):
-            raise MalformedInput("leaves", f"{i} leaves sent, the proof signs {count}")
-        end = _item_end(blob, pos, min(len(blob), pos + limits.max_leaf_bytes))
-        if end is None:
-            raise MalformedInput(
-                f"leaves[{i}]",
-                f"no complete CBOR item of at most {limits.max_leaf_bytes} bytes at byte {pos}"
-                f" of {len(blob)}",
-            )
-        leaves.append(blob[pos:end])
-        check_leaf(leaves[-1], i, first_seq, limits)
-        pos = end
-    if pos != len(blob):
+    for i, leaf in enumerate(islice(_split(blob, limits), count)):  # never splits past count
+        check_leaf(leaf, i, first_seq, limits)
+        leaves.append(leaf)
+    if len(leaves) < count:
+        raise MalformedInput("leaves", f"{len(leaves)} leaves sent, the proof signs {count}")
+    if extra := len(blob) - sum(map(len, leaves)):
         raise MalformedInput(
-            "leaves", f"{len(blob) - pos} bytes follow the last of the {count} leaves signed"
+            "leaves", f"{extra} bytes follow the last of the {count} leaves signed"
         )
     return leaves
 
 
 def split_leaves(blob: bytes, limits: LeafLimits = LEAF_LIMITS) -> list[bytes]:
     """A stored CBOR sequence of leaves as a list (delimited only: ``check_leaf`` decodes)."""
-    leaves: list[bytes] = []
-    pos = 0
+    return list(_split(blob, limits))
+
+
+def _split(blob: bytes, limits: LeafLimits) -> Iterator[bytes]:
+    """The items of ``blob`` one at a time, each delimited only; raises naming the first that
+    is not a complete CBOR item within the leaf size limit."""
+    pos = index = 0
     while pos < len(blob):
         end = _item_end(blob, pos, min(len(blob), pos + limits.max_leaf_bytes))
         if end is None:
-            raise MalformedInput(f"leaves[{len(leaves)}]", f"no complete CBOR item at byte {pos}")
-        leaves.append(blob[pos:end])
-        pos = end
-    return leaves
+            raise MalformedInput(
+                f"leaves[{index}]",
+                f"no complete CBOR item of at most {limits.max_leaf_bytes} bytes at byte {pos}"
+                f" of {len(blob)}",
+            )
+        yield blob[pos:end]
+        pos, index = end, index + 1
 
 
 def _item_end(blob: bytes, pos: int, limit: int) -> int | None:

@@ -217,7 +217,7 @@ def decode_payload(data: bytes, limits: MicroProofLimits = MICROPROOF_LIMITS) ->
         raise MalformedInput("payload", f"{len(data)} bytes, limit {limits.max_payload_bytes}")
     try:
         obj = cborsafe.loads(data)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError) as err:
+    except cbor2.CBORDecodeError as err:
         raise MalformedInput("payload", f"not CBOR: {err}") from err
     if not isinstance(obj, dict):
         raise MalformedInput("payload", "expected a map")

@@ -63,7 +63,7 @@ def parse_policy(data: bytes, key: cose.PublicKey) -> dict[str, Any]:
     cose.verify_sign1(msg, key)
     try:
         doc = cborsafe.loads(msg.payload or b"")
-    except (cbor2.CBORDecodeError, ValueError) as err:
+    except cbor2.CBORDecodeError as err:
         raise MalformedInput("policy", f"payload is not CBOR: {err}") from err
     need = {"v", "disk_cap_bytes", "low_water", "sheds", "never", "on_disk_full", "iat"}
     if not isinstance(doc, dict) or set(doc) != need:

@@ -169,7 +169,7 @@ def decode_leaf(data: bytes, limits: LeafLimits = LEAF_LIMITS) -> Reading:
         raise MalformedInput("leaf", f"{len(data)} bytes, limit {limits.max_leaf_bytes}")
     try:
         obj = cborsafe.loads(data)
-    except (cbor2.CBORDecodeError, ValueError, TypeError) as err:
+    except cbor2.CBORDecodeError as err:
         raise MalformedInput("leaf", f"not CBOR: {err}") from err
     if not isinstance(obj, dict) or set(obj) != {1, 2, 3, 4, 5, 6}:
         raise MalformedInput("leaf", "expected a map with keys 1..6")

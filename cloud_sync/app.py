@@ -124,7 +124,7 @@ def _parse_uploads(body: bytes, settings: HubSettings) -> list[ProofUpload]:
     limits = settings.limits
     try:
         doc = cborsafe.loads(body)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as err:
+    except cbor2.CBORDecodeError as err:
         raise ApiError(400, "malformed_body", f"body is not CBOR: {err}") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("proofs"), list):
         raise ApiError(400, "malformed_body", 'expected a map {"proofs": [...]}')

@@ -96,12 +96,12 @@ class Ingestor:
         checked = self._check(upload, now_ns=now_ns, caller=caller)
         if isinstance(checked, IngestResult):
             return checked
-        row, smp, device = checked
+        row, smp, device = checked  # _check already looked for a stored duplicate
         for attempt in range(2):
-            if attempt:
+            if attempt:  # another writer moved the head: its proof may be this one
                 device = self._device(smp.utid)
-            if (stored := self._stored_since(row.cose_sha256, row.window, device)) is not None:
-                return stored
+                if (stored := self._stored_since(row.cose_sha256, row.window, device)) is not None:
+                    return stored
             self._check_chain(smp, device)  # (5)
             self._check_seqs(smp, device)  # (6)
             try:
@@ -185,7 +185,7 @@ class Ingestor:
             return dataclasses.replace(earlier, status="duplicate")
         device = chain.heads.get(row.utid)
         if device is None:  # first proof of this device in the request: its head now
-            device = self._admit(self.store.device(row.utid, conn), row.utid)
+            device = self._device(row.utid, conn)
             chain.expected[row.utid] = device.head_window
             if stored := self._stored_since(row.cose_sha256, row.window, device, conn):
                 return stored

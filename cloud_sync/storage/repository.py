@@ -13,6 +13,8 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Engine,
+    Executable,
+    Row,
     bindparam,
     create_engine,
     event,
@@ -150,14 +152,19 @@ class Store:
             raise RuntimeError(f"device {utid} vanished right after insert")
         return row
 
-    def device(self, utid: str, conn: Connection | None = None) -> DeviceRow | None:
-        params = {"u": utid}
+    def _first(
+        self, stmt: Executable, params: dict[str, Any], conn: Connection | None
+    ) -> Row[Any] | None:
+        """The first row of ``stmt``, inside ``conn`` when given, else on a connection of its
+        own."""
         if conn is not None:
-            row = conn.execute(_DEVICE_BY_UTID, params).first()
-        else:
-            with self.engine.connect() as c:
-                row = c.execute(_DEVICE_BY_UTID, params).first()
-        return None if row is None else DeviceRow(*row)
+            return conn.execute(stmt, params).first()
+        with self.engine.connect() as c:
+            return c.execute(stmt, params).first()
+
+    def device(self, utid: str, conn: Connection | None = None) -> DeviceRow | None:
+        row = self._first(_DEVICE_BY_UTID, {"u": utid}, conn)
+        return None if row is None else DeviceRow(**row._mapping)
 
     def sync_lags(self, utids: Sequence[str]) -> dict[str, int]:
         """Per device: ns between its newest window's last reading and the hub receiving it."""
@@ -191,13 +198,8 @@ class Store:
     def window_by_hash(
         self, cose_sha256: bytes, conn: Connection | None = None
     ) -> WindowRow | None:
-        params = {"h": cose_sha256}
-        if conn is not None:
-            row = conn.execute(_WINDOW_BY_HASH, params).mappings().first()
-        else:
-            with self.engine.connect() as c:
-                row = c.execute(_WINDOW_BY_HASH, params).mappings().first()
-        return None if row is None else WindowRow(**row)
+        row = self._first(_WINDOW_BY_HASH, {"h": cose_sha256}, conn)
+        return None if row is None else WindowRow(**row._mapping)
 
     def window_with_prev(self, utid: str, prev: bytes) -> WindowRow | None:
         with self.engine.connect() as conn:
@@ -347,7 +349,7 @@ _ADVANCE_HEAD = (
     )
 )
 _INSERT_WINDOW = insert(windows)
-# DeviceRow(*row) relies on this column order: the dataclass's fields, in order
+# exactly the dataclass's fields: DeviceRow(**row._mapping)
 _DEVICE_BY_UTID = select(*(devices.c[f] for f in DeviceRow.__dataclass_fields__)).where(
     devices.c.utid == bindparam("u")
 )
