@@ -8,6 +8,7 @@ root: elsewhere the test skips and says so (in CI it must run).
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sqlite3
 import subprocess
@@ -47,9 +48,18 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def _fill(mnt: Path, leave_bytes: int) -> Path:
+    """Fill the disk to ENOSPC, then give ``leave_bytes`` back. Sizing the ballast from
+    statvfs raced the running agent's own writes (on a slow machine the spool grew past the
+    margin and the ballast write itself hit ENOSPC)."""
     ballast = mnt / "ballast"
-    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
-    ballast.write_bytes(b"\0" * max(0, free - leave_bytes))
+    with ballast.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+    os.truncate(ballast, max(0, ballast.stat().st_size - leave_bytes))
     return ballast
 
 
