@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import AttestationError, UnsupportedAlgorithm, cose
-from tests.conftest import SHARED
+from tests.conftest import SHARED, or_absent
 
 _DIR = SHARED / "vectors" / "cose"
 _FILES = sorted(_DIR.glob("*.json")) if _DIR.is_dir() else []
@@ -42,21 +42,27 @@ def test_the_vector_set_is_present(vectors_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in _FILES if "-pass-" in p.name or ("ecdsa" in p.name and _alg(p) == "ES256")],
+    or_absent(
+        [p for p in _FILES if "-pass-" in p.name or ("ecdsa" in p.name and _alg(p) == "ES256")]
+    ),
     ids=lambda p: p.name,
 )
 def test_es256_vector_verifies(path: Path, vectors_dir: Path) -> None:
     _verify(path)
 
 
-@pytest.mark.parametrize("path", [p for p in _FILES if "-fail-" in p.name], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", or_absent([p for p in _FILES if "-fail-" in p.name]), ids=lambda p: p.name
+)
 def test_sign_fail_vector_is_rejected(path: Path, vectors_dir: Path) -> None:
     with pytest.raises(AttestationError):
         _verify(path)
 
 
 @pytest.mark.parametrize(
-    "path", [p for p in _FILES if "ecdsa" in p.name and _alg(p) != "ES256"], ids=lambda p: p.name
+    "path",
+    or_absent([p for p in _FILES if "ecdsa" in p.name and _alg(p) != "ES256"]),
+    ids=lambda p: p.name,
 )
 def test_es384_and_es512_are_refused_as_unsupported_not_crashed(
     path: Path, vectors_dir: Path

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from attestation import BrokenLink, merkle
-from tests.conftest import SHARED
+from tests.conftest import SHARED, or_absent
 
 _DIR = SHARED / "vectors" / "merkle"
 _FILES = sorted(_DIR.rglob("*.json")) if _DIR.is_dir() else []
@@ -43,7 +43,7 @@ def test_the_vector_set_is_present(vectors_dir: Path) -> None:
     assert len(list((vectors_dir / "merkle").rglob("*.json"))) >= 190
 
 
-@pytest.mark.parametrize("path", _FILES, ids=lambda p: str(p.relative_to(_DIR)))
+@pytest.mark.parametrize("path", or_absent(_FILES), ids=lambda p: str(p.relative_to(_DIR)))
 def test_merkle_vector(path: Path, vectors_dir: Path) -> None:
     d = json.loads(path.read_text())
     if d["wantErr"]:
