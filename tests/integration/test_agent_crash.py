@@ -84,6 +84,20 @@ async def _until_a_window(spool_path: Path, timeout_s: float = 120.0) -> float:
     return time.monotonic() - started
 
 
+def _hub_windows(hub_db: Path) -> list[tuple[int, bytes]]:
+    with sqlite3.connect(hub_db) as db:
+        return db.execute(
+            "SELECT window, cose FROM windows WHERE utid IS NOT NULL ORDER BY window"
+        ).fetchall()
+
+
+async def _until_synced(spool_path: Path, hub_db: Path, timeout_s: float = 120.0) -> None:
+    started = time.monotonic()
+    while _hub_windows(hub_db) != [(w, c) for w, _, _, c in _windows(spool_path)]:
+        assert time.monotonic() - started < timeout_s, "the agent did not upload its outbox"
+        await asyncio.sleep(0.2)
+
+
 @pytest.mark.timeout(900)
 async def test_kill_9_at_random_moments_loses_no_committed_window(tmp_path: Path) -> None:
     rng = random.Random(1234)
@@ -114,12 +128,15 @@ async def test_kill_9_at_random_moments_loses_no_committed_window(tmp_path: Path
                 if proc.stderr is not None:
                     proc.stderr.close()
                 committed_before_kill = [(w, c) for w, _, _, c in _windows(cfg.spool.path)]
-            # one clean run drains the outbox, then stops with SIGTERM
-            proc = _spawn(config)
-            await asyncio.sleep(4.0)
-            proc.send_signal(signal.SIGTERM)
-            _, err = await asyncio.to_thread(proc.communicate)
-            assert proc.returncode == 0, err.decode()[-2000:]
+        # one clean run with the plant gone (nothing new to seal) uploads the outbox and
+        # stops with SIGTERM once the hub has it all: a fixed wait let a loaded machine's
+        # shutdown drain time out with windows still queued (they stay in the outbox)
+        proc = _spawn(config)
+        await asyncio.sleep(startup_s)  # up and running, as it was when it first committed
+        await _until_synced(cfg.spool.path, tmp_path / "hub" / "hub.db")
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.to_thread(proc.communicate)
+        assert proc.returncode == 0, err.decode()[-2000:]
     finally:
         hub.stop()
 
@@ -136,10 +153,6 @@ async def test_kill_9_at_random_moments_loses_no_committed_window(tmp_path: Path
     assert gaps  # kills mid-run leave reserved, uncommitted seqs: they must show up
     # (3) the spool opens and the hub holds exactly what the agent committed
     Spool(cfg.spool.path).close()
-    with sqlite3.connect(tmp_path / "hub" / "hub.db") as db:
-        hub_windows = db.execute(
-            "SELECT window, cose FROM windows WHERE utid IS NOT NULL ORDER BY window"
-        ).fetchall()
-    assert hub_windows == [(w, c) for w, _, _, c in windows]
+    assert _hub_windows(tmp_path / "hub" / "hub.db") == [(w, c) for w, _, _, c in windows]
     stored = hub_readings(tmp_path / "hub" / "hub.db")
     assert len(stored) == sum(last - first + 1 for _, first, last, _ in windows)
