@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attestation import cborsafe
 from attestation.errors import MalformedInput
@@ -35,6 +37,7 @@ from cloud_sync.anomalies import AnomalyBook
 from cloud_sync.enroll import DeviceAuth, enroll_router
 from cloud_sync.errors import ApiError
 from cloud_sync.fleet_ca import FleetCA
+from cloud_sync.groupcommit import GroupCommit
 from cloud_sync.ingest import Ingestor, ProofUpload
 from cloud_sync.log import HubLog
 from cloud_sync.metering import Metering, Webhooks, parse_month
@@ -88,6 +91,45 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (501, "Not available in this installation"),
     )
 }
+
+
+class _Timed:
+    """Pure ASGI middleware: request latency by route template, and the headers every
+    response carries. (Starlette's ``BaseHTTPMiddleware`` runs each request in a task group
+    with memory streams: ~0.8 ms a request here, 13 % of a proof upload's CPU.)"""
+
+    def __init__(self, app: ASGIApp, metrics: HubMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                # pages may not be framed (clickjacking of the forms), except the embed
+                # widget, which says so itself; no MIME sniffing anywhere
+                if "content-security-policy" not in headers:
+                    headers["content-security-policy"] = "frame-ancestors 'none'"
+                    headers["x-frame-options"] = "DENY"
+                headers["x-content-type-options"] = "nosniff"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")  # the template, never the raw URL
+            self.metrics.request_seconds.labels(scope["method"], path, str(status)).observe(
+                time.perf_counter() - started
+            )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -190,8 +232,10 @@ def create_app(
         settings.data_dir, settings.fleet_name, now=dt.datetime.now(dt.UTC)
     )
     ingestor = Ingestor(store, settings.limits, allow_software_keys=settings.allow_software_keys)
+    writer = GroupCommit(ingestor)
     app = FastAPI(title="FactoryOps hub", version="1", responses=ERROR_RESPONSES)
     app.state.store = store
+    app.state.writer = writer
     app.state.log_key = log.signer.public_key()
     app.state.settings = settings
 
@@ -223,24 +267,7 @@ def create_app(
     metrics = HubMetrics()
     metrics.watch(lambda: {"log_entries": float(log.size()), **_device_counts(store)})
 
-    @app.middleware("http")
-    async def _timed(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")  # the template, never the raw URL
-        metrics.request_seconds.labels(request.method, path, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        # pages may not be framed (clickjacking of the forms), except the embed widget,
-        # which says so itself; no MIME sniffing anywhere
-        if "content-security-policy" not in response.headers:
-            response.headers["content-security-policy"] = "frame-ancestors 'none'"
-            response.headers["x-frame-options"] = "DENY"
-        response.headers["x-content-type-options"] = "nosniff"
-        return response
+    app.add_middleware(_Timed, metrics=metrics)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> Response:
@@ -345,7 +372,8 @@ def create_app(
         caller = device_auth.utid_of(request.headers.get("authorization", ""))
         uploads = _parse_uploads(body, settings)
         started = time.perf_counter()
-        done, refused = ingestor.ingest_many(uploads, now_ns=now_ns(), caller=caller)
+        checked = ingestor.check_many(uploads, now_ns=now_ns(), caller=caller)
+        done, refused = await writer.store(checked)  # with other requests: one commit
         per_proof = (time.perf_counter() - started) / len(uploads)
         for result in done:
             metrics.ingest_seconds.observe(per_proof)

@@ -38,7 +38,7 @@ from cloud_sync.errors import ApiError
 from cloud_sync.settings import HubLimits
 from cloud_sync.storage import Accepted, DeviceRow, HeadMoved, Store, WindowRow
 
-__all__ = ["IngestResult", "Ingestor", "ProofUpload"]
+__all__ = ["CheckedRequest", "IngestResult", "Ingestor", "Outcome", "ProofUpload"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,23 @@ class IngestResult:
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
         }
+
+
+Outcome = tuple[list[IngestResult], tuple[int, ApiError] | None]
+"""A request's stored results, and its refused proof (index, refusal) if one was."""
+Checked = IngestResult | tuple[WindowRow, SignedMicroProof, DeviceRow]
+"""A proof after its own checks: a duplicate's result, or the row to store and its device."""
+
+
+@dataclass
+class CheckedRequest:
+    """A request's proofs after ``Ingestor.check_many``, waiting to be chained and stored."""
+
+    uploads: Sequence[ProofUpload]
+    caller: str | None
+    items: list[Checked] = field(default_factory=list)  # one a proof, up to a refused one
+    refusal: tuple[int, ApiError] | None = None
+    now_ns: int = 0  # when its checks ran: the stored windows' received_ns
 
 
 @dataclass
@@ -120,47 +137,66 @@ class Ingestor:
 
     def ingest_many(
         self, uploads: Sequence[ProofUpload], *, now_ns: int, caller: str | None = None
-    ) -> tuple[list[IngestResult], tuple[int, ApiError] | None]:
+    ) -> Outcome:
         """A request's proofs in one transaction: one commit (one fsync) instead of one a proof.
 
-        First every proof is checked on its own (parse, device, signature, leaves: CPU work,
-        outside any lock), then the checked ones are chained and stored in one transaction.
         Returns the results of the proofs stored and, when one was refused, its index and the
-        refusal; the proofs before it are committed. A race with another writer (a replica)
-        rolls the request back and stores it again one proof at a time.
+        refusal; the proofs before it are committed. (``check_many`` then ``store_checked``;
+        the hub's upload route groups concurrent requests into one ``store_checked``.)
         """
-        checked: list[IngestResult | tuple[WindowRow, SignedMicroProof, DeviceRow]] = []
-        refusal: tuple[int, ApiError] | None = None
+        return self.store_checked([self.check_many(uploads, now_ns=now_ns, caller=caller)])[0]
+
+    def check_many(
+        self, uploads: Sequence[ProofUpload], *, now_ns: int, caller: str | None = None
+    ) -> CheckedRequest:
+        """Steps (1)-(4) and (7) for each proof of a request, on its own: CPU work outside
+        any write transaction. Stops at the first refused proof."""
+        checked = CheckedRequest(uploads, caller, now_ns=now_ns)
         seen: dict[str, DeviceRow | None] = {}  # each device looked up once a request
         with self.store.engine.connect() as reads:  # one connection for the lookups
             for i, upload in enumerate(uploads):
                 try:
-                    checked.append(
+                    checked.items.append(
                         self._check(upload, now_ns=now_ns, caller=caller, conn=reads, seen=seen)
                     )
                 except ApiError as err:
-                    refusal = (i, err)
+                    checked.refusal = (i, err)
                     break
-        results: list[IngestResult] = []
+        return checked
+
+    def store_checked(self, requests: Sequence[CheckedRequest]) -> list[Outcome]:
+        """Steps (5), (6) and (8) for checked requests, in order, in one transaction (one
+        commit for all of them: a group commit). A refused proof ends its own request only;
+        the proofs before it are stored. A race with another writer (a replica) rolls the
+        group back and stores each request again one proof at a time."""
+        outcomes: list[Outcome] = []
+        last_seen = max((r.now_ns for r in requests), default=0)  # the devices' last_seen
         try:
             with self.store.engine.begin() as conn:
-                chain = _Chain()
-                for i, item in enumerate(checked):
-                    try:
-                        results.append(self._chain_in(conn, chain, item, uploads[i]))
-                    except ApiError as err:
-                        refusal = (i, err)  # the ones before it are stored and committed
-                        break
+                chain = _Chain()  # shared: a later request sees the heads earlier ones moved
+                for request in requests:
+                    outcomes.append(self._chain_request(conn, chain, request))
                 self.store.store_windows(
-                    chain.batch, expected_heads=chain.expected, now_ns=now_ns, conn=conn
+                    chain.batch, expected_heads=chain.expected, now_ns=last_seen, conn=conn
                 )
         except (HeadMoved, IntegrityError):
-            return self._one_by_one(uploads, now_ns=now_ns, caller=caller)
-        return results, refusal
+            return [
+                self._one_by_one(r.uploads, now_ns=last_seen, caller=r.caller) for r in requests
+            ]
+        return outcomes
+
+    def _chain_request(self, conn: Connection, chain: _Chain, request: CheckedRequest) -> Outcome:
+        results: list[IngestResult] = []
+        for i, item in enumerate(request.items):
+            try:
+                results.append(self._chain_in(conn, chain, item, request.uploads[i]))
+            except ApiError as err:
+                return results, (i, err)  # the ones before it are stored
+        return results, request.refusal
 
     def _one_by_one(
         self, uploads: Sequence[ProofUpload], *, now_ns: int, caller: str | None
-    ) -> tuple[list[IngestResult], tuple[int, ApiError] | None]:
+    ) -> Outcome:
         results: list[IngestResult] = []
         for i, upload in enumerate(uploads):
             try:
@@ -173,7 +209,7 @@ class Ingestor:
         self,
         conn: Connection,
         chain: _Chain,
-        checked: IngestResult | tuple[WindowRow, SignedMicroProof, DeviceRow],
+        checked: Checked,
         upload: ProofUpload,
     ) -> IngestResult:
         """Steps (5)-(6) for a checked proof against the heads inside ``conn``, as the
@@ -221,7 +257,7 @@ class Ingestor:
         caller: str | None,
         conn: Connection | None = None,
         seen: dict[str, DeviceRow | None] | None = None,
-    ) -> IngestResult | tuple[WindowRow, SignedMicroProof, DeviceRow]:
+    ) -> Checked:
         """Steps (1)-(4) and (7): a duplicate's result, or the row to store and its device.
         ``seen`` caches device rows across a request's proofs."""
         try:

@@ -413,3 +413,48 @@ def test_a_request_that_races_another_writer_stores_nothing_twice(
     assert refusal is None
     assert [(r.window, r.status) for r in results] == [(0, "duplicate"), (1, "accepted")]
     assert client.get(f"/v1/devices/{utid}").json()["windows"] == 2
+
+
+def test_concurrent_requests_share_a_commit_and_keep_their_own_answers(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """Requests of several devices that arrive together are stored in one transaction (group
+    commit); each still gets its own answer, a refusal in one changes nothing for the others,
+    and every proof acknowledged is stored exactly once."""
+    import asyncio
+
+    import httpx
+
+    client, s = hub
+    devs = [Device() for _ in range(4)]
+    utids = [_register(client, s, d) for d in devs]
+    stored_before = devs[3].window(2)[:2]  # already accepted: its retry is a duplicate
+    assert _post(client, body(stored_before))[0] == 200
+    good = [body(d.window(3)[:2], d.window(3)[:2]) for d in devs[:2]]
+    first = devs[2].window(3)[:2]
+    cose, leaves, _ = devs[2].window(3)
+    refused = body(first, (cose, leaves[:1]))  # its second proof lacks leaves: 422, index 1
+    app = client.app
+    writer = app.state.writer  # type: ignore[attr-defined]
+    groups_before = writer.groups
+
+    async def send_all() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as c:
+            return await asyncio.gather(
+                *(
+                    c.post("/v1/proofs", content=b, headers=CBOR)
+                    for b in (*good, refused, body(stored_before))
+                )
+            )
+
+    answers = asyncio.run(send_all())
+    assert writer.groups - groups_before < len(answers)  # fewer commits than requests
+    assert [a.status_code for a in answers] == [200, 200, 422, 200]
+    for a in answers[:2]:
+        assert [r["status"] for r in a.json()["results"]] == ["accepted", "accepted"]
+    assert answers[2].json()["index"] == 1
+    assert [r["status"] for r in answers[2].json()["results"]] == ["accepted"]
+    assert [r["status"] for r in answers[3].json()["results"]] == ["duplicate"]
+    windows = [client.get(f"/v1/devices/{u}").json()["windows"] for u in utids]
+    assert windows == [2, 2, 1, 1]
