@@ -232,7 +232,8 @@ def create_app(
         settings.data_dir, settings.fleet_name, now=dt.datetime.now(dt.UTC)
     )
     ingestor = Ingestor(store, settings.limits, allow_software_keys=settings.allow_software_keys)
-    writer = GroupCommit(ingestor)
+    metrics = HubMetrics()
+    writer = GroupCommit(ingestor, on_commit=metrics.group_requests.observe)
     app = FastAPI(title="FactoryOps hub", version="1", responses=ERROR_RESPONSES)
     app.state.store = store
     app.state.writer = writer
@@ -264,7 +265,6 @@ def create_app(
         if not hmac.compare_digest(got.encode(), want.encode()):
             raise ApiError(401, "unauthorized", "this call needs the hub's admin bearer token")
 
-    metrics = HubMetrics()
     metrics.watch(lambda: {"log_entries": float(log.size()), **_device_counts(store)})
 
     app.add_middleware(_Timed, metrics=metrics)

@@ -14,6 +14,7 @@ at once it is shared (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from cloud_sync.ingest import CheckedRequest, Ingestor, Outcome
 
@@ -23,8 +24,9 @@ __all__ = ["GroupCommit"]
 class GroupCommit:
     """One writer at a time; requests that arrive while it commits form the next group."""
 
-    def __init__(self, ingestor: Ingestor) -> None:
+    def __init__(self, ingestor: Ingestor, on_commit: Callable[[int], None] | None = None) -> None:
         self.ingestor = ingestor
+        self.on_commit = on_commit  # called with the number of requests a commit held
         self._queue: list[tuple[CheckedRequest, asyncio.Future[Outcome]]] = []
         self._writer: asyncio.Task[None] | None = None
         self.groups = 0  # commits made (for tests and metrics)
@@ -32,6 +34,8 @@ class GroupCommit:
 
     async def store(self, checked: CheckedRequest) -> Outcome:
         """Store a checked request with whatever else is queued; returns once committed."""
+        if not checked.items:  # its first proof was refused: nothing to store
+            return [], checked.refusal
         done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._queue.append((checked, done))
         if self._writer is None:
@@ -53,6 +57,8 @@ class GroupCommit:
                     continue
                 self.groups += 1
                 self.requests += len(group)
+                if self.on_commit is not None:
+                    self.on_commit(len(group))
                 for (_, done), outcome in zip(group, outcomes, strict=True):
                     if not done.done():  # a client that went away: its proofs stay stored
                         done.set_result(outcome)

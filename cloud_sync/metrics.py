@@ -49,6 +49,11 @@ class HubMetrics:
             buckets=_LATENCY, registry=r,
         )  # fmt: skip
 
+        self.group_requests = Histogram(
+            p + "commit_group_requests", "Upload requests stored by one group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )  # fmt: skip
+
     def watch(self, read: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_Gauges(read))
 

@@ -322,6 +322,7 @@ def test_metrics_count_outcomes_readings_and_requests(hub: tuple[TestClient, Hub
     assert samples[("factoryops_hub_devices", ())] == 1
     route = (("method", "POST"), ("route", "/v1/proofs"), ("status", "200"))
     assert samples[("factoryops_hub_request_seconds_count", route)] == 1
+    assert samples[("factoryops_hub_commit_group_requests_count", ())] == 1  # one commit
 
 
 def test_the_grafana_dashboard_charts_only_metrics_that_exist() -> None:
