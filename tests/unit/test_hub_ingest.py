@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -459,3 +459,55 @@ def test_concurrent_requests_share_a_commit_and_keep_their_own_answers(
     assert [r["status"] for r in answers[3].json()["results"]] == ["duplicate"]
     windows = [client.get(f"/v1/devices/{u}").json()["windows"] for u in utids]
     assert windows == [2, 2, 1, 1]
+
+
+def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_commits(
+    tmp_path: Path,
+) -> None:
+    """When the database refuses a group's transaction, every request in that group hears
+    the error (none of it was acknowledged or stored), and the writer goes on: the same
+    uploads sent again are stored. The failure is injected at the first ``store_checked``
+    call (an ``OperationalError`` as a full disk raises); the store is a real SQLite file."""
+    import asyncio
+
+    from sqlalchemy.exc import OperationalError
+
+    from cloud_sync.groupcommit import GroupCommit
+    from cloud_sync.ingest import CheckedRequest, Ingestor, Outcome, ProofUpload
+    from cloud_sync.settings import HubLimits
+
+    class FailsOnce(Ingestor):
+        failed = False
+
+        def store_checked(self, requests: Sequence[CheckedRequest]) -> list[Outcome]:
+            if not self.failed:
+                self.failed = True
+                raise OperationalError("COMMIT", {}, Exception("database or disk is full"))
+            return super().store_checked(requests)
+
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
+    devs = [Device(), Device()]
+    with TestClient(create_app(s)) as client:  # devices registered through the real API
+        utids = [_register(client, s, d) for d in devs]
+        store = client.app.state.store  # type: ignore[attr-defined]
+        ingestor = FailsOnce(store, HubLimits(), allow_software_keys=True)
+        writer = GroupCommit(ingestor)
+        uploads = []
+        for d in devs:
+            cose, leaves, _ = d.window(3)
+            uploads.append([ProofUpload(cose, b"".join(leaves))])
+
+        async def send_all() -> list[Outcome | BaseException]:
+            checked = [ingestor.check_many(u, now_ns=1) for u in uploads]
+            return await asyncio.gather(*(writer.store(c) for c in checked), return_exceptions=True)
+
+        failed = asyncio.run(send_all())
+        assert all(isinstance(f, OperationalError) for f in failed), failed
+        assert [client.get(f"/v1/devices/{u}").json()["windows"] for u in utids] == [0, 0]
+        again = asyncio.run(send_all())
+        assert [[r.status for r in o[0]] for o in again if not isinstance(o, BaseException)] == [
+            ["accepted"],
+            ["accepted"],
+        ]
+        assert [client.get(f"/v1/devices/{u}").json()["windows"] for u in utids] == [1, 1]
+        assert writer.groups == 1  # the failed group is not counted as a commit
