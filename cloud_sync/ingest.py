@@ -10,7 +10,9 @@ Steps, each with its own refusal (docs/protocol.md):
 7. leaves: count matches, each decodes strictly, seqs consecutive, RFC 9162 root matches
    (attestation.leafbatch: in C when built, ~0.2 us a leaf; ADR 0007; they arrive and are
    stored back to back in one byte string, ADR 0008)
-8. store window + its leaves + new head atomically (a concurrent writer -> re-check once)
+8. store window + its leaves + new head atomically (a concurrent writer -> re-check once);
+   the hub stores concurrent requests in one transaction (group commit,
+   cloud_sync/groupcommit.py, ADR 0009)
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class CheckedRequest:
 
 @dataclass
 class _Chain:
-    """A request's accepted proofs before they are written, and the heads they move."""
+    """A group's accepted proofs before they are written, and the heads they move."""
 
     batch: list[Accepted] = field(default_factory=list)
     heads: dict[str, DeviceRow] = field(default_factory=dict)  # as the batch leaves them
