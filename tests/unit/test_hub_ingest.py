@@ -511,3 +511,96 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
         ]
         assert [client.get(f"/v1/devices/{u}").json()["windows"] for u in utids] == [1, 1]
         assert writer.groups == 1  # the failed group is not counted as a commit
+
+
+def _grouped_vs_sequential_setup(tmp: Path) -> tuple[Path, dict[str, list[Any]], list[str]]:
+    """A migrated SQLite file with two registered devices, and each device's signed uploads:
+    windows 0-3 and a second, different window 1 (a fork)."""
+    import dataclasses
+
+    from cryptography.hazmat.primitives import serialization
+
+    from attestation.utid import utid_bytes, utid_text
+    from cloud_sync.ingest import ProofUpload
+    from cloud_sync.storage import Store
+
+    db = tmp / "template.db"
+    store = Store.open(f"sqlite:///{db}")
+    items: dict[str, list[Any]] = {}
+    utids = []
+    for name in ("a", "b"):
+        dev = Device()
+        spki = serialization.load_pem_public_key(dev.public_pem().encode()).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        utid = utid_text(utid_bytes(spki))
+        store.add_device(
+            utid=utid, public_key=spki, key_kind="software", certificate=b"-", name=name,
+            site="default", now_ns=0,
+        )  # fmt: skip
+        utids.append(utid)
+        w0 = dev.window(2)
+        fork = dataclasses.replace(dev).window(3)  # same key, same prev, other readings
+        ws = [w0, dev.window(2), dev.window(2), dev.window(2), fork]
+        items[name] = [ProofUpload(c, b"".join(ls)) for c, ls, _ in ws]
+    store.close()
+    return db, items, utids
+
+
+_GROUP_SETUP: dict[str, Any] = {}
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("ab"), st.lists(st.integers(0, 4), min_size=1, max_size=3)),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_a_group_commit_answers_and_stores_exactly_what_requests_one_by_one_would(
+    tmp_path_factory: pytest.TempPathFactory, requests: list[tuple[str, list[int]]]
+) -> None:
+    """Any mix of requests (two devices; windows in order, out of order, repeated, forked),
+    stored as one group, gets the same answer for every request and leaves the same chain
+    heads as the same requests stored one after another: the group shares the chain heads
+    and the duplicates its earlier requests made."""
+    import shutil
+
+    from cloud_sync.ingest import Ingestor
+    from cloud_sync.settings import HubLimits
+    from cloud_sync.storage import Store
+
+    if not _GROUP_SETUP:
+        base = tmp_path_factory.mktemp("group")
+        db, items, utids = _grouped_vs_sequential_setup(base)
+        _GROUP_SETUP.update(base=base, db=db, items=items, utids=utids)
+    items, utids = _GROUP_SETUP["items"], _GROUP_SETUP["utids"]
+    uploads = [[items[d][i] for i in idx] for d, idx in requests]
+    work = tmp_path_factory.mktemp("run")
+    answers, heads = [], []
+    for grouped in (True, False):
+        db = work / f"{grouped}.db"
+        shutil.copy(_GROUP_SETUP["db"], db)
+        store = Store.open(f"sqlite:///{db}")
+        try:
+            ing = Ingestor(store, HubLimits(), allow_software_keys=True)
+            if grouped:
+                outs = ing.store_checked([ing.check_many(u, now_ns=1) for u in uploads])
+            else:
+                outs = [ing.ingest_many(u, now_ns=1) for u in uploads]
+            answers.append(
+                [
+                    (
+                        [(r.window, r.status) for r in results],
+                        refusal and (refusal[0], refusal[1].code),
+                    )
+                    for results, refusal in outs
+                ]
+            )
+            rows = [store.device(u) for u in utids]
+            heads.append([(r.head_window, r.head_hash, r.n_readings) for r in rows if r])
+        finally:
+            store.close()
+    assert answers[0] == answers[1]
+    assert heads[0] == heads[1]
