@@ -236,7 +236,6 @@ def create_app(
     writer = GroupCommit(ingestor, on_commit=metrics.group_requests.observe)
     app = FastAPI(title="FactoryOps hub", version="1", responses=ERROR_RESPONSES)
     app.state.store = store
-    app.state.writer = writer
     app.state.log_key = log.signer.public_key()
     app.state.settings = settings
 

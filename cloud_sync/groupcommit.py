@@ -29,8 +29,6 @@ class GroupCommit:
         self.on_commit = on_commit  # called with the number of requests a commit held
         self._queue: list[tuple[CheckedRequest, asyncio.Future[Outcome]]] = []
         self._writer: asyncio.Task[None] | None = None
-        self.groups = 0  # commits made (for tests and metrics)
-        self.requests = 0  # requests they held
 
     async def store(self, checked: CheckedRequest) -> Outcome:
         """Store a checked request with whatever else is queued; returns once committed."""
@@ -55,8 +53,6 @@ class GroupCommit:
                         if not done.done():
                             done.set_exception(err)
                     continue
-                self.groups += 1
-                self.requests += len(group)
                 if self.on_commit is not None:
                     self.on_commit(len(group))
                 for (_, done), outcome in zip(group, outcomes, strict=True):

@@ -182,9 +182,7 @@ class Ingestor:
                     chain.batch, expected_heads=chain.expected, now_ns=last_seen, conn=conn
                 )
         except (HeadMoved, IntegrityError):
-            return [
-                self._one_by_one(r.uploads, now_ns=last_seen, caller=r.caller) for r in requests
-            ]
+            return [self._one_by_one(r.uploads, now_ns=r.now_ns, caller=r.caller) for r in requests]
         return outcomes
 
     def _chain_request(self, conn: Connection, chain: _Chain, request: CheckedRequest) -> Outcome:

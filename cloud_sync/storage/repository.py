@@ -20,6 +20,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    make_url,
     select,
     update,
 )
@@ -102,10 +103,11 @@ class Store:
 
     @classmethod
     def open(cls, url: str, *, on_accepted: AcceptedHook | None = None) -> Store:
+        sqlite = make_url(url).get_backend_name() == "sqlite"
         # a ping before each checkout finds a PostgreSQL connection that a server restart
         # closed; a SQLite file has no server (and the ping cost ~5 % of an upload's CPU)
-        engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-        if engine.dialect.name == "sqlite":
+        engine = create_engine(url, pool_pre_ping=not sqlite)
+        if sqlite:
             event.listen(engine, "connect", _sqlite_pragmas)
         migrate(engine)  # Alembic; also brings pre-migration databases in
         return cls(engine, on_accepted=on_accepted)

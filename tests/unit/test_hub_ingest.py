@@ -416,6 +416,17 @@ def test_a_request_that_races_another_writer_stores_nothing_twice(
     assert client.get(f"/v1/devices/{utid}").json()["windows"] == 2
 
 
+def _commits(client: TestClient) -> float:
+    """Group commits the hub made so far (its ``/metrics``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(client.get("/metrics").text):
+        for x in fam.samples:
+            if x.name == "factoryops_hub_commit_group_requests_count":
+                return x.value
+    raise AssertionError("no factoryops_hub_commit_group_requests_count in /metrics")
+
+
 def test_concurrent_requests_share_a_commit_and_keep_their_own_answers(
     hub: tuple[TestClient, HubSettings],
 ) -> None:
@@ -436,8 +447,7 @@ def test_concurrent_requests_share_a_commit_and_keep_their_own_answers(
     cose, leaves, _ = devs[2].window(3)
     refused = body(first, (cose, leaves[:1]))  # its second proof lacks leaves: 422, index 1
     app = client.app
-    writer = app.state.writer  # type: ignore[attr-defined]
-    groups_before = writer.groups
+    commits_before = _commits(client)
 
     async def send_all() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
@@ -450,7 +460,7 @@ def test_concurrent_requests_share_a_commit_and_keep_their_own_answers(
             )
 
     answers = asyncio.run(send_all())
-    assert writer.groups - groups_before < len(answers)  # fewer commits than requests
+    assert _commits(client) - commits_before < len(answers)  # fewer commits than requests
     assert [a.status_code for a in answers] == [200, 200, 422, 200]
     for a in answers[:2]:
         assert [r["status"] for r in a.json()["results"]] == ["accepted", "accepted"]
@@ -491,7 +501,8 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
         utids = [_register(client, s, d) for d in devs]
         store = client.app.state.store  # type: ignore[attr-defined]
         ingestor = FailsOnce(store, HubLimits(), allow_software_keys=True)
-        writer = GroupCommit(ingestor)
+        commits: list[int] = []  # requests a commit held
+        writer = GroupCommit(ingestor, on_commit=commits.append)
         uploads = []
         for d in devs:
             cose, leaves, _ = d.window(3)
@@ -510,10 +521,13 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
             ["accepted"],
         ]
         assert [client.get(f"/v1/devices/{u}").json()["windows"] for u in utids] == [1, 1]
-        assert writer.groups == 1  # the failed group is not counted as a commit
+        assert commits == [2]  # the failed group made no commit
 
 
-def _grouped_vs_sequential_setup(tmp: Path) -> tuple[Path, dict[str, list[Any]], list[str]]:
+@pytest.fixture(scope="module")
+def two_devices(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, list[Any]], list[str]]:
     """A migrated SQLite file with two registered devices, and each device's signed uploads:
     windows 0-3 and a second, different window 1 (a fork)."""
     import dataclasses
@@ -524,7 +538,7 @@ def _grouped_vs_sequential_setup(tmp: Path) -> tuple[Path, dict[str, list[Any]],
     from cloud_sync.ingest import ProofUpload
     from cloud_sync.storage import Store
 
-    db = tmp / "template.db"
+    db = tmp_path_factory.mktemp("group") / "template.db"
     store = Store.open(f"sqlite:///{db}")
     items: dict[str, list[Any]] = {}
     utids = []
@@ -547,9 +561,6 @@ def _grouped_vs_sequential_setup(tmp: Path) -> tuple[Path, dict[str, list[Any]],
     return db, items, utids
 
 
-_GROUP_SETUP: dict[str, Any] = {}
-
-
 @settings(max_examples=30, deadline=None)
 @given(
     st.lists(
@@ -559,7 +570,9 @@ _GROUP_SETUP: dict[str, Any] = {}
     )
 )
 def test_a_group_commit_answers_and_stores_exactly_what_requests_one_by_one_would(
-    tmp_path_factory: pytest.TempPathFactory, requests: list[tuple[str, list[int]]]
+    tmp_path_factory: pytest.TempPathFactory,
+    two_devices: tuple[Path, dict[str, list[Any]], list[str]],
+    requests: list[tuple[str, list[int]]],
 ) -> None:
     """Any mix of requests (two devices; windows in order, out of order, repeated, forked),
     stored as one group, gets the same answer for every request and leaves the same chain
@@ -571,17 +584,13 @@ def test_a_group_commit_answers_and_stores_exactly_what_requests_one_by_one_woul
     from cloud_sync.settings import HubLimits
     from cloud_sync.storage import Store
 
-    if not _GROUP_SETUP:
-        base = tmp_path_factory.mktemp("group")
-        db, items, utids = _grouped_vs_sequential_setup(base)
-        _GROUP_SETUP.update(base=base, db=db, items=items, utids=utids)
-    items, utids = _GROUP_SETUP["items"], _GROUP_SETUP["utids"]
+    template, items, utids = two_devices
     uploads = [[items[d][i] for i in idx] for d, idx in requests]
     work = tmp_path_factory.mktemp("run")
     answers, heads = [], []
     for grouped in (True, False):
         db = work / f"{grouped}.db"
-        shutil.copy(_GROUP_SETUP["db"], db)
+        shutil.copy(template, db)
         store = Store.open(f"sqlite:///{db}")
         try:
             ing = Ingestor(store, HubLimits(), allow_software_keys=True)
