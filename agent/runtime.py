@@ -190,9 +190,13 @@ class AgentRuntime:
                 models.cancel()
                 if uplink is not None and self.uplink is not None:
                     uplink.cancel()
-                    with contextlib.suppress(TimeoutError):
+                    # its own clean-up (a send it was in marks its proofs failed) first
+                    await asyncio.gather(uplink, return_exceptions=True)
+                    try:
                         async with asyncio.timeout(10):
                             await self.uplink.drain()
+                    except TimeoutError:  # they stay queued: the next start sends them
+                        log.warning("uplink: shutdown upload stopped after 10 s")
         finally:
             if self.metrics_server is not None:
                 self.metrics_server.close()

@@ -243,8 +243,16 @@ class Spool:
 
     def _restart_outbox(self) -> None:
         """Proofs in flight or refused when the agent stopped are tried again."""
+        self._requeue((OutboxState.SENT, OutboxState.REFUSED))
+
+    def requeue_in_flight(self) -> None:
+        """Proofs marked sent whose answer never came back (their sender was cancelled) go
+        back to the outbox; only for when no sender is running, as at shutdown."""
+        self._requeue((OutboxState.SENT,))
+
+    def _requeue(self, states: tuple[OutboxState, ...]) -> None:
         self._db.execute("BEGIN IMMEDIATE")
-        for state in (OutboxState.SENT, OutboxState.REFUSED):
+        for state in states:
             after = advance(OUTBOX_TRANSITIONS, state, OutboxEvent.RESTART)
             self._db.execute(
                 "UPDATE windows SET outbox = ? WHERE outbox = ?", (after.value, state.value)

@@ -209,9 +209,12 @@ class Uplink:
         return attempt + 1
 
     async def drain(self) -> bool:
-        """Upload until the outbox is empty or one attempt fails (used at shutdown)."""
+        """Upload until the outbox is empty or one attempt fails (used at shutdown, once
+        ``run`` has ended: a proof it left marked sent, cancelled before the hub's answer
+        came back, is sent again, not skipped)."""
         if self.stats.stopped:
             return False
+        await self.spool_call(self.spool.requeue_in_flight)
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
             while items := await self.spool_call(lambda: self.spool.pending(self.batch)):
                 try:

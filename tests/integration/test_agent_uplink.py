@@ -61,6 +61,18 @@ async def _run(
     return runtime
 
 
+async def _hub_and_gateway(
+    tmp: Path, hub_dir: Path
+) -> tuple[HubServer, AgentConfig, SoftwareSigner]:
+    """A hub started on ``hub_dir``, and a gateway's config and key registered with it."""
+    hub = HubServer(HubSettings.create(hub_dir, allow_software_keys=True)).start()
+    cfg, signer = _config(tmp, hub.url), SoftwareSigner.generate()
+    await asyncio.to_thread(
+        register_device, hub.url, hub.settings.admin_token, signer, name="gw", state_dir=tmp
+    )
+    return hub, cfg, signer
+
+
 def _hub_seqs(hub_dir: Path) -> list[int]:
     return sorted(r.seq for r in hub_readings(hub_dir / "hub.db"))
 
@@ -99,11 +111,7 @@ async def test_a_hub_restored_from_an_older_backup_gets_the_lost_windows_again(
     tmp_path: Path,
 ) -> None:
     hub_dir = tmp_path / "hub"
-    hub = HubServer(HubSettings.create(hub_dir, allow_software_keys=True)).start()
-    cfg, signer = _config(tmp_path, hub.url), SoftwareSigner.generate()
-    await asyncio.to_thread(
-        register_device, hub.url, hub.settings.admin_token, signer, name="gw", state_dir=tmp_path
-    )
+    hub, cfg, signer = await _hub_and_gateway(tmp_path, hub_dir)
     await _run(cfg, signer, lambda r: r.status()["proofs_synced"] >= 3)
     hub.stop()
     backup = tmp_path / "hub-backup.db"
@@ -141,11 +149,7 @@ async def test_a_hub_restored_from_an_older_backup_gets_the_lost_windows_again(
 
 async def test_the_agent_reports_a_hub_that_forked_its_log(tmp_path: Path) -> None:
     hub_dir = tmp_path / "hub"
-    hub = HubServer(HubSettings.create(hub_dir, allow_software_keys=True)).start()
-    cfg, signer = _config(tmp_path, hub.url), SoftwareSigner.generate()
-    await asyncio.to_thread(
-        register_device, hub.url, hub.settings.admin_token, signer, name="gw", state_dir=tmp_path
-    )
+    hub, cfg, signer = await _hub_and_gateway(tmp_path, hub_dir)
     hub.stop()
     shutil.copy(hub_dir / "hub.db", tmp_path / "hub-backup.db")  # registered, log empty
     hub = HubServer(hub.settings, port=hub.port).start()
@@ -218,6 +222,40 @@ async def test_the_agent_states_its_signed_storage_policy_and_the_hub_checks_it(
             )
             assert r.status_code == 422 and r.json()["error"] == "bad_policy", r.text
     finally:
+        hub.stop()
+
+
+async def test_the_shutdown_upload_sends_a_proof_its_cancelled_sender_left_in_flight(
+    tmp_path: Path,
+) -> None:
+    """A sender cancelled at shutdown between marking proofs sent and recording the hub's
+    answer leaves them marked sent; the shutdown upload must send them again, not skip
+    them (seen once in a loaded full-suite run: the hub lacked the last window after a clean
+    stop). Here the agent signs windows while the hub is down, one of them is left marked
+    sent as such a sender would leave it, and ``drain`` runs against the hub, back up."""
+    from agent.uplink import Uplink
+    from agent.window import OutboxEvent
+
+    hub_dir = tmp_path / "hub"
+    hub, cfg, signer = await _hub_and_gateway(tmp_path, hub_dir)
+    hub.stop()
+    await _run(cfg, signer, lambda r: r.counters.windows_signed >= 3)  # all stay queued
+    spool = Spool(cfg.spool.path)
+    try:
+        first = spool.pending(1)[0].window
+        spool.mark([first], OutboxEvent.SEND)  # sent, never answered: the sender was cancelled
+        committed = spool.state().next_seq
+        hub = HubServer(hub.settings, port=hub.port).start()
+
+        async def call(fn: Callable[[], object]) -> object:
+            return fn()
+
+        uplink = Uplink(spool, hub.url, call)
+        assert await uplink.drain()
+        assert _hub_seqs(hub_dir) == list(range(committed))  # the in-flight window included
+        assert spool.pending(1) == []
+    finally:
+        spool.close()
         hub.stop()
 
 
