@@ -24,6 +24,7 @@ from agent.connectors.registry import build_connectors
 from agent.errors import ConfigError, SpoolError
 from agent.logwatch import LogWatch
 from agent.metrics import AgentMetrics, MetricsServer
+from agent.notify import notify
 from agent.scoring import Reloadable, Scorer
 from agent.sealer import SealedWindow, seal
 from agent.spool import ShedPolicy, Spool
@@ -175,7 +176,9 @@ class AgentRuntime:
                     tg.create_task(self.logwatch.run(), name="logwatch") if self.logwatch else None
                 )
                 models = tg.create_task(self._watch_model(), name="model-watch")
+                notify("READY=1")  # systemd Type=notify: started, SIGTERM now stops cleanly
                 await stop.wait()
+                notify("STOPPING=1")
                 for task in (*acquiring, collector):
                     task.cancel()
                 await asyncio.gather(*acquiring, collector, return_exceptions=True)

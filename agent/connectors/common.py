@@ -244,11 +244,14 @@ def truncate(raw: object, limit: int = LOG_EXCERPT_CHARS) -> str:
 
 
 def reraise_if_cancelling() -> None:
-    """Re-raise a cancellation that a library's cleanup swallowed.
+    """Re-raise a cancellation that a library swallowed.
 
-    asyncua's ``Client.disconnect`` awaits its own tasks with ``except CancelledError: pass``,
-    which also eats a cancellation aimed at *our* task while it waits; the task still counts
-    it, so ask the task and hand it back, or stopping the agent would hang.
+    The task still counts a cancellation a library ate, so ask the task and hand it back, or
+    stopping the agent hangs. asyncua's ``Client.disconnect`` awaits its own tasks with
+    ``except CancelledError: pass``, which also eats one aimed at *our* task while it waits.
+    pymodbus awaits connects and replies with ``asyncio.wait_for``, which on Python 3.11 can
+    swallow a cancellation that races with the answer (cpython gh-86296): ``connect()`` then
+    returns False, and a cancellation mid-request becomes a ModbusIOException.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():

@@ -33,6 +33,7 @@ from pymodbus.exceptions import ModbusException
 from agent.backoff import Backoff
 from agent.config import BIT_TABLES, ModbusDeviceConfig, ModbusTag
 from agent.connectors.base import Emit, Sample
+from agent.connectors.common import reraise_if_cancelling
 from agent.errors import DeviceRefused, DeviceTimeout
 
 __all__ = [
@@ -99,18 +100,6 @@ def plan_spans(
         if cur:
             spans.append(Span(table, start, end - start, tuple(cur)))
     return spans
-
-
-def _raise_if_cancelled() -> None:
-    """Re-raise a cancellation that a library swallowed.
-
-    pymodbus awaits replies with ``asyncio.wait_for``, which on Python 3.11 can swallow a
-    cancellation that races with the reply (cpython gh-86296), and it turns one that lands
-    mid-request into a ModbusIOException. The task still counts the request, so ask it.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def one_request_per_tag(tags: Sequence[ModbusTag]) -> list[Span]:
@@ -269,6 +258,7 @@ class ModbusConnector:
                 attempt = 0
                 await self._poll_loop(client, emit)
             except (DeviceTimeout, ConnectionError, OSError) as err:
+                reraise_if_cancelling()  # a stop that pymodbus's connect() swallowed
                 delay = self.backoff.delay(attempt, self.rng)
                 log.warning("%s: %s; reconnecting in %.2fs", self.name, err, delay)
                 attempt += 1
@@ -299,7 +289,7 @@ class ModbusConnector:
             if samples:
                 await emit(samples)
             self.polls += 1
-            _raise_if_cancelled()
+            reraise_if_cancelling()
             if not client.connected:
                 raise DeviceTimeout(f"{self.name}: connection lost")
 
@@ -363,7 +353,7 @@ class ModbusConnector:
         except ModbusException as err:
             # pymodbus turns a cancellation that lands mid-request into a ModbusIOException;
             # hand the cancellation back, or the connector task could never be stopped
-            _raise_if_cancelled()
+            reraise_if_cancelling()
             raise DeviceTimeout(
                 f"{span.table} {span.start}+{span.count}: no answer ({err})"
             ) from err

@@ -10,6 +10,7 @@ import asyncio
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -55,12 +56,23 @@ def _write_config(tmp: Path, hub_url: str, port: int) -> Path:
     return path
 
 
-def _spawn(config: Path) -> subprocess.Popen[bytes]:
+def _spawn(config: Path, notify_socket: Path | None = None) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    if notify_socket is not None:  # as systemd does for a Type=notify unit
+        env["NOTIFY_SOCKET"] = str(notify_socket)
     return subprocess.Popen(
         [sys.executable, "-m", "factoryops", "agent", "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env=env,
     )
+
+
+async def _until_ready(listener: socket.socket, timeout_s: float = 120.0) -> None:
+    """Wait for the agent's READY=1 (systemd's readiness protocol, agent/notify.py)."""
+    listener.settimeout(timeout_s)
+    message = await asyncio.to_thread(listener.recv, 256)
+    assert message == b"READY=1", message
 
 
 def _windows(spool_path: Path) -> list[tuple[int, int, int, bytes]]:
@@ -131,12 +143,17 @@ async def test_kill_9_at_random_moments_loses_no_committed_window(tmp_path: Path
         # one clean run with the plant gone (nothing new to seal) uploads the outbox and
         # stops with SIGTERM once the hub has it all: a fixed wait let a loaded machine's
         # shutdown drain time out with windows still queued (they stay in the outbox)
-        proc = _spawn(config)
-        await asyncio.sleep(startup_s)  # up and running, as it was when it first committed
-        await _until_synced(cfg.spool.path, tmp_path / "hub" / "hub.db")
-        proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.to_thread(proc.communicate)
-        assert proc.returncode == 0, err.decode()[-2000:]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+            listener.bind(str(tmp_path / "notify.sock"))
+            proc = _spawn(config, tmp_path / "notify.sock")
+            # SIGTERM before READY=1 kills a process still importing (a sleep as long as the
+            # first start took was not always enough on a loaded CI machine)
+            await _until_ready(listener)
+            await _until_synced(cfg.spool.path, tmp_path / "hub" / "hub.db")
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.to_thread(proc.communicate)
+            assert proc.returncode == 0, err.decode()[-2000:]
+            assert listener.recv(256) == b"STOPPING=1"
     finally:
         hub.stop()
 

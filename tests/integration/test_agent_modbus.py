@@ -127,6 +127,32 @@ async def test_a_dead_device_is_retried_without_crashing_the_connector() -> None
         await task
 
 
+async def test_a_stop_while_connecting_to_a_dead_device_always_stops_the_connector() -> None:
+    """pymodbus's connect() can swallow a cancellation and return False (asyncio.wait_for on
+    Python 3.11, cpython gh-86296); the connector took that for a refused connect and went on
+    reconnecting, so a SIGTERM right after the agent started could hang its stop forever."""
+    cfg = ModbusDeviceConfig(
+        name="dead",
+        host="127.0.0.1",
+        port=_free_port(),
+        poll_interval_ms=20,
+        timeout_ms=100,
+        tags=(ModbusTag("x", 0),),
+    )
+
+    async def emit(samples: list[Sample]) -> None:
+        raise AssertionError("a dead device produced samples")
+
+    for step in range(60):  # cancel at moments spread over the first connect attempts
+        task = asyncio.create_task(ModbusConnector(cfg).run(emit))
+        for _ in range(step % 6):
+            await asyncio.sleep(0)  # a few loop turns: inside connect() at different points
+        await asyncio.sleep(0.0005 * (step // 6))
+        task.cancel()
+        await asyncio.wait({task}, timeout=10)  # a swallowed cancellation retries for ever
+        assert task.cancelled(), f"the connector did not stop (cancelled after step {step})"
+
+
 async def test_one_dead_slave_does_not_slow_the_healthy_devices() -> None:
     from benchmarks.modbus import FleetServer, SilentPeer, healthy_poll_rates
 
