@@ -290,6 +290,7 @@ class Reconnector:
                 reason = "peer ended the session"
             except transient as err:
                 reason = f"{type(err).__name__}: {truncate(str(err) or repr(err))}"
+            reraise_if_cancelling()  # a stop that the session's library swallowed
             self.drops += 1
             delay = self.backoff.delay(attempt, self.rng)
             attempt += 1
