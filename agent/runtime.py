@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.connectors.base import Connector, Emit, NeedsCommit, Sample
+from agent.connectors.common import reraise_if_cancelling
 from agent.connectors.registry import build_connectors
 from agent.errors import ConfigError, SpoolError
 from agent.logwatch import LogWatch
@@ -84,6 +85,7 @@ class AgentRuntime:
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     disk_full_backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.2, cap_s=10.0))
     stop_grace_s: float = 30.0  # how long a stop waits for a full disk before giving up
+    connector_stop_s: float = 5.0  # how long a stop waits for connectors before sealing
     restart_backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.5, cap_s=30.0))
     restart_limit: int | None = None  # restarts in a row before a failing connector is left off
     connector_failures: dict[str, str] = field(default_factory=dict)
@@ -181,7 +183,8 @@ class AgentRuntime:
                 notify("STOPPING=1")
                 for task in (*acquiring, collector):
                     task.cancel()
-                await asyncio.gather(*acquiring, collector, return_exceptions=True)
+                await self._connectors_stopped(acquiring)
+                await asyncio.gather(collector, return_exceptions=True)
                 await self._drain_queue()
                 self._take(self.builder.flush())
                 await self._seal_on_stop()
@@ -251,6 +254,7 @@ class AgentRuntime:
                 reason = f"{type(err).__name__}: {err}"
                 log.exception("connector %s failed", name)
             up.set(0)
+            reraise_if_cancelling()  # stopped: a library swallowed it, never restart then
             self.metrics.connector_restarts.labels(name).inc()
             if time.monotonic() - started > self.restart_backoff.cap_s * 2:
                 attempt = 0  # it ran fine for a while: start the backoff over
@@ -318,6 +322,21 @@ class AgentRuntime:
             else:
                 keep.append((target, fut))
         self._waiters = keep
+
+    async def _connectors_stopped(self, acquiring: Sequence[asyncio.Task[None]]) -> None:
+        """Wait for the cancelled connectors, at most ``connector_stop_s``: one whose library
+        swallowed the cancellation must not keep the agent from sealing and uploading what
+        it already has (the process then waits for it, and systemd's stop timeout ends it)."""
+        if not acquiring:
+            return
+        _, stuck = await asyncio.wait(acquiring, timeout=self.connector_stop_s)
+        for task in stuck:
+            log.error(
+                "%s did not stop within %.1f s of being cancelled (its library swallowed the"
+                " cancellation?); sealing and uploading without it",
+                task.get_name(),
+                self.connector_stop_s,
+            )
 
     async def _drain_queue(self) -> None:
         while not self._queue.empty():

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from agent.backoff import Backoff
 from agent.config import parse_config
-from agent.connectors.base import Emit, Sample
+from agent.connectors.base import Connector, Emit, Sample
 from agent.errors import ConfigError
 from agent.runtime import AgentRuntime
 from attestation.signers.software import SoftwareSigner
@@ -34,7 +38,10 @@ class Failing:
             await asyncio.sleep(0.01)
 
 
-async def _run(tmp_path: Path, failing: Failing, **kw: object) -> tuple[AgentRuntime, Ticker]:
+async def _start(
+    tmp_path: Path, other: Connector, **kw: object
+) -> tuple[AgentRuntime, Ticker, asyncio.Event, asyncio.Task[None]]:
+    """A runtime with a ticker and ``other``, running until the ticker sent 60 batches."""
     cfg = parse_config(
         '[device]\nname = "gw"\n[window]\nmax_readings = 50\nmax_ms = 50\n'
         '[[modbus]]\nname = "unused"\nhost = "127.0.0.1"\n[[modbus.tags]]\nname = "x"\n'
@@ -46,7 +53,7 @@ async def _run(tmp_path: Path, failing: Failing, **kw: object) -> tuple[AgentRun
     runtime = AgentRuntime(
         cfg,
         SoftwareSigner.generate(),
-        [ticker, failing],
+        [ticker, other],
         restart_backoff=Backoff(base_s=0.01, cap_s=0.05),
         **kw,  # type: ignore[arg-type]
     )
@@ -55,6 +62,11 @@ async def _run(tmp_path: Path, failing: Failing, **kw: object) -> tuple[AgentRun
     async with asyncio.timeout(30):
         while ticker.batches < 60:  # noqa: ASYNC110 - polling the source's counter
             await asyncio.sleep(0.02)
+    return runtime, ticker, stop, task
+
+
+async def _run(tmp_path: Path, failing: Failing, **kw: object) -> tuple[AgentRuntime, Ticker]:
+    runtime, ticker, stop, task = await _start(tmp_path, failing, **kw)
     stop.set()
     await task
     return runtime, ticker
@@ -89,6 +101,41 @@ async def test_a_connector_that_keeps_failing_is_given_up_after_the_limit(tmp_pa
     runtime, _ = await _run(tmp_path, hopeless, restart_limit=2)
     assert hopeless.runs == 3
     assert "gave up after 2 restarts" in runtime.status()["connector_failures"]["flaky"]
+
+
+@dataclass
+class Deaf:
+    """Swallows its cancellation, as pymodbus's connect() and asyncua's disconnect() can, and
+    then waits for ``release``: a connector the runtime cannot stop."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    name: str = "deaf"
+
+    async def run(self, emit: Emit) -> None:
+        await emit([Sample("deaf", 1.0, "u", time.time_ns())])
+        with contextlib.suppress(asyncio.CancelledError):  # the library bug this stands for
+            await asyncio.sleep(3600)
+        await self.release.wait()
+
+
+async def test_a_connector_that_ignores_its_stop_does_not_hold_up_the_seal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    deaf = Deaf()
+    runtime, ticker, stop, task = await _start(tmp_path, deaf, connector_stop_s=0.2)
+    stop.set()
+    c = runtime.counters
+    try:
+        async with asyncio.timeout(30):  # without the bounded wait nothing is sealed: timeout
+            while "connector[deaf] did not stop" not in caplog.text or (  # noqa: ASYNC110
+                c.readings_committed < c.readings_acquired
+            ):
+                await asyncio.sleep(0.02)
+        assert not task.done()  # the process still waits for the deaf connector to end
+        assert c.readings_committed == ticker.batches * 5 + 1  # its reading is sealed too
+    finally:
+        deaf.release.set()  # else the test's own loop could not close
+    await task
 
 
 def test_modbus_and_csv_counters_are_exported() -> None:
