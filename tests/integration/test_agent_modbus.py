@@ -105,8 +105,9 @@ async def test_a_refused_span_is_counted_and_the_other_tags_keep_coming(server: 
     assert connector.errors["Pressure"] == 0
 
 
-async def test_a_dead_device_is_retried_without_crashing_the_connector() -> None:
-    cfg = ModbusDeviceConfig(
+def _dead_device() -> ModbusDeviceConfig:
+    """A device on a port nobody listens on: every connect is refused."""
+    return ModbusDeviceConfig(
         name="dead",
         host="127.0.0.1",
         port=_free_port(),
@@ -114,12 +115,16 @@ async def test_a_dead_device_is_retried_without_crashing_the_connector() -> None
         timeout_ms=100,
         tags=(ModbusTag("x", 0),),
     )
-    connector = ModbusConnector(cfg)
 
-    async def emit(samples: list[Sample]) -> None:
-        raise AssertionError("a dead device produced samples")
 
-    task = asyncio.create_task(connector.run(emit))
+async def _no_samples(samples: list[Sample]) -> None:
+    raise AssertionError("a dead device produced samples")
+
+
+async def test_a_dead_device_is_retried_without_crashing_the_connector() -> None:
+    connector = ModbusConnector(_dead_device())
+
+    task = asyncio.create_task(connector.run(_no_samples))
     await asyncio.sleep(1.0)
     assert not task.done()  # still retrying with backoff
     task.cancel()
@@ -131,20 +136,10 @@ async def test_a_stop_while_connecting_to_a_dead_device_always_stops_the_connect
     """pymodbus's connect() can swallow a cancellation and return False (asyncio.wait_for on
     Python 3.11, cpython gh-86296); the connector took that for a refused connect and went on
     reconnecting, so a SIGTERM right after the agent started could hang its stop forever."""
-    cfg = ModbusDeviceConfig(
-        name="dead",
-        host="127.0.0.1",
-        port=_free_port(),
-        poll_interval_ms=20,
-        timeout_ms=100,
-        tags=(ModbusTag("x", 0),),
-    )
-
-    async def emit(samples: list[Sample]) -> None:
-        raise AssertionError("a dead device produced samples")
+    cfg = _dead_device()
 
     for step in range(60):  # cancel at moments spread over the first connect attempts
-        task = asyncio.create_task(ModbusConnector(cfg).run(emit))
+        task = asyncio.create_task(ModbusConnector(cfg).run(_no_samples))
         for _ in range(step % 6):
             await asyncio.sleep(0)  # a few loop turns: inside connect() at different points
         await asyncio.sleep(0.0005 * (step // 6))
