@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from itertools import islice
 from types import ModuleType
 
@@ -29,7 +30,9 @@ __all__ = [
     "native_sequence_verdict",
     "native_verdict",
     "sequence_root",
+    "sha_backend",
     "split_leaves",
+    "using_sha_backend",
     "window_root",
 ]
 
@@ -42,6 +45,25 @@ if os.environ.get("FACTORYOPS_PURE_PYTHON") == "1":  # benchmarks measure both p
     _native = None
 
 NATIVE = _native is not None
+
+
+def sha_backend() -> str | None:
+    """The native tree's SHA-256 code: ``"sha-ni"`` (four nodes at a time with the x86 SHA
+    extensions, ADR 0011) or ``"openssl"``; None without the extension."""
+    return None if _native is None else str(_native.backend())
+
+
+@contextmanager
+def using_sha_backend(name: str) -> Iterator[None]:
+    """Hash with ``name`` inside the block (tests and benchmarks measure both). Raises
+    ``ValueError`` for a backend this machine lacks, ``RuntimeError`` without the extension."""
+    if _native is None:
+        raise RuntimeError("the native window check is not built")
+    before = _native.use_backend(name)
+    try:
+        yield
+    finally:
+        _native.use_backend(before)
 
 
 def check_leaf(

@@ -26,7 +26,7 @@ from rich.table import Table
 from agent.sealer import seal
 from agent.window import ClosedWindow
 from attestation import merkle
-from attestation.leafbatch import NATIVE, window_root
+from attestation.leafbatch import NATIVE, sha_backend, using_sha_backend, window_root
 from attestation.microproof import GENESIS_PREV
 from attestation.reading import Reading, decode_leaf, encode_leaf, leaf_hash
 from attestation.receipt import build_receipt
@@ -90,6 +90,10 @@ def command(windows: int, per_window: int, receipts: int, rounds: int) -> None:
 
     t_tree = _best_of(rounds, recompute)
     t_checked = _best_of(rounds, recompute_checked)
+    t_openssl = None  # the same C check hashing one node at a time (ADR 0011's baseline)
+    if sha_backend() == "sha-ni":
+        with using_sha_backend("openssl"):
+            t_openssl = _best_of(rounds, recompute_checked)
     t_raw = _best_of(rounds, raw_sha)
 
     # full receipts: a real signed micro-proof, one receipt per reading checked
@@ -112,6 +116,8 @@ def command(windows: int, per_window: int, receipts: int, rounds: int) -> None:
         "python_root_readings_per_s": round(total / t_tree),
         "checked_root_readings_per_s": round(total / t_checked),
         "checked_root_native": NATIVE,
+        "checked_root_sha": sha_backend(),
+        "checked_root_openssl_readings_per_s": t_openssl and round(total / t_openssl),
         "baseline_sha256_leaves_per_s": round(total / t_raw),
         "ratio_vs_raw_sha256": round(t_raw / t_tree, 3),
         "ratio_checked_vs_raw_sha256": round(t_raw / t_checked, 3),
@@ -124,10 +130,14 @@ def command(windows: int, per_window: int, receipts: int, rounds: int) -> None:
     table.add_row("root recomputation (hashlib), readings/s", f"{total / t_tree:,.0f}")
     table.add_row(
         "leaves checked + root (attestation.leafbatch, "
-        + ("C" if NATIVE else "pure Python")
+        + (f"C, SHA-256 by {sha_backend()}" if NATIVE else "pure Python")
         + "), readings/s",
         f"{total / t_checked:,.0f}",
     )
+    if t_openssl is not None:
+        table.add_row(
+            "  the same with OpenSSL one node at a time, readings/s", f"{total / t_openssl:,.0f}"
+        )
     table.add_row(
         "baseline: raw SHA-256 of the leaves/s", f"{figures['baseline_sha256_leaves_per_s']:,}"
     )
