@@ -344,11 +344,16 @@ def parse_microproof(data: bytes, limits: MicroProofLimits = MICROPROOF_LIMITS) 
     return SignedMicroProof(msg, decode_payload(msg.payload, limits), kid, iat)
 
 
-def verify_microproof_signature(smp: SignedMicroProof, key: cose.PublicKey) -> None:
-    """The key must be the one the kid names, and the signature must hold."""
+def verify_microproof_signature(
+    smp: SignedMicroProof, key: cose.PublicKey, *, key_der: bytes | None = None
+) -> None:
+    """The key must be the one the kid names, and the signature must hold. ``key_der``: the
+    DER SubjectPublicKeyInfo ``key`` was loaded from, when the caller holds it (the hub keeps
+    each enrolled key's); it saves re-encoding the key a proof. Nothing here can tell whether
+    it is ``key``'s: pass only the bytes ``key`` came from."""
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - cold path
 
-    der = key.public_bytes(
+    der = key_der or key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     if utid_bytes(der) != smp.kid:

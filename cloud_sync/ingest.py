@@ -10,6 +10,9 @@ Steps, each with its own refusal (docs/protocol.md):
 7. leaves: count matches, each decodes strictly, seqs consecutive, RFC 9162 root matches
    (attestation.leafbatch: in C when built, ~0.2 us a leaf; ADR 0007; they arrive and are
    stored back to back in one byte string, ADR 0008)
+   Steps 2-4 read the device from a cache of rows (at most DEVICE_ROW_TTL_S old): the write
+   transaction re-reads every row and refuses there whatever the cache let through (a
+   device revoked since, from this process or another), so the cache only saves queries.
 8. store window + its leaves + new head atomically (a concurrent writer -> re-check once);
    the hub stores concurrent requests in one transaction (group commit,
    cloud_sync/groupcommit.py, ADR 0009)
@@ -19,12 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from attestation.cose import PublicKey
@@ -40,7 +44,18 @@ from cloud_sync.errors import ApiError
 from cloud_sync.settings import HubLimits
 from cloud_sync.storage import Accepted, DeviceRow, HeadMoved, Store, WindowRow
 
-__all__ = ["CheckedRequest", "IngestResult", "Ingestor", "Outcome", "ProofUpload"]
+__all__ = [
+    "DEVICE_ROW_TTL_S",
+    "CheckedRequest",
+    "IngestResult",
+    "Ingestor",
+    "Outcome",
+    "ProofUpload",
+]
+
+DEVICE_ROW_TTL_S = 2.0
+"""How old a cached device row may be when a request's checks use it (steps 2-4)."""
+_MAX_CACHED_DEVICES = 65_536  # beyond this the cache starts again: memory stays bounded
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +121,7 @@ class Ingestor:
         self.limits = limits
         self.allow_software_keys = allow_software_keys
         self._keys: dict[str, PublicKey] = {}
+        self._rows: dict[str, tuple[int, DeviceRow]] = {}  # utid -> (monotonic ns read, row)
 
     def ingest(
         self, upload: ProofUpload, *, now_ns: int, caller: str | None = None
@@ -154,17 +170,34 @@ class Ingestor:
         """Steps (1)-(4) and (7) for each proof of a request, on its own: CPU work outside
         any write transaction. Stops at the first refused proof."""
         checked = CheckedRequest(uploads, caller, now_ns=now_ns)
-        seen: dict[str, DeviceRow | None] = {}  # each device looked up once a request
-        with self.store.engine.connect() as reads:  # one connection for the lookups
+        reads = _Reads(self.store.engine, self._cached_device)
+        try:
             for i, upload in enumerate(uploads):
                 try:
                     checked.items.append(
-                        self._check(upload, now_ns=now_ns, caller=caller, conn=reads, seen=seen)
+                        self._check(upload, now_ns=now_ns, caller=caller, reads=reads)
                     )
                 except ApiError as err:
                     checked.refusal = (i, err)
                     break
+        finally:
+            reads.close()
         return checked
+
+    def _cached_device(self, utid: str, connect: Callable[[], Connection]) -> DeviceRow | None:
+        now = time.monotonic_ns()
+        cached = self._rows.get(utid)
+        if cached is not None and now - cached[0] <= DEVICE_ROW_TTL_S * 1e9:
+            return cached[1]
+        row = self.store.device(utid, connect())
+        if row is not None:
+            self._remember(row, now)
+        return row
+
+    def _remember(self, row: DeviceRow, now: int) -> None:
+        if len(self._rows) >= _MAX_CACHED_DEVICES and row.utid not in self._rows:
+            self._rows.clear()
+        self._rows[row.utid] = (now, row)
 
     def store_checked(self, requests: Sequence[CheckedRequest]) -> list[Outcome]:
         """Steps (5), (6) and (8) for checked requests, in order, in one transaction (one
@@ -183,6 +216,9 @@ class Ingestor:
                 )
         except (HeadMoved, IntegrityError):
             return [self._one_by_one(r.uploads, now_ns=r.now_ns, caller=r.caller) for r in requests]
+        now = time.monotonic_ns()
+        for row in chain.heads.values():  # committed: the heads as they now stand
+            self._remember(row, now)
         return outcomes
 
     def _chain_request(self, conn: Connection, chain: _Chain, request: CheckedRequest) -> Outcome:
@@ -220,11 +256,12 @@ class Ingestor:
         if (earlier := chain.done.get(row.cose_sha256)) is not None:  # sent twice
             return dataclasses.replace(earlier, status="duplicate")
         device = chain.heads.get(row.utid)
-        if device is None:  # first proof of this device in the request: its head now
-            device = self._device(row.utid, conn)
+        if device is None:  # first proof of this device in the group: its head now
+            first = self._head_for(smp, row, conn)
+            if isinstance(first, IngestResult):
+                return first
+            device = first
             chain.expected[row.utid] = device.head_window
-            if stored := self._stored_since(row.cose_sha256, row.window, device, conn):
-                return stored
         self._check_chain(smp, device)  # (5)
         self._check_seqs(smp, device)  # (6)
         chain.batch.append(Accepted(row, upload.leaves, smp.proof))
@@ -236,6 +273,36 @@ class Ingestor:
         )
         result = chain.done[row.cose_sha256] = IngestResult.of(row, "accepted")
         return result
+
+    def _head_for(
+        self, smp: SignedMicroProof, row: WindowRow, conn: Connection
+    ) -> DeviceRow | IngestResult:
+        """The device's head for the group's first proof of it, or the stored duplicate.
+
+        Optimistic: the cached row when the device may upload and the proof chains onto it.
+        No query is needed then, because ``store_windows`` moves the head only ``WHERE`` it
+        is still that window and the device is not revoked; if another writer moved it or
+        the device was revoked since, the group rolls back and ``_one_by_one`` stores it
+        again on fresh reads. Otherwise (nothing cached, or the proof does not chain onto
+        the cached head) the row is read inside ``conn``, as it stands now.
+        """
+        cached = self._rows.get(row.utid)
+        if cached is not None:
+            try:
+                device = self._admit(cached[1], row.utid)
+                self._check_chain(smp, device)
+                self._check_seqs(smp, device)
+            except ApiError:
+                pass  # perhaps stale: decide on the row as it stands
+            else:
+                return device
+        found = self.store.device(row.utid, conn)
+        if found is None:
+            return self._admit(found, row.utid)  # raises: unknown device
+        self._remember(found, time.monotonic_ns())  # committed data: good for the checks
+        if stored := self._stored_since(row.cose_sha256, row.window, found, conn):
+            return stored  # (2) as in _check, even for a device revoked since
+        return self._admit(found, row.utid)  # (3) again: the checks' row may be stale
 
     def _stored_since(
         self, cose_sha256: bytes, window: int, device: DeviceRow, conn: Connection | None = None
@@ -255,23 +322,22 @@ class Ingestor:
         *,
         now_ns: int,
         caller: str | None,
-        conn: Connection | None = None,
-        seen: dict[str, DeviceRow | None] | None = None,
+        reads: _Reads | None = None,
     ) -> Checked:
         """Steps (1)-(4) and (7): a duplicate's result, or the row to store and its device.
-        ``seen`` caches device rows across a request's proofs."""
+        With ``reads`` (a request's checks) device rows may come from the cache; without
+        (``ingest``, which stores what it checked) they are read now."""
         try:
             smp = parse_microproof(upload.cose)  # (1)
         except AttestationError as err:
             raise ApiError(400, "malformed_proof", str(err)) from err
         mp = smp.proof
         digest = hashlib.sha256(upload.cose).digest()
-        seen = {} if seen is None else seen
-        if smp.utid not in seen:
-            seen[smp.utid] = self.store.device(smp.utid, conn)
-        found = seen[smp.utid]
-        if found is not None and (done := self._stored_since(digest, mp.window, found, conn)):
-            return done  # (2), answered even for a device revoked since
+        found = self.store.device(smp.utid) if reads is None else reads.device(smp.utid)
+        if found is not None and mp.window <= found.head_window:
+            conn = None if reads is None else reads.connection()
+            if done := self._stored_since(digest, mp.window, found, conn):
+                return done  # (2), answered even for a device revoked since
         device = self._admit(found, smp.utid)  # (3)
         if caller is not None and caller != device.utid:
             raise ApiError(403, "wrong_device", f"the token is for {caller}, not {device.utid}")
@@ -280,8 +346,8 @@ class Ingestor:
             raise ApiError(
                 401, "token_required", "get a device token: POST /v1/devices/{utid}/token"
             )
-        try:  # (4)
-            verify_microproof_signature(smp, self._key(device))
+        try:  # (4); the device's key DER is its UTID's preimage, so the kid check is cheap
+            verify_microproof_signature(smp, self._key(device), key_der=device.public_key)
         except BrokenLink as err:
             raise ApiError(401, "bad_signature", str(err)) from err
         self._check_leaves(smp, upload.leaves)  # (7), pure
@@ -389,3 +455,27 @@ class Ingestor:
                 "root_mismatch",
                 f"the leaves hash to {got.hex()}, the proof signs {mp.root.hex()}",
             )
+
+
+class _Reads:
+    """A request's device lookups: from ``cached`` (``Ingestor._cached_device``), on one read
+    connection opened only when a lookup or duplicate check needs the database."""
+
+    def __init__(
+        self, engine: Engine, cached: Callable[[str, Callable[[], Connection]], DeviceRow | None]
+    ) -> None:
+        self._engine = engine
+        self._cached = cached
+        self._conn: Connection | None = None
+
+    def connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        return self._conn
+
+    def device(self, utid: str) -> DeviceRow | None:
+        return self._cached(utid, self.connection)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()

@@ -18,6 +18,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    false,
     func,
     insert,
     make_url,
@@ -291,18 +292,19 @@ class Store:
         heads inside ``conn``'s transaction: one statement a table, not one a proof.
 
         Raises ``HeadMoved`` when another writer advanced a head from ``expected_heads``
-        first, and lets an ``IntegrityError`` through when the same proof or a fork was
-        stored concurrently; the caller's transaction then rolls back as a whole.
+        first or the device was revoked meanwhile, and lets an ``IntegrityError`` through
+        when the same proof or a fork was stored concurrently; the caller's transaction then
+        rolls back as a whole.
         """
         if not batch:
             return
         by_device: dict[str, list[Accepted]] = {}
         for a in batch:
             by_device.setdefault(a.row.utid, []).append(a)
+        heads = []  # every device's head moves in one statement
         for utid, items in by_device.items():
             counted = [a.row for a in items if a.row.count]
-            moved = conn.execute(
-                _ADVANCE_HEAD,
+            heads.append(
                 {
                     "u": utid,
                     "expected": expected_heads[utid],
@@ -311,10 +313,12 @@ class Store:
                     "new_last_seq": counted[-1].last_seq if counted else None,
                     "seen": now_ns,
                     "added": sum(a.row.count for a in items),
-                },
-            ).rowcount
-            if moved != 1:
-                raise HeadMoved(utid)
+                }
+            )
+        # each row matches at most once (utid is the key): the sum counts the heads that moved
+        # (both SQLite's and psycopg's dialects report executemany's rowcount as the sum)
+        if conn.execute(_ADVANCE_HEAD, heads).rowcount != len(heads):
+            raise HeadMoved(", ".join(by_device))
         # statements built once with bound parameters (``.values(...)`` per call cost more
         # in SQLAlchemy's statement building than the database spent on the rows)
         conn.execute(_INSERT_WINDOW, [_as_dict(a.row) for a in batch])
@@ -340,7 +344,11 @@ class Store:
 
 _ADVANCE_HEAD = (
     update(devices)
-    .where(devices.c.utid == bindparam("u"), devices.c.head_window == bindparam("expected"))
+    .where(
+        devices.c.utid == bindparam("u"),
+        devices.c.head_window == bindparam("expected"),
+        devices.c.revoked.is_(false()),  # a device revoked since the checks read it
+    )
     .values(
         head_window=bindparam("new_window"),
         head_hash=bindparam("new_hash"),
@@ -353,10 +361,10 @@ _ADVANCE_HEAD = (
     )
 )
 _INSERT_WINDOW = insert(windows)
+_DEVICE_COLUMNS = [devices.c[f] for f in DeviceRow.__dataclass_fields__]
 # exactly the dataclass's fields: DeviceRow(**row._mapping)
-_DEVICE_BY_UTID = select(*(devices.c[f] for f in DeviceRow.__dataclass_fields__)).where(
-    devices.c.utid == bindparam("u")
-)
+_DEVICE_BY_UTID = select(*_DEVICE_COLUMNS).where(devices.c.utid == bindparam("u"))
+
 _INSERT_LEAVES = insert(window_leaves)
 _WINDOW_BY_HASH = select(windows).where(windows.c.cose_sha256 == bindparam("h"))
 

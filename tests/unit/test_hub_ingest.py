@@ -85,6 +85,26 @@ def test_a_retry_of_the_same_proof_is_a_duplicate_not_a_second_copy(
     assert client.get("/healthz").json()["readings"] == 3
 
 
+def test_a_device_revoked_elsewhere_is_refused_at_once_though_its_row_is_cached(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """The checks read device rows from a cache (cloud_sync/ingest.py); a revocation by
+    another process (``factoryops hub revoke``, a replica) is not in it, and the write
+    transaction refuses the next proof all the same. A retry of an accepted proof is still
+    answered as a duplicate."""
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    w0, w1 = dev.window(3)[:2], dev.window(2)[:2]
+    assert _post(client, body(w0))[0] == 200  # its row is now cached, not revoked
+    assert client.app.state.store.set_revoked(utid, True)  # type: ignore[attr-defined]
+    status, doc = _post(client, body(w1))
+    assert (status, doc["error"]) == (403, "revoked_device")
+    assert client.get("/healthz").json()["readings"] == 3
+    status, doc = _post(client, body(w0))
+    assert (status, doc["results"][0]["status"]) == (200, "duplicate")  # type: ignore[index]
+
+
 def test_unknown_device_is_refused(hub: tuple[TestClient, HubSettings]) -> None:
     client, _ = hub
     status, doc = _post(client, body(Device().window(2)[:2]))
@@ -613,3 +633,37 @@ def test_a_group_commit_answers_and_stores_exactly_what_requests_one_by_one_woul
             store.close()
     assert answers[0] == answers[1]
     assert heads[0] == heads[1]
+
+
+def test_replicas_with_stale_cached_heads_chain_on_fresh_reads(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """Each hub caches device rows and chains a group's first proof of a device onto its
+    cached head without a query (cloud_sync/ingest.py ``_head_for``). Two replicas take
+    turns at one chain, so each one's cached head is always behind: every proof is still
+    accepted once, a retry sent to the other replica is a duplicate, and one sent to the
+    replica whose head is stale is too."""
+    from cloud_sync.ingest import Ingestor, ProofUpload
+    from cloud_sync.settings import HubLimits
+    from cloud_sync.storage import Store
+
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    replicas = [
+        Ingestor(Store.open(s.db_url), HubLimits(), allow_software_keys=True) for _ in range(2)
+    ]
+    sent = []
+    for i in range(6):
+        cose, leaves, _ = dev.window(3)
+        upload = ProofUpload(cose, b"".join(leaves))
+        sent.append(upload)
+        outcome = replicas[i % 2].ingest_many([upload], now_ns=1)
+        assert outcome == ([IngestResult(i, "accepted", 3 * i, 3 * i + 2, 3)], None), outcome
+    for i, upload in enumerate(sent):
+        results, refused = replicas[(i + 1) % 2].ingest_many([upload], now_ns=1)
+        assert refused is None
+        assert [r.status for r in results] == ["duplicate"]
+    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 6
+    for r in replicas:
+        r.store.close()
