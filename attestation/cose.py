@@ -131,6 +131,9 @@ def decode_sign1(data: bytes, *, require_tag: bool = False) -> Sign1:
     return Sign1(protected_bytes, protected, unprotected, payload, signature, data)
 
 
+_ES256_PREHASHED = ec.ECDSA(Prehashed(hashes.SHA256()))  # stateless: one for every verify
+
+
 def verify_sign1(
     msg: Sign1,
     key: PublicKey,
@@ -155,7 +158,7 @@ def verify_sign1(
             r = int.from_bytes(msg.signature[:_P256_COORD], "big")
             s = int.from_bytes(msg.signature[_P256_COORD:], "big")
             digest = hashlib.sha256(tbs).digest()
-            key.verify(encode_dss_signature(r, s), digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+            key.verify(encode_dss_signature(r, s), digest, _ES256_PREHASHED)
         elif alg == ALG_EDDSA:
             if not isinstance(key, ed25519.Ed25519PublicKey):
                 raise BrokenLink("signature", "EdDSA needs an Ed25519 key")

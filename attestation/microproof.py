@@ -10,7 +10,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 
@@ -89,9 +89,11 @@ class Gap:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class SignalStats:
-    """Welford running statistics of one signal: count, mean, M2 (sum of squared deviations)."""
+class SignalStats(NamedTuple):
+    """Welford running statistics of one signal: count, mean, M2 (sum of squared deviations).
+
+    A named tuple, not a frozen dataclass like the other records here: the hub builds one a
+    signal of every proof it parses, and a tuple is built ~3x faster."""
 
     n: int
     mean: float
@@ -180,12 +182,12 @@ class _Fields:
         self.where = where
 
     def get(self, key: int, kind: type | tuple[type, ...], *, required: bool = True) -> Any:
-        if key not in self.obj or self.obj[key] is None:
+        value = self.obj.get(key)
+        if value is None:
             if required:
                 raise MalformedInput(f"{self.where}[{key}]", "missing")
             return None
-        value = self.obj[key]
-        if isinstance(value, bool) and kind is not bool:
+        if type(value) is bool and kind is not bool:  # bool: a subclass of int
             raise MalformedInput(f"{self.where}[{key}]", f"expected {kind}, got bool")
         if not isinstance(value, kind):
             raise MalformedInput(f"{self.where}[{key}]", f"expected {kind}, got {type(value)}")

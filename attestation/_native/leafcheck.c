@@ -114,11 +114,9 @@ static Py_ssize_t text(const unsigned char *p, Py_ssize_t n, Py_ssize_t min, Py_
     return h + (Py_ssize_t)len;
 }
 
-static double half_value(unsigned h)
+static int half_is_nan(unsigned h) /* binary16: exponent all ones, mantissa not zero */
 {
-    unsigned e = (h >> 10) & 0x1F, m = h & 0x3FF;
-    double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(m + 1024, (int)e - 25);
-    return (h & 0x8000) ? -v : v;
+    return ((h >> 10) & 0x1F) == 31 && (h & 0x3FF) != 0;
 }
 
 static int fits_half(double x) /* exactly representable as IEEE 754 binary16 */
@@ -159,7 +157,7 @@ static Py_ssize_t value(const unsigned char *p, Py_ssize_t n)
 {
     if (n >= 3 && p[0] == 0xF9) {
         unsigned h = (unsigned)be(p + 1, 2);
-        return isnan(half_value(h)) && h != 0x7E00 ? 0 : 3;
+        return half_is_nan(h) && h != 0x7E00 ? 0 : 3;
     }
     if (n >= 5 && p[0] == 0xFA) {
         uint32_t bits = (uint32_t)be(p + 1, 4);

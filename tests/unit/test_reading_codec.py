@@ -1,4 +1,4 @@
-"""The hand-written leaf encoder is byte-identical to cbor2's deterministic encoding."""
+"""The hand-written leaf encoder gives deterministic CBOR (as cbor2's pure-Python encoder)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from cbor2._encoder import dumps as reference_dumps  # pure Python, see _reference
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,7 +17,10 @@ from tests.strategies import readings
 
 
 def _reference(r: Reading) -> bytes:
-    return cbor2.dumps(
+    """cbor2's pure-Python encoder: its C encoder (cbor2.dumps) writes floats of binary
+    exponent 15 that a half holds exactly (32768.0 .. 65504.0, such as 60000.0) as singles,
+    which is not RFC 8949's shortest form (s.4.2.2); Hypothesis found 60000.0 on 2026-12-03."""
+    return reference_dumps(
         {1: r.seq, 2: r.ts_ns, 3: r.signal, 4: float(r.value), 5: r.unit, 6: r.quality},
         canonical=True,
     )
@@ -36,7 +40,15 @@ def test_decode_leaf_round_trips(r: Reading) -> None:
 
 @pytest.mark.parametrize(
     ("value", "encoded"),
-    [(20.5, "f94d20"), (20.0, "f94d00"), (float("nan"), "f97e00"), (0.1, "fb3fb999999999999a")],
+    [
+        (20.5, "f94d20"),
+        (20.0, "f94d00"),
+        (float("nan"), "f97e00"),
+        (0.1, "fb3fb999999999999a"),
+        (60000.0, "f97b53"),  # half, though cbor2's C encoder writes fa476a6000
+        (65504.0, "f97bff"),  # the largest half
+        (65505.0, "fa477fe100"),
+    ],
 )
 def test_values_take_the_shortest_exact_float_form(value: float, encoded: str) -> None:
     leaf = encode_leaf(Reading(1, 2, "s", value, "u", 0))
