@@ -183,3 +183,29 @@ def test_replicas_migrating_at_once_on_postgresql_make_one_schema(pg_database: s
     assert _head() >= BASELINE
     assert "enrollment_tokens" in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_a_new_sqlite_file_gets_16k_pages_and_an_existing_one_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    """16 KiB pages are chosen for new files (cloud_sync/storage/repository.py); SQLite
+    cannot change the page size of a file in WAL mode, and a hub must still open one made
+    with the 4 KiB default (by an earlier version) and migrate it."""
+    import sqlite3
+
+    from cloud_sync.storage.repository import SQLITE_PAGE_SIZE
+
+    def page_size(store: Store) -> int:
+        with store.engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
+
+    new = Store.open(f"sqlite:///{tmp_path / 'new.db'}")
+    assert page_size(new) == SQLITE_PAGE_SIZE == 16384
+    new.close()
+    with sqlite3.connect(tmp_path / "old.db") as db:  # an earlier hub's file: 4 KiB, WAL
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE unrelated (x INTEGER)")
+    old = Store.open(f"sqlite:///{tmp_path / 'old.db'}")
+    assert page_size(old) == 4096
+    assert old.counts() == {"devices": 0, "windows": 0, "readings": 0}
+    old.close()
