@@ -31,6 +31,7 @@ __all__ = [
     "native_verdict",
     "sequence_root",
     "sha_backend",
+    "sha_backends",
     "split_leaves",
     "using_sha_backend",
     "window_root",
@@ -48,9 +49,16 @@ NATIVE = _native is not None
 
 
 def sha_backend() -> str | None:
-    """The native tree's SHA-256 code: ``"sha-ni"`` (four nodes at a time with the x86 SHA
-    extensions, ADR 0011) or ``"openssl"``; None without the extension."""
+    """The native tree's SHA-256 code: ``"avx512"`` (sixteen nodes at a time), ``"sha-ni"``
+    (four at a time with the x86 SHA extensions; ADR 0011) or ``"openssl"``; None without
+    the extension."""
     return None if _native is None else str(_native.backend())
+
+
+def sha_backends() -> list[str]:
+    """The backends this CPU runs, most preferred (the default) first; [] without the
+    extension."""
+    return [] if _native is None else [str(name) for name in _native.backends()]
 
 
 @contextmanager

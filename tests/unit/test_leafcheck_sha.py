@@ -1,11 +1,12 @@
-"""The native tree's SHA-256 gives hashlib's roots with either of its backends.
+"""The native tree's SHA-256 gives hashlib's roots with each of its backends.
 
-``attestation/_native/leafcheck.c`` hashes a level's nodes four at a time with the x86 SHA
-extensions where the CPU has them (ADR 0011) and one at a time through OpenSSL elsewhere.
-Both are checked here against the Python reference (``merkle.root`` of hashlib leaf hashes)
-on windows whose leaves cross SHA-256's block boundaries (a leaf of 54, 55, 118 or 119 bytes
-plus its prefix byte fills a padded block exactly; the next byte needs another block) and
-whose sizes leave every possible partial group of four at every level.
+``attestation/_native/leafcheck.c`` hashes a level's nodes sixteen at a time in AVX-512
+lanes or four at a time with the x86 SHA extensions where the CPU has them (ADR 0011), and
+one at a time through OpenSSL anywhere. Each is checked here against the Python reference
+(``merkle.root`` of hashlib leaf hashes) on windows whose leaves cross SHA-256's block
+boundaries (a leaf of 54, 55, 118 or 119 bytes plus its prefix byte fills a padded block
+exactly; the next byte needs another block) and whose sizes leave every possible partial
+group at every level.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from attestation.leafbatch import (
     NATIVE,
     sequence_root,
     sha_backend,
+    sha_backends,
     using_sha_backend,
     window_root,
 )
@@ -37,18 +39,20 @@ def _module() -> ModuleType:
     return importlib.import_module("attestation._leafcheck")
 
 
-def _cpu_has_sha() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return " sha_ni" in flags
+def _cpu_flags() -> set[str]:
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.exists() else ""
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
 
 
-BACKENDS = ["openssl", "sha-ni"]
+BACKENDS = ["openssl", "sha-ni", "avx512"]
+NEEDS = {"openssl": set(), "sha-ni": {"sha_ni"}, "avx512": {"avx512f", "avx512bw"}}
 
 
 def _using(backend: str) -> AbstractContextManager[None]:
     _module()
-    if backend == "sha-ni" and not _cpu_has_sha():
-        pytest.skip("this CPU has no SHA extensions: only the OpenSSL path can run here")
+    if not NEEDS[backend] <= _cpu_flags():
+        pytest.skip(f"this CPU lacks {sorted(NEEDS[backend])}: the {backend} path cannot run")
     return using_sha_backend(backend)
 
 
@@ -77,9 +81,9 @@ def test_both_backends_give_the_reference_root(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("n", range(1, 20))
-def test_every_partial_group_of_four_at_every_level(backend: str, n: int) -> None:
-    leaves = _window(7, [1 + (i * 37) % 128 for i in range(n)])
+@pytest.mark.parametrize("n", range(1, 40))
+def test_every_partial_group_at_every_level(backend: str, n: int) -> None:
+    leaves = _window(7, [1 + (i * 37) % 128 for i in range(n)])  # lanes of mixed block counts
     with _using(backend):
         assert window_root(leaves, 7) == merkle.root([leaf_hash(x) for x in leaves])
 
@@ -96,9 +100,11 @@ def test_leaf_sizes_at_the_block_boundaries(backend: str) -> None:
         assert window_root(leaves, 0) == merkle.root([leaf_hash(x) for x in leaves])
 
 
-def test_the_sha_extensions_are_used_where_the_cpu_has_them() -> None:
+def test_the_fastest_backend_the_cpu_runs_is_used() -> None:
     _module()
-    assert sha_backend() == ("sha-ni" if _cpu_has_sha() else "openssl")
+    runs = [b for b in reversed(BACKENDS) if NEEDS[b] <= _cpu_flags()]
+    assert sha_backends() == runs
+    assert sha_backend() == runs[0]
 
 
 def test_an_unknown_backend_is_refused_and_changes_nothing() -> None:
