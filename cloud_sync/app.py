@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import hmac
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -287,10 +288,6 @@ def create_app(
             return None
         return access.require(request, None, "viewer").sites("viewer")
 
-    app.include_router(
-        enroll_router(settings, store, fleet, device_auth, now_ns, access, log.verifier.to_vkey())
-    )
-    app.include_router(access_router(access, settings))
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -374,10 +371,11 @@ def create_app(
         checked = ingestor.check_many(uploads, now_ns=now_ns(), caller=caller)
         done, refused = await writer.store(checked)  # with other requests: one commit
         per_proof = (time.perf_counter() - started) / len(uploads)
-        for result in done:
+        for _ in done:  # a histogram of seconds a proof: one observation each
             metrics.ingest_seconds.observe(per_proof)
-            metrics.proofs.labels(result.status, "").inc()
-            metrics.readings.inc(result.readings)
+        for status, n in Counter(r.status for r in done).items():  # one update a status
+            metrics.proofs.labels(status, "").inc(n)
+        metrics.readings.inc(sum(r.readings for r in done))
         results = [r.as_json() for r in done]
         if refused is not None:
             index, err = refused
@@ -386,6 +384,13 @@ def create_app(
             err.extra.update(index=index, results=results)
             raise err
         return JSONResponse({"results": results})
+
+    # the routers after the upload route: a request is matched against the routes in order,
+    # and uploads are most of the hub's traffic (~40 fewer patterns tried a request)
+    app.include_router(
+        enroll_router(settings, store, fleet, device_auth, now_ns, access, log.verifier.to_vkey())
+    )
+    app.include_router(access_router(access, settings))
 
     def readable_device(request: Request, utid: str) -> DeviceRow:
         device = store.device(_checked_utid(utid))

@@ -417,6 +417,29 @@ AVX512_TARGET static void compress_wide(__m512i *s, unsigned char blk[][64], __m
         s[i] = _mm512_mask_add_epi32(s[i], live, s[i], x[i]);
 }
 
+static uint64_t low_bits(size_t n) { return n >= 64 ? ~0ULL : (1ULL << n) - 1; }
+
+/* block_at with AVX-512 byte masks: one masked load of the message bytes (a masked-off
+   byte is never read, so nothing outside the message is touched), then the prefix, the
+   0x80 terminator and the bit length blended in. */
+AVX512_TARGET static void block_at_wide(unsigned char prefix, const Msg *m, size_t b,
+                                        size_t blocks, unsigned char blk[64])
+{
+    size_t total = 1 + m->len, start = 64 * b;
+    size_t lo = start == 0, hi = total > start ? total - start : 0; /* data bytes [lo, hi) */
+    __mmask64 data = (__mmask64)(low_bits(hi) & ~low_bits(lo));
+    __m512i v = _mm512_maskz_loadu_epi8(data, (const void *)((uintptr_t)m->data + start - 1));
+    if (start == 0)
+        v = _mm512_mask_mov_epi8(v, 1, _mm512_set1_epi8((char)prefix));
+    if (total >= start && total - start < 64)
+        v = _mm512_mask_mov_epi8(v, (__mmask64)1 << (total - start), _mm512_set1_epi8(-128));
+    if (b + 1 == blocks) { /* the last 8 bytes: the length in bits, big-endian */
+        long long bits = (long long)__builtin_bswap64(8 * (uint64_t)total);
+        v = _mm512_mask_mov_epi64(v, 0x80, _mm512_set1_epi64(bits));
+    }
+    _mm512_storeu_si512(blk, v);
+}
+
 /* k <= WIDE messages at once; unused lanes repeat message 0 and are dropped. */
 AVX512_TARGET static void hash_avx512(unsigned char prefix, const Msg *m, int k)
 {
@@ -433,7 +456,7 @@ AVX512_TARGET static void hash_avx512(unsigned char prefix, const Msg *m, int k)
         __mmask16 live = 0;
         for (int n = 0; n < WIDE; n++)
             if (b < blocks[n]) {
-                block_at(prefix, &m[n < k ? n : 0], b, blocks[n], blk[n]);
+                block_at_wide(prefix, &m[n < k ? n : 0], b, blocks[n], blk[n]);
                 live |= (__mmask16)(1u << n);
             }
         compress_wide(s, blk, live);
