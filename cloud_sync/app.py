@@ -288,7 +288,6 @@ def create_app(
             return None
         return access.require(request, None, "viewer").sites("viewer")
 
-
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"ok": True, **store.counts()}
