@@ -2,8 +2,9 @@
 
 Each request's proofs are checked on the event loop as they arrive (parse, signature,
 leaves: ``Ingestor.check_many``). The checked requests then queue here; one writer takes
-every request queued so far and stores them together (``Ingestor.store_checked``) in a worker
-thread, so the loop goes on checking the next requests while the database commits. A request
+every request queued so far and stores them together (``Ingestor.store_checked``) in the
+writer thread (always the same one: the ingestor keeps its write connection open between
+groups), so the loop goes on checking the next requests while the database commits. A request
 is answered only after the commit that holds its proofs: what the hub acknowledges is on disk.
 
 Why: a commit has a fixed cost (SQLite's WAL write and fsync, ~0.3-0.4 ms of CPU here,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from cloud_sync.ingest import CheckedRequest, Ingestor, Outcome
 
@@ -29,6 +31,8 @@ class GroupCommit:
         self.on_commit = on_commit  # called with the number of requests a commit held
         self._queue: list[tuple[CheckedRequest, asyncio.Future[Outcome]]] = []
         self._writer: asyncio.Task[None] | None = None
+        # always the same thread: the ingestor keeps its write connection between groups
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-writer")
 
     async def store(self, checked: CheckedRequest) -> Outcome:
         """Store a checked request with whatever else is queued; returns once committed."""
@@ -45,8 +49,8 @@ class GroupCommit:
             while self._queue:
                 group, self._queue = self._queue, []
                 try:
-                    outcomes = await asyncio.to_thread(
-                        self.ingestor.store_checked, [checked for checked, _ in group]
+                    outcomes = await asyncio.get_running_loop().run_in_executor(
+                        self._thread, self.ingestor.store_checked, [c for c, _ in group]
                     )
                 except Exception as err:  # noqa: BLE001 - every request of the group hears it
                     for _, done in group:

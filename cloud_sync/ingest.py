@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +125,9 @@ class Ingestor:
         self.allow_software_keys = allow_software_keys
         self._keys: dict[str, PublicKey] = {}
         self._rows: dict[str, tuple[int, DeviceRow]] = {}  # utid -> (monotonic ns read, row)
+        self._write_conn: Connection | None = None  # store_checked's, kept between groups
+        self._write_lock = threading.Lock()
+        store.on_close.append(self.close)
 
     def ingest(
         self, upload: ProofUpload, *, now_ns: int, caller: str | None = None
@@ -207,7 +213,7 @@ class Ingestor:
         outcomes: list[Outcome] = []
         last_seen = max((r.now_ns for r in requests), default=0)  # the devices' last_seen
         try:
-            with self.store.engine.begin() as conn:
+            with self._write_transaction() as conn:
                 chain = _Chain()  # shared: a later request sees the heads earlier ones moved
                 for request in requests:
                     outcomes.append(self._chain_request(conn, chain, request))
@@ -220,6 +226,34 @@ class Ingestor:
         for row in chain.heads.values():  # committed: the heads as they now stand
             self._remember(row, now)
         return outcomes
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Connection]:
+        """A transaction on the writer's own connection, kept from one group to the next: a
+        pool checkout and return a group cost ~6 % of the hub's CPU a proof (measured with 8
+        and with 1 proof a request). One group at a time holds it (the lock); one that fails
+        closes it, so the next group connects afresh (after a PostgreSQL restart, say)."""
+        with self._write_lock:
+            conn = self._write_conn
+            if conn is None or conn.closed or conn.invalidated:
+                conn = self._write_conn = self.store.engine.connect()
+                # an app dropped unclosed (tests) closes it: invalidate() closes the database
+                # connection itself, where close() would hand it to a pool that may be gone
+                weakref.finalize(self, _drop, conn)
+            try:
+                with conn.begin():
+                    yield conn
+            except BaseException:
+                self._write_conn = None
+                conn.close()
+                raise
+
+    def close(self) -> None:
+        """Close the write connection (the next group would open another)."""
+        with self._write_lock:
+            if self._write_conn is not None:
+                self._write_conn.close()
+                self._write_conn = None
 
     def _chain_request(self, conn: Connection, chain: _Chain, request: CheckedRequest) -> Outcome:
         results: list[IngestResult] = []
@@ -455,6 +489,11 @@ class Ingestor:
                 "root_mismatch",
                 f"the leaves hash to {got.hex()}, the proof signs {mp.root.hex()}",
             )
+
+
+def _drop(conn: Connection) -> None:
+    if not conn.closed:
+        conn.invalidate()
 
 
 class _Reads:

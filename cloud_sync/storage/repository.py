@@ -109,6 +109,7 @@ class Store:
     def __init__(self, engine: Engine, *, on_accepted: AcceptedHook | None = None) -> None:
         self.engine = engine
         self.on_accepted = on_accepted
+        self.on_close: list[Callable[[], None]] = []  # connections held outside the pool
 
     @classmethod
     def open(cls, url: str, *, on_accepted: AcceptedHook | None = None) -> Store:
@@ -122,6 +123,8 @@ class Store:
         return cls(engine, on_accepted=on_accepted)
 
     def close(self) -> None:
+        for close in self.on_close:  # first: dispose() closes only the pool's connections
+            close()
         self.engine.dispose()
 
     # devices -------------------------------------------------------------------------
