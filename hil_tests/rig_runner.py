@@ -16,6 +16,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 
+from agent.connectors.common import reraise_if_cancelling
 from hil_tests.modbus_server import (
     DEVICE_ID,
     PLANT_REGISTER_MAP,
@@ -117,7 +118,9 @@ async def _probe(srv: PlantServer, rig: Rig, out: list[Observation]) -> None:
                 )
                 with contextlib.suppress(ModbusException, OSError):
                     await client.connect()
+                reraise_if_cancelling()  # pymodbus's connect() can swallow the rig's stop
             out.append(await _read_once(client, srv.feed.sample.t_s, timeout))
+            reraise_if_cancelling()  # so can a read: it then fails like a timed-out one
             await asyncio.sleep(rig.probe.poll_ms / 1000)
     finally:
         if client is not None:

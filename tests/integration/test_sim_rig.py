@@ -6,6 +6,7 @@ dropped server, slow answers) and its probe must see each of them.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,26 @@ def test_hil_run_on_a_bad_rig_exits_nonzero_naming_the_key(tmp_path: Path) -> No
     result = CliRunner().invoke(cli, ["hil", "run", str(rig)])
     assert result.exit_code != 0
     assert "expect[0].window" in str(result.exception)
+
+
+@pytest.mark.hil
+@pytest.mark.parametrize("end_s", [2.0, 2.3, 2.6, 2.9, 3.2])
+async def test_a_rig_ends_while_its_probe_reconnects_to_a_dropped_plc(
+    tmp_path: Path, end_s: float
+) -> None:
+    """The rig's end cancels its probe; a probe that is connecting then (the PLC dropped
+    until past the end) must stop. pymodbus's ``connect()`` can swallow that cancellation
+    (cpython gh-86296): the probe looped for ever and this rig never returned (CI, 2026-12-03,
+    the example rig, timeout after 300 s). Several end times move the cancellation around."""
+    rig = tmp_path / "dropped.toml"
+    rig.write_text(
+        f'[plant]\nspeed = 10.0\nperiod_s = 0.05\nduration_s = {end_s * 10}\nfaults = "none"\n'
+        "[probe]\npoll_ms = 5\ntimeout_ms = 50\n"
+        '[[transport]]\nkind = "drop"\nstart_s = 5\nduration_s = 1000\n'
+        '[[expect]]\nname = "reads fail while dropped"\nkind = "reads_fail"\n'
+        f"window = [8, {end_s * 10 - 1}]\n",
+        encoding="utf-8",
+    )
+    async with asyncio.timeout(30):  # the rig takes end_s wall seconds
+        report = await run_rig(load_rig(rig))
+    assert report.passed, report.verdicts
