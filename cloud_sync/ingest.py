@@ -10,9 +10,10 @@ Steps, each with its own refusal (docs/protocol.md):
 7. leaves: count matches, each decodes strictly, seqs consecutive, RFC 9162 root matches
    (attestation.leafbatch: in C when built, ~0.2 us a leaf; ADR 0007; they arrive and are
    stored back to back in one byte string, ADR 0008)
-   Steps 2-4 read the device from a cache of rows (at most DEVICE_ROW_TTL_S old): the write
-   transaction re-reads every row and refuses there whatever the cache let through (a
-   device revoked since, from this process or another), so the cache only saves queries.
+   Steps 2-4 read the device from a cache of rows (at most DEVICE_ROW_TTL_S old). The write
+   moves a head only while it is still the window the checks chained onto and the device is
+   not revoked (``Ingestor._head_for``), so what a stale row let through (a device revoked
+   since, from this process or another) is refused there: the cache only saves queries.
 8. store window + its leaves + new head atomically (a concurrent writer -> re-check once);
    the hub stores concurrent requests in one transaction (group commit,
    cloud_sync/groupcommit.py, ADR 0009)
@@ -117,7 +118,7 @@ class _Chain:
 
 
 class Ingestor:
-    """Verifies and stores proofs; holds a cache of parsed device keys."""
+    """Verifies and stores proofs; holds caches of parsed device keys and device rows."""
 
     def __init__(self, store: Store, limits: HubLimits, *, allow_software_keys: bool) -> None:
         self.store = store
@@ -177,7 +178,7 @@ class Ingestor:
         """Steps (1)-(4) and (7) for each proof of a request, on its own: CPU work outside
         any write transaction. Stops at the first refused proof."""
         checked = CheckedRequest(uploads, caller, now_ns=now_ns)
-        reads = _Reads(self.store.engine, self._cached_device)
+        reads = _Reads(self.store.engine)
         try:
             for i, upload in enumerate(uploads):
                 try:
@@ -338,11 +339,10 @@ class Ingestor:
             else:
                 return device
         found = self.store.device(row.utid, conn)
-        if found is None:
-            return self._admit(found, row.utid)  # raises: unknown device
-        self._remember(found, time.monotonic_ns())  # committed data: good for the checks
-        if stored := self._stored_since(row.cose_sha256, row.window, found, conn):
-            return stored  # (2) as in _check, even for a device revoked since
+        if found is not None:
+            self._remember(found, time.monotonic_ns())  # committed data: good for the checks
+            if stored := self._stored_since(row.cose_sha256, row.window, found, conn):
+                return stored  # (2) as in _check, even for a device revoked since
         return self._admit(found, row.utid)  # (3) again: the checks' row may be stale
 
     def _stored_since(
@@ -374,7 +374,10 @@ class Ingestor:
             raise ApiError(400, "malformed_proof", str(err)) from err
         mp = smp.proof
         digest = hashlib.sha256(upload.cose).digest()
-        found = self.store.device(smp.utid) if reads is None else reads.device(smp.utid)
+        if reads is None:
+            found = self.store.device(smp.utid)
+        else:
+            found = self._cached_device(smp.utid, reads.connection)
         if found is not None and mp.window <= found.head_window:
             conn = None if reads is None else reads.connection()
             if done := self._stored_since(digest, mp.window, found, conn):
@@ -504,23 +507,17 @@ def _drop(conn: Connection) -> None:
 
 
 class _Reads:
-    """A request's device lookups: from ``cached`` (``Ingestor._cached_device``), on one read
-    connection opened only when a lookup or duplicate check needs the database."""
+    """A request's read connection, opened only when a device lookup misses the cache or a
+    duplicate check needs the database."""
 
-    def __init__(
-        self, engine: Engine, cached: Callable[[str, Callable[[], Connection]], DeviceRow | None]
-    ) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._cached = cached
         self._conn: Connection | None = None
 
     def connection(self) -> Connection:
         if self._conn is None:
             self._conn = self._engine.connect()
         return self._conn
-
-    def device(self, utid: str) -> DeviceRow | None:
-        return self._cached(utid, self.connection)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -257,6 +257,12 @@ static const uint32_t K256[64] = {
     0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
 };
 
+static const uint32_t H256[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+
+/* Blocks of the padded message prefix || data[0..len): its bytes, 0x80, the 8-byte length. */
+static size_t padded_blocks(size_t len) { return (1 + len + 8) / 64 + 1; }
+
 static int cpu_has_sha(void)
 {
     unsigned a, b, c, d;
@@ -332,11 +338,10 @@ SHA_TARGET static void hash_shani(unsigned char prefix, const Msg *m, int k)
     unsigned char blk[LANES][64];
     size_t blocks[LANES], most = 0;
     for (int n = 0; n < LANES; n++) {
-        const Msg *msg = &m[n < k ? n : 0];
-        blocks[n] = (1 + msg->len + 8) / 64 + 1;
+        blocks[n] = padded_blocks(m[n < k ? n : 0].len);
         most = blocks[n] > most ? blocks[n] : most;
-        abef[n] = _mm_set_epi32(0x6a09e667, (int)0xbb67ae85, 0x510e527f, (int)0x9b05688c);
-        cdgh[n] = _mm_set_epi32(0x3c6ef372, (int)0xa54ff53a, 0x1f83d9ab, 0x5be0cd19);
+        abef[n] = _mm_set_epi32((int)H256[0], (int)H256[1], (int)H256[4], (int)H256[5]);
+        cdgh[n] = _mm_set_epi32((int)H256[2], (int)H256[3], (int)H256[6], (int)H256[7]);
     }
     for (size_t b = 0; b < most; b++) {
         __m128i keep[LANES][2]; /* a lane whose message ended keeps its state */
@@ -361,9 +366,6 @@ SHA_TARGET static void hash_shani(unsigned char prefix, const Msg *m, int k)
 }
 
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw")))
-
-static const uint32_t H256[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
 
 static int cpu_has_avx512(void)
 {
@@ -449,7 +451,7 @@ AVX512_TARGET static void hash_avx512(unsigned char prefix, const Msg *m, int k)
     for (int i = 0; i < 8; i++)
         s[i] = _mm512_set1_epi32((int)H256[i]);
     for (int n = 0; n < WIDE; n++) {
-        blocks[n] = (1 + m[n < k ? n : 0].len + 8) / 64 + 1;
+        blocks[n] = padded_blocks(m[n < k ? n : 0].len);
         most = blocks[n] > most ? blocks[n] : most;
     }
     for (size_t b = 0; b < most; b++) {

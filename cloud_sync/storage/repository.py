@@ -372,10 +372,10 @@ _ADVANCE_HEAD = (
     )
 )
 _INSERT_WINDOW = insert(windows)
-_DEVICE_COLUMNS = [devices.c[f] for f in DeviceRow.__dataclass_fields__]
 # exactly the dataclass's fields: DeviceRow(**row._mapping)
-_DEVICE_BY_UTID = select(*_DEVICE_COLUMNS).where(devices.c.utid == bindparam("u"))
-
+_DEVICE_BY_UTID = select(*(devices.c[f] for f in DeviceRow.__dataclass_fields__)).where(
+    devices.c.utid == bindparam("u")
+)
 _INSERT_LEAVES = insert(window_leaves)
 _WINDOW_BY_HASH = select(windows).where(windows.c.cose_sha256 == bindparam("h"))
 

@@ -11,6 +11,7 @@ group at every level.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -39,10 +40,13 @@ def _module() -> ModuleType:
     return importlib.import_module("attestation._leafcheck")
 
 
-def _cpu_flags() -> set[str]:
+@functools.cache  # read once, not once a Hypothesis example
+def _cpu_flags() -> frozenset[str]:
     info = Path("/proc/cpuinfo")
     text = info.read_text() if info.exists() else ""
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
+    return frozenset(
+        flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()
+    )
 
 
 BACKENDS = ["openssl", "sha-ni", "avx512"]
