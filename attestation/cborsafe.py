@@ -7,16 +7,35 @@ interop tests' python-cwt pins cbor2 < 6. So text is decoded with ``surrogateesc
 C decoder then finishes normally and frees what it built) and any string that carries an
 escaped byte -- a lone surrogate, which valid UTF-8 can never produce -- is refused here,
 with cbor2's own error and message.
+
+The hub decodes every upload through here, so plain items (what uploads and micro-proofs
+are made of) first go through ``decode_plain`` in the native extension
+(``attestation/_native/leafcheck.c``): it builds what cbor2 builds, validating UTF-8 as it
+goes, or answers None and cbor2 decides as before. Without the extension, or with
+``FACTORYOPS_PURE_PYTHON=1``, only cbor2 runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cbor2
 
-__all__ = ["loads"]
+__all__ = ["FAST", "decode_plain", "loads", "loads_cbor2"]
+
+_decode_plain: Callable[[bytes, type], tuple[Any] | None] | None
+try:
+    _decode_plain = importlib.import_module("attestation._leafcheck").decode_plain
+except (ImportError, AttributeError):  # no compiler where it was installed: cbor2 only
+    _decode_plain = None
+if os.environ.get("FACTORYOPS_PURE_PYTHON") == "1":  # benchmarks and tests measure both
+    _decode_plain = None
+
+FAST = _decode_plain is not None
+"""Whether plain items skip cbor2 (the native ``decode_plain``)."""
 
 _PLAIN = frozenset({bytes, int, float, bool, type(None)})  # nothing to look into
 
@@ -31,6 +50,19 @@ def loads(data: bytes) -> Any:
     contains itself used as a map key (both found by fuzz/targets.py ``leafseq``); a caller
     that catches decode errors must not let those through as a crash.
     """
+    if _decode_plain is not None and (plain := _decode_plain(data, cbor2.CBORTag)) is not None:
+        return plain[0]
+    return loads_cbor2(data)
+
+
+def decode_plain(data: bytes) -> tuple[Any] | None:
+    """The native fast path alone: ``(item,)`` for a plain item, None for anything it leaves
+    to cbor2 (and None without the extension). For tests and the fuzz target."""
+    return None if _decode_plain is None else _decode_plain(data, cbor2.CBORTag)
+
+
+def loads_cbor2(data: bytes) -> Any:
+    """``loads`` on cbor2 alone: the reference the native fast path must agree with."""
     try:
         obj = cbor2.loads(data, str_errors="surrogateescape")  # type: ignore[arg-type]  # stub lags
     except cbor2.CBORDecodeError:

@@ -60,6 +60,13 @@ def hub() -> None:
     help="Keep the log's Ed25519 key in an HSM: a pkcs11: URI (module-path, token, object,"
     " pin-source). Default: DATA_DIR/hub-log.key (mode 0600).",
 )
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    show_default=True,
+    help="Log every HTTP request to stderr (uvicorn's access log). Off by default: the hub's"
+    " /metrics count requests by route and status, and every write is in the audit log.",
+)
 def serve(
     data_dir: Path,
     db_url: str | None,
@@ -69,6 +76,7 @@ def serve(
     open_reads: bool,
     webhook_url: str | None,
     log_key_uri: str | None,
+    access_log: bool,
 ) -> None:
     """Serve the hub API and web page.
 
@@ -91,7 +99,7 @@ def serve(
         webhook_url=webhook_url,
     )
     click.echo(f"hub on http://{host}:{port}  (fleet CA: {data_dir / 'fleet-ca.pem'})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=access_log)
 
 
 @hub.command()

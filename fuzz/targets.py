@@ -31,7 +31,7 @@ with atheris.instrument_imports(include=["agent", "attestation", "cloud_sync"]):
     from agent.config import parse_config
     from agent.connectors.mqtt import decode_message
     from agent.errors import ConfigError
-    from attestation import cose, leafbatch, receipt
+    from attestation import cborsafe, cose, leafbatch, receipt
     from attestation.errors import AttestationError
     from attestation.microproof import decode_payload, parse_microproof
     from attestation.policy import ShedPolicyStatement, parse_policy, sign_policy
@@ -48,6 +48,7 @@ with atheris.instrument_imports(include=["agent", "attestation", "cloud_sync"]):
     from cloud_sync.app import _parse_uploads
     from cloud_sync.errors import ApiError
     from cloud_sync.settings import HubLimits, HubSettings
+    from tests.hubkit import same_cbor_item
 
 _SIGNER = SoftwareSigner.generate()
 _PUBLIC = serialization.load_der_public_key(_SIGNER.public_key_der())
@@ -107,6 +108,20 @@ def leafseq(data: bytes) -> None:
         raise RuntimeError(f"native {native!r} but Python {reference!r} for {data.hex()}")
 
 
+def plaincbor(data: bytes) -> None:
+    """Differential: the native plain-CBOR decoder either passes an item to cbor2 (None) or
+    builds exactly what cborsafe's cbor2 path builds."""
+    fast = cborsafe.decode_plain(data)
+    if fast is None:
+        return
+    try:
+        reference = cborsafe.loads_cbor2(data)
+    except Exception as err:
+        raise RuntimeError(f"native decoded {data.hex()}, cbor2 refused: {err!r}") from err
+    if not same_cbor_item(fast[0], reference):
+        raise RuntimeError(f"native {fast[0]!r} but cbor2 {reference!r} for {data.hex()}")
+
+
 def microproof(data: bytes) -> None:
     with contextlib.suppress(AttestationError):
         parse_microproof(data)
@@ -164,6 +179,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "leaf": leaf,
     "leafcheck": leafcheck,
     "leafseq": leafseq,
+    "plaincbor": plaincbor,
     "microproof": microproof,
     "sign1": sign1,
     "upload": upload,
@@ -187,6 +203,7 @@ def seeds() -> dict[str, list[bytes]]:
         "leaf": leaves,
         "leafcheck": leaves,
         "leafseq": [bytes([len(leaves) - 1]) + b"".join(leaves), bytes([0]) + leaves[0]],
+        "plaincbor": [cose_bytes, body((cose_bytes, leaves))],
         "microproof": [cose_bytes, cose.decode_sign1(cose_bytes).payload],
         "sign1": [cose_bytes],
         "upload": [body((cose_bytes, leaves))],

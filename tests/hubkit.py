@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cbor2
 
@@ -121,3 +123,25 @@ def upload(hub_url: str, *proofs: tuple[bytes, list[bytes]]) -> dict[str, object
     r.raise_for_status()
     doc: dict[str, object] = r.json()
     return doc
+
+
+def same_cbor_item(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` are the same decoded CBOR item: equal, of exactly the same types all the
+    way down (1 is not 1.0 nor True), -0.0 apart from 0.0, any NaN equal to any NaN, map keys
+    in the same order."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(map(same_cbor_item, a, b))
+    if isinstance(a, dict):
+        return len(a) == len(b) and all(
+            same_cbor_item(ka, kb) and same_cbor_item(a[ka], b[kb])
+            for ka, kb in zip(a, b, strict=True)
+        )
+    if isinstance(a, cbor2.CBORTag):
+        return bool(a.tag == b.tag) and same_cbor_item(a.value, b.value)
+    return bool(a == b)

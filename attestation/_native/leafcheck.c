@@ -651,6 +651,189 @@ static PyObject *check_sequence(PyObject *self, PyObject *args)
     return finish(&s, n);
 }
 
+/* ---- decode_plain(): the fast path of attestation.cborsafe.loads --------------------------
+ *
+ * The hub decodes every upload body, COSE_Sign1 and micro-proof payload it receives with
+ * cborsafe.loads (cbor2 plus a walk that refuses invalid UTF-8; ~40 us a proof on the
+ * ingest path). Those items only ever use "plain" CBOR: integers, byte and text strings,
+ * definite arrays and maps, false/true/null, floats and tag 18. decode_plain() builds exactly
+ * what cbor2 builds for such an item (list, dict with int/text/bytes keys, CBORTag for tag 18)
+ * and answers None for anything else -- another tag, an indefinite length, a simple value,
+ * invalid UTF-8, nesting deeper than PLAIN_MAX_DEPTH, bytes after the item, a truncated
+ * input -- so that cbor2 decides those (and names what is wrong). It never refuses input
+ * itself: a None costs the fast path, never a different answer
+ * (tests/unit/test_cborsafe.py compares both on Hypothesis items and corruptions; fuzz target
+ * `plaincbor`). */
+
+#define PLAIN_MAX_DEPTH 32
+
+typedef struct {
+    const unsigned char *p;
+    Py_ssize_t n, pos;
+    PyObject *tag_type; /* cbor2.CBORTag */
+} Reader;
+
+/* The next head, any width (cbor2 accepts non-shortest heads, so decode_plain does too);
+   0 for a reserved or indefinite one, or a truncated input. */
+static int plain_head(Reader *r, unsigned *major, unsigned *ai, uint64_t *arg)
+{
+    if (r->pos >= r->n)
+        return 0;
+    unsigned ib = r->p[r->pos];
+    *major = ib >> 5;
+    *ai = ib & 31u;
+    if (*ai < 24) {
+        *arg = *ai;
+        r->pos += 1;
+        return 1;
+    }
+    int len = *ai == 24 ? 1 : *ai == 25 ? 2 : *ai == 26 ? 4 : *ai == 27 ? 8 : 0;
+    if (len == 0 || r->n - r->pos < 1 + len)
+        return 0;
+    *arg = be(r->p + r->pos + 1, len);
+    r->pos += 1 + len;
+    return 1;
+}
+
+/* NULL without an exception: not plain (the caller answers None); with one: out of memory. */
+static PyObject *plain_item(Reader *r, int depth);
+
+static PyObject *plain_string(Reader *r, unsigned major, uint64_t len)
+{
+    if (len > (uint64_t)(r->n - r->pos))
+        return NULL;
+    const char *s = (const char *)r->p + r->pos;
+    r->pos += (Py_ssize_t)len;
+    if (major == 2)
+        return PyBytes_FromStringAndSize(s, (Py_ssize_t)len);
+    if (utf8_chars((const unsigned char *)s, (Py_ssize_t)len) < 0)
+        return NULL; /* cbor2 and cborsafe refuse it, with their message */
+    return PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, "strict");
+}
+
+static PyObject *plain_array(Reader *r, int depth, uint64_t count)
+{
+    if (count > (uint64_t)(r->n - r->pos)) /* an item takes a byte at least */
+        return NULL;
+    PyObject *list = PyList_New((Py_ssize_t)count);
+    for (Py_ssize_t i = 0; list != NULL && i < (Py_ssize_t)count; i++) {
+        PyObject *item = plain_item(r, depth + 1);
+        if (item == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+static PyObject *plain_map(Reader *r, int depth, uint64_t count)
+{
+    if (count > (uint64_t)(r->n - r->pos) / 2) /* a key and a value: two bytes at least */
+        return NULL;
+    PyObject *dict = PyDict_New();
+    for (uint64_t i = 0; dict != NULL && i < count; i++) {
+        PyObject *key = plain_item(r, depth + 1);
+        /* cbor2 builds keys immutably (an array key becomes a tuple): only scalars here */
+        int scalar = key != NULL && (PyLong_CheckExact(key) || PyUnicode_CheckExact(key) ||
+                                     PyBytes_CheckExact(key));
+        PyObject *value = scalar ? plain_item(r, depth + 1) : NULL;
+        if (value == NULL || PyDict_SetItem(dict, key, value) < 0) /* a repeated key: the last */
+            Py_CLEAR(dict);
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+    }
+    return dict;
+}
+
+static PyObject *plain_item(Reader *r, int depth)
+{
+    unsigned major, ai;
+    uint64_t arg;
+    Py_ssize_t start = r->pos;
+    if (depth > PLAIN_MAX_DEPTH || !plain_head(r, &major, &ai, &arg))
+        return NULL;
+    switch (major) {
+    case 0:
+        return PyLong_FromUnsignedLongLong(arg);
+    case 1:
+        return arg > (uint64_t)INT64_MAX ? NULL : PyLong_FromLongLong(-1 - (long long)arg);
+    case 2:
+    case 3:
+        return plain_string(r, major, arg);
+    case 4:
+        return plain_array(r, depth, arg);
+    case 5:
+        return plain_map(r, depth, arg);
+    case 6: {
+        if (arg != 18) /* COSE_Sign1's; cbor2 gives other tags meanings of its own */
+            return NULL;
+        PyObject *value = plain_item(r, depth + 1);
+        if (value == NULL)
+            return NULL;
+        PyObject *tag = PyObject_CallFunction(r->tag_type, "KO", (unsigned long long)arg, value);
+        Py_DECREF(value);
+        return tag;
+    }
+    default: /* 7: simple values and floats */
+        switch (ai) {
+        case 20:
+            Py_RETURN_FALSE;
+        case 21:
+            Py_RETURN_TRUE;
+        case 22:
+            Py_RETURN_NONE;
+        case 25:
+            return PyFloat_FromDouble(PyFloat_Unpack2((const char *)r->p + start + 1, 0));
+        case 26:
+            return PyFloat_FromDouble(PyFloat_Unpack4((const char *)r->p + start + 1, 0));
+        case 27:
+            return PyFloat_FromDouble(PyFloat_Unpack8((const char *)r->p + start + 1, 0));
+        default: /* undefined, other simple values, a stray break */
+            return NULL;
+        }
+    }
+}
+
+PyDoc_STRVAR(decode_plain_doc,
+"decode_plain(data, tag_type) -> tuple[object] | None\n\n"
+"(item,) when `data` is exactly one plain CBOR item (integers, strings with valid UTF-8,\n"
+"definite arrays, maps with integer/text/bytes keys, false/true/null, floats, tag 18 built\n"
+"as tag_type(18, value)), decoded as cbor2 decodes it; None for anything else, which the\n"
+"caller then hands to cbor2.");
+
+static PyObject *decode_plain(PyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    Reader r;
+    if (!PyArg_ParseTuple(args, "y*O", &data, &r.tag_type))
+        return NULL;
+    r.p = data.buf;
+    r.n = data.len;
+    r.pos = 0;
+    PyObject *item = plain_item(&r, 0);
+    PyBuffer_Release(&data);
+    if (item == NULL) {
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_MemoryError))
+                PyErr_Clear(); /* e.g. tag_type refused its arguments: let cbor2 decide */
+            else
+                return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    if (r.pos != r.n) { /* bytes after the item: cbor2's call (it ignores them) */
+        Py_DECREF(item);
+        Py_RETURN_NONE;
+    }
+    PyObject *one = PyTuple_New(1);
+    if (one == NULL) {
+        Py_DECREF(item);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(one, 0, item);
+    return one;
+}
+
 PyDoc_STRVAR(backend_doc,
 "backend() -> str\n\n"
 "The SHA-256 code the tree uses: 'avx512' (sixteen nodes at a time in AVX-512 lanes),\n"
@@ -707,6 +890,7 @@ static PyMethodDef methods[] = {
     {"use_backend", use_backend, METH_O, use_backend_doc},
     {"check_window", check_window, METH_VARARGS, check_window_doc},
     {"check_sequence", check_sequence, METH_VARARGS, check_sequence_doc},
+    {"decode_plain", decode_plain, METH_VARARGS, decode_plain_doc},
     {NULL, NULL, 0, NULL},
 };
 

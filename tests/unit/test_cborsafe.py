@@ -19,6 +19,8 @@ from attestation import cborsafe
 from attestation.errors import MalformedInput
 from attestation.leafbatch import sequence_root
 from attestation.reading import decode_leaf
+from tests.conftest import missing
+from tests.hubkit import Device, body, same_cbor_item
 
 HOSTILE = [
     b"\x62\xff\xff",  # a text string that is not UTF-8
@@ -101,3 +103,143 @@ def test_a_self_referencing_tag_is_a_decode_error() -> None:
     count, blob = 1 + _SELF_TAG[0] % 8, _SELF_TAG[1:]
     with pytest.raises(MalformedInput):
         sequence_root(blob, count, 0, native=False)
+
+
+# --- the native fast path (decode_plain in attestation/_native/leafcheck.c) -----------------
+# It must build exactly what cbor2 builds for a plain item, and hand everything else to cbor2
+# (None): a None only costs speed, a wrong item would be a wrong answer.
+
+_TAG = 18  # the one tag it builds (COSE_Sign1's); other tags are cbor2's
+_SCALARS = (
+    st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.floats(width=16)
+    | st.floats(width=32)
+    | st.text()
+    | st.binary()
+    | st.booleans()
+    | st.none()
+)
+_ITEMS = st.recursive(
+    _SCALARS,
+    lambda c: (
+        st.lists(c, max_size=6)
+        | st.dictionaries(st.integers(-(2**40), 2**40) | st.text() | st.binary(), c, max_size=6)
+        | st.builds(cbor2.CBORTag, st.sampled_from([_TAG, _TAG, 99, 1000]), c)
+    ),
+    max_leaves=30,
+)
+
+
+def _is_plain(value: object) -> bool:
+    """What decode_plain builds itself (an item cbor2.dumps wrote from this value)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -(2**63) - 1 <= value < 2**64
+    if isinstance(value, list):
+        return all(map(_is_plain, value))
+    if isinstance(value, dict):
+        return all(type(k) in (int, str, bytes) and _is_plain(k) for k in value) and all(
+            map(_is_plain, value.values())
+        )
+    if isinstance(value, cbor2.CBORTag):
+        return value.tag == _TAG and _is_plain(value.value)
+    return True
+
+
+@pytest.fixture
+def _fast() -> None:
+    if not cborsafe.FAST:
+        missing("the native extension was not built (no C compiler or OpenSSL headers)")
+
+
+def _agrees(data: bytes) -> tuple[object] | None:
+    """decode_plain's answer for ``data``, checked against cbor2 when it has one."""
+    fast = cborsafe.decode_plain(data)
+    if fast is not None:
+        assert same_cbor_item(fast[0], cborsafe.loads_cbor2(data)), data.hex()
+    return fast
+
+
+@pytest.mark.usefixtures("_fast")
+@given(_ITEMS, st.booleans())
+def test_the_fast_path_builds_what_cbor2_builds_and_takes_every_plain_item(
+    value: object, canonical: bool
+) -> None:
+    data = cbor2.dumps(value, canonical=canonical)
+    fast = _agrees(data)
+    assert (fast is not None) == _is_plain(value), (value, data.hex())
+    assert same_cbor_item(cborsafe.loads(data), cborsafe.loads_cbor2(data))
+
+
+@pytest.mark.usefixtures("_fast")
+@given(_ITEMS, st.data())
+def test_a_corrupted_item_is_decoded_as_cbor2_decodes_it_or_left_to_cbor2(
+    value: object, data: st.DataObject
+) -> None:
+    """Bit flips, cuts, insertions and trailing bytes: the fast path never answers what
+    cbor2 would not (it answers None and cbor2 decides, refusals included)."""
+    raw = bytearray(cbor2.dumps(value))
+    for _ in range(data.draw(st.integers(1, 3))):
+        where = data.draw(st.integers(0, len(raw)))
+        match data.draw(st.sampled_from(["flip", "cut", "insert"])):
+            case "flip" if where < len(raw):
+                raw[where] ^= 1 << data.draw(st.integers(0, 7))
+            case "cut":
+                del raw[where:]
+            case _:
+                raw[where:where] = data.draw(st.binary(min_size=1, max_size=3))
+    _agrees(bytes(raw))
+
+
+@pytest.mark.usefixtures("_fast")
+@given(st.binary(max_size=64))
+def test_any_bytes_are_decoded_as_cbor2_decodes_them_or_left_to_cbor2(raw: bytes) -> None:
+    _agrees(raw)
+
+
+@pytest.mark.usefixtures("_fast")
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        *((h, "invalid UTF-8") for h in HOSTILE),
+        (b"\x9f\x01\xff", "an indefinite-length array"),
+        (b"\x5f\x41a\xff", "an indefinite-length byte string"),
+        (b"\xf7", "undefined"),
+        (b"\xf8\x20", "a simple value"),
+        (b"\xc1\x1a\x00\x00\x00\x01", "a tag cbor2 gives a meaning (epoch time)"),
+        (b"\xa1\x81\x01\x02", "an array as a map key (cbor2 makes it a tuple)"),
+        (b"\x01\x02", "bytes after the item"),
+        (b"\x82\x01", "a truncated array"),
+        (b"\x5a\xff\xff\xff\xff", "a length past the end"),
+        (b"\x3b\x80\x00\x00\x00\x00\x00\x00\x00", "a negative integer below -2**63 - 1"),
+        (b"\x81" * 33 + b"\x01", "nesting deeper than 32"),
+    ],
+)
+def test_what_the_fast_path_leaves_to_cbor2(data: bytes, why: str) -> None:
+    assert cborsafe.decode_plain(data) is None, why
+
+
+@pytest.mark.usefixtures("_fast")
+def test_the_hubs_inputs_take_the_fast_path() -> None:
+    """An upload body, a COSE micro-proof, its protected header and its payload: what the
+    hub decodes a proof at a time is all plain, so none of it waits for cbor2."""
+    dev = Device()
+    cose_bytes, leaves, _ = dev.window(5)
+    sign1 = cborsafe.loads_cbor2(cose_bytes).value
+    for what, data in [
+        ("upload body", body((cose_bytes, leaves))),
+        ("COSE_Sign1", cose_bytes),
+        ("protected header", sign1[0]),
+        ("payload", sign1[2]),
+    ]:
+        assert _agrees(data) is not None, what
+
+
+@pytest.mark.usefixtures("_fast")
+def test_a_deep_item_is_still_decoded_by_cbor2() -> None:
+    data = b"\x81" * 40 + b"\x01"
+    assert cborsafe.decode_plain(data) is None
+    item = cborsafe.loads(data)
+    for _ in range(40):
+        item = item[0]
+    assert item == 1

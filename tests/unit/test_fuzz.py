@@ -21,6 +21,7 @@ TARGETS = [
     "leaf",
     "leafcheck",
     "leafseq",
+    "plaincbor",
     "microproof",
     "sign1",
     "upload",
