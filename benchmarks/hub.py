@@ -92,12 +92,16 @@ class _Hub:
         argv += ["--port", str(self.port), "--allow-software-keys"]
         if db_url:
             argv += ["--db", db_url]
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-        )
+        # stderr to a file, not a pipe: a pipe nobody reads until the end fills up (64 KiB)
+        # and then stalls the hub at its next log line, in the middle of a measurement
+        self.stderr = data_dir / "hub.stderr"
+        with self.stderr.open("wb") as err_out:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.DEVNULL,
+                stderr=err_out,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -106,7 +110,7 @@ class _Hub:
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                err = self.stderr.read_text(errors="replace")
                 raise click.ClickException(f"hub did not start: {err[-500:]}")
             time.sleep(0.1)
         self.admin = (data_dir / "admin-token").read_text().strip()
