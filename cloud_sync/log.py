@@ -20,6 +20,7 @@ from attestation.signednote import Checkpoint, NoteVerifier, format_checkpoint, 
 from attestation.signers.pkcs11 import Pkcs11Ed25519Signer
 from attestation.signers.software import Ed25519FileSigner
 from cloud_sync.errors import ApiError
+from cloud_sync.storage.bulk import BulkInsert
 from cloud_sync.storage.tables import log_checkpoints, log_entries, log_nodes
 
 __all__ = ["HubLog"]
@@ -50,12 +51,12 @@ class _NodeReader:
 # the tree size: entries are numbered 0..n-1, so max(idx) + 1 reads one index entry where
 # COUNT(*) would scan the whole table (SQLite) on every append
 _SIZE = select(func.coalesce(func.max(log_entries.c.idx), -1) + 1)
-_INSERT_ENTRY = insert(log_entries)
+_INSERT_ENTRIES = BulkInsert(log_entries)  # (idx, utid, window, entry_hash)
 _ENTRY_HASH = select(log_entries.c.entry_hash).where(log_entries.c.idx == bindparam("i"))
 _NODE_HASH = select(log_nodes.c.hash).where(
     log_nodes.c.level == bindparam("l"), log_nodes.c.idx == bindparam("i")
 )
-_INSERT_NODE = insert(log_nodes)
+_INSERT_NODES = BulkInsert(log_nodes)  # (level, idx, hash)
 
 
 def _add_nodes(conn: Connection, first: int, leaves: Sequence[bytes]) -> None:
@@ -66,9 +67,8 @@ def _add_nodes(conn: Connection, first: int, leaves: Sequence[bytes]) -> None:
         reader.cache[(0, i)] = leaf
         for lv, ix, h in merkle.perfect_nodes_completed(i, leaf, reader):
             reader.cache[(lv, ix)] = h  # the next entry may complete its parent
-            nodes.append({"level": lv, "idx": ix, "hash": h})
-    if nodes:
-        conn.execute(_INSERT_NODE, nodes)
+            nodes.append((lv, ix, h))
+    _INSERT_NODES(conn, nodes)
 
 
 @dataclass
@@ -108,10 +108,10 @@ class HubLog:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_APPEND_LOCK})
         size = conn.execute(_SIZE).scalar_one()
         leaves = [entry_hash(cose) for _, _, cose in entries]
-        conn.execute(
-            _INSERT_ENTRY,
+        _INSERT_ENTRIES(
+            conn,
             [
-                {"idx": size + i, "utid": utid, "window": window, "entry_hash": leaf}
+                (size + i, utid, window, leaf)
                 for i, ((utid, window, _), leaf) in enumerate(zip(entries, leaves, strict=True))
             ],
         )

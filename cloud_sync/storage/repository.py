@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -30,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from attestation.leafbatch import split_leaves
 from attestation.microproof import MicroProof
 from attestation.reading import Reading, decode_leaf
+from cloud_sync.storage.bulk import BulkInsert
 from cloud_sync.storage.migrate import migrate
 from cloud_sync.storage.tables import devices, window_leaves, windows
 
@@ -332,14 +334,9 @@ class Store:
             raise HeadMoved(", ".join(by_device))
         # statements built once with bound parameters (``.values(...)`` per call cost more
         # in SQLAlchemy's statement building than the database spent on the rows)
-        conn.execute(_INSERT_WINDOW, [_as_dict(a.row) for a in batch])
-        stored = [
-            {"utid": a.row.utid, "window": a.row.window, "leaves": a.leaves}
-            for a in batch
-            if a.leaves
-        ]
-        if stored:  # the bytes as they arrived: nothing decoded, nothing re-encoded
-            conn.execute(_INSERT_LEAVES, stored)
+        _INSERT_WINDOWS(conn, [_WINDOW_VALUES(a.row) for a in batch])
+        # the leaves as they arrived: nothing decoded, nothing re-encoded
+        _INSERT_LEAVES(conn, [(a.row.utid, a.row.window, a.leaves) for a in batch if a.leaves])
         if self.on_accepted is not None:
             self.on_accepted(batch, conn)
 
@@ -371,14 +368,11 @@ _ADVANCE_HEAD = (
         n_readings=devices.c.n_readings + bindparam("added", type_=BigInteger),
     )
 )
-_INSERT_WINDOW = insert(windows)
+_INSERT_WINDOWS = BulkInsert(windows)
+_WINDOW_VALUES = attrgetter(*_INSERT_WINDOWS.columns)  # a WindowRow as the table's row
 # exactly the dataclass's fields: DeviceRow(**row._mapping)
 _DEVICE_BY_UTID = select(*(devices.c[f] for f in DeviceRow.__dataclass_fields__)).where(
     devices.c.utid == bindparam("u")
 )
-_INSERT_LEAVES = insert(window_leaves)
+_INSERT_LEAVES = BulkInsert(window_leaves)
 _WINDOW_BY_HASH = select(windows).where(windows.c.cose_sha256 == bindparam("h"))
-
-
-def _as_dict(row: WindowRow) -> dict[str, Any]:
-    return {f: getattr(row, f) for f in WindowRow.__dataclass_fields__}
