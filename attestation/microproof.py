@@ -172,6 +172,7 @@ def encode_payload(mp: MicroProof) -> bytes:
 
 
 _NUMBER = frozenset({int, float})
+_STATS_TYPES = (int, float, float, float, float)
 
 
 class _Fields:
@@ -183,6 +184,8 @@ class _Fields:
 
     def get(self, key: int, kind: type | tuple[type, ...], *, required: bool = True) -> Any:
         value = self.obj.get(key)
+        if type(value) is kind:  # the common case, decided without the checks below
+            return value
         if value is None:
             if required:
                 raise MalformedInput(f"{self.where}[{key}]", "missing")
@@ -247,7 +250,10 @@ def decode_payload(data: bytes, limits: MicroProofLimits = MICROPROOF_LIMITS) ->
     for signal, row in raw_stats.items():
         # type() not isinstance(): a bool is an int subclass and must not pass as a number
         ok = type(signal) is str and type(row) is list and len(row) == 5
-        if not ok or not {type(x) for x in row} <= _NUMBER:
+        if ok and tuple(map(type, row)) == _STATS_TYPES:  # as our encoder writes them
+            stats[signal] = SignalStats._make(row)
+            continue
+        if not ok or not set(map(type, row)) <= _NUMBER:
             raise MalformedInput(f"payload[12][{signal!r}]", "expected [n, mean, M2, min, max]")
         n, mean, m2, low, high = row
         stats[signal] = SignalStats(int(n), float(mean), float(m2), float(low), float(high))

@@ -20,7 +20,7 @@ from attestation.signednote import Checkpoint, NoteVerifier, format_checkpoint, 
 from attestation.signers.pkcs11 import Pkcs11Ed25519Signer
 from attestation.signers.software import Ed25519FileSigner
 from cloud_sync.errors import ApiError
-from cloud_sync.storage.bulk import BulkInsert
+from cloud_sync.storage.bulk import BulkInsert, Prepared
 from cloud_sync.storage.tables import log_checkpoints, log_entries, log_nodes
 
 __all__ = ["HubLog"]
@@ -39,9 +39,9 @@ class _NodeReader:
         key = (level, idx)
         if key not in self.cache:
             if level == 0:
-                value = self.conn.execute(_ENTRY_HASH, {"i": idx}).scalar()
+                value = _ENTRY_HASH.scalar(self.conn, {"i": idx})
             else:
-                value = self.conn.execute(_NODE_HASH, {"l": level, "i": idx}).scalar()
+                value = _NODE_HASH.scalar(self.conn, {"l": level, "i": idx})
             if value is None:
                 raise RuntimeError(f"log node ({level}, {idx}) missing: the log index is damaged")
             self.cache[key] = bytes(value)
@@ -50,11 +50,13 @@ class _NodeReader:
 
 # the tree size: entries are numbered 0..n-1, so max(idx) + 1 reads one index entry where
 # COUNT(*) would scan the whole table (SQLite) on every append
-_SIZE = select(func.coalesce(func.max(log_entries.c.idx), -1) + 1)
+_SIZE = Prepared(select(func.coalesce(func.max(log_entries.c.idx), -1) + 1))
 _INSERT_ENTRIES = BulkInsert(log_entries)  # (idx, utid, window, entry_hash)
-_ENTRY_HASH = select(log_entries.c.entry_hash).where(log_entries.c.idx == bindparam("i"))
-_NODE_HASH = select(log_nodes.c.hash).where(
-    log_nodes.c.level == bindparam("l"), log_nodes.c.idx == bindparam("i")
+_ENTRY_HASH = Prepared(select(log_entries.c.entry_hash).where(log_entries.c.idx == bindparam("i")))
+_NODE_HASH = Prepared(
+    select(log_nodes.c.hash).where(
+        log_nodes.c.level == bindparam("l"), log_nodes.c.idx == bindparam("i")
+    )
 )
 _INSERT_NODES = BulkInsert(log_nodes)  # (level, idx, hash)
 
@@ -106,7 +108,7 @@ class HubLog:
             return
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_APPEND_LOCK})
-        size = conn.execute(_SIZE).scalar_one()
+        size = int(_SIZE.scalar(conn))
         leaves = [entry_hash(cose) for _, _, cose in entries]
         _INSERT_ENTRIES(
             conn,
@@ -122,7 +124,7 @@ class HubLog:
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_APPEND_LOCK})
-            size = conn.execute(_SIZE).scalar_one()
+            size = int(_SIZE.scalar(conn))
             have = conn.execute(select(func.count()).select_from(log_nodes)).scalar_one()
             if size < 2 or have:
                 return
@@ -131,7 +133,7 @@ class HubLog:
 
     def size(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(_SIZE).scalar_one())
+            return int(_SIZE.scalar(conn))
 
     def checkpoint(self) -> tuple[Checkpoint, str]:
         """The signed checkpoint of the current tree (signed once per size, then kept)."""

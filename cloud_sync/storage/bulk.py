@@ -1,54 +1,86 @@
-"""INSERTs of many rows on the ingest path, straight to SQLite's DB-API cursor.
+"""The ingest's hot statements on SQLite, straight to the DB-API cursor.
 
 Each group commit inserts a row a proof into ``windows`` and ``window_leaves`` and a row an
-entry into the log's tables. Through SQLAlchemy Core every row costs a parameter dictionary,
-bind processing and ``construct_params`` before sqlite3 sees it; measured on the hub's
-ingest, that was ~8 % of its CPU a proof (docs/performance.md, 2026-12-03 later). On SQLite
-``BulkInsert`` hands tuples in the table's column order to ``cursor.executemany`` on the
-connection's own DB-API connection, inside the transaction SQLAlchemy began, and turns a
-driver error into SQLAlchemy's (an ``IntegrityError`` stays one: the ingest's race handling
-catches it). Other databases go through Core as before.
+entry into the log's tables, moves the devices' chain heads and reads the log's size and a
+few tree nodes. Through SQLAlchemy Core every execution builds an execution context and
+every row a parameter dictionary, bind processing and ``construct_params`` before sqlite3
+sees it; measured on the hub's ingest that was ~10 % of its CPU a proof (docs/performance.md,
+2026-12-03 later). On SQLite these statements are compiled once and run on the
+connection's own DB-API connection, inside the transaction SQLAlchemy began; a driver error
+becomes SQLAlchemy's (an ``IntegrityError`` stays one: the ingest's race handling catches
+it). Other databases run them through Core as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert
+from sqlalchemy import Connection, Insert, Select, Table, Update, insert
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["BulkInsert"]
+__all__ = ["BulkInsert", "Prepared"]
+
+_SQLITE = sqlite.dialect()
 
 
-class BulkInsert:
+class Prepared:
+    """A Core statement with named bind parameters; run as ``executemany`` (a row count)
+    or for one value (``scalar``)."""
+
+    def __init__(self, statement: Insert | Update | Select[Any]) -> None:
+        self.core = statement
+        compiled = statement.compile(dialect=_SQLITE)  # qmark: parameters by position
+        self.sql = str(compiled)
+        self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
+        self._fixed = compiled.params  # values the statement carries (literals made binds)
+
+    def _values(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(params[n] if n in params else self._fixed[n] for n in self.names)
+
+    def _run(self, conn: Connection, rows: Sequence[tuple[Any, ...]], many: bool) -> Any:
+        dbapi = conn.connection.driver_connection
+        cursor = dbapi.cursor()  # type: ignore[union-attr]  # an open connection has one
+        try:
+            if many:
+                cursor.executemany(self.sql, rows)
+                return cursor.rowcount
+            row = cursor.execute(self.sql, rows[0]).fetchone()
+            return None if row is None else row[0]
+        except conn.dialect.loaded_dbapi.Error as err:
+            raise DBAPIError.instance(
+                self.sql, None, err, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+            ) from err
+        finally:
+            cursor.close()
+
+    def rowcount(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Run once a row of parameters; the rows the statement changed in all."""
+        if conn.dialect.name != "sqlite":
+            return int(conn.execute(self.core, list(rows)).rowcount)
+        return int(self._run(conn, [self._values(r) for r in rows], many=True))
+
+    def scalar(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row, or None without a row."""
+        if conn.dialect.name != "sqlite":
+            return conn.execute(self.core, dict(params or {})).scalar()
+        return self._run(conn, [self._values(params or {})], many=False)
+
+
+class BulkInsert(Prepared):
     """``INSERT INTO table`` of whole rows, given as tuples in the table's column order."""
 
     def __init__(self, table: Table) -> None:
-        self._core = insert(table)
-        compiled = self._core.compile(dialect=sqlite.dialect())  # every column, qmark style
-        self._sqlite = str(compiled)
-        self.columns: tuple[str, ...] = tuple(compiled.positiontup or ())
+        super().__init__(insert(table))  # every column
+        self.columns = self.names
         if self.columns != tuple(c.name for c in table.columns):
-            raise RuntimeError(f"{self._sqlite!r} does not list {table.name}'s columns in order")
+            raise RuntimeError(f"{self.sql!r} does not list {table.name}'s columns in order")
 
     def __call__(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return
         if conn.dialect.name != "sqlite":
-            conn.execute(self._core, [dict(zip(self.columns, r, strict=True)) for r in rows])
+            conn.execute(self.core, [dict(zip(self.columns, r, strict=True)) for r in rows])
             return
-        dbapi = conn.connection.driver_connection
-        if dbapi is None:  # a connection SQLAlchemy has already closed: say so its way
-            conn.execute(self._core, [dict(zip(self.columns, r, strict=True)) for r in rows])
-            return
-        cursor = dbapi.cursor()
-        try:
-            cursor.executemany(self._sqlite, rows)
-        except conn.dialect.loaded_dbapi.Error as err:
-            raise DBAPIError.instance(
-                self._sqlite, None, err, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
-            ) from err
-        finally:
-            cursor.close()
+        self._run(conn, rows, many=True)

@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from attestation.leafbatch import split_leaves
 from attestation.microproof import MicroProof
 from attestation.reading import Reading, decode_leaf
-from cloud_sync.storage.bulk import BulkInsert
+from cloud_sync.storage.bulk import BulkInsert, Prepared
 from cloud_sync.storage.migrate import migrate
 from cloud_sync.storage.tables import devices, window_leaves, windows
 
@@ -330,7 +330,7 @@ class Store:
             )
         # each row matches at most once (utid is the key): the sum counts the heads that moved
         # (both SQLite's and psycopg's dialects report executemany's rowcount as the sum)
-        if conn.execute(_ADVANCE_HEAD, heads).rowcount != len(heads):
+        if _ADVANCE_HEAD.rowcount(conn, heads) != len(heads):
             raise HeadMoved(", ".join(by_device))
         # statements built once with bound parameters (``.values(...)`` per call cost more
         # in SQLAlchemy's statement building than the database spent on the rows)
@@ -350,7 +350,7 @@ class Store:
         return {"devices": int(n_dev), "windows": int(n_win), "readings": int(n_read)}
 
 
-_ADVANCE_HEAD = (
+_ADVANCE_HEAD = Prepared(
     update(devices)
     .where(
         devices.c.utid == bindparam("u"),

@@ -1,4 +1,4 @@
-"""cloud_sync/storage/bulk.py: the ingest's INSERTs of many rows, on SQLite and PostgreSQL.
+"""cloud_sync/storage/bulk.py: the ingest's hot statements, on SQLite and PostgreSQL.
 
 On SQLite they bypass SQLAlchemy Core for the DB-API cursor; what comes out must be what Core
 would have stored, inside the same transaction, and a duplicate must still surface as
@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, select
+from sqlalchemy import Engine, bindparam, create_engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from cloud_sync.storage.bulk import BulkInsert
+from cloud_sync.storage.bulk import BulkInsert, Prepared
 from cloud_sync.storage.migrate import drop_schema, migrate
 from cloud_sync.storage.tables import log_nodes, window_leaves
 
@@ -80,3 +80,31 @@ def test_large_blobs_are_stored_byte_for_byte(engine: Engine) -> None:
         insert_leaves(conn, [("utid:" + "ab" * 32, 5, blob)])
     with engine.connect() as conn:
         assert bytes(conn.execute(select(window_leaves.c.leaves)).scalar_one()) == blob
+
+
+_NODE = Prepared(
+    select(log_nodes.c.hash).where(
+        log_nodes.c.level == bindparam("l"), log_nodes.c.idx == bindparam("i")
+    )
+)
+_COUNT_PLUS = Prepared(select(func.coalesce(func.max(log_nodes.c.idx), -1) + 1))
+_RENAME = Prepared(
+    update(log_nodes).where(log_nodes.c.idx == bindparam("old")).values(idx=bindparam("new"))
+)
+
+
+def test_a_prepared_query_answers_as_core_does(engine: Engine) -> None:
+    with engine.begin() as conn:
+        assert _COUNT_PLUS.scalar(conn) == 0  # a literal of the statement, no parameter
+        BulkInsert(log_nodes)(conn, _ROWS)
+        assert _COUNT_PLUS.scalar(conn) == 9
+        assert bytes(_NODE.scalar(conn, {"l": 1, "i": 3})) == b"\x02" * 32
+        assert _NODE.scalar(conn, {"l": 5, "i": 3}) is None  # no row
+
+
+def test_a_prepared_update_counts_the_rows_it_changed(engine: Engine) -> None:
+    with engine.begin() as conn:
+        BulkInsert(log_nodes)(conn, _ROWS)
+        # idx 7 is at level 0 only; idx 40 is nowhere: one row changes of the two asked
+        assert _RENAME.rowcount(conn, [{"old": 7, "new": 17}, {"old": 40, "new": 41}]) == 1
+    assert [idx for _, idx, _ in _stored(engine)] == [8, 17, 3]
