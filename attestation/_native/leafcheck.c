@@ -19,6 +19,10 @@
  * 5: unit, 6: quality}) is: a6 | 01 uint | 02 int | 03 text | 04 float | 05 text | 06 uint,
  * every head in its shortest form, the float in the shortest IEEE 754 width that keeps its
  * value, NaN only as f9 7e00, text valid UTF-8.
+ *
+ * The file's second job, decode_plain() near its end (ADR 0012), is the fast path of
+ * attestation.cborsafe.loads: plain CBOR items decoded as cbor2 decodes them, anything else
+ * handed back to cbor2.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
