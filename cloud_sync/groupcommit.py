@@ -33,6 +33,13 @@ class GroupCommit:
         self._writer: asyncio.Task[None] | None = None
         # always the same thread: the ingestor keeps its write connection between groups
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-writer")
+        # the store's close ends the thread first (after the group it is writing, if any),
+        # then the ingestor's write connection: a hub stopped and made again leaves no thread
+        ingestor.store.on_close.insert(0, self.close)
+
+    def close(self) -> None:
+        """End the writer thread once the groups already handed to it are stored."""
+        self._thread.shutdown(wait=True)
 
     async def store(self, checked: CheckedRequest) -> Outcome:
         """Store a checked request with whatever else is queued; returns once committed."""

@@ -667,3 +667,25 @@ def test_replicas_with_stale_cached_heads_chain_on_fresh_reads(
     assert client.get(f"/v1/devices/{utid}").json()["windows"] == 6
     for r in replicas:
         r.store.close()
+
+
+def test_closing_the_store_ends_the_writer_thread(tmp_path: Path) -> None:
+    """Every hub app has a writer thread for its group commits; closing the store (as
+    ``HubServer.stop`` does) ends it, so hubs made and stopped in one process (tests, the
+    demo) leave no thread behind."""
+    import threading
+
+    def writers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("hub-writer")}
+
+    before = writers()
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
+    dev = Device()
+    with TestClient(create_app(s)) as client:
+        _register(client, s, dev)
+        cose, leaves, _ = dev.window(3)
+        r = client.post("/v1/proofs", content=body((cose, leaves)), headers=CBOR)
+        assert r.status_code == 200, r.text
+        assert len(writers() - before) == 1  # the upload started it
+        client.app.state.store.close()  # type: ignore[attr-defined]
+    assert writers() == before
