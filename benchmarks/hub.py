@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cbor2
@@ -171,22 +172,37 @@ async def _post_all(port: int, posts: list[bytes]) -> None:
         writer.close()
 
 
-async def _upload(port: int, chains: list[list[SealedWindow]], batch: int) -> float:
-    bodies = [
-        [
-            cbor2.dumps(
-                {
-                    "proofs": [
-                        {"cose": w.cose, "leaves": b"".join(w.leaves)} for w in chain[i : i + batch]
-                    ]
-                }
-            )
-            for i in range(0, len(chain), batch)
+@dataclass(frozen=True)
+class _Load:
+    """What every run uploads: each device's key (registered first) and its POST bodies,
+    encoded once before any timing."""
+
+    signers: list[SoftwareSigner]
+    bodies: list[list[bytes]]  # a device's POSTs, in chain order
+    proofs: int
+
+    @classmethod
+    def of(cls, chains: list[tuple[SoftwareSigner, list[SealedWindow]]], batch: int) -> _Load:
+        bodies = [
+            [
+                cbor2.dumps(
+                    {
+                        "proofs": [
+                            {"cose": w.cose, "leaves": b"".join(w.leaves)}
+                            for w in chain[i : i + batch]
+                        ]
+                    }
+                )
+                for i in range(0, len(chain), batch)
+            ]
+            for _, chain in chains
         ]
-        for chain in chains
-    ]
+        return cls([s for s, _ in chains], bodies, sum(len(c) for _, c in chains))
+
+
+async def _upload(port: int, load: _Load) -> float:
     started = time.perf_counter()
-    await asyncio.gather(*(_post_all(port, posts) for posts in bodies))
+    await asyncio.gather(*(_post_all(port, posts) for posts in load.bodies))
     return time.perf_counter() - started
 
 
@@ -200,8 +216,7 @@ def _cpus_for_pinning() -> tuple[int, int] | None:
 
 def _measure(
     db_url: str | None,
-    chains: list[tuple[SoftwareSigner, list[SealedWindow]]],
-    batch: int,
+    load: _Load,
     env: dict[str, str] | None = None,
     pin: tuple[int, int] | None = None,
 ) -> tuple[float, float | None]:
@@ -213,21 +228,18 @@ def _measure(
         hub = _Hub(Path(d), db_url, env or {})
         mine = os.sched_getaffinity(0) if pin else None
         try:
-            for i, (signer, _) in enumerate(chains):
+            for i, signer in enumerate(load.signers):
                 _register(hub, signer, f"bench-{i}")
             if pin:
                 for thread in os.listdir(f"/proc/{hub.proc.pid}/task"):
                     os.sched_setaffinity(int(thread), {pin[0]})
                 os.sched_setaffinity(0, {pin[1]})
             cpu_before = hub.cpu_seconds()
-            elapsed = asyncio.run(_upload(hub.port, [c for _, c in chains], batch))
+            elapsed = asyncio.run(_upload(hub.port, load))
             cpu_after = hub.cpu_seconds()
-            if mine:
-                os.sched_setaffinity(0, mine)
             stored = httpx.get(f"{hub.url}/healthz").json()["windows"]
-            if stored != sum(len(c) for _, c in chains):  # every acknowledged proof
-                total = sum(len(c) for _, c in chains)
-                raise click.ClickException(f"the hub stored {stored} of {total} proofs")
+            if stored != load.proofs:  # every acknowledged proof
+                raise click.ClickException(f"the hub stored {stored} of {load.proofs} proofs")
             if cpu_before is None or cpu_after is None:
                 return elapsed, None
             return elapsed, cpu_after - cpu_before
@@ -336,28 +348,29 @@ def command(
     console = Console()
     with console.status("signing proofs (before timing)"):
         chains = _chains(devices, proofs, per_proof)
-    total = devices * proofs
+        load = _Load.of(chains, batch)
+    total = load.proofs
     runs = []
     for i in range(repeat):
         with console.status(f"SQLite hub, run {i + 1} of {repeat}"):
-            runs.append(_measure(None, chains, batch))
+            runs.append(_measure(None, load))
     t_sqlite, cpu_sqlite = _median_run(runs)
     pinned = []
     if (cpus := _cpus_for_pinning()) is not None:
         for i in range(repeat):
             with console.status(f"SQLite hub confined to CPU {cpus[0]}, run {i + 1} of {repeat}"):
-                pinned.append(_measure(None, chains, batch, pin=cpus)[0])
+                pinned.append(_measure(None, load, pin=cpus)[0])
     else:
         click.echo("one-core runs skipped: they need Linux and two CPUs", err=True)
     t_one_core = statistics.median(pinned) if pinned else None
     with console.status("SQLite hub, leaves checked in pure Python (baseline)"):
-        t_pure, _ = _measure(None, chains, batch, {"FACTORYOPS_PURE_PYTHON": "1"})
+        t_pure, _ = _measure(None, load, {"FACTORYOPS_PURE_PYTHON": "1"})
     t_raw = _sqlite_baseline(chains)
     t_pg = cpu_pg = None
     if pg_url and (made := _pg_database(pg_url)) is not None:
         try:
             with console.status("PostgreSQL hub"):
-                t_pg, cpu_pg = _measure(made[0], chains, batch)
+                t_pg, cpu_pg = _measure(made[0], load)
         finally:
             _drop_pg(pg_url, made[1])
     figures = {
