@@ -816,26 +816,15 @@ static PyObject *decode_plain(PyObject *self, PyObject *args)
     r.pos = 0;
     PyObject *item = plain_item(&r, 0);
     PyBuffer_Release(&data);
+    if (item != NULL && r.pos != r.n) /* bytes after the item: cbor2's call (it ignores them) */
+        Py_CLEAR(item);
     if (item == NULL) {
-        if (PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_MemoryError))
-                PyErr_Clear(); /* e.g. tag_type refused its arguments: let cbor2 decide */
-            else
-                return NULL;
-        }
+        if (PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_MemoryError))
+            return NULL;
+        PyErr_Clear(); /* e.g. tag_type refused its arguments: let cbor2 decide */
         Py_RETURN_NONE;
     }
-    if (r.pos != r.n) { /* bytes after the item: cbor2's call (it ignores them) */
-        Py_DECREF(item);
-        Py_RETURN_NONE;
-    }
-    PyObject *one = PyTuple_New(1);
-    if (one == NULL) {
-        Py_DECREF(item);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(one, 0, item);
-    return one;
+    return Py_BuildValue("(N)", item); /* the tuple takes item's reference, even on failure */
 }
 
 PyDoc_STRVAR(backend_doc,
