@@ -17,22 +17,19 @@ goes, or answers None and cbor2 decides as before. Without the extension, or wit
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import cbor2
 
+from attestation.native import EXTENSION
+
 __all__ = ["FAST", "decode_plain", "loads", "loads_cbor2"]
 
-_decode_plain: Callable[[bytes, type], tuple[Any] | None] | None
-try:
-    _decode_plain = importlib.import_module("attestation._leafcheck").decode_plain
-except (ImportError, AttributeError):  # no compiler where it was installed: cbor2 only
-    _decode_plain = None
-if os.environ.get("FACTORYOPS_PURE_PYTHON") == "1":  # benchmarks and tests measure both
-    _decode_plain = None
+# None without the extension (or with FACTORYOPS_PURE_PYTHON=1): cbor2 only
+_decode_plain: Callable[[bytes, type], tuple[Any] | None] | None = getattr(
+    EXTENSION, "decode_plain", None
+)
 
 FAST = _decode_plain is not None
 """Whether plain items skip cbor2 (the native ``decode_plain``)."""

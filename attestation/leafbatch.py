@@ -12,8 +12,6 @@ what is wrong with a rejected leaf, and it decides alone whenever the extension 
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
@@ -21,6 +19,7 @@ from types import ModuleType
 
 from attestation import merkle
 from attestation.errors import MalformedInput
+from attestation.native import EXTENSION
 from attestation.reading import LEAF_LIMITS, LeafLimits, Reading, decode_leaf, leaf_hash
 
 __all__ = [
@@ -37,13 +36,7 @@ __all__ = [
     "window_root",
 ]
 
-_native: ModuleType | None
-try:
-    _native = importlib.import_module("attestation._leafcheck")
-except ImportError:  # no compiler where it was installed: the pure-Python path
-    _native = None
-if os.environ.get("FACTORYOPS_PURE_PYTHON") == "1":  # benchmarks measure both paths
-    _native = None
+_native: ModuleType | None = EXTENSION  # None: the pure-Python path
 
 NATIVE = _native is not None
 
