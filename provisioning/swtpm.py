@@ -136,6 +136,10 @@ class SwtpmProcess:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # its own session: a terminal's Ctrl-C (SIGINT to the foreground process group)
+            # must not end the TPM under a demo that is still sealing its last window; the
+            # owner stops it (stop(), or a test session's teardown)
+            start_new_session=True,
         )
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
