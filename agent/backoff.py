@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["Backoff"]
+__all__ = ["LINK", "Backoff"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,3 +21,12 @@ class Backoff:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
         ceiling = min(self.cap_s, self.base_s * (2 ** min(attempt, 32)))
         return rng.uniform(0.0, ceiling)
+
+
+# A connector's link to its peer (a PLC, a broker, a serial port): at most 5 s between
+# attempts. Every second the link stays down after the peer is back is acquisition lost
+# (a Modbus poll not made) or a node ring that keeps filling, and a connection attempt to
+# a peer on the plant network costs one TCP SYN. The uplink to the hub keeps the 30 s cap
+# (a whole fleet reconnecting to one hub must spread out). Measured in the broker_restart
+# rig: with a 30 s cap the agent stayed deaf 19 s after a 4 s broker restart.
+LINK = Backoff(base_s=0.2, cap_s=5.0)

@@ -16,6 +16,7 @@ __all__ = [
     "IllegalTransition",
     "SpoolError",
     "UplinkRefused",
+    "WindowsGone",
 ]
 
 
@@ -32,6 +33,7 @@ class ConfigError(AgentError):
             f"{where}: {key}: {message}",
             hint="fix the value, then run `factoryops agent check-config FILE`",
         )
+        self.path = path
         self.key = key
         self.line = line
 
@@ -40,6 +42,11 @@ class SpoolError(AgentError):
     """The local spool cannot be opened or written."""
 
     disk_full = False  # SQLITE_FULL: the runtime keeps the signed window and retries
+
+
+class WindowsGone(SpoolError):
+    """The hub asks for windows again that the spool can no longer send: their micro-proofs
+    or raw readings were dropped under the disk cap after the hub acknowledged them."""
 
 
 class DeviceRefused(AgentError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agent.connectors.base import Connector
@@ -32,7 +32,7 @@ class _ConnectorErrors(Collector):
     def __init__(self, connectors: Callable[[], Sequence[Connector]]) -> None:
         self._connectors = connectors
 
-    def collect(self) -> Iterable[CounterMetricFamily]:
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         fam = CounterMetricFamily(
             "factoryops_agent_connector_errors",
             "Exception responses and timeouts per connector and signal",
@@ -54,7 +54,40 @@ class _ConnectorErrors(Collector):
             "factoryops_agent_csv_replays", "CSV files read again after a crash (see docs)",
             labels=["connector"],
         )  # fmt: skip
+        refused = CounterMetricFamily(
+            "factoryops_agent_node_refused",
+            "Sensor-node messages refused, per node and reason (forged, replayed, malformed)",
+            labels=["connector", "node", "reason"],
+        )
+        missing = CounterMetricFamily(
+            "factoryops_agent_node_missing", "Node seqs never delivered (the node's ring dropped)",
+            labels=["connector", "node"],
+        )  # fmt: skip
+        lost = CounterMetricFamily(
+            "factoryops_agent_mqtt_lost_upstream",
+            "Messages a publisher numbered that never arrived (each stated as a source gap)",
+            labels=["connector"],
+        )
+        redelivered = CounterMetricFamily(
+            "factoryops_agent_mqtt_redeliveries",
+            "Messages recognised as QoS 1 redeliveries (same seq and time) and not recorded",
+            labels=["connector"],
+        )
+        peers = GaugeMetricFamily(
+            "factoryops_agent_peer_up",
+            "1 while a connector's device, broker or server answers; 0 while it does not",
+            labels=["connector"],
+        )
         for c in self._connectors():
+            peer_up = getattr(c, "peer_up", None)
+            if peer_up is not None:
+                peers.add_metric([c.name], 1.0 if peer_up else 0.0)
+            gate = getattr(c, "node_gate", None)
+            if gate is not None:
+                for (node, reason), n in sorted(gate.refused.items()):
+                    refused.add_metric([c.name, node, reason], n)
+                for node, n in sorted(gate.missing.items()):
+                    missing.add_metric([c.name, node], n)
             errors: Mapping[str, int] = getattr(c, "errors", {})
             for signal, n in sorted(errors.items()):
                 fam.add_metric([c.name, signal], n)
@@ -62,12 +95,27 @@ class _ConnectorErrors(Collector):
                 timeouts.add_metric([c.name, tag], n)
             for (tag, code), n in sorted(getattr(c, "exception_codes", {}).items()):
                 codes.add_metric([c.name, tag, str(code)], n)
+            sequences = getattr(c, "sequences", None)
+            if sequences is not None:
+                lost.add_metric([c.name], sequences.lost)
+                redelivered.add_metric([c.name], sequences.duplicates)
             breaker = getattr(c, "breaker", None)
             if breaker is not None:
                 trips.add_metric([c.name], breaker.trips)
             if hasattr(c, "replays"):
                 replays.add_metric([c.name], c.replays)
-        yield from (fam, timeouts, codes, trips, replays)
+        yield from (
+            fam,
+            timeouts,
+            codes,
+            trips,
+            replays,
+            peers,
+            refused,
+            missing,
+            lost,
+            redelivered,
+        )
 
 
 @dataclass
@@ -117,6 +165,16 @@ class AgentMetrics:
         )
         self.spool_bytes = Gauge(p + "spool_bytes", "Bytes the spool holds", registry=r)
         self.outbox = Gauge(p + "outbox_windows", "Windows per outbox state", ["state"], registry=r)
+        self.windows_shed = Gauge(
+            p + "spool_windows_shed",
+            "Windows held whose raw readings were shed under the disk cap",
+            registry=r,
+        )
+        self.proofs_dropped = Gauge(
+            p + "spool_proofs_dropped",
+            "Acknowledged micro-proofs dropped from the spool under the disk cap",
+            registry=r,
+        )
         self.synced = Counter(p + "proofs_synced", "Micro-proofs the hub acknowledged", registry=r)
         self.uplink_failures = Counter(
             p + "uplink_failures", "Uploads that failed and will be retried", registry=r
@@ -137,6 +195,8 @@ class AgentMetrics:
     def set_outbox(self, counts: Mapping[str, int]) -> None:
         for state in ("pending", "sent", "acked", "refused"):
             self.outbox.labels(state).set(counts.get(state, 0))
+        self.windows_shed.set(counts.get("windows_shed", 0))
+        self.proofs_dropped.set(counts.get("proofs_dropped", 0))
 
 
 @dataclass

@@ -22,20 +22,53 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 
 from agent.backoff import Backoff
-from agent.config import write_atomically
-from agent.errors import AgentError, UplinkRefused
+from agent.errors import AgentError, UplinkRefused, WindowsGone
+from agent.outbox import (
+    REFUSAL_HINTS,
+    WINDOWS_GONE,
+    OutboxEvent,
+    OutboxPlan,
+    Refusal,
+    plan_outbox,
+)
 from agent.spool import OutboxItem, Spool
-from agent.window import OutboxEvent
 from attestation.device_auth import auth_message
+from attestation.durable import write_atomically
 from attestation.reading import encode_leaf
 from attestation.signers.base import Signer
 from attestation.utid import utid_bytes, utid_text
 
-__all__ = ["Uplink", "UplinkStats", "encode_upload", "register_device"]
+__all__ = [
+    "KEEPALIVE_S",
+    "Uplink",
+    "UplinkStats",
+    "answer_json",
+    "encode_upload",
+    "hub_client",
+    "refusal",
+    "register_device",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SpoolCall = Callable[[Callable[[], T]], Awaitable[T]]
+
+KEEPALIVE_S = 60.0
+"""Seconds the uplink keeps its idle connection to the hub. httpx's default (5 s) is shorter
+than a window (10 s by default), so every upload paid a new TCP connection (and TLS
+handshake); at fleet scale that was ~240 us of the hub's CPU an upload of one proof
+(issue 16, docs/performance.md). Below the hub's own idle limit (``factoryops hub serve
+--keep-alive``, 75 s), so the hub never closes a connection the agent is about to use."""
+
+
+async def hub_client(timeout_s: float, keepalive_s: float = KEEPALIVE_S) -> httpx.AsyncClient:
+    """An HTTP client for the hub whose TLS context is made off the event loop: httpx makes
+    it in the constructor (CA bundle parsed, 0.24-0.9 s measured on a loaded gateway-class
+    machine), which stalled the loop long enough for connectors starting beside it to time
+    out their first connect. Its connection is kept ``keepalive_s`` between uploads."""
+    tls = await asyncio.to_thread(httpx.create_ssl_context)
+    limits = httpx.Limits(keepalive_expiry=keepalive_s)
+    return httpx.AsyncClient(timeout=timeout_s, verify=tls, limits=limits)
 
 
 def encode_upload(items: list[OutboxItem]) -> bytes:
@@ -59,15 +92,25 @@ class UplinkStats:
     rewinds: int = 0
     last_sync_ns: int | None = None
     last_error: str | None = None
+    last_error_ns: int | None = None
     stopped: str | None = None  # set when a refusal stopped the uplink
+    stopped_code: str | None = None  # the hub's error code that stopped it (``fork`` ...)
 
 
-# HTTP statuses that say "later" rather than "never" (RFC 9110 §15.5.9, RFC 6585 §4)
-_RETRY_LATER = frozenset({408, 429})
+def describe_failure(err: BaseException) -> str:
+    """Why an upload failed, never empty: httpx's ConnectError and timeouts often carry no
+    message (``str(err) == ""``), which left the retry warning with a blank reason."""
+    text = str(err).strip()
+    kind = type(err).__name__
+    try:
+        request = err.request if isinstance(err, httpx.RequestError) else None
+    except RuntimeError:  # httpx raises when the error was made without a request
+        request = None
+    where = f" ({request.method} {request.url})" if request is not None else ""
+    return f"{kind}: {text}{where}" if text else f"{kind}{where}"
 
 
 LOG_KEY_FILE = "hub-log.vkey"  # the hub's checkpoint key, pinned at registration/enrollment
-_TOKEN_ERRORS = frozenset({"token_required", "token_invalid", "token_expired"})
 
 
 @dataclass
@@ -93,13 +136,14 @@ class DeviceToken:
         if self._token is None or time.monotonic() >= self._renew_at:
             utid = self.utid
             r = await client.post(f"{self.url}/v1/devices/{utid}/challenge")
-            doc = _json(r)
+            doc = answer_json(r)
             if r.status_code != 200:
-                raise UplinkRefused(
-                    f"hub refused a challenge: {doc.get('error')}: {doc.get('detail')}",
-                    code=str(doc.get("error", f"http_{r.status_code}")),
+                raise refusal(
+                    "a challenge",
+                    r,
+                    doc,
                     permanent=r.status_code in (403, 404),
-                    hint=_REFUSAL_HINTS.get(str(doc.get("error")), ""),
+                    hint=REFUSAL_HINTS.get(str(doc.get("error")), ""),
                 )
             challenge = base64.b64decode(str(doc["challenge"]))
             # a TPM signature takes ~200 ms: off the event loop
@@ -111,13 +155,9 @@ class DeviceToken:
                     "signature": base64.b64encode(sig).decode(),
                 },
             )
-            doc = _json(r)
+            doc = answer_json(r)
             if r.status_code != 200:
-                raise UplinkRefused(
-                    f"hub refused a token: {doc.get('error')}: {doc.get('detail')}",
-                    code=str(doc.get("error", f"http_{r.status_code}")),
-                    permanent=False,
-                )
+                raise refusal("a token", r, doc, permanent=False)
             self._token = str(doc["token"])
             self._renew_at = time.monotonic() + max(0.0, float(doc["expires_in"]) - 60.0)
         return {"authorization": f"Bearer {self._token}"}
@@ -143,14 +183,16 @@ class Uplink:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     idle_poll_s: float = 1.0
     on_synced: Callable[[list[int]], None] | None = None
+    on_failure: Callable[[], None] | None = None  # each upload that failed and will retry
     device_token: DeviceToken | None = None  # enrolled (TPM) devices authenticate
     policy: bytes | None = None  # the signed storage policy (attestation/policy.py)
     signer_der: bytes = b""  # the device key (SPKI DER), to name the device
     policy_sent: bool = False
+    keepalive_s: float = KEEPALIVE_S
 
     async def run(self) -> None:
         attempt = 0
-        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+        async with await hub_client(self.timeout_s, self.keepalive_s) as client:
             while True:
                 if self.policy is not None and not self.policy_sent:
                     await self._send_policy(client)
@@ -169,18 +211,22 @@ class Uplink:
                     await self._send(client, items)
                     attempt = 0
                 except UplinkRefused as err:
-                    self.stats.last_error = str(err)
                     if err.permanent:
+                        self._failed(err)
                         self.stats.stopped = str(err)
+                        self.stats.stopped_code = err.code
                         # a refusal is an answer, not a crash: no traceback
-                        log.error("uplink STOPPED: %s (hint: %s)", err, err.hint)  # noqa: TRY400
+                        log.error("uplink STOPPED: %s (hint: %s)", err, err.hint)  # noqa: TRY400 - an answer, not a crash
                         return
-                    self.stats.failures += 1
                     attempt = await self._pause(err, attempt)
                 except httpx.HTTPError as err:
-                    self.stats.failures += 1
-                    self.stats.last_error = str(err)
                     attempt = await self._pause(err, attempt)
+
+    def _failed(self, err: BaseException) -> str:
+        why = describe_failure(err)
+        self.stats.last_error = why
+        self.stats.last_error_ns = time.time_ns()
+        return why
 
     async def _send_policy(self, client: httpx.AsyncClient) -> None:
         """The signed storage policy, once per start; a failure is retried with the proofs."""
@@ -203,8 +249,12 @@ class Uplink:
             self.policy_sent = r.status_code < 500  # a 4xx will not get better this run
 
     async def _pause(self, err: Exception, attempt: int) -> int:
+        why = self._failed(err)
+        self.stats.failures += 1
+        if self.on_failure is not None:
+            self.on_failure()
         delay = self.backoff.delay(attempt, self.rng)
-        log.warning("uplink: %s; retrying in %.2fs", err, delay)
+        log.warning("uplink: %s; retrying in %.2fs", why, delay)
         await asyncio.sleep(delay)
         return attempt + 1
 
@@ -215,7 +265,7 @@ class Uplink:
         if self.stats.stopped:
             return False
         await self.spool_call(self.spool.requeue_in_flight)
-        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+        async with await hub_client(self.timeout_s, self.keepalive_s) as client:
             while items := await self.spool_call(lambda: self.spool.pending(self.batch)):
                 try:
                     await self._send(client, items)
@@ -224,12 +274,12 @@ class Uplink:
                     return False
         return True
 
-    async def _mark(
-        self, windows: list[int], event: OutboxEvent, answer: dict[str, Any] | None = None
-    ) -> None:
-        await self.spool_call(lambda: self.spool.mark(windows, event, answer))
+    async def _mark(self, windows: list[int], event: OutboxEvent) -> None:
+        await self.spool_call(lambda: self.spool.mark(windows, event))
 
     async def _send(self, client: httpx.AsyncClient, items: list[OutboxItem]) -> None:
+        """One upload: mark the windows sent, POST them, then apply what ``plan_outbox``
+        makes of the answer in one spool transaction (decide, then act)."""
         windows = [i.window for i in items]
         await self._mark(windows, OutboxEvent.SEND)
         try:
@@ -243,84 +293,60 @@ class Uplink:
             # transport error or cancellation: nothing was acknowledged, send again later
             await self._mark(windows, OutboxEvent.FAIL)
             raise
-        doc = _json(r)
-        # proofs before a refused one were accepted; record them before anything else
-        done = await self._ack(items, doc.get("results", []) if r.status_code < 500 else [])
-        rest = [w for w in windows if w not in done]
-        if r.status_code == 200:
-            await self._mark(rest, OutboxEvent.FAIL)
-            return
-        code = str(doc.get("error", f"http_{r.status_code}"))
-        what = f"hub answered {r.status_code} {code}: {doc.get('detail')}"
-        if code in _TOKEN_ERRORS and self.device_token is not None:
-            self.device_token.forget()  # expired or revoked: the next try asks again
-            await self._mark(rest, OutboxEvent.FAIL)
-            raise UplinkRefused(what, code=code, permanent=False)
-        if r.status_code >= 500 or r.status_code in _RETRY_LATER:
-            await self._mark(rest, OutboxEvent.FAIL)
-            raise UplinkRefused(what, code=code, permanent=False)
-        expected = doc.get("expected_window")
-        if code == "out_of_order" and isinstance(expected, int) and rest:
-            await self._mark(rest, OutboxEvent.FAIL)
-            if expected < rest[0]:
-                # the hub lost windows it had acknowledged (restored from a backup):
-                # send them again from the one it expects
-                again = await self.spool_call(lambda: self.spool.rewind(expected, doc))
-                self.stats.rewinds += 1
-                log.warning("uplink: hub expects window %d; resending %d", expected, len(again))
-                return
-            raise UplinkRefused(what, code=code, permanent=False)
-        if code == "too_large" and self.batch > 1:
-            await self._mark(rest, OutboxEvent.FAIL)
-            self.batch = max(1, self.batch // 2)
-            log.warning("uplink: %s; batches of %d proofs from now on", what, self.batch)
-            return
-        index = doc.get("index", 0)
-        refused = items[index].window if isinstance(index, int) and index < len(items) else None
-        refused = refused if refused in rest else rest[0] if rest else None
-        if refused is not None:
-            await self._mark([refused], OutboxEvent.REFUSE, doc)
-            await self._mark([w for w in rest if w != refused], OutboxEvent.FAIL)
-        self.stats.refusals += 1
-        raise UplinkRefused(
-            f"{what} (window {refused})",
-            code=code,
-            permanent=True,
-            hint=_REFUSAL_HINTS.get(code, "see docs/protocol.md for this error code"),
+        plan = plan_outbox(
+            windows,
+            r.status_code,
+            answer_json(r),
+            uses_token=self.device_token is not None,
+            batch=self.batch,
         )
+        refused = plan.refusal
+        try:
+            again = await self.spool_call(lambda: self.spool.apply(plan))
+        except WindowsGone as err:
+            # the hub lost windows this spool no longer holds: sending on cannot fix that,
+            # so the uplink stops with the reason (ADR 0048) instead of crashing the agent
+            again, refused = [], Refusal(str(err), WINDOWS_GONE, permanent=True, hint=err.hint)
+        self._count_acks(items, plan)
+        if plan.forget_token and self.device_token is not None:
+            self.device_token.forget()
+        if plan.rewind_from is not None and refused is None:
+            self.stats.rewinds += 1
+            log.warning("uplink: hub expects window %d; resending %d", plan.rewind_from, len(again))
+        if plan.halve_batch:
+            self.batch = max(1, self.batch // 2)
+            log.warning("uplink: upload too large; batches of %d proofs from now on", self.batch)
+        if refused is not None:
+            if refused.permanent:
+                self.stats.refusals += 1
+            raise UplinkRefused(
+                refused.message, code=refused.code, permanent=refused.permanent, hint=refused.hint
+            )
 
-    async def _ack(self, items: list[OutboxItem], results: list[Any]) -> set[int]:
-        sent = {i.window for i in items}
-        done = {
-            int(res["window"])
-            for res in results
-            if isinstance(res, dict)
-            and isinstance(res.get("window"), int)
-            and res.get("status") in ("accepted", "duplicate")
-        } & sent
-        if not done:
-            return done
-        acked = sorted(done)
-        await self._mark(acked, OutboxEvent.ACK, {"results": results})
+    def _count_acks(self, items: list[OutboxItem], plan: OutboxPlan) -> None:
+        if not plan.ack:
+            return
+        done = set(plan.ack)
         self.stats.synced_windows += len(done)
         self.stats.synced_readings += sum(len(i.readings) for i in items if i.window in done)
         self.stats.last_sync_ns = time.time_ns()
         if self.on_synced is not None:
-            self.on_synced(acked)
-        return done
+            self.on_synced(list(plan.ack))
 
 
-_REFUSAL_HINTS = {
-    "unknown_device": "register or enroll the device (factoryops provision enroll), then restart",
-    "revoked_device": "the hub revoked this device: re-enroll it with a new key",
-    "software_key_refused": 'the hub requires a TPM key: set [device] signer = "tpm"',
-    "bad_signature": "the device key does not match its enrollment: re-enroll the device",
-    "fork": "the hub holds other bytes for this window: the spool was replaced; re-enroll",
-    "seq_gap": "a hole in seqs without a gap record: report this agent bug with the spool",
-}
+def refusal(
+    what: str, r: httpx.Response, doc: dict[str, Any], *, permanent: bool, hint: str = ""
+) -> UplinkRefused:
+    """The hub said no to ``what``: its error code and detail, as an ``UplinkRefused``."""
+    return UplinkRefused(
+        f"hub refused {what}: {doc.get('error')}: {doc.get('detail')}",
+        code=str(doc.get("error", f"http_{r.status_code}")),
+        permanent=permanent,
+        hint=hint,
+    )
 
 
-def _json(r: httpx.Response) -> dict[str, Any]:
+def answer_json(r: httpx.Response) -> dict[str, Any]:
     try:
         doc = r.json()
     except ValueError:
@@ -354,7 +380,7 @@ def register_device(
             f"cannot reach the hub at {hub_url}: {err}",
             hint="check [hub] url and that the hub is running",
         ) from err
-    doc = _json(r)
+    doc = answer_json(r)
     if r.status_code not in (200, 201):
         raise AgentError(f"hub refused registration: {doc.get('error')}: {doc.get('detail')}")
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from attestation.errors import (
     BrokenLink,
     KeyFileError,
     MalformedInput,
+    Noncanonical,
     UnsupportedAlgorithm,
 )
 from attestation.microproof import (
@@ -20,7 +21,7 @@ from attestation.microproof import (
     sign_microproof,
 )
 from attestation.reading import Reading, decode_leaf, encode_leaf, leaf_hash
-from attestation.receipt import Receipt, build_receipt, receipt_from_json
+from attestation.receipt import Receipt, build_receipt, receipt_from_json, receipt_from_leaves
 from attestation.utid import parse_utid, utid_bytes, utid_text
 from attestation.verify import (
     TrustAnchors,
@@ -38,6 +39,7 @@ __all__ = [
     "KeyFileError",
     "MalformedInput",
     "MicroProof",
+    "Noncanonical",
     "Reading",
     "Receipt",
     "SignedMicroProof",
@@ -53,6 +55,7 @@ __all__ = [
     "parse_microproof",
     "parse_utid",
     "receipt_from_json",
+    "receipt_from_leaves",
     "report_receipt",
     "sign_microproof",
     "utid_bytes",

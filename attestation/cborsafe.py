@@ -8,6 +8,10 @@ C decoder then finishes normally and frees what it built) and any string that ca
 escaped byte -- a lone surrogate, which valid UTF-8 can never produce -- is refused here,
 with cbor2's own error and message.
 
+One item and nothing else: cbor2 5.x ``loads`` stops after the first item and drops what
+follows, so a byte appended to a signed micro-proof went unseen (issue 16). Bytes after the
+item are refused here (``TrailingBytes``) for every caller.
+
 The hub decodes every upload through here, so plain items (what uploads and micro-proofs
 are made of) first go through ``decode_plain`` in the native extension
 (``attestation/_native/leafcheck.c``): it builds what cbor2 builds, validating UTF-8 as it
@@ -17,6 +21,7 @@ goes, or answers None and cbor2 decides as before. Without the extension, or wit
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,10 +29,10 @@ import cbor2
 
 from attestation.native import EXTENSION
 
-__all__ = ["FAST", "decode_plain", "loads", "loads_cbor2"]
+__all__ = ["FAST", "TrailingBytes", "decode_plain", "loads", "loads_cbor2", "loads_checked"]
 
 # None without the extension (or with FACTORYOPS_PURE_PYTHON=1): cbor2 only
-_decode_plain: Callable[[bytes, type], tuple[Any] | None] | None = getattr(
+_decode_plain: Callable[[bytes, type], tuple[Any, bool] | None] | None = getattr(
     EXTENSION, "decode_plain", None
 )
 
@@ -37,8 +42,17 @@ FAST = _decode_plain is not None
 _PLAIN = frozenset({bytes, int, float, bool, type(None)})  # nothing to look into
 
 
+class TrailingBytes(cbor2.CBORDecodeValueError):
+    """Bytes after the one CBOR item: ``extra`` of them."""
+
+    def __init__(self, extra: int) -> None:
+        super().__init__(f"{extra} byte(s) after the CBOR item")
+        self.extra = extra
+
+
 def loads(data: bytes) -> Any:
-    """Decode one CBOR item strictly; invalid UTF-8 in any text string is refused.
+    """Decode exactly one CBOR item strictly: invalid UTF-8 in any text string and bytes
+    after the item (``TrailingBytes``) are refused.
 
     Every refusal is a ``cbor2.CBORDecodeError`` (cbor2's own, or a ``CBORDecodeValueError``
     made here), so callers catch that one type. cbor2's semantic tags can raise other errors
@@ -52,16 +66,39 @@ def loads(data: bytes) -> Any:
     return loads_cbor2(data)
 
 
-def decode_plain(data: bytes) -> tuple[Any] | None:
-    """The native fast path alone: ``(item,)`` for a plain item, None for anything it leaves
-    to cbor2 (and None without the extension). For tests and the fuzz target."""
+def loads_checked(data: bytes) -> tuple[Any, bool]:
+    """``loads``, and whether ``data`` is the item's deterministic encoding: exactly what
+    ``cbor2.dumps(item, canonical=True)`` writes (RFC 8949 §4.2.1 for maps whose keys share
+    a type; ADR 0013). The native decoder tells as it decodes; cbor2's path encodes again
+    and compares."""
+    if _decode_plain is not None and (plain := _decode_plain(data, cbor2.CBORTag)) is not None:
+        if plain[1]:
+            return plain
+        # The native rule for floats is RFC 8949's shortest form, but cbor2's C encoder
+        # (what every signer here writes with) puts float16-exact values of 32768..65504
+        # (40000.0, 60000.0) in float32, where its pure-Python encoder and RFC 8949 use
+        # float16: cbor2's own bytes decide, or a gateway's window with such a value would
+        # be refused as noncanonical by its own hub. (Signed bytes: no one can re-encode.)
+        obj = plain[0]
+    else:
+        obj = loads_cbor2(data)
+    try:
+        return obj, cbor2.dumps(obj, canonical=True) == data
+    except (cbor2.CBOREncodeError, ValueError, TypeError, RecursionError):
+        return obj, False  # decodes to something cbor2 cannot write back: not its encoding
+
+
+def decode_plain(data: bytes) -> tuple[Any, bool] | None:
+    """The native fast path alone: ``(item, canonical)`` for a plain item, None for anything
+    it leaves to cbor2 (and None without the extension). For tests and the fuzz target."""
     return None if _decode_plain is None else _decode_plain(data, cbor2.CBORTag)
 
 
 def loads_cbor2(data: bytes) -> Any:
     """``loads`` on cbor2 alone: the reference the native fast path must agree with."""
+    fp = io.BytesIO(data)
     try:
-        obj = cbor2.loads(data, str_errors="surrogateescape")  # type: ignore[arg-type]  # stub lags
+        obj = cbor2.CBORDecoder(fp, str_errors="surrogateescape").decode()
     except cbor2.CBORDecodeError:
         raise
     except (ValueError, TypeError, ArithmeticError, LookupError, RuntimeError) as err:
@@ -72,10 +109,12 @@ def loads_cbor2(data: bytes) -> Any:
         clean = False
     if not clean:
         raise cbor2.CBORDecodeValueError("error decoding unicode string")
+    if fp.tell() != len(data):
+        raise TrailingBytes(len(data) - fp.tell())
     return obj
 
 
-def _clean(obj: Any) -> bool:
+def _clean(obj: Any) -> bool:  # noqa: PLR0912 - one branch per CBOR major type, read as a table
     kind = type(obj)
     if kind in _PLAIN:
         return True

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from attestation import cborsafe
-from attestation.errors import BrokenLink, MalformedInput, UnsupportedAlgorithm
-from attestation.signers.base import ALG_EDDSA, ALG_ES256, Signer
+from attestation.errors import BrokenLink, MalformedInput, Noncanonical, UnsupportedAlgorithm
+from attestation.signers.base import ALG_EDDSA, ALG_ES256, P256_HALF_N, Signer
 
 __all__ = [
     "COSE_SIGN1_TAG",
@@ -33,6 +33,7 @@ __all__ = [
     "PublicKey",
     "Sign1",
     "decode_sign1",
+    "require_canonical",
     "sign1",
     "to_be_signed",
     "verify_sign1",
@@ -60,6 +61,9 @@ class Sign1:
     payload: bytes | None
     signature: bytes
     raw: bytes
+    not_deterministic: str | None = "cose"
+    """The first part of ``raw`` not in deterministic CBOR ("cose", "cose.protected"), or
+    None when all of it is (``decode_sign1`` sets it; ``require_canonical`` reads it)."""
 
     @property
     def alg(self) -> Any:
@@ -95,12 +99,14 @@ def sign1(
     return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, body) if tagged else body, canonical=True)
 
 
-def decode_sign1(data: bytes, *, require_tag: bool = False) -> Sign1:
+def decode_sign1(data: bytes, *, require_tag: bool = False) -> Sign1:  # noqa: PLR0912 - one check per RFC 9052 field
     """Parse COSE_Sign1 bytes; tag 18 or untagged, any other tag is refused."""
     if len(data) > MAX_SIGN1_BYTES:
         raise MalformedInput("cose", f"{len(data)} bytes, limit {MAX_SIGN1_BYTES}")
     try:
-        obj = cborsafe.loads(data)
+        obj, deterministic = cborsafe.loads_checked(data)
+    except cborsafe.TrailingBytes as err:
+        raise Noncanonical("cose", f"{err.extra} byte(s) after the COSE_Sign1") from err
     except cbor2.CBORDecodeError as err:
         raise MalformedInput("cose", f"not CBOR: {err}") from err
     if isinstance(obj, cbor2.CBORTag):
@@ -121,14 +127,44 @@ def decode_sign1(data: bytes, *, require_tag: bool = False) -> Sign1:
     if not isinstance(signature, bytes):
         raise MalformedInput("cose.signature", "expected a byte string")
     protected: Any = {}
+    not_deterministic = None if deterministic else "cose"
     if protected_bytes:
         try:
-            protected = cborsafe.loads(protected_bytes)
+            protected, deterministic = cborsafe.loads_checked(protected_bytes)
+        except cborsafe.TrailingBytes as err:
+            raise Noncanonical("cose.protected", f"{err.extra} byte(s) after the map") from err
         except cbor2.CBORDecodeError as err:
             raise MalformedInput("cose.protected", f"not CBOR: {err}") from err
         if not isinstance(protected, dict):
             raise MalformedInput("cose.protected", "expected a map")
-    return Sign1(protected_bytes, protected, unprotected, payload, signature, data)
+        if not deterministic:
+            not_deterministic = not_deterministic or "cose.protected"
+    return Sign1(
+        protected_bytes, protected, unprotected, payload, signature, data, not_deterministic
+    )
+
+
+def require_canonical(msg: Sign1) -> None:
+    """``msg`` is in the one encoding a micro-proof may have (ARCHITECTURE.md, "One
+    canonical form"), else ``Noncanonical`` naming the part. Everything the signature does
+    not cover is pinned, so that no one on the way can make a second valid copy: the outer
+    structure (tag 18 as the byte d2, deterministic CBOR, nothing after it: ``decode_sign1``
+    refuses that), an empty unprotected header, and for ES256 the low one of the two
+    signatures (r, s) and (r, n - s) that verify. The protected header's content must be
+    deterministic CBOR too. Whether bytes are deterministic is told by the decoder
+    (``cborsafe.loads_checked``; docs/adr/0013-one-canonical-proof.md).
+    """
+    if msg.unprotected:
+        raise Noncanonical(
+            "cose.unprotected", f"{len(msg.unprotected)} header(s); it must be the empty map"
+        )
+    if msg.raw[:1] != b"\xd2":
+        raise Noncanonical("cose", f"must open with tag {COSE_SIGN1_TAG} as the byte d2")
+    if msg.not_deterministic is not None:
+        raise Noncanonical(msg.not_deterministic, "not deterministic CBOR (RFC 8949 §4.2.1)")
+    es256 = msg.alg == ALG_ES256 and len(msg.signature) == 2 * _P256_COORD
+    if es256 and int.from_bytes(msg.signature[_P256_COORD:], "big") > P256_HALF_N:
+        raise Noncanonical("cose.signature", "ES256 with a high s; the signer must write n - s")
 
 
 _ES256_PREHASHED = ec.ECDSA(Prehashed(hashes.SHA256()))  # stateless: one for every verify

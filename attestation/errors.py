@@ -13,6 +13,7 @@ __all__ = [
     "Fixable",
     "KeyFileError",
     "MalformedInput",
+    "Noncanonical",
     "UnsupportedAlgorithm",
 ]
 
@@ -41,6 +42,21 @@ class MalformedInput(AttestationError):
     def __init__(self, field: str, message: str, *, hint: str = "") -> None:
         super().__init__(f"{field}: {message}", hint=hint)
         self.field = field
+
+
+class Noncanonical(MalformedInput):
+    """Bytes that parse, but are not the one encoding the format allows (ARCHITECTURE.md,
+    "One canonical form"): deterministic CBOR all through, tagged, an empty unprotected
+    header, nothing after the item, a low s. ``code`` is the refusal scripts match on."""
+
+    code = "noncanonical"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(
+            field,
+            f"not in canonical form: {message}",
+            hint="a proof has exactly one encoding: send the bytes the device signed, unaltered",
+        )
 
 
 class UnsupportedAlgorithm(AttestationError):

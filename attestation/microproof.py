@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import cbor2
 
 from attestation import cborsafe, cose
-from attestation.errors import BrokenLink, MalformedInput
-from attestation.reading import Reading
+from attestation.errors import BrokenLink, MalformedInput, Noncanonical
+from attestation.native import EXTENSION
+from attestation.reading import LEAF_LIMITS, Reading
 from attestation.signers.base import ALG_ES256, Signer, TpmClock
 from attestation.utid import utid_bytes, utid_text
 
@@ -24,18 +25,23 @@ __all__ = [
     "CONTENT_TYPE",
     "GENESIS_PREV",
     "MICROPROOF_LIMITS",
+    "SOURCE_GAP_REASONS",
     "AnomalySummary",
     "DriftTest",
     "Gap",
     "MicroProof",
-    "MicroProofLimits",
     "ModelRef",
+    "ProofLimits",
+    "RecoveryRecord",
+    "ResetRecord",
     "SignalStats",
     "SignedMicroProof",
+    "SourceGap",
     "chain_hash",
     "compute_stats",
     "decode_payload",
     "encode_payload",
+    "is_source_gap_reason",
     "parse_microproof",
     "sign_microproof",
     "verify_microproof_signature",
@@ -48,14 +54,28 @@ _CWT_IAT = 6
 
 
 @dataclass(frozen=True, slots=True)
-class MicroProofLimits:
-    max_payload_bytes: int = 48 * 1024  # ~200 signals of statistics fit in 16 KiB
-    max_signals: int = 1024
+class ProofLimits:
+    """What one micro-proof may hold: the one definition the agent builds to and the hub
+    (and ``factoryops verify``) parses against, so a window the agent signs is never one the
+    hub refuses (ADR 0016). The agent cuts windows by ``max_signals``, ``max_stats_bytes``
+    and ``max_leaves``; it states at most ``max_source_gaps`` / ``max_source_gap_bytes`` of
+    source gaps a window and carries the rest to the next one."""
+
+    max_payload_bytes: int = 256 * 1024  # the sum of the budgets below plus ~2 KiB of fields
+    max_signals: int = 1024  # statistics (key 12) for at most this many signals a window
+    max_stats_bytes: int = 160 * 1024  # key 12's bytes: 1,024 names of ~100 bytes fit
     max_gaps: int = 1024
+    max_source_gaps: int = 512
+    max_source_gap_bytes: int = 32 * 1024  # key 16's bytes
     max_count: int = 1 << 24  # 16 M readings in one window: far beyond any window we build
+    max_leaves: int = 65_536  # leaves a proof may sign (uploaded in one request with it)
 
 
-MICROPROOF_LIMITS = MicroProofLimits()
+MICROPROOF_LIMITS = ProofLimits()
+
+# Why a source was silent (ARCHITECTURE.md, key 16); ``exception:N`` carries the Modbus code.
+SOURCE_GAP_REASONS = frozenset({"timeout", "refused", "bad_node", "disconnected"})
+MAX_SOURCE_GAP_REASON_CHARS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +83,8 @@ class ModelRef:
     id: str
     sha256: bytes
     version: str
+    fleet_version: int | None = None  # the TUF-published fleet model's version (key 4)
+    job: int | None = None  # the hub job that produced it (key 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +109,61 @@ class Gap:
     first: int
     last: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceGap:
+    """A source (device, connection, subscription, node or tag, by name) that should have
+    produced readings from ``first_ts_ns`` to ``last_ts_ns`` (inclusive) and did not."""
+
+    source: str
+    first_ts_ns: int
+    last_ts_ns: int
+    reason: str
+
+    def encoded_size(self) -> int:
+        """Upper bound of its bytes in key 16 (the agent's budget; never an undercount)."""
+        return len(self.source.encode()) + len(self.reason) + 1 + 2 * 3 + 2 * 9
+
+
+def is_source_gap_reason(reason: str) -> bool:
+    """``timeout``, ``refused``, ``bad_node``, ``disconnected`` or ``exception:N`` (N 1..255)."""
+    if reason in SOURCE_GAP_REASONS:
+        return True
+    kind, _, code = reason.partition(":")
+    return kind == "exception" and code.isdigit() and code[0] != "0" and int(code) <= 255
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryRecord:
+    """Payload key 17: this window is the first sealed after a start that found the agent's
+    journal unfinished (a crash, a kill -9, a power cut: ADR 0017).
+
+    ``recovered``: the window's readings up to ``last_journaled`` came back from the journal
+    (False: the journal held none, every reading here is new). ``recoveries``: such starts of
+    this device's spool so far, this one included; a jump means a recovery was itself cut
+    short. ``last_journaled``: the last seq durable before the stop (None: none ever was);
+    seqs after it that were handed out and lost are stated by a gap record (key 15).
+    """
+
+    recovered: bool
+    recoveries: int
+    last_journaled: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResetRecord:
+    """Payload key 18: this window restarts the device's chain from the hub's head because
+    the agent's spool was lost, corrupt or forked (ADR 0027).
+
+    ``reason``: why (``spool_lost``, ``spool_forked``). ``hub_window``/``hub_last_seq``: the
+    hub's head the agent continued from. Readings the old spool held after that head never
+    reached the hub and are lost: this record states so, signed, on the first new window.
+    """
+
+    reason: str
+    hub_window: int
+    hub_last_seq: int
 
 
 class SignalStats(NamedTuple):
@@ -118,27 +195,94 @@ class MicroProof:
     drift: DriftTest | None = None
     tpm_clock: TpmClock | None = None
     gaps: tuple[Gap, ...] = ()
+    source_gaps: tuple[SourceGap, ...] = ()
     version: int = 1
+    recovery: RecoveryRecord | None = None
+    reset: ResetRecord | None = None
 
 
 def compute_stats(readings: Iterable[Reading]) -> dict[str, SignalStats]:
-    """Per-signal count, mean, M2 (sum of squared deviations), min, max; NaN is skipped.
+    """Per-signal count, mean, M2 (sum of squared deviations), min, max; NaN and text are
+    skipped (a signal with only text values has no statistics).
 
     Two passes per signal over plain lists (builtins do the loops): as exact as Welford's
-    running form and several times faster for whole windows.
+    running form and several times faster for whole windows. A window that reads each
+    signal once (a big gateway's, ADR 0033) takes ``_stats_once`` instead.
     """
+    rs = readings if isinstance(readings, (list, tuple)) else list(readings)
+    once = _stats_once(rs)
+    if once is not None:
+        return once
     by_signal: dict[str, list[float]] = {}
-    for r in readings:
+    for r in rs:
         x = r.value
-        if x == x:  # noqa: PLR0124 - false only for NaN
-            by_signal.setdefault(r.signal, []).append(x)
+        if x == x and type(x) is float:  # noqa: PLR0124 - false for NaN (and for text)
+            xs = by_signal.get(r.signal)
+            if xs is None:
+                by_signal[r.signal] = [x]
+            else:
+                xs.append(x)
     out: dict[str, SignalStats] = {}
     for signal in sorted(by_signal):
         xs = by_signal[signal]
         n = len(xs)
-        mean = math.fsum(xs) / n
-        m2 = math.fsum([(x - mean) * (x - mean) for x in xs])
-        out[signal] = SignalStats(n, mean, m2, min(xs), max(xs))
+        if n == 1:
+            out[signal] = _one(xs[0])
+            continue
+        mean = _mean(xs)
+        out[signal] = _new_tuple(SignalStats, (n, mean, _m2(xs, mean), min(xs), max(xs)))
+    return out
+
+
+_new_tuple = tuple.__new__  # a named tuple built from a plain one without a Python frame
+
+
+def _one(x: float) -> SignalStats:
+    """What the two passes give for one value, without them: fsum turns -0.0 into 0.0 (so
+    does ``+ 0.0``), and an infinite value has a NaN M2, as inf - inf is."""
+    d = x - x
+    return _new_tuple(SignalStats, (1, x + 0.0, d * d + 0.0, x, x))
+
+
+def _stats_once(rs: Sequence[Reading]) -> dict[str, SignalStats] | None:
+    """``compute_stats`` of a window whose signals are each read once, with no text or NaN
+    value (None for any other): no list a signal, sorted once. The same values as the
+    general path's single-value case (a property test compares the two)."""
+    by_signal = {r.signal: r.value for r in rs}
+    if len(by_signal) != len(rs):
+        return None  # a signal read twice or more
+    if not all(type(x) is float and x == x for x in by_signal.values()):  # noqa: PLR0124 - NaN test
+        return None
+    floats = cast("dict[str, float]", by_signal)  # every value is a float: checked above
+    return {s: _one(floats[s]) for s in sorted(floats)}
+
+
+def _mean(xs: list[float]) -> float:
+    """The exact mean; a sensor that sends +inf and -inf in one window has none (NaN), and
+    finite values whose sum overflows are averaged scaled first (fsum raises on both)."""
+    try:
+        return math.fsum(xs) / len(xs)
+    except ValueError:  # -inf + inf
+        return math.nan
+    except OverflowError:  # e.g. 1e308 + 1e308: the mean itself is finite
+        return math.fsum([x / len(xs) for x in xs])
+
+
+def _m2(xs: list[float], mean: float) -> float:
+    """The sum of squared deviations; +inf where the exact sum is past the largest float
+    (fsum raises on that: e.g. -1e154 and 1e154 in one window, which once stopped sealing)."""
+    try:
+        return math.fsum([(x - mean) * (x - mean) for x in xs])
+    except OverflowError:  # finite squares whose exact sum overflows: the value is +inf
+        return math.inf
+
+
+def _model_map(m: ModelRef) -> dict[int, Any]:
+    out: dict[int, Any] = {1: m.id, 2: m.sha256, 3: m.version}
+    if m.fleet_version is not None:
+        out[4] = m.fleet_version
+    if m.job is not None:
+        out[5] = m.job
     return out
 
 
@@ -154,12 +298,15 @@ def encode_payload(mp: MicroProof) -> bytes:
         7: mp.count,
         8: mp.root,
         9: mp.prev,
-        10: None if mp.model is None else {1: mp.model.id, 2: mp.model.sha256, 3: mp.model.version},
+        10: None if mp.model is None else _model_map(mp.model),
     }
     if mp.anomaly is not None:
         obj[11] = {1: mp.anomaly.count, 2: mp.anomaly.max_score, 3: mp.anomaly.threshold}
-    if mp.stats:
-        obj[12] = {s: [st.n, st.mean, st.m2, st.min, st.max] for s, st in mp.stats.items()}
+    stats = _native_stats(mp.stats) if mp.stats else None
+    if mp.stats and stats is None:
+        # as plain tuples in field order, [n, mean, m2, min, max] (cbor2 writes a tuple as
+        # an array, and a plain one ~20 % faster than a named one or a list built field by field)
+        obj[12] = dict(zip(mp.stats, map(tuple, mp.stats.values()), strict=True))
     if mp.drift is not None:
         d = mp.drift
         obj[13] = {1: d.test, 2: d.statistic, 3: d.p_value, 4: d.drifted}
@@ -168,7 +315,38 @@ def encode_payload(mp: MicroProof) -> bytes:
         obj[14] = {1: c.clock, 2: c.reset_count, 3: c.restart_count, 4: c.safe}
     if mp.gaps:
         obj[15] = [[g.first, g.last, g.reason] for g in mp.gaps]
-    return cbor2.dumps(obj, canonical=True)
+    if mp.source_gaps:
+        obj[16] = [[g.source, g.first_ts_ns, g.last_ts_ns, g.reason] for g in mp.source_gaps]
+    if (rec := mp.recovery) is not None:
+        obj[17] = {1: rec.recovered, 2: rec.recoveries}
+        if rec.last_journaled is not None:
+            obj[17][3] = rec.last_journaled
+    if (rs := mp.reset) is not None:
+        obj[18] = {1: rs.reason, 2: rs.hub_window, 3: rs.hub_last_seq}
+    if stats is None:
+        return cbor2.dumps(obj, canonical=True)
+    return _with_key_12(obj, stats)
+
+
+def _native_stats(stats: Mapping[str, SignalStats]) -> bytes | None:
+    """Key 12's value as ``cbor2.dumps(..., canonical=True)`` writes it, by the native
+    extension (~0.08 us a signal against cbor2's ~0.8); None without the extension or
+    where cbor2 must decide (a float it writes its own way: see ``stats_map`` in
+    leafcheck.c). A property test holds it to cbor2."""
+    if EXTENSION is None:
+        return None
+    got: bytes | None = EXTENSION.stats_map(stats if type(stats) is dict else dict(stats))
+    return got
+
+
+def _with_key_12(obj: dict[int, Any], stats: bytes) -> bytes:
+    """The canonical payload map with ``stats`` (encoded) as key 12: the keys are the small
+    integers 1..18, one byte each and in numeric order, so the map is the entries below 12,
+    key 12, then those above it, under a one-byte head (fewer than 24 entries)."""
+    below = cbor2.dumps({k: v for k, v in obj.items() if k < 12}, canonical=True)
+    above = cbor2.dumps({k: v for k, v in obj.items() if k > 12}, canonical=True)
+    entries = len(obj) + 1
+    return b"".join((bytes((0xA0 | entries,)), below[1:], b"\x0c", stats, above[1:]))
 
 
 _NUMBER = frozenset({int, float})
@@ -216,16 +394,21 @@ class _Fields:
         return None if v is None else _Fields(v, f"{self.where}[{key}]")
 
 
-def decode_payload(data: bytes, limits: MicroProofLimits = MICROPROOF_LIMITS) -> MicroProof:
-    """Parse a micro-proof payload strictly, within ``limits``."""
+def decode_payload(data: bytes, limits: ProofLimits = MICROPROOF_LIMITS) -> MicroProof:  # noqa: PLR0912, PLR0915 - one strict check per payload key (1-17), in key order
+    """Parse a micro-proof payload strictly, within ``limits``; it must be deterministic
+    CBOR (``Noncanonical`` otherwise)."""
     if len(data) > limits.max_payload_bytes:
         raise MalformedInput("payload", f"{len(data)} bytes, limit {limits.max_payload_bytes}")
     try:
-        obj = cborsafe.loads(data)
+        obj, deterministic = cborsafe.loads_checked(data)
+    except cborsafe.TrailingBytes as err:
+        raise Noncanonical("payload", f"{err.extra} byte(s) after the map") from err
     except cbor2.CBORDecodeError as err:
         raise MalformedInput("payload", f"not CBOR: {err}") from err
     if not isinstance(obj, dict):
         raise MalformedInput("payload", "expected a map")
+    if not deterministic:  # the one encoding (ARCHITECTURE.md), what encode_payload writes
+        raise Noncanonical("payload", "not deterministic CBOR (RFC 8949 §4.2.1)")
     f = _Fields(obj, "payload")
     version = f.uint(1)
     if version != 1:
@@ -239,7 +422,13 @@ def decode_payload(data: bytes, limits: MicroProofLimits = MICROPROOF_LIMITS) ->
         )
     model = None
     if (m := f.sub(10)) is not None:
-        model = ModelRef(m.get(1, str), m.hash32(2), str(m.get(3, (str, int))))
+        model = ModelRef(
+            m.get(1, str),
+            m.hash32(2),
+            str(m.get(3, (str, int))),
+            m.uint(4) if m.obj.get(4) is not None else None,
+            m.uint(5) if m.obj.get(5) is not None else None,
+        )
     anomaly = None
     if (a := f.sub(11)) is not None:
         anomaly = AnomalySummary(a.uint(1), a.number(2), a.number(3))
@@ -277,6 +466,14 @@ def decode_payload(data: bytes, limits: MicroProofLimits = MICROPROOF_LIMITS) ->
         ):
             raise MalformedInput(f"payload[15][{i}]", "expected [first seq, last seq, reason]")
         gaps.append(Gap(g[0], g[1], g[2]))
+    source_gaps = _source_gaps(f.get(16, list, required=False) or [], limits)
+    recovery = None
+    if (r := f.sub(17)) is not None:
+        last_journaled = r.uint(3) if r.obj.get(3) is not None else None
+        recovery = RecoveryRecord(r.get(1, bool), r.uint(2), last_journaled)
+    reset = None
+    if (rs := f.sub(18)) is not None:
+        reset = ResetRecord(rs.get(1, str), rs.uint(2), rs.uint(3))
     return MicroProof(
         window=f.uint(2),
         first_seq=first_seq,
@@ -292,8 +489,42 @@ def decode_payload(data: bytes, limits: MicroProofLimits = MICROPROOF_LIMITS) ->
         drift=drift,
         tpm_clock=clock,
         gaps=tuple(gaps),
+        source_gaps=source_gaps,
         version=version,
+        recovery=recovery,
+        reset=reset,
     )
+
+
+def _source_gaps(raw: list[Any], limits: ProofLimits) -> tuple[SourceGap, ...]:
+    """Key 16: ``[[source, first ts_ns, last ts_ns, reason], ...]``, each checked by name."""
+    if len(raw) > limits.max_source_gaps:
+        raise MalformedInput(
+            "payload[16]", f"{len(raw)} source gaps, limit {limits.max_source_gaps}"
+        )
+    out = []
+    for i, g in enumerate(raw):
+        if not (
+            type(g) is list
+            and len(g) == 4
+            and type(g[0]) is str
+            and 0 < len(g[0]) <= LEAF_LIMITS.max_signal_chars
+            and type(g[1]) is int
+            and type(g[2]) is int
+            and -(2**63) <= g[1] <= g[2] < 2**63
+            and type(g[3]) is str
+        ):
+            raise MalformedInput(
+                f"payload[16][{i}]", "expected [source, first ts_ns <= last ts_ns, reason]"
+            )
+        if not is_source_gap_reason(g[3]):
+            raise MalformedInput(
+                f"payload[16][{i}][3]",
+                f"reason {g[3][:MAX_SOURCE_GAP_REASON_CHARS]!r} is not one of"
+                f" {', '.join(sorted(SOURCE_GAP_REASONS))} or exception:N",
+            )
+        out.append(SourceGap(g[0], g[1], g[2], g[3]))
+    return tuple(out)
 
 
 def sign_microproof(mp: MicroProof, signer: Signer, *, iat: int) -> bytes:
@@ -330,9 +561,17 @@ class SignedMicroProof:
         return utid_text(self.kid)
 
 
-def parse_microproof(data: bytes, limits: MicroProofLimits = MICROPROOF_LIMITS) -> SignedMicroProof:
-    """Parse and check the headers our format requires (alg, kid, content type, claims)."""
-    msg = cose.decode_sign1(data, require_tag=True)
+def parse_microproof(
+    data: bytes, limits: ProofLimits = MICROPROOF_LIMITS, *, canonical: bool = True
+) -> SignedMicroProof:
+    """Parse and check the headers our format requires (alg, kid, content type, claims) and
+    its one canonical form (``Noncanonical``: ``cose.require_canonical``, and the payload's
+    in ``decode_payload``). ``canonical=False`` is only for bytes already accepted and
+    stored (views of a hub log that holds proofs from before the canonical rule, whose
+    s may be high); never for bytes from outside."""
+    msg = cose.decode_sign1(data, require_tag=not canonical)
+    if canonical:
+        cose.require_canonical(msg)
     p = msg.protected
     if p.get(cose.HDR_ALG) != ALG_ES256:
         raise MalformedInput("cose.protected[1]", f"alg {p.get(cose.HDR_ALG)!r}, expected -7")

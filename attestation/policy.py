@@ -1,8 +1,8 @@
 """The agent's storage policy, stated and signed by the device key.
 
 The spool's disk cap and what gets dropped when it is reached are part of what a reading's
-owner relies on ("raw readings of windows the hub acknowledged may be shed, never a
-micro-proof, never anything unacknowledged"). The agent states its policy in this small
+owner relies on ("raw readings of windows the hub acknowledged may be shed, then their
+micro-proofs, never anything unacknowledged"). The agent states its policy in this small
 COSE_Sign1 document, signed with the same key as its micro-proofs, and sends it to the hub,
 which checks it against the enrolled key and shows it next to the device.
 """
@@ -22,8 +22,14 @@ from attestation.utid import utid_bytes
 __all__ = ["CONTENT_TYPE", "ShedPolicyStatement", "parse_policy", "sign_policy"]
 
 CONTENT_TYPE = "application/factoryops-policy+cbor"
-SHEDS = "raw readings of windows the hub acknowledged, oldest first"
-NEVER = "micro-proofs, and readings the hub has not acknowledged"
+SHEDS = (
+    "raw readings of windows the hub acknowledged, oldest first; if still over the cap, the"
+    " micro-proofs of windows the hub acknowledged, oldest first (the hub keeps them)"
+)
+NEVER = (
+    "micro-proofs and readings the hub has not acknowledged, and the newest micro-proof"
+    " it acknowledged"
+)
 ON_DISK_FULL = "keep the signed window in memory and retry; a stop records a signed gap"
 
 

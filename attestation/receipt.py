@@ -1,13 +1,16 @@
 """Per-reading receipts: the JSON an auditor gets, and how to build one.
 
 Keys: reading, leaf_index, path, microproof, log_receipt, checkpoint, certificates
-(ARCHITECTURE.md, "Per-reading receipt"); bytes are standard base64 with padding.
+(ARCHITECTURE.md, "Per-reading receipt"); bytes are standard base64 with padding. JSON has no
+NaN or infinity, so a non-finite value is written as the string "NaN", "Infinity" or
+"-Infinity"; a text value is a string and the reading then says ``"value_type": "text"``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +24,48 @@ __all__ = [
     "MAX_RECEIPT_BYTES",
     "Receipt",
     "build_receipt",
+    "reading_from_json",
+    "reading_json",
     "receipt_from_json",
     "receipt_from_leaves",
 ]
 
 MAX_RECEIPT_BYTES = 1 << 20  # a receipt is a few KiB; 1 MiB bounds what we parse
 _MAX_PATH = 64  # a tree of 2^64 leaves has a 64-hash path
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_TEXT = "text"
+
+
+def reading_json(r: Reading) -> dict[str, Any]:
+    """``r`` as the receipt's ``reading`` object: valid JSON for any value."""
+    out = r.as_dict()
+    v = r.value
+    if isinstance(v, str):
+        out["value_type"] = _TEXT
+    elif not math.isfinite(v):
+        out["value"] = "NaN" if math.isnan(v) else "Infinity" if v > 0 else "-Infinity"
+    return out
+
+
+def reading_from_json(doc: dict[str, Any], where: str = "reading") -> Reading:
+    """The inverse of ``reading_json``, naming the first bad field."""
+    value_type = doc.get("value_type")
+    value = doc.get("value")
+    if value_type is not None and value_type != _TEXT:
+        raise MalformedInput(f"{where}.value_type", f'{value_type!r}; only "text" is defined')
+    if value_type == _TEXT:
+        if not isinstance(value, str):
+            raise MalformedInput(f"{where}.value", 'value_type "text" needs a string value')
+        return reading_from_fields(doc, where=where, text=True)
+    if isinstance(value, str):
+        if value not in _NON_FINITE:
+            raise MalformedInput(
+                f"{where}.value",
+                f'{value!r}: a number, "NaN", "Infinity" or "-Infinity"'
+                ' (text values say "value_type": "text")',
+            )
+        doc = {**doc, "value": _NON_FINITE[value]}
+    return reading_from_fields(doc, where=where)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +80,7 @@ class Receipt:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "reading": self.reading.as_dict(),
+            "reading": reading_json(self.reading),
             "leaf_index": self.leaf_index,
             "path": [_b64(h) for h in self.path],
             "microproof": _b64(self.microproof),
@@ -55,7 +94,7 @@ class Receipt:
         return out
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
 def build_receipt(
@@ -113,7 +152,7 @@ def receipt_from_json(doc: Any) -> Receipt:
             raise MalformedInput(key, "missing")
     if not isinstance(doc["reading"], dict):
         raise MalformedInput("reading", "expected an object")
-    reading = reading_from_fields(doc["reading"], where="reading")
+    reading = reading_from_json(doc["reading"])
     leaf_index = doc["leaf_index"]
     if isinstance(leaf_index, bool) or not isinstance(leaf_index, int) or leaf_index < 0:
         raise MalformedInput("leaf_index", "expected a non-negative integer")

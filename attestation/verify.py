@@ -3,7 +3,8 @@
 One pipeline, one error per broken link; ``verify_receipt`` raises, ``report_receipt``
 returns a ``Verdict`` for ``factoryops verify --json``. Steps of ``verify_receipt``:
 
-1. parse the micro-proof (headers and payload)
+1. parse the micro-proof (headers and payload) in its one canonical form: any other
+   encoding of it is refused as ``noncanonical`` (ARCHITECTURE.md "One canonical form")
 2. key: the kid names a trusted device key, or a device certificate from a pinned fleet CA
 3. signature: the COSE_Sign1 signature holds under that key
 4. reading: the reading sits where the signed window says (seq, index, time, value range)
@@ -28,17 +29,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from attestation import merkle
 from attestation.certs import verify_device_certificate
 from attestation.cose import PublicKey
-from attestation.errors import AttestationError, BrokenLink, MalformedInput
+from attestation.errors import AttestationError, BrokenLink, MalformedInput, Noncanonical
 from attestation.logreceipt import check_log
 from attestation.microproof import (
     GENESIS_PREV,
+    ResetRecord,
     SignedMicroProof,
+    SourceGap,
     chain_hash,
     parse_microproof,
     verify_microproof_signature,
 )
 from attestation.reading import encode_leaf, leaf_hash
-from attestation.receipt import Receipt
+from attestation.receipt import Receipt, reading_json
 from attestation.utid import utid_bytes, utid_text
 
 __all__ = [
@@ -114,6 +117,10 @@ class Verdict:
     reading: dict[str, Any] | None = None
     checked: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # the signed window's silent sources (key 16), once its signature held
+    source_gaps: tuple[SourceGap, ...] = ()
+    # the window restarts the chain from the hub's head (key 18, ADR 0027)
+    reset: ResetRecord | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -126,7 +133,15 @@ class Verdict:
             "reading": self.reading,
             "checked": list(self.checked),
             "notes": list(self.notes),
-        }
+            "source_gaps": [
+                {"source": g.source, "first_ts_ns": g.first_ts_ns, "last_ts_ns": g.last_ts_ns,
+                 "reason": g.reason}
+                for g in self.source_gaps
+            ],
+            "reset": None if self.reset is None else {
+                "reason": self.reset.reason, "hub_window": self.reset.hub_window,
+                "hub_last_seq": self.reset.hub_last_seq},
+        }  # fmt: skip
 
 
 @dataclass
@@ -135,6 +150,8 @@ class _Progress:
     notes: list[str] = field(default_factory=list)
     utid: str | None = None
     key_kind: str | None = None
+    source_gaps: tuple[SourceGap, ...] = ()
+    reset: ResetRecord | None = None
 
 
 def _resolve_key(
@@ -186,6 +203,8 @@ def verify_receipt(
     progress.checked.append("key")
     verify_microproof_signature(smp, key)  # (3) signature
     progress.checked.append("signature")
+    progress.source_gaps = smp.proof.source_gaps
+    progress.reset = smp.proof.reset
     _check_reading_in_window(receipt, smp)  # (4) reading
     progress.checked.append("reading")
     mp = smp.proof
@@ -231,7 +250,7 @@ def _check_reading_in_window(receipt: Receipt, smp: SignedMicroProof) -> None:
             "reading",
             f"ts_ns {r.ts_ns} is outside the signed window {mp.first_ts_ns}..{mp.last_ts_ns}",
         )
-    if mp.stats and not math.isnan(r.value):
+    if mp.stats and isinstance(r.value, float) and not math.isnan(r.value):  # text: no stats
         st = mp.stats.get(r.signal)
         if st is None:
             raise BrokenLink("reading", f"signal {r.signal!r} is not in the signed window")
@@ -255,6 +274,8 @@ def report_receipt(
         verify_receipt(receipt, anchors, now=now, log_check=log_check, progress=progress)
     except BrokenLink as err:
         return _failed(err, err.link, receipt, progress)
+    except Noncanonical as err:  # parses, but is not the one encoding the device signed
+        return _failed(err, Noncanonical.code, receipt, progress)
     except MalformedInput as err:
         return _failed(err, "format", receipt, progress)
     except AttestationError as err:
@@ -263,9 +284,11 @@ def report_receipt(
         valid=True,
         utid=progress.utid,
         key_kind=progress.key_kind,
-        reading=receipt.reading.as_dict(),
+        reading=reading_json(receipt.reading),
         checked=tuple(progress.checked),
         notes=tuple(progress.notes),
+        source_gaps=progress.source_gaps,
+        reset=progress.reset,
     )
 
 
@@ -277,9 +300,11 @@ def _failed(err: AttestationError, link: str, receipt: Receipt, progress: _Progr
         hint=err.hint or None,
         utid=progress.utid,
         key_kind=progress.key_kind,
-        reading=receipt.reading.as_dict(),
+        reading=reading_json(receipt.reading),
         checked=tuple(progress.checked),
         notes=tuple(progress.notes),
+        source_gaps=progress.source_gaps,
+        reset=progress.reset,
     )
 
 

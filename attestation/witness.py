@@ -16,11 +16,11 @@ A fork is kept on disk (``forks``) with both signed notes, as evidence.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from attestation.durable import write_atomically
 from attestation.errors import BrokenLink
 from attestation.merkle import verify_consistency
 from attestation.signednote import Checkpoint, NoteVerifier, open_note, parse_checkpoint
@@ -106,8 +106,4 @@ class CheckpointMemory:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self._doc, indent=2))
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(self._doc, indent=2).encode())

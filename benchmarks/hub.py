@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +48,14 @@ from agent.window import ClosedWindow
 from attestation.microproof import GENESIS_PREV, chain_hash
 from attestation.reading import Reading
 from attestation.signers.software import SoftwareSigner
+from benchmarks.leanhttp import LeanConnection
 
-__all__ = ["command"]
+__all__ = ["HubProcess", "command"]
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# seconds a hub process may take to answer /healthz: ~3 s on an idle VM, past 60 s on one
+# shared by nine test runs (importing the app alone took 12 s of wall time there)
+_START_S = 300
 
 
 def _chains(
@@ -86,16 +91,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class _Hub:
+class HubProcess:
     """``factoryops hub serve`` in a subprocess."""
 
-    def __init__(self, data_dir: Path, db_url: str | None, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        db_url: str | None,
+        env: dict[str, str],
+        args: Sequence[str] = (),
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "factoryops", "hub", "serve", "--data-dir", str(data_dir)]
         argv += ["--port", str(self.port), "--allow-software-keys"]
         if db_url:
             argv += ["--db", db_url]
+        argv += args
         # stderr to a file, not a pipe: a pipe nobody reads until the end fills up (64 KiB)
         # and then stalls the hub at its next log line, in the middle of a measurement
         self.stderr = data_dir / "hub.stderr"
@@ -106,7 +118,7 @@ class _Hub:
                 stderr=err_out,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
             )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + _START_S
         while True:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
@@ -114,6 +126,8 @@ class _Hub:
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()  # a hub still starting must not outlive the bench
+                self.proc.wait()
                 err = self.stderr.read_text(errors="replace")
                 raise click.ClickException(f"hub did not start: {err[-500:]}")
             time.sleep(0.1)
@@ -127,12 +141,17 @@ class _Hub:
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def pin(self, cpu: int) -> None:
+        """Confine every thread of the hub to one CPU (threads it starts later inherit it)."""
+        for thread in os.listdir(f"/proc/{self.proc.pid}/task"):
+            os.sched_setaffinity(int(thread), {cpu})
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
 
 
-def _register(hub: _Hub, signer: SoftwareSigner, name: str) -> None:
+def _register(hub: HubProcess, signer: SoftwareSigner, name: str) -> None:
     key = serialization.load_der_public_key(signer.public_key_der())
     pem = key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -146,30 +165,15 @@ def _register(hub: _Hub, signer: SoftwareSigner, name: str) -> None:
 
 
 async def _post_all(port: int, posts: list[bytes]) -> None:
-    """One device's uploads, one after the other on one keep-alive HTTP/1.1 connection.
-
-    A lean client on purpose: the request bytes are written as they are and the response read
-    by its Content-Length. A full client (httpx) spent ~1 ms of CPU a request; with the hub
-    confined to one core, the load generator must not be what limits the rate it measures.
-    """
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """One device's uploads, one after the other on one keep-alive HTTP/1.1 connection."""
+    conn = await LeanConnection.open(port)
     try:
         for body in posts:
-            writer.write(
-                b"POST /v1/proofs HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-                b"content-type: application/cbor\r\ncontent-length: %d\r\n\r\n" % len(body)
-            )
-            writer.write(body)
-            head = await reader.readuntil(b"\r\n\r\n")
-            fields = {
-                name.strip().lower(): value.strip()
-                for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
-            }
-            answer = await reader.readexactly(int(fields.get(b"content-length", b"0")))
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise click.ClickException(f"upload refused: {head.splitlines()[0]!r} {answer!r}")
+            status, answer = await conn.post([body])
+            if not status.startswith(b"HTTP/1.1 200"):
+                raise click.ClickException(f"upload refused: {status!r} {answer!r}")
     finally:
-        writer.close()
+        conn.close()
 
 
 @dataclass(frozen=True)
@@ -225,14 +229,13 @@ def _measure(
     threads may run on one CPU only and the load generator on another: the wall rate is then
     what one core sustains. Every proof must be stored when the upload ends."""
     with tempfile.TemporaryDirectory() as d:
-        hub = _Hub(Path(d), db_url, env or {})
+        hub = HubProcess(Path(d), db_url, env or {})
         mine = os.sched_getaffinity(0) if pin else None
         try:
             for i, signer in enumerate(load.signers):
                 _register(hub, signer, f"bench-{i}")
             if pin:
-                for thread in os.listdir(f"/proc/{hub.proc.pid}/task"):
-                    os.sched_setaffinity(int(thread), {pin[0]})
+                hub.pin(pin[0])
                 os.sched_setaffinity(0, {pin[1]})
             cpu_before = hub.cpu_seconds()
             elapsed = asyncio.run(_upload(hub.port, load))

@@ -5,7 +5,9 @@ float32 tags. (1) tags/s read with merged spans vs a read per tag, same devices,
 (2) polls/s of the healthy devices with and without one silent (dead) slave among them;
 (3) Modbus RTU requests/s over a socat pty pair to a pymodbus serial server (a pty does not
 pace bytes at the baud rate, so this is the software's ceiling; the line's own bound at the
-configured baud rate is printed beside it).
+configured baud rate is printed beside it); (4) end to end (``benchmarks/endtoend.py``): tags/s
+from the read to a committed signed window in the spool, the agent pinned to one core and the
+server to the other, and the agent's RSS with the demo's int8 twin loaded.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.config import ModbusDeviceConfig, ModbusTag
-from agent.connectors.base import Sample
+from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector, Span, one_request_per_tag, plan_spans
+from benchmarks.endtoend import end_to_end
 
 __all__ = ["FleetServer", "SilentPeer", "command", "healthy_poll_rates"]
 
@@ -81,7 +84,7 @@ class FleetServer:
         if self._server is not None:
             with contextlib.suppress(TimeoutError):  # shutdown can hang on a closing client
                 async with asyncio.timeout(5):
-                    await self._server.shutdown()  # type: ignore[no-untyped-call]
+                    await self._server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus's shutdown() is unannotated
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -176,7 +179,7 @@ async def healthy_poll_rates(
         ]
     )
 
-    async def emit(_: list[Sample]) -> None:
+    async def emit(_: list[Sample], gaps: Sequence[SourceGap] = ()) -> None:
         return None
 
     tasks = [asyncio.create_task(c.run(emit)) for c in healthy + extra]
@@ -273,7 +276,7 @@ async def rtu_rates(seconds: float) -> dict[str, float]:
             client.close()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
-                    await server.shutdown()  # type: ignore[no-untyped-call]
+                    await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus's shutdown() is unannotated
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -326,13 +329,30 @@ async def _run(
     help="Registers a merged read may skip between two tags.",
 )
 @click.option(
+    "--end-to-end/--no-end-to-end",
+    "e2e",
+    default=True,
+    show_default=True,
+    help="Also run the agent end to end (read -> signed, committed window) on its own core.",
+)
+@click.option(
+    "--poll-ms", type=int, default=10, show_default=True, help="End to end: poll interval."
+)
+@click.option(
     "--rtu/--no-rtu",
     default=True,
     show_default=True,
     help="Also measure Modbus RTU over a socat pty pair (needs socat).",
 )
 def command(
-    devices: int, tags_per_device: int, seconds: float, spread: int, max_gap: int, rtu: bool
+    devices: int,
+    tags_per_device: int,
+    seconds: float,
+    spread: int,
+    max_gap: int,
+    e2e: bool,
+    poll_ms: int,
+    rtu: bool,
 ) -> None:
     """Span merging vs one request per tag; healthy poll rate with a dead slave.
 
@@ -347,6 +367,9 @@ def command(
         rtu = False
     with Console().status("polling simulated devices on loopback"):
         r = asyncio.run(_run(devices, tags_per_device, seconds, spread, max_gap, rtu))
+    if e2e:
+        with Console().status("agent end to end: read -> window -> signature -> spool"):
+            r |= end_to_end(devices, tags_per_device, max(seconds, 5.0), poll_ms)
     table = Table(
         title=f"Modbus TCP, {devices} devices x {tags_per_device} tags scattered "
         f"over {spread} registers, max gap {max_gap}"
@@ -371,5 +394,22 @@ def command(
                 f"{r[f'rtu_requests_per_s_{label}']:,.0f} (line at {RTU_BAUD} Bd: {bound:,.0f})",
             )
             table.add_row("RTU ... tags/s", f"{r[f'rtu_tags_per_s_{label}']:,.0f}")
+    if e2e:
+        table.add_row(
+            f"end to end, {poll_ms} ms polling: tags/s committed (signed, fsynced)",
+            f"{r['end_to_end_tags_per_s']:,.0f} (acquired {r['end_to_end_acquired_per_s']:,.0f})",
+        )
+        table.add_row(
+            "... with the int8 twin scoring", f"{r['end_to_end_tags_per_s_with_model']:,.0f}"
+        )
+        table.add_row(
+            "tags per second of the agent's CPU time (no model / int8 twin)",
+            f"{r['end_to_end_tags_per_cpu_s']:,.0f} / "
+            f"{r['end_to_end_tags_per_cpu_s_with_model']:,.0f}",
+        )
+        table.add_row(
+            "agent RSS MiB (no model / int8 twin)",
+            f"{r['agent_rss_mib_no_model']:.1f} / {r['agent_rss_mib']:.1f}",
+        )
     Console().print(table)
     click.echo(json.dumps({k: round(v, 3) for k, v in r.items()}))

@@ -20,27 +20,34 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine
 
 from cloud_sync.errors import ApiError
-from cloud_sync.storage.tables import api_keys, audit_log, grants, operators, sessions
+from cloud_sync.names import OPERATOR_NAME, SITE_NAME, check_name
+from cloud_sync.storage.access import AccessRepo
 
-__all__ = ["ROLES", "Access", "Principal"]
+__all__ = ["ROLES", "Access", "Principal", "client_ip"]
 
 ROLES = ("viewer", "operator", "admin")
 SESSION_COOKIE = "fo_session"
 SESSION_NS = 8 * 3600 * 10**9
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # RFC 9110 §9.2.1: they change nothing
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 
 
 def _sha(data: str) -> bytes:
     return hashlib.sha256(data.encode()).digest()
+
+
+def client_ip(request: Request) -> str:
+    """The peer's address as the server saw it (behind a proxy: the proxy's, unless
+    uvicorn is told to trust its forwarded headers)."""
+    return request.client.host if request.client else ""
 
 
 def _scrypt(password: str, salt: bytes) -> bytes:
@@ -73,57 +80,40 @@ class Access:
     admin_token: str
     now_ns: Any
 
+    @property
+    def _repo(self) -> AccessRepo:
+        return AccessRepo(self.engine)
+
     # operators -------------------------------------------------------------------------------
     def create_operator(
-        self, username: str, password: str, roles: dict[str, str], actor: str
+        self, username: str, password: str, roles: dict[str, str], actor: str, ip: str = ""
     ) -> None:
+        """One name rule for every way in (API, CLI): OPERATOR_NAME, sites SITE_NAME."""
+        check_name(OPERATOR_NAME, username, "username")
         if len(password) < 12:
             raise ApiError(422, "invalid_request", "password: at least 12 characters")
         for site, role in roles.items():
+            check_name(SITE_NAME, site, "roles (a site)")
             if role not in ROLES:
                 raise ApiError(422, "invalid_request", f"roles.{site}: one of {', '.join(ROLES)}")
         salt = secrets.token_bytes(16)
-        with self.engine.begin() as conn:
-            if conn.execute(
-                select(operators.c.username).where(operators.c.username == username)
-            ).first():
-                raise ApiError(409, "operator_exists", f"operator {username!r} exists")
-            conn.execute(
-                insert(operators).values(
-                    username=username, salt=salt, password_scrypt=_scrypt(password, salt),
-                    created_ns=self.now_ns(),
-                )
-            )  # fmt: skip
-            for site, role in roles.items():
-                conn.execute(insert(grants).values(username=username, site=site, role=role))
-        self.audit(actor, "operator.create", username, {"roles": roles})
+        if not self._repo.add_operator(
+            username, salt, _scrypt(password, salt), roles, self.now_ns()
+        ):
+            raise ApiError(409, "operator_exists", f"operator {username!r} exists")
+        self.audit(actor, "operator.create", username, {"roles": roles}, ip)
 
-    def create_api_key(self, username: str, actor: str) -> str:
+    def create_api_key(self, username: str, actor: str, ip: str = "") -> str:
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-        with self.engine.begin() as conn:
-            if not conn.execute(
-                select(operators.c.username).where(operators.c.username == username)
-            ).first():
-                raise ApiError(404, "unknown_operator", f"no operator {username!r}")
-            conn.execute(
-                insert(api_keys).values(
-                    key_id=key_id, username=username, secret_sha256=_sha(secret),
-                    created_ns=self.now_ns(), revoked=False,
-                )
-            )  # fmt: skip
-        self.audit(actor, "api_key.create", username, {"key_id": key_id})
+        if not self._repo.add_api_key(key_id, username, _sha(secret), self.now_ns()):
+            raise ApiError(404, "unknown_operator", f"no operator {username!r}")
+        self.audit(actor, "api_key.create", username, {"key_id": key_id}, ip)
         return f"fo-key-{key_id}.{secret}"
-
-    def _roles(self, username: str) -> dict[str, str]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(grants).where(grants.c.username == username)).all()
-        return {r.site: r.role for r in rows}
 
     # sessions ----------------------------------------------------------------------------------
     def login(self, username: str, password: str, ip: str) -> tuple[str, str]:
         """(session id, CSRF token); a wrong name or password is one answer, audited."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(operators).where(operators.c.username == username)).first()
+        row = self._repo.operator(username)
         # scrypt runs either way, so a wrong name takes as long as a wrong password
         salt = row.salt if row is not None else b"\0" * 16
         ok = hmac.compare_digest(_scrypt(password, salt), row.password_scrypt if row else b"")
@@ -132,19 +122,12 @@ class Access:
             raise ApiError(401, "bad_login", "unknown operator or wrong password")
         sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
         now = self.now_ns()
-        with self.engine.begin() as conn:
-            conn.execute(delete(sessions).where(sessions.c.expires_ns < now))
-            conn.execute(
-                insert(sessions).values(
-                    sid_sha256=_sha(sid), username=username, csrf=csrf, expires_ns=now + SESSION_NS
-                )
-            )
+        self._repo.add_session(_sha(sid), username, csrf, now, now + SESSION_NS)
         self.audit(username, "login", username, {}, ip)
         return sid, csrf
 
     def logout(self, sid: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(delete(sessions).where(sessions.c.sid_sha256 == _sha(sid)))
+        self._repo.drop_session(_sha(sid))
 
     # who is asking ---------------------------------------------------------------------------
     def principal(self, request: Request) -> Principal | None:
@@ -160,30 +143,50 @@ class Access:
 
     def _from_api_key(self, token: str) -> Principal:
         key_id, _, secret = token.removeprefix("fo-key-").partition(".")
-        with self.engine.connect() as conn:
-            row = conn.execute(select(api_keys).where(api_keys.c.key_id == key_id)).first()
+        row = self._repo.api_key(key_id)
         if row is None or row.revoked or not hmac.compare_digest(_sha(secret), row.secret_sha256):
             raise ApiError(401, "unauthorized", "unknown or revoked API key")
-        return Principal(row.username, self._roles(row.username))
+        return Principal(row.username, self._repo.roles(row.username))
 
     def _from_session(self, sid: str) -> Principal | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(sessions).where(sessions.c.sid_sha256 == _sha(sid))).first()
+        row = self._repo.session(_sha(sid))
         if row is None or row.expires_ns < self.now_ns():
             return None
-        return Principal(row.username, self._roles(row.username), csrf=row.csrf)
+        return Principal(row.username, self._repo.roles(row.username), csrf=row.csrf)
 
-    def require(self, request: Request, site: str | None, role: str) -> Principal:
-        """The principal, if it has ``role`` on ``site`` (any site when None); else 401/403."""
+    def require(
+        self, request: Request, site: str | None, role: str, *, csrf: str | None = None
+    ) -> Principal:
+        """The principal, if it has ``role`` on ``site`` (any site when None); else 401/403.
+
+        A request that may change state (any method but GET, HEAD, OPTIONS) from a browser
+        session must carry the session's CSRF token, whatever its content type: ``csrf``
+        (a form field) or the ``X-CSRF-Token`` header.
+        """
         who = self.principal(request)
         if who is None:
             raise ApiError(401, "unauthorized", "log in, or send an API key: Bearer fo-key-...")
+        if request.method not in SAFE_METHODS:
+            self.check_csrf(who, csrf if csrf is not None else request.headers.get("x-csrf-token"))
         allowed = who.superuser or (
             who.can(site, role) if site is not None else bool(who.sites(role))
         )
         if not allowed:
             raise ApiError(403, "forbidden", f"{who.name} is not {role} of site {site or 'any'}")
         return who
+
+    def require_superuser(self, request: Request, what: str) -> Principal:
+        """The hub's admin token (401 without a principal, 403 for an operator)."""
+        who = self.require(request, None, "admin")
+        if not who.superuser:
+            raise ApiError(403, "forbidden", f"only the hub's admin token {what}")
+        return who
+
+    def require_admin_token(self, request: Request) -> None:
+        """401 unless the request carries the hub's own admin bearer token."""
+        got = request.headers.get("authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {self.admin_token}".encode()):
+            raise ApiError(401, "unauthorized", "this call needs the hub's admin bearer token")
 
     @staticmethod
     def check_csrf(who: Principal, submitted: str | None) -> None:
@@ -194,31 +197,13 @@ class Access:
             raise ApiError(403, "csrf", "missing or wrong CSRF token: reload the page")
 
     # audit -----------------------------------------------------------------------------------
-    def audit(
-        self, actor: str, action: str, target: str, detail: dict[str, Any], ip: str = ""
-    ) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(audit_log).values(
-                    ts_ns=self.now_ns(), actor=actor[:128], action=action, target=target[:200],
-                    detail=json.dumps(detail, sort_keys=True)[:4000], ip=ip[:64],
-                )
-            )  # fmt: skip
+    def audit(self, actor: str, action: str, target: str, detail: dict[str, Any], ip: str) -> None:
+        """One audit row; ``ip`` is the client's address (``client_ip``), "" for the CLI."""
+        self._repo.add_audit(self.now_ns(), actor, action, target, detail, ip)
 
     def audit_entries(self, limit: int = 200) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
-            ).all()
-        return [
-            {
-                "id": r.id, "ts_ns": r.ts_ns, "actor": r.actor, "action": r.action,
-                "target": r.target, "detail": json.loads(r.detail), "ip": r.ip,
-            }
-            for r in rows
-        ]  # fmt: skip
+        return self._repo.audit_entries(limit)
 
-    def revoke_api_key(self, key_id: str, actor: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(update(api_keys).where(api_keys.c.key_id == key_id).values(revoked=True))
-        self.audit(actor, "api_key.revoke", key_id, {})
+    def revoke_api_key(self, key_id: str, actor: str, ip: str) -> None:
+        self._repo.revoke_api_key(key_id)
+        self.audit(actor, "api_key.revoke", key_id, {}, ip)

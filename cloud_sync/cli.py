@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cloud_sync.settings import HubSettings
+from cloud_sync.settings import COMMIT_GATHER_S, HubSettings
 
 __all__ = ["hub"]
+
+KEEP_ALIVE_S = 75
+"""Seconds the hub keeps an idle connection (nginx's default too): above the agent's 60 s
+(``agent.uplink.KEEPALIVE_S``), so the client, not the hub, ends an idle connection and never
+sends on one the hub is closing."""
 
 _DATA_DIR = click.option(
     "--data-dir",
@@ -67,6 +73,44 @@ def hub() -> None:
     help="Log every HTTP request to stderr (uvicorn's access log). Off by default: the hub's"
     " /metrics count requests by route and status, and every write is in the audit log.",
 )
+@click.option(
+    "--plain-http",
+    is_flag=True,
+    help="The hub serves plain HTTP on loopback (development): its session cookies go"
+    " without Secure. Refused with a --host off loopback; otherwise put TLS in front.",
+)
+@click.option(
+    "--embed-frame-ancestors",
+    default="*",
+    show_default=True,
+    help="Who may frame the chart widget (/embed/devices/UTID): a CSP frame-ancestors list,"
+    " e.g. 'https://scada.example'. Every other page may not be framed.",
+)
+@click.option(
+    "--nats",
+    "nats_url",
+    default=None,
+    help="Send fleet jobs to `hub worker` processes through NATS JetStream (nats://...)."
+    " Default: the hub runs them itself, one at a time.",
+)
+@click.option(
+    "--keep-alive",
+    "keep_alive_s",
+    default=KEEP_ALIVE_S,
+    show_default=True,
+    type=click.IntRange(1, 3600),
+    help="Seconds an idle HTTP connection stays open. Longer than an agent's upload interval"
+    " (10 s windows) and its own idle limit (60 s), so a gateway reuses its connection"
+    " instead of paying a new one every upload (uvicorn's default is 5 s).",
+)
+@click.option(
+    "--commit-gather-ms",
+    default=COMMIT_GATHER_S * 1000,
+    show_default=True,
+    type=click.FloatRange(0, 100),
+    help="Milliseconds an idle ingest writer waits so uploads arriving together share one"
+    " commit (0: commit each at once). Adds at most this to an upload's latency.",
+)
 def serve(
     data_dir: Path,
     db_url: str | None,
@@ -77,6 +121,11 @@ def serve(
     webhook_url: str | None,
     log_key_uri: str | None,
     access_log: bool,
+    plain_http: bool,
+    embed_frame_ancestors: str,
+    nats_url: str | None,
+    keep_alive_s: int,
+    commit_gather_ms: float,
 ) -> None:
     """Serve the hub API and web page.
 
@@ -86,10 +135,18 @@ def serve(
       HSM_PIN=... factoryops hub serve --log-key \\
         'pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=hub;object=hub-log;pin-source=env:HSM_PIN'
     """
+    import ipaddress  # noqa: PLC0415 - only `serve` checks its host
+
     import uvicorn  # noqa: PLC0415 - only `serve` needs the server
 
-    from cloud_sync.app import create_app  # noqa: PLC0415
+    from cloud_sync.app import create_app  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
+    if plain_http and not (host == "localhost" or ipaddress.ip_address(host).is_loopback):
+        raise click.BadParameter(
+            f"{host} is not a loopback address: serve plain HTTP on 127.0.0.1 only, and put"
+            " TLS in front of a hub others reach",
+            param_hint="--plain-http",
+        )
     settings = HubSettings.create(
         data_dir,
         db_url=db_url,
@@ -97,9 +154,20 @@ def serve(
         log_key_uri=log_key_uri,
         open_reads=open_reads,
         webhook_url=webhook_url,
+        plain_http=plain_http,
+        embed_frame_ancestors=embed_frame_ancestors,
+        nats_url=nats_url,
     )
+    settings = dataclasses.replace(settings, commit_gather_s=commit_gather_ms / 1000)
     click.echo(f"hub on http://{host}:{port}  (fleet CA: {data_dir / 'fleet-ca.pem'})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=access_log)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=access_log,
+        timeout_keep_alive=keep_alive_s,
+    )
 
 
 @hub.command()
@@ -124,17 +192,10 @@ def migrate(data_dir: Path, db_url: str | None) -> None:
     Example (before rolling out a new version to several replicas):
       factoryops hub migrate --db postgresql+psycopg://hub@db/hub
     """
-    from sqlalchemy import create_engine  # noqa: PLC0415
+    from cloud_sync.storage.migrate import migrate_url  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
-    from cloud_sync.storage.migrate import current_revision  # noqa: PLC0415
-    from cloud_sync.storage.migrate import migrate as run  # noqa: PLC0415
-
-    engine = create_engine(HubSettings.create(data_dir, db_url=db_url).db_url)
-    try:
-        run(engine)
-        click.echo(f"schema at revision {current_revision(engine)}")
-    finally:
-        engine.dispose()
+    revision = migrate_url(HubSettings.create(data_dir, db_url=db_url).db_url)
+    click.echo(f"schema at revision {revision}")
 
 
 @hub.command("enroll-token")
@@ -161,10 +222,10 @@ def enroll_token(data_dir: Path, db_url: str | None, site: str, ttl_s: int) -> N
       # on the gateway:
       factoryops provision enroll --hub https://hub.example --token fo-enroll-...
     """
-    import time  # noqa: PLC0415
+    import time  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
-    from cloud_sync.enroll import new_enrollment_token  # noqa: PLC0415
-    from cloud_sync.storage import Store  # noqa: PLC0415
+    from cloud_sync.enroll import new_enrollment_token  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+    from cloud_sync.storage import Store  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
     store = Store.open(HubSettings.create(data_dir, db_url=db_url).db_url)
     try:
@@ -183,7 +244,7 @@ def devices(data_dir: Path, db_url: str | None) -> None:
     Example:
       factoryops hub devices --data-dir hub-data
     """
-    from cloud_sync.storage import Store  # noqa: PLC0415
+    from cloud_sync.storage import Store  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
     store = Store.open(HubSettings.create(data_dir, db_url=db_url).db_url)
     for d in store.list_devices():
@@ -206,8 +267,8 @@ def revoke(data_dir: Path, db_url: str | None, utid: str) -> None:
     Example:
       factoryops hub revoke utid:3f1c...
     """
-    from cloud_sync.errors import HubError  # noqa: PLC0415
-    from cloud_sync.storage import Store  # noqa: PLC0415
+    from cloud_sync.errors import HubError  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+    from cloud_sync.storage import Store  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
     store = Store.open(HubSettings.create(data_dir, db_url=db_url).db_url)
     try:
@@ -216,6 +277,22 @@ def revoke(data_dir: Path, db_url: str | None, utid: str) -> None:
     finally:
         store.close()
     click.echo(f"revoked {utid}")
+
+
+# Every command that talks to a hub over HTTP takes its operator API key the same way.
+API_KEY = click.option(
+    "--api-key",
+    envvar="FACTORYOPS_API_KEY",
+    show_envvar=True,
+    default=None,
+    help="An operator's API key (from `factoryops hub api-key NAME`); not needed on a hub "
+    "serving --open-reads.",
+)
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The request headers that carry an operator API key, or none."""
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 @click.command()
@@ -229,41 +306,79 @@ def revoke(data_dir: Path, db_url: str | None, utid: str) -> None:
     required=True,
     help="FILE.pdf or FILE.json: the format follows the suffix.",
 )
-def report(hub_url: str, site: str, start: str, end: str, out: Path) -> None:
-    """Download a site's proof report (PDF with charts, or the same facts as JSON).
+@API_KEY
+def report(hub_url: str, site: str, start: str, end: str, out: Path, api_key: str | None) -> None:
+    """Download a site's proof report: the PDF with its signed JSON twin, or the JSON alone.
+
+    OUT.pdf also writes OUT.json (the facts the PDF is drawn from) and OUT.json.cose (the
+    hub's signature on them); OUT.json writes the JSON and its signature. Check them with
+    `factoryops verify-report OUT.json --trust hub-log-key.pem`.
 
     \b
     Example:
+      export FACTORYOPS_API_KEY=$(factoryops hub api-key alice)   # or --api-key
       factoryops report --hub http://hub:8080 --site plant-1 \\
           --from 2026-11-01 --to 2026-12-01 --out plant-1-november.pdf
     """
-    import httpx  # noqa: PLC0415
+    import base64  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+    import io  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+    import zipfile  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
-    from cloud_sync.errors import HubError  # noqa: PLC0415
+    from attestation.durable import write_atomically  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
-    fmt = "pdf" if out.suffix.lower() == ".pdf" else "json"
+    pdf = out.suffix.lower() == ".pdf"
+    r = _get_report(hub_url, site, start, end, "bundle" if pdf else "json", api_key)
+    twin = out.with_suffix(".json")
+    if pdf:
+        with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+            files = {out: z.read("report.pdf"), twin: z.read("report.json")}
+            files[twin.with_name(twin.name + ".cose")] = z.read("report.json.cose")
+    else:
+        signature = base64.b64decode(r.headers["x-factoryops-report-signature"])
+        files = {twin: r.content, twin.with_name(twin.name + ".cose"): signature}
+    for path, data in files.items():
+        write_atomically(path, data)
+    sha = r.headers.get("x-factoryops-report-sha256", "")
+    written = ", ".join(f"{p} ({len(d):,} bytes)" for p, d in files.items())
+    click.echo(f"report of site {site}: {written}; report.json SHA-256 {sha}")
+
+
+def _get_report(
+    hub_url: str, site: str, start: str, end: str, fmt: str, api_key: str | None
+) -> Any:
+    import httpx  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+
+    from cloud_sync.errors import HubError  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+
     try:
         r = httpx.get(
             f"{hub_url.rstrip('/')}/v1/sites/{site}/report",
             params={"from": start, "to": end, "format": fmt},
+            headers=auth_headers(api_key),
             timeout=120,
         )
     except httpx.HTTPError as err:
         raise HubError(f"cannot reach the hub at {hub_url}: {err}", hint="check --hub") from err
     if r.status_code != 200:
         doc = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-        raise HubError(
-            f"hub refused the report: {doc.get('error')}: {doc.get('detail', r.text[:200])}"
+        hint = (
+            "pass an operator's key with --api-key or FACTORYOPS_API_KEY"
+            if r.status_code in {401, 403}
+            else ""
         )
-    out.write_bytes(r.content)
-    click.echo(f"{fmt.upper()} report of site {site} written to {out} ({len(r.content):,} bytes)")
+        raise HubError(
+            f"hub refused the report ({r.status_code}): {doc.get('error')}: "
+            f"{doc.get('detail', r.text[:200])}",
+            hint=hint,
+        )
+    return r
 
 
 def _access(data_dir: Path, db_url: str | None) -> tuple[Any, Any]:
-    import time  # noqa: PLC0415
+    import time  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
-    from cloud_sync.access import Access  # noqa: PLC0415
-    from cloud_sync.storage import Store  # noqa: PLC0415
+    from cloud_sync.access import Access  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+    from cloud_sync.storage import Store  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
     settings = HubSettings.create(data_dir, db_url=db_url)
     store = Store.open(settings.db_url)
@@ -321,3 +436,15 @@ def api_key(data_dir: Path, db_url: str | None, username: str) -> None:
         click.echo(access.create_api_key(username, "admin (cli)"))
     finally:
         store.close()
+
+
+def _mount_fleet() -> None:
+    from cloud_sync.jobs.cli import job, worker  # noqa: PLC0415 - click only; jobs load lazily
+    from cloud_sync.updates.cli import tuf  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+
+    hub.add_command(job)
+    hub.add_command(worker)
+    hub.add_command(tuf)
+
+
+_mount_fleet()

@@ -40,43 +40,38 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import delete, insert, select, update
 
 from attestation.device_auth import AUTH_CONTEXT, auth_message
-from attestation.utid import utid_bytes, utid_text
-from cloud_sync.access import Access
-from cloud_sync.errors import ApiError
-from cloud_sync.fleet_ca import FleetCA
-from cloud_sync.settings import HubSettings
+from cloud_sync.errors import ApiError, HubFault
 from cloud_sync.storage import Store
-from cloud_sync.storage.tables import (
-    device_challenges,
-    device_tokens,
-    enrollment_tokens,
-    enrollments,
-)
+from cloud_sync.storage.enrollment import DeviceTokenRepo, EnrollmentRepo
 
 __all__ = [
     "AUTH_CONTEXT",
     "DeviceAuth",
     "EnrollmentPolicy",
     "auth_message",
-    "enroll_router",
+    "check_attest",
+    "check_ek",
+    "check_key_attributes",
+    "check_quote",
     "load_ek_cas",
     "new_enrollment_token",
+    "revoke",
+    "sha256",
+    "tpm_modules",
+    "unmarshal",
 ]
 
 ENROLL_SESSION_NS = 300 * 10**9  # a started enrollment must finish within 5 minutes
 CHALLENGE_NS = 60 * 10**9
 TOKEN_NS = 15 * 60 * 10**9
-_B64_MAX = 8192  # an EK certificate is ~1 kB; TPM public areas a few hundred bytes
+
 
 Clock = Callable[[], int]
 
 
-def _sha(data: bytes) -> bytes:
+def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
@@ -91,67 +86,32 @@ def load_ek_cas(directory: Path) -> list[x509.Certificate]:
 def new_enrollment_token(store: Store, *, site: str, ttl_s: int, now_ns: int) -> str:
     """A one-time enrollment token for a field technician (only its hash is stored)."""
     token = "fo-enroll-" + secrets.token_urlsafe(24)
-    with store.engine.begin() as conn:
-        conn.execute(
-            insert(enrollment_tokens).values(
-                token_sha256=_sha(token.encode()),
-                site=site,
-                created_ns=now_ns,
-                expires_ns=now_ns + ttl_s * 10**9,
-            )
-        )
+    EnrollmentRepo(store.engine).add_token(
+        sha256(token.encode()), site, now_ns, now_ns + ttl_s * 10**9
+    )
     return token
 
 
-# --- request bodies ------------------------------------------------------------------------
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def revoke(store: Store, utid: str) -> None:
+    """Revoke a device and drop its tokens (its stored proofs stay)."""
+    store.set_revoked(utid, True)
+    DeviceTokenRepo(store.engine).drop_tokens(utid)
 
 
-class EnrollStart(_Body):
-    token: str = Field(min_length=8, max_length=128)
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[\w .:@-]+$")
-    ek_cert: str = Field(max_length=_B64_MAX)
-    ek_public: str = Field(max_length=_B64_MAX)
-    ak_public: str = Field(max_length=_B64_MAX)
-    key_public: str = Field(max_length=_B64_MAX)
-
-
-class SignedAttest(_Body):
-    attest: str = Field(max_length=_B64_MAX)
-    signature: str = Field(max_length=_B64_MAX)
-
-
-class QuoteBody(SignedAttest):
-    pcrs: dict[str, str] = Field(max_length=24)
-
-
-class EnrollFinish(_Body):
-    session: str = Field(min_length=16, max_length=64)
-    secret: str = Field(max_length=256)
-    certify: SignedAttest
-    quote: QuoteBody
-
-
-class TokenRequest(_Body):
-    challenge: str = Field(max_length=256)
-    signature: str = Field(max_length=256)  # ES256 r||s, base64
-
-
-def _b64(text: str, field: str) -> bytes:
+def b64_field(text: str, field: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except ValueError as err:
         raise ApiError(422, "invalid_request", f"{field} is not base64") from err
 
 
-def _tpm() -> Any:
+def tpm_modules() -> Any:
     try:
         import tpm2_pytss.types as tpm_types  # noqa: PLC0415 - optional extra
-        import tpm2_pytss.utils as tpm_utils  # noqa: PLC0415
-        from tpm2_pytss import constants  # noqa: PLC0415
+        import tpm2_pytss.utils as tpm_utils  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+        from tpm2_pytss import constants  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
     except ImportError as err:
-        raise ApiError(
+        raise HubFault(
             501, "enrollment_unavailable", "this hub was installed without the tpm extra"
         ) from err
     return tpm_types, tpm_utils, constants
@@ -175,7 +135,7 @@ class EnrollmentPolicy:
         return cls(tuple(load_ek_cas(data_dir / "ek-ca")), pcrs)
 
 
-def _unmarshal(kind: Any, data: bytes, field: str) -> Any:
+def unmarshal(kind: Any, data: bytes, field: str) -> Any:
     try:
         obj, used = kind.unmarshal(data)
     except Exception as err:  # tpm2-pytss raises several types for bad bytes
@@ -185,7 +145,7 @@ def _unmarshal(kind: Any, data: bytes, field: str) -> Any:
     return obj
 
 
-def _spki(public: Any) -> bytes:
+def spki_of(public: Any) -> bytes:
     der: bytes = public.publicArea.to_der()
     return der
 
@@ -212,7 +172,7 @@ def check_ek(cert_der: bytes, ek_public: Any, policy: EnrollmentPolicy, now: dt.
         raise ApiError(403, "untrusted_ek", f"EK certificate issuer {cert.issuer.rfc4514_string()}")
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise ApiError(403, "untrusted_ek", "EK certificate is outside its validity period")
-    spki = _spki(ek_public)
+    spki = spki_of(ek_public)
     cert_spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -221,8 +181,8 @@ def check_ek(cert_der: bytes, ek_public: Any, policy: EnrollmentPolicy, now: dt.
     return spki
 
 
-def _check_attrs(public: Any, field: str, *, restricted: bool) -> None:
-    _, _, c = _tpm()
+def check_key_attributes(public: Any, field: str, *, restricted: bool) -> None:
+    _, _, c = tpm_modules()
     attrs = int(public.publicArea.objectAttributes)
     need = int(
         c.TPMA_OBJECT.FIXEDTPM
@@ -248,13 +208,13 @@ def check_attest(
     attest: bytes, signature: bytes, ak: Any, nonce: bytes, kind: str, field: str
 ) -> Any:
     """A TPMS_ATTEST the AK signed over ``nonce``; ``kind`` is 'certify' or 'quote'."""
-    types, _, c = _tpm()
-    sig = _unmarshal(types.TPMT_SIGNATURE, signature, f"{field}.signature")
+    types, _, c = tpm_modules()
+    sig = unmarshal(types.TPMT_SIGNATURE, signature, f"{field}.signature")
     try:
         sig.verify_signature(ak, attest)
     except (InvalidSignature, ValueError) as err:
         raise ApiError(401, "bad_attestation", f"{field}: not signed by the AK") from err
-    body = _unmarshal(types.TPMS_ATTEST, attest, f"{field}.attest")
+    body = unmarshal(types.TPMS_ATTEST, attest, f"{field}.attest")
     want = c.TPM2_ST.ATTEST_CERTIFY if kind == "certify" else c.TPM2_ST.ATTEST_QUOTE
     if body.magic != c.TPM2_GENERATED.VALUE or body.type != want:
         raise ApiError(401, "bad_attestation", f"{field}: not a TPM-generated {kind}")
@@ -294,19 +254,14 @@ class DeviceAuth:
     store: Store
     now_ns: Clock
 
+    @property
+    def _repo(self) -> DeviceTokenRepo:
+        return DeviceTokenRepo(self.store.engine)
+
     def challenge(self, utid: str) -> bytes:
         challenge = secrets.token_bytes(32)
         now = self.now_ns()
-        with self.store.engine.begin() as conn:
-            conn.execute(delete(device_challenges).where(device_challenges.c.expires_ns < now))
-            conn.execute(
-                insert(device_challenges).values(
-                    challenge_sha256=_sha(challenge),
-                    utid=utid,
-                    expires_ns=now + CHALLENGE_NS,
-                    used=False,
-                )
-            )
+        self._repo.add_challenge(sha256(challenge), utid, now, now + CHALLENGE_NS)
         return challenge
 
     def token(self, utid: str, public_key_der: bytes, challenge: bytes, sig: bytes) -> str:
@@ -319,28 +274,11 @@ class DeviceAuth:
         except InvalidSignature as err:
             raise ApiError(401, "bad_signature", "challenge not signed by the device key") from err
         now = self.now_ns()
-        with self.store.engine.begin() as conn:
-            used = conn.execute(  # compare-and-set: a challenge buys one token, once
-                update(device_challenges)
-                .where(
-                    device_challenges.c.challenge_sha256 == _sha(challenge),
-                    device_challenges.c.utid == utid,
-                    device_challenges.c.used.is_(False),
-                    device_challenges.c.expires_ns >= now,
-                )
-                .values(used=True)
-            )
-            if used.rowcount != 1:
-                raise ApiError(
-                    401, "challenge_invalid", "unknown, expired or already used challenge"
-                )
-            token = "fo-dev-" + secrets.token_urlsafe(32)
-            conn.execute(delete(device_tokens).where(device_tokens.c.expires_ns < now))
-            conn.execute(
-                insert(device_tokens).values(
-                    token_sha256=_sha(token.encode()), utid=utid, expires_ns=now + TOKEN_NS
-                )
-            )
+        token = "fo-dev-" + secrets.token_urlsafe(32)
+        if not self._repo.trade_challenge(
+            sha256(challenge), utid, sha256(token.encode()), now, now + TOKEN_NS
+        ):
+            raise ApiError(401, "challenge_invalid", "unknown, expired or already used challenge")
         return token
 
     def utid_of(self, authorization: str) -> str | None:
@@ -348,251 +286,13 @@ class DeviceAuth:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.startswith("fo-dev-"):
             return None
-        with self.store.engine.connect() as conn:
-            row = conn.execute(
-                select(device_tokens.c.utid, device_tokens.c.expires_ns).where(
-                    device_tokens.c.token_sha256 == _sha(token.encode())
-                )
-            ).first()
+        row = self._repo.token(sha256(token.encode()))
         if row is None:
             raise ApiError(401, "token_invalid", "unknown device token: get a new one")
-        if row.expires_ns < self.now_ns():
+        if row[1] < self.now_ns():
             raise ApiError(401, "token_expired", "device token expired: get a new one")
-        return str(row.utid)
+        return row[0]
 
 
-# --- routes ----------------------------------------------------------------------------------
-async def _json_body(request: Request, model: type[_Body], limit: int) -> Any:
-    body = await request.body()
-    if len(body) > limit:
-        raise ApiError(413, "too_large", f"body of {len(body)} bytes, limit {limit}")
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "body"
-        raise ApiError(422, "invalid_request", f"{where}: {first['msg']}") from err
-
-
-class TokenOrder(_Body):
-    site: str = Field(default="default", min_length=1, max_length=128, pattern=r"^[\w .:@-]+$")
-    ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)
-
-
-def revoke(store: Store, utid: str) -> None:
-    """Revoke a device and drop its tokens (its stored proofs stay)."""
-    store.set_revoked(utid, True)
-    with store.engine.begin() as conn:
-        conn.execute(delete(device_tokens).where(device_tokens.c.utid == utid))
-
-
-def enroll_router(
-    settings: HubSettings,
-    store: Store,
-    fleet: FleetCA,
-    auth: DeviceAuth,
-    now_ns: Clock,
-    access: Access,
-    log_vkey: str,
-) -> APIRouter:
-    router = APIRouter()
-    limit = settings.limits.max_json_bytes
-
-    def _active_device(utid: str) -> Any:
-        device = store.device(utid)
-        if device is None:
-            raise ApiError(404, "unknown_device", f"no device {utid}")
-        if device.revoked:
-            raise ApiError(403, "revoked_device", f"device {utid} is revoked")
-        return device
-
-    @router.post("/v1/enrollment-tokens", status_code=201)
-    async def create_enrollment_token(request: Request) -> dict[str, Any]:
-        """Site admin: a one-time token a field technician passes to `provision enroll`."""
-        order: TokenOrder = await _json_body(request, TokenOrder, limit)
-        who = access.require(request, order.site, "admin")
-        token = new_enrollment_token(store, site=order.site, ttl_s=order.ttl_s, now_ns=now_ns())
-        access.audit(who.name, "enrollment_token.create", order.site, {"ttl_s": order.ttl_s})
-        return {"token": token, "site": order.site, "expires_in": order.ttl_s}
-
-    @router.post("/v1/devices/{utid}/revoke")
-    def revoke_device(utid: str, request: Request) -> dict[str, Any]:
-        """Site operator: refuse this device's proofs and tokens (what it sent is kept)."""
-        device = store.device(utid)
-        if device is None:
-            raise ApiError(404, "unknown_device", f"no device {utid}")
-        who = access.require(request, device.site, "operator")
-        access.check_csrf(who, request.headers.get("x-csrf-token"))
-        revoke(store, utid)
-        access.audit(who.name, "device.revoke", utid, {"site": device.site})
-        return {"utid": utid, "revoked": True}
-
-    def token_row(token: str, now: int) -> Any:
-        with store.engine.connect() as conn:
-            row = conn.execute(
-                select(enrollment_tokens).where(
-                    enrollment_tokens.c.token_sha256 == _sha(token.encode())
-                )
-            ).first()
-        if row is None:
-            raise ApiError(401, "token_unknown", "no such enrollment token: ask for a new one")
-        if row.used_ns is not None:
-            raise ApiError(401, "token_used", "this enrollment token was already used")
-        if row.expires_ns < now:
-            raise ApiError(401, "token_expired", "this enrollment token expired: ask for a new one")
-        return row
-
-    @router.post("/v1/enroll/start")
-    async def enroll_start(request: Request) -> dict[str, Any]:
-        req: EnrollStart = await _json_body(request, EnrollStart, limit)
-        types, utils, _ = _tpm()
-        now = now_ns()
-        token_row(req.token, now)
-        policy = EnrollmentPolicy.load(settings.data_dir)
-        ek = _unmarshal(types.TPM2B_PUBLIC, _b64(req.ek_public, "ek_public"), "ek_public")
-        ak_bytes, key_bytes = _b64(req.ak_public, "ak_public"), _b64(req.key_public, "key_public")
-        ak = _unmarshal(types.TPM2B_PUBLIC, ak_bytes, "ak_public")
-        key = _unmarshal(types.TPM2B_PUBLIC, key_bytes, "key_public")
-        ek_spki = check_ek(_b64(req.ek_cert, "ek_cert"), ek, policy, _utc(now))
-        _check_attrs(ak, "ak_public", restricted=True)
-        _check_attrs(key, "key_public", restricted=False)
-        secret, nonce = secrets.token_bytes(32), secrets.token_bytes(32)
-        blob, enc_secret = utils.make_credential(ek, secret, ak.get_name())
-        session = secrets.token_urlsafe(24)
-        with store.engine.begin() as conn:
-            conn.execute(delete(enrollments).where(enrollments.c.expires_ns < now))
-            conn.execute(
-                insert(enrollments).values(
-                    session=session,
-                    token_sha256=_sha(req.token.encode()),
-                    name=req.name,
-                    ek_sha256=_sha(ek_spki),
-                    ak_public=ak_bytes,
-                    key_public=key_bytes,
-                    secret_sha256=_sha(secret),
-                    nonce=nonce,
-                    expires_ns=now + ENROLL_SESSION_NS,
-                    state="pending",
-                )
-            )
-        enc = base64.b64encode
-        return {
-            "session": session,
-            "credential_blob": enc(blob.marshal()).decode(),
-            "encrypted_secret": enc(enc_secret.marshal()).decode(),
-            "nonce": enc(nonce).decode(),
-            "expires_in": ENROLL_SESSION_NS // 10**9,
-        }
-
-    @router.post("/v1/enroll/finish")
-    async def enroll_finish(request: Request) -> dict[str, Any]:
-        req: EnrollFinish = await _json_body(request, EnrollFinish, limit)
-        types, _, _ = _tpm()
-        now = now_ns()
-        with store.engine.connect() as conn:
-            row = conn.execute(
-                select(enrollments).where(enrollments.c.session == req.session)
-            ).first()
-        if row is None or row.expires_ns < now or row.state != "pending":
-            raise ApiError(
-                401, "session_invalid", "unknown, expired or finished enrollment session"
-            )
-        tok = row.token_sha256
-        if not hmac.compare_digest(_sha(_b64(req.secret, "secret")), row.secret_sha256):
-            raise ApiError(
-                401, "activation_failed", "the credential was not activated by that EK's TPM"
-            )
-        ak = _unmarshal(types.TPM2B_PUBLIC, row.ak_public, "ak_public")
-        key = _unmarshal(types.TPM2B_PUBLIC, row.key_public, "key_public")
-        certified = check_attest(
-            _b64(req.certify.attest, "certify.attest"),
-            _b64(req.certify.signature, "certify.signature"),
-            ak,
-            row.nonce,
-            "certify",
-            "certify",
-        )
-        if bytes(certified.attested.certify.name) != bytes(key.get_name()):
-            raise ApiError(401, "bad_attestation", "certify: the AK certified another key")
-        quoted = check_attest(
-            _b64(req.quote.attest, "quote.attest"),
-            _b64(req.quote.signature, "quote.signature"),
-            ak,
-            row.nonce,
-            "quote",
-            "quote",
-        )
-        pcrs = check_quote(quoted, req.quote.pcrs, EnrollmentPolicy.load(settings.data_dir))
-        spki = _spki(key)
-        utid = utid_text(utid_bytes(spki))
-        existing = store.device(utid)
-        if existing is not None and existing.revoked:
-            raise ApiError(403, "revoked_device", "this key was revoked: make a new device key")
-        with store.engine.begin() as conn:
-            burnt = conn.execute(
-                update(enrollment_tokens)
-                .where(
-                    enrollment_tokens.c.token_sha256 == tok,
-                    enrollment_tokens.c.used_ns.is_(None),
-                )
-                .values(used_ns=now, used_by=utid)
-            )
-            if burnt.rowcount != 1:
-                raise ApiError(401, "token_used", "this enrollment token was already used")
-            conn.execute(
-                update(enrollments)
-                .where(enrollments.c.session == req.session)
-                .values(
-                    state="done", utid=utid, pcrs=json.dumps({i: v.hex() for i, v in pcrs.items()})
-                )
-            )
-            site = conn.execute(
-                select(enrollment_tokens.c.site).where(enrollment_tokens.c.token_sha256 == tok)
-            ).scalar_one()
-        access.audit(f"device:{utid}", "device.enroll", utid, {"site": site, "name": row.name})
-        device = existing or store.add_device(
-            utid=utid,
-            public_key=spki,
-            key_kind="tpm",
-            certificate=fleet.issue(spki, "tpm", now=_utc(now)),
-            name=row.name,
-            site=site,
-            now_ns=now,
-        )
-        return {
-            "utid": utid,
-            "certificate_pem": _pem(device.certificate),
-            "fleet_ca_pem": fleet.pem(),
-            "log_vkey": log_vkey,  # the agent pins it to check the hub's checkpoints
-            "pcrs": {str(i): v.hex() for i, v in pcrs.items()},
-        }
-
-    @router.post("/v1/devices/{utid}/challenge")
-    def device_challenge(utid: str) -> dict[str, Any]:
-        _active_device(utid)
-        return {
-            "challenge": base64.b64encode(auth.challenge(utid)).decode(),
-            "expires_in": CHALLENGE_NS // 10**9,
-        }
-
-    @router.post("/v1/devices/{utid}/token")
-    async def device_token(utid: str, request: Request) -> dict[str, Any]:
-        req: TokenRequest = await _json_body(request, TokenRequest, limit)
-        device = _active_device(utid)
-        token = auth.token(
-            utid,
-            device.public_key,
-            _b64(req.challenge, "challenge"),
-            _b64(req.signature, "signature"),
-        )
-        return {"token": token, "expires_in": TOKEN_NS // 10**9}
-
-    return router
-
-
-def _utc(ns: int) -> dt.datetime:
+def utc(ns: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
-
-
-def _pem(der: bytes) -> str:
-    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode()

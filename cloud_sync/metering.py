@@ -26,17 +26,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine
 
 from attestation.signednote import NoteVerifier, open_note, sign_note
 from cloud_sync.errors import ApiError
 from cloud_sync.log import HubLog
-from cloud_sync.storage.tables import devices, statements, webhook_deliveries, windows
+from cloud_sync.storage.metering import MeteringRepo
 
 __all__ = ["Metering", "Webhooks", "parse_month", "verify_statement"]
 
 log = logging.getLogger(__name__)
-DAY_NS = 86_400 * 10**9
 STATEMENT_ORIGIN_SUFFIX = "/usage"
 
 
@@ -46,6 +45,8 @@ def parse_month(text: str) -> tuple[int, int]:
         first = dt.datetime.strptime(text, "%Y-%m").replace(tzinfo=dt.UTC)
     except ValueError as err:
         raise ApiError(422, "invalid_request", f"month: {text[:10]!r} is not YYYY-MM") from err
+    if not 1970 <= first.year <= 2261:  # times are stored as int64 Unix nanoseconds
+        raise ApiError(422, "invalid_request", f"month: {text!r} is not between 1970 and 2261")
     days = calendar.monthrange(first.year, first.month)[1]
     end = first + dt.timedelta(days=days)
     return int(first.timestamp()) * 10**9, int(end.timestamp()) * 10**9
@@ -57,36 +58,23 @@ class Metering:
     log: HubLog
     now_ns: Callable[[], int]
 
+    @property
+    def _repo(self) -> MeteringRepo:
+        return MeteringRepo(self.engine)
+
     def usage(self, site: str, lo: int, hi: int) -> list[dict[str, Any]]:
         """Per UTC day: proofs and readings accepted for the site's devices."""
-        day = windows.c.received_ns // DAY_NS  # integer division: the UTC day number
-        readings = func.sum(windows.c.count).label("readings")
-        q = (
-            select(day.label("day"), func.count().label("proofs"), readings)
-            .join(devices, devices.c.utid == windows.c.utid)
-            .where(devices.c.site == site, windows.c.received_ns >= lo, windows.c.received_ns < hi)
-            .group_by(day)
-            .order_by(day)
-        )  # fmt: skip
-        with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
         return [
             {
-                "date": dt.datetime.fromtimestamp(int(r.day) * 86_400, dt.UTC).date().isoformat(),
-                "proofs": int(r.proofs),
-                "readings": int(r.readings or 0),
+                "date": dt.datetime.fromtimestamp(day * 86_400, dt.UTC).date().isoformat(),
+                "proofs": proofs,
+                "readings": readings,
             }
-            for r in rows
+            for day, proofs, readings in self._repo.usage_by_day(site, lo, hi)
         ]
 
     def statement(self, site: str, month: str) -> str | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(statements.c.note).where(
-                    statements.c.site == site, statements.c.month == month
-                )
-            ).first()
-        return str(row.note) if row else None
+        return self._repo.statement(site, month)
 
     def close_month(self, site: str, month: str) -> tuple[str, bool]:
         """The month's signed statement, made once (later calls return the same note)."""
@@ -113,12 +101,7 @@ class Metering:
             + "\n"
         )
         note = sign_note(body, origin, self.log.signer.public_key(), self.log.signer.sign)
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(statements).values(
-                    site=site, month=month, note=note, created_ns=self.now_ns()
-                )
-            )
+        self._repo.add_statement(site, month, note, self.now_ns())
         return note, True
 
 
@@ -157,13 +140,7 @@ class Webhooks:
         if self.url is None:
             return
         body = json.dumps({"event": event, **payload}, sort_keys=True)
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(webhook_deliveries).values(
-                    event=event, body=body, attempts=0, status="pending", next_ns=self.now_ns(),
-                    last_error="",
-                )
-            )  # fmt: skip
+        MeteringRepo(self.engine).add_delivery(event, body, self.now_ns())
         self.start()
         self._wake.set()
 
@@ -179,14 +156,12 @@ class Webhooks:
             self._thread.join(timeout=5)
 
     def deliveries(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(webhook_deliveries).order_by(webhook_deliveries.c.id)).all()
-        return [dict(r._mapping) for r in rows]
+        return MeteringRepo(self.engine).deliveries()
 
     def _run(self) -> None:
         rng = random.Random()
         while not self._stop.is_set():
-            due = self._next_due()
+            due = MeteringRepo(self.engine).next_due()
             if due is None:
                 self._wake.wait(5.0)
                 self._wake.clear()
@@ -197,15 +172,6 @@ class Webhooks:
                 self._wake.clear()
                 continue
             self._attempt(due, rng)
-
-    def _next_due(self) -> Any:
-        with self.engine.connect() as conn:
-            return conn.execute(
-                select(webhook_deliveries)
-                .where(webhook_deliveries.c.status == "pending")
-                .order_by(webhook_deliveries.c.next_ns)
-                .limit(1)
-            ).first()
 
     def _attempt(self, row: Any, rng: random.Random) -> None:
         assert self.url is not None
@@ -238,9 +204,4 @@ class Webhooks:
         else:
             delay = rng.uniform(0, min(self.cap_s, self.base_s * 2**attempts))
             status, next_ns = "pending", self.now_ns() + int(delay * 1e9)
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(webhook_deliveries)
-                .where(webhook_deliveries.c.id == row.id)
-                .values(attempts=attempts, status=status, next_ns=next_ns, last_error=error)
-            )
+        MeteringRepo(self.engine).record_attempt(row.id, attempts, status, next_ns, error)

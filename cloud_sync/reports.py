@@ -10,23 +10,27 @@ report names the log checkpoint it rests on, so an auditor can check any window 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
+import zipfile
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy import select
 
 from attestation.cose import decode_sign1
 from attestation.microproof import decode_payload
+from attestation.reportsig import report_bytes, sign_report
+from attestation.signers.base import Signer
 from cloud_sync.errors import ApiError
 from cloud_sync.log import HubLog
 from cloud_sync.storage import Store
-from cloud_sync.storage.tables import devices, windows
 
-__all__ = ["Report", "parse_period", "render_pdf", "site_report"]
+__all__ = ["Report", "SignedReport", "parse_period", "render_pdf", "sign", "site_report"]
 
 Report = dict[str, Any]
 MAX_PERIOD = dt.timedelta(days=366)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LAST_NS_TIME = dt.datetime(2262, 4, 11, tzinfo=dt.UTC)  # int64 nanoseconds end 2262-04-11
 
 
 def parse_period(start: str, end: str) -> tuple[dt.datetime, dt.datetime]:
@@ -39,7 +43,12 @@ def parse_period(start: str, end: str) -> tuple[dt.datetime, dt.datetime]:
             raise ApiError(
                 422, "invalid_request", f"{name}: {text[:40]!r} is not ISO 8601"
             ) from err
-        out.append(stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC))
+        stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+        if not EPOCH <= stamp <= LAST_NS_TIME:  # times are stored as int64 Unix nanoseconds
+            raise ApiError(
+                422, "invalid_request", f"{name}: must be between 1970 and {LAST_NS_TIME:%Y-%m-%d}"
+            )
+        out.append(stamp)
     if out[0] >= out[1]:
         raise ApiError(422, "invalid_request", "from: must be before to")
     if out[1] - out[0] > MAX_PERIOD:
@@ -51,29 +60,17 @@ def _ns(stamp: dt.datetime) -> int:
     return int(stamp.timestamp() * 1e9)
 
 
-def _iso(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="seconds")
+def _iso(ns: int, timespec: str = "seconds") -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec=timespec)
 
 
 def site_report(
     store: Store, log: HubLog, site: str, start: dt.datetime, end: dt.datetime, now_ns: int
 ) -> Report:
     lo, hi = _ns(start), _ns(end)
-    with store.engine.connect() as conn:
-        devs = conn.execute(
-            select(devices).where(devices.c.site == site).order_by(devices.c.name)
-        ).all()
-        if not devs:
-            raise ApiError(404, "unknown_site", f"no device belongs to site {site!r}")
-        rows = conn.execute(
-            select(windows)
-            .where(
-                windows.c.utid.in_([d.utid for d in devs]),
-                windows.c.last_ts_ns >= lo,
-                windows.c.first_ts_ns < hi,
-            )
-            .order_by(windows.c.utid, windows.c.window)
-        ).all()
+    devs, rows = store.site_windows(site, lo, hi)
+    if not devs:
+        raise ApiError(404, "unknown_site", f"no device belongs to site {site!r}")
     cp, note = log.checkpoint()
     by_device: dict[str, list[Any]] = {}
     for w in rows:
@@ -99,13 +96,14 @@ def site_report(
                 g["last"] - g["first"] + 1 for d in out_devices for g in d["gaps"]
             ),
             "anomalous_windows": sum(len(d["anomalies"]) for d in out_devices),
+            "source_gaps": sum(len(d["source_gaps"]) for d in out_devices),
         },
         "devices": out_devices,
     }
 
 
 def _device_facts(d: Any, rows: list[Any], lo: int, hi: int) -> dict[str, Any]:
-    gaps, anomalies, drift, models = [], [], [], {}
+    gaps, silences, anomalies, drift, models = [], [], [], [], {}
     per_hour: Counter[str] = Counter()
     covered = 0
     for w in rows:
@@ -114,8 +112,25 @@ def _device_facts(d: Any, rows: list[Any], lo: int, hi: int) -> dict[str, Any]:
             {"window": w.window, "first": g.first, "last": g.last, "reason": g.reason}
             for g in mp.gaps
         ]
+        silences += [
+            {
+                "window": w.window,
+                "source": g.source,
+                "from": _iso(g.first_ts_ns, "milliseconds"),
+                "to": _iso(g.last_ts_ns, "milliseconds"),
+                "first_ts_ns": g.first_ts_ns,
+                "last_ts_ns": g.last_ts_ns,
+                "reason": g.reason,
+            }
+            for g in mp.source_gaps
+        ]
         if mp.model is not None:
-            models[mp.model.sha256.hex()] = {"id": mp.model.id, "version": mp.model.version}
+            models[mp.model.sha256.hex()] = {
+                "id": mp.model.id,
+                "version": mp.model.version,
+                "fleet_version": mp.model.fleet_version,  # set when a TUF fleet model scored
+                "job": mp.model.job,
+            }
         if mp.anomaly is not None and mp.anomaly.count:
             anomalies.append(
                 {
@@ -125,6 +140,7 @@ def _device_facts(d: Any, rows: list[Any], lo: int, hi: int) -> dict[str, Any]:
                     "max_score": round(mp.anomaly.max_score, 4),
                     "threshold": mp.anomaly.threshold,
                     "model_sha256": mp.model.sha256.hex() if mp.model else None,
+                    "fleet_version": mp.model.fleet_version if mp.model else None,
                 }
             )
         if mp.drift is not None:
@@ -150,6 +166,7 @@ def _device_facts(d: Any, rows: list[Any], lo: int, hi: int) -> dict[str, Any]:
         "last_window": rows[-1].window if rows else None,
         "coverage_pct": round(100 * covered / (hi - lo), 3),
         "gaps": gaps,
+        "source_gaps": silences,
         "anomalies": anomalies,
         "drift_tests": drift,
         "drifted_windows": sum(x["drifted"] for x in drift),
@@ -158,139 +175,45 @@ def _device_facts(d: Any, rows: list[Any], lo: int, hi: int) -> dict[str, Any]:
     }
 
 
-def render_pdf(report: Report) -> bytes:
-    """Draw the report (A4): a cover with the checkpoint and totals, a page per device."""
-    from reportlab.graphics.charts.barcharts import VerticalBarChart  # noqa: PLC0415
-    from reportlab.graphics.charts.lineplots import LinePlot  # noqa: PLC0415
-    from reportlab.graphics.shapes import Drawing, String  # noqa: PLC0415
-    from reportlab.graphics.widgets.markers import makeMarker  # noqa: PLC0415
-    from reportlab.lib import colors  # noqa: PLC0415
-    from reportlab.lib.pagesizes import A4  # noqa: PLC0415
-    from reportlab.lib.styles import getSampleStyleSheet  # noqa: PLC0415
-    from reportlab.platypus import (  # noqa: PLC0415
-        PageBreak,
-        Paragraph,
-        Preformatted,
-        SimpleDocTemplate,
-        Spacer,
-        Table,
-        TableStyle,
-    )
+@dataclass(frozen=True, slots=True)
+class SignedReport:
+    """A report's facts as the one JSON byte form, the hub's detached COSE signature on those
+    bytes, and their SHA-256 (printed on the PDF)."""
 
-    styles = getSampleStyleSheet()
-    grid = TableStyle(
-        [
-            ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
-            ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e8eef5")),
-            ("FONTSIZE", (0, 0), (-1, -1), 8),
-        ]
-    )
+    json: bytes
+    cose: bytes
+    sha256: str
 
-    def table(rows: list[list[Any]]) -> Table:
-        t = Table([[str(c) for c in r] for r in rows], hAlign="LEFT")
-        t.setStyle(grid)
-        return t
+    def bundle(self, pdf: bytes) -> bytes:
+        """A zip an auditor keeps: the PDF, its JSON twin, the signature, how to check."""
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("report.pdf", pdf)
+            z.writestr("report.json", self.json)
+            z.writestr("report.json.cose", self.cose)
+            z.writestr("HOW-TO-CHECK.txt", HOW_TO_CHECK.format(sha256=self.sha256))
+        return buf.getvalue()
 
-    def bars(title: str, pairs: list[tuple[str, int]]) -> Drawing:
-        drawing = Drawing(480, 170)
-        drawing.add(String(0, 158, title, fontSize=9))
-        chart = VerticalBarChart()
-        chart.x, chart.y, chart.width, chart.height = 40, 20, 420, 120
-        chart.data = [[v for _, v in pairs] or [0]]
-        chart.categoryAxis.categoryNames = [k[11:16] for k, _ in pairs] or [""]
-        chart.categoryAxis.labels.fontSize = 6
-        chart.valueAxis.valueMin = 0
-        chart.bars[0].fillColor = colors.HexColor("#3b6ea5")
-        drawing.add(chart)
-        return drawing
 
-    def scores(title: str, points: list[tuple[int, float]]) -> Drawing:
-        drawing = Drawing(480, 150)
-        drawing.add(String(0, 138, title, fontSize=9))
-        plot = LinePlot()
-        plot.x, plot.y, plot.width, plot.height = 40, 20, 420, 100
-        plot.data = [points]
-        plot.lines[0].strokeColor = colors.HexColor("#b5402a")
-        plot.lines[0].symbol = makeMarker("FilledCircle")  # one window is a point, not a line
-        drawing.add(plot)
-        return drawing
+HOW_TO_CHECK = """\
+report.json is this report's facts; report.pdf is drawn from them alone.
+report.json.cose is the hub's signature on report.json (COSE_Sign1, EdDSA, payload detached).
 
-    r = report
-    story: list[Any] = [
-        Paragraph(f"FactoryOps proof report — site {r['site']}", styles["Title"]),
-        Paragraph(
-            f"Period {r['from']} to {r['to']} (generated {r['generated_at']})", styles["Normal"]
-        ),
-        Spacer(1, 10),
-        Paragraph("Transparency-log checkpoint this report rests on", styles["Heading2"]),
-        table(
-            [
-                ["origin", "tree size", "root (SHA-256)"],
-                [r["checkpoint"]["origin"], r["checkpoint"]["size"], r["checkpoint"]["root"]],
-            ]
-        ),
-        Spacer(1, 4),
-        Preformatted(r["checkpoint"]["note"], styles["Code"]),
-        Paragraph("Totals", styles["Heading2"]),
-        table([list(r["totals"]), list(r["totals"].values())]),
-    ]
-    for d in r["devices"]:
-        story += [
-            PageBreak(),
-            Paragraph(
-                f"{d['name']} ({d['key_kind']} key{', REVOKED' if d['revoked'] else ''})",
-                styles["Heading2"],
-            ),
-            Paragraph(d["utid"], styles["Code"]),
-            table(
-                [
-                    [
-                        "windows",
-                        "readings",
-                        "coverage %",
-                        "gap records",
-                        "anomalous windows",
-                        "drifted windows",
-                    ],
-                    [
-                        d["windows"],
-                        d["readings"],
-                        d["coverage_pct"],
-                        len(d["gaps"]),
-                        len(d["anomalies"]),
-                        d["drifted_windows"],
-                    ],
-                ]
-            ),
-            Spacer(1, 6),
-            bars("Readings per hour (signed windows)", d["readings_per_hour"]),
-        ]
-        if d["anomalies"]:
-            story.append(
-                scores(
-                    "Anomaly max score per anomalous window",
-                    [(a["window"], a["max_score"]) for a in d["anomalies"]],
-                )
-            )
-            head = ["window", "at", "rows", "max score", "model sha256"]
-            story.append(table([head] + [
-                [a["window"], a["at"], a["anomalous_rows"], a["max_score"],
-                 (a["model_sha256"] or "")[:16]]
-                for a in d["anomalies"][:40]
-            ]))  # fmt: skip
-        if d["gaps"]:
-            story += [Paragraph("Signed gap records", styles["Heading3"])]
-            story.append(table([["window", "first seq", "last seq", "reason"]] + [
-                [g["window"], g["first"], g["last"], g["reason"]] for g in d["gaps"][:40]
-            ]))  # fmt: skip
-        if d["models"]:
-            story += [Paragraph("Models that scored these windows", styles["Heading3"])]
-            story.append(
-                table(
-                    [["id", "version", "sha256"]]
-                    + [[m["id"], m["version"], m["sha256"]] for m in d["models"]]
-                )
-            )
-    buf = io.BytesIO()
-    SimpleDocTemplate(buf, pagesize=A4, title=f"FactoryOps report {r['site']}").build(story)
-    return buf.getvalue()
+  factoryops verify-report report.json --trust hub-log-key.pem
+
+prints VALID and the SHA-256 of report.json, which must be
+{sha256}
+as printed on the PDF's cover. hub-log-key.pem comes from the hub's operator.
+"""
+
+
+def sign(report: Report, signer: Signer) -> SignedReport:
+    data = report_bytes(report)
+    return SignedReport(data, sign_report(data, signer), hashlib.sha256(data).hexdigest())
+
+
+def render_pdf(report: Report, twin_sha256: str) -> bytes:
+    """The report as a PDF (cloud_sync/report_pdf.py; reportlab is loaded only here)."""
+    from cloud_sync.report_pdf import render_pdf as draw  # noqa: PLC0415 - reportlab is heavy
+
+    return draw(report, twin_sha256)

@@ -42,7 +42,8 @@ class HubServer:
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         app = create_app(self.settings)
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        # the lifespan starts the app's background work and, on stop, closes its database
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
         server = uvicorn.Server(config)
         self._server = server
         self._thread = threading.Thread(
@@ -61,9 +62,6 @@ class HubServer:
             return
         self._server.should_exit = True
         self._thread.join(timeout=10)
-        store = getattr(self._server.config.app, "state", None)
-        if store is not None and hasattr(store, "store"):
-            store.store.close()
         self._server = None
         self._thread = None
 

@@ -18,8 +18,12 @@ BENCHMARKS: dict[str, str] = {
     "sign": "benchmarks.sign:command",
     "inference": "benchmarks.inference:command",
     "modbus": "benchmarks.modbus:command",
+    "crash": "benchmarks.crash:command",
     "verify": "benchmarks.verify:command",
     "hub": "benchmarks.hub:command",
+    "fleet": "benchmarks.fleet:command",
+    "m2n2": "benchmarks.m2n2:command",
+    "spool": "benchmarks.spool:command",
 }
 
 

@@ -21,15 +21,19 @@ __all__ = ["main"]
 # `factoryops verify` does not pay for onnxruntime or FastAPI.
 COMMANDS: dict[str, str] = {
     "verify": "factoryops.verify_cmd:verify",
+    "verify-report": "factoryops.verify_report_cmd:verify_report_cmd",
     "bench": "factoryops.bench:bench",
+    "fleet": "factoryops.fleet:fleet",
     "hub": "cloud_sync.cli:hub",
     "agent": "agent.cli:agent",
     "demo": "factoryops.demo:demo",
     "sim": "hil_tests.cli:sim",
     "hil": "hil_tests.cli:hil",
     "model": "models_onnx.cli:model",
-    "provision": "provisioning.cli:provision",
+    "provision": "factoryops.provision_cmd:provision",
     "report": "cloud_sync.cli:report",
+    "pilot": "factoryops.pilot:pilot",
+    "capsule": "capsules.cli:capsule",
 }
 
 

@@ -13,7 +13,7 @@ class LazyGroup(click.Group):
     """Subcommands come from ``targets``: name -> "module:attribute" of a click command."""
 
     def __init__(self, *args: object, targets: dict[str, str], **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]  # click.Group's own keyword arguments pass through untyped
         self.targets = targets
 
     def list_commands(self, ctx: click.Context) -> list[str]:

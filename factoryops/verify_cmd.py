@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,7 +110,7 @@ def verify(
 def _check_bundle_chain(microproofs: Any) -> dict[str, str] | None:
     import base64  # noqa: PLC0415 - only bundles need it
 
-    from attestation import BrokenLink  # noqa: PLC0415
+    from attestation import BrokenLink  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
     if microproofs is None:
         return None
@@ -129,10 +131,10 @@ def _witness(
     hub_url: str | None,
 ) -> Verdict:
     """Judge the receipt's checkpoint against the remembered one (a fork makes it invalid)."""
-    import httpx  # noqa: PLC0415
+    import httpx  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
-    from attestation.signednote import NoteVerifier  # noqa: PLC0415
-    from attestation.witness import CheckpointMemory  # noqa: PLC0415
+    from attestation.signednote import NoteVerifier  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+    from attestation.witness import CheckpointMemory  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
     if not v.valid or note is None or not hub_keys:
         return v
@@ -142,7 +144,7 @@ def _witness(
     def proofs(size1: int, size2: int) -> list[bytes] | None:
         if hub_url is None:
             return None
-        import base64  # noqa: PLC0415
+        import base64  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
         r = httpx.get(
             f"{hub_url.rstrip('/')}/v1/log/proof/consistency",
@@ -164,13 +166,48 @@ def _witness(
     )
 
 
+def quality_text(quality: object) -> str:
+    """An OPC UA StatusCode as ``0x80050000 (Bad)``: the severity is its top two bits."""
+    if not isinstance(quality, int) or isinstance(quality, bool):
+        return str(quality)
+    severity = ("Good", "Uncertain", "Bad", "Bad")[(quality >> 30) & 3]
+    return f"0x{quality:08X} ({severity})"
+
+
+def _utc(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _value_text(value: Any) -> str:
+    """A reading's value for people: 26.58, and the exact signed float beside it when the
+    short form is not the whole story (26.58, exactly 26.580000000000002)."""
+    if not isinstance(value, float) or not math.isfinite(value):
+        return repr(value)
+    short = f"{value:.6g}"
+    return short if float(short) == value else f"{short} (exactly {value!r})"
+
+
 def _print_verdict(v: Verdict) -> None:
     r = v.reading or {}
-    what = f"{r.get('signal')} seq {r.get('seq')} = {r.get('value')} {r.get('unit')}"
+    what = (
+        f"{r.get('signal')} seq {r.get('seq')} = {_value_text(r.get('value'))} {r.get('unit')}"
+        f", quality {quality_text(r.get('quality'))}"
+    )
     if v.valid:
         kind = f" ({v.key_kind} key)" if v.key_kind else ""
         click.secho(f"VALID  {what}", fg="green")
         click.echo(f"  signed by {v.utid}{kind}; checked: {', '.join(v.checked)}")
+        for g in v.source_gaps:  # signed in the same window: what else was silent
+            click.echo(
+                f"  silent source in this window: {g.source} {_utc(g.first_ts_ns)}"
+                f" .. {_utc(g.last_ts_ns)} ({g.reason})"
+            )
+        if (rs := v.reset) is not None:  # signed: the spool was lost or forked (ADR 0027)
+            click.echo(
+                f"  chain reset in this window ({rs.reason}): continues the hub's window"
+                f" {rs.hub_window} (last seq {rs.hub_last_seq}); readings the old spool held"
+                " after it are lost"
+            )
     else:
         click.secho(f"INVALID  {what}", fg="red")
         click.echo(f"  broken link: {v.error}")

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import atheris
+import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -45,8 +46,8 @@ with atheris.instrument_imports(include=["agent", "attestation", "cloud_sync"]):
     )
     from attestation.signers.software import SoftwareSigner
     from attestation.verify import TrustAnchors, report_receipt
-    from cloud_sync.app import _parse_uploads
     from cloud_sync.errors import ApiError
+    from cloud_sync.routes.proofs import parse_uploads as _parse_uploads
     from cloud_sync.settings import HubLimits, HubSettings
     from tests.hubkit import same_cbor_item
 
@@ -110,7 +111,8 @@ def leafseq(data: bytes) -> None:
 
 def plaincbor(data: bytes) -> None:
     """Differential: the native plain-CBOR decoder either passes an item to cbor2 (None) or
-    builds exactly what cborsafe's cbor2 path builds."""
+    builds exactly what cborsafe's cbor2 path builds, and calls it canonical exactly when
+    cbor2's canonical encoder writes those bytes (ADR 0013)."""
     fast = cborsafe.decode_plain(data)
     if fast is None:
         return
@@ -120,6 +122,8 @@ def plaincbor(data: bytes) -> None:
         raise RuntimeError(f"native decoded {data.hex()}, cbor2 refused: {err!r}") from err
     if not same_cbor_item(fast[0], reference):
         raise RuntimeError(f"native {fast[0]!r} but cbor2 {reference!r} for {data.hex()}")
+    if fast[1] != (cbor2.dumps(reference, canonical=True) == data):
+        raise RuntimeError(f"native canonical={fast[1]} disagrees with cbor2 for {data.hex()}")
 
 
 def microproof(data: bytes) -> None:

@@ -20,6 +20,7 @@ from rich.table import Table
 from hil_tests.errors import RigFailed
 from hil_tests.modbus_server import PLANT_REGISTER_MAP, PlantServer
 from hil_tests.plant import DEFAULT_FAULTS, SENSOR_FAULTS, Fault
+from hil_tests.rig import Verdict
 
 __all__ = ["hil", "sim"]
 
@@ -140,7 +141,7 @@ def dataset(seconds: float, seed: int, out: Path) -> None:
     Example:
       factoryops sim dataset --seconds 600 --out normal.csv
     """
-    from hil_tests.training import write_skab_csv  # noqa: PLC0415
+    from hil_tests.training import write_skab_csv  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
     n = write_skab_csv(out, seconds, seed=seed)
     click.echo(f"{out}: {n} rows of simulated normal operation (seed {seed})")
@@ -158,18 +159,93 @@ def hil() -> None:
 
 @hil.command()
 @click.argument("rig_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def run(rig_file: Path) -> None:
-    """Run RIG_FILE against the SIMULATED plant; exit 1 if any expectation fails.
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write report.html (charts, faults shaded, a row per check) and report.json here.",
+)
+def run(rig_file: Path, out_dir: Path | None) -> None:
+    """Run RIG_FILE; exit 1 if any check or expectation fails.
+
+    A rig with a [system] table runs the real agent with the SIMULATED PLC, firmware nodes
+    and a private broker (docs/plant.md); one without runs the Modbus probe rig. Ctrl-C stops
+    everything the rig started and still writes a partial report.
 
     \b
-    Example:
+    Examples:
       factoryops hil run hil_tests/rigs/pump_faults.toml
+      factoryops hil run hil_tests/rigs/agent_kill.toml --out /tmp/rig-report
     """
-    from hil_tests.rig import load_rig  # noqa: PLC0415
-    from hil_tests.rig_runner import run_rig  # noqa: PLC0415
+    from hil_tests.rig import read_toml  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+
+    doc, _ = read_toml(rig_file)
+    if "system" in doc:
+        _run_system(rig_file, out_dir or Path("hil-report") / rig_file.stem)
+    else:
+        _run_probe_rig(rig_file, out_dir)
+
+
+def _verdict_table(title: str, verdicts: Sequence[Verdict]) -> None:
+    table = Table(title=title)
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail")
+    for v in verdicts:
+        table.add_row(v.name, "[green]pass[/green]" if v.passed else "[red]FAIL[/red]", v.detail)
+    Console().print(table)
+
+
+def _fail_if_any(verdicts: Sequence[Verdict], hint: str) -> None:
+    failed = [v.name for v in verdicts if not v.passed]
+    if failed:
+        raise RigFailed(
+            f"{len(failed)} of {len(verdicts)} checks failed: {', '.join(failed)}", hint=hint
+        )
+
+
+def _run_system(rig_file: Path, out_dir: Path) -> None:
+    from hil_tests.report import write_report  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+    from hil_tests.system_rig import load_system_rig  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+    from hil_tests.system_runner import SystemReport, run_system  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+
+    rig = load_system_rig(rig_file)  # every refusal happens here, before anything starts
+    holder: list[SystemReport] = []
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[t]}")
+    ) as bar:
+        task = bar.add_task(f"rig {rig_file.name}", total=rig.duration_s + rig.settle_s, t="")
+
+        def progress(done: float, total: float) -> None:
+            bar.update(task, completed=done, t=f"{done:,.0f}/{total:,.0f} s")
+
+        async def main() -> None:
+            holder.append(await run_system(rig, out_dir, progress))
+
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            # the runner wrote its partial report on the way out; if it never got that far
+            # (interrupted while starting), say so in one of our own
+            if not (out_dir / "report.json").exists():
+                write_report(out_dir, SystemReport(rig, 0, interrupted=True).to_json())
+            click.echo(f"interrupted: the rig's processes are stopped; {out_dir / 'report.html'}")
+            raise SystemExit(130) from None
+    report = holder[0]
+    html_path, _ = write_report(out_dir, report.to_json())
+    _verdict_table(f"{rig_file}: report {html_path}", report.verdicts)
+    if report.error:
+        raise RigFailed(f"the rig could not run: {report.error}", hint=f"see {out_dir}/work/*.log")
+    _fail_if_any(report.verdicts, f"open {html_path}; the agent's log is in {out_dir}/work")
+
+
+def _run_probe_rig(rig_file: Path, out_dir: Path | None) -> None:
+    from hil_tests.report import write_report  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+    from hil_tests.rig import load_rig  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+    from hil_tests.rig_runner import run_rig  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
     rig = load_rig(rig_file)
-    console = Console()
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[t]}")
     ) as bar:
@@ -179,16 +255,27 @@ def run(rig_file: Path) -> None:
             bar.update(task, completed=done, t=f"{done:,.0f}/{total:,.0f} plant s")
 
         report = asyncio.run(run_rig(rig, progress))
-    table = Table(title=f"{rig_file}: {report.reads} probe reads, {report.failed_reads} failed")
-    table.add_column("expectation")
-    table.add_column("result")
-    table.add_column("detail")
-    for v in report.verdicts:
-        table.add_row(v.name, "[green]pass[/green]" if v.passed else "[red]FAIL[/red]", v.detail)
-    console.print(table)
-    failed: Sequence[str] = [v.name for v in report.verdicts if not v.passed]
-    if failed:
-        raise RigFailed(
-            f"{len(failed)} of {len(report.verdicts)} expectations failed: {', '.join(failed)}",
-            hint="read the detail column; rerun with -v for the probe's log",
-        )
+    title = f"{rig_file}: {report.reads} probe reads, {report.failed_reads} failed"
+    if out_dir is not None:
+        doc = {
+            "rig": str(rig_file),
+            "passed": report.passed,
+            "duration_s": rig.plant.duration_s,
+            "checks": [
+                {"name": v.name, "passed": v.passed, "detail": v.detail} for v in report.verdicts
+            ],
+            "injected": [
+                {
+                    "inject": i,
+                    "kind": f"slave_{t.kind}",
+                    "at_s": t.start_s,
+                    "end_s": t.start_s + t.duration_s,
+                }
+                for i, t in enumerate(rig.transport)
+            ],
+            "figures": {"reads": report.reads, "failed_reads": report.failed_reads},
+        }
+        html_path, _ = write_report(out_dir, doc)
+        title += f"; report {html_path}"
+    _verdict_table(title, report.verdicts)
+    _fail_if_any(report.verdicts, "read the detail column; rerun with -v for the probe's log")

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
@@ -128,8 +129,9 @@ def agent_modbus_section(host: str, port: int, *, poll_interval_ms: int = 100) -
     return "\n".join(lines)
 
 
-def _table_size(table: str) -> int:
-    return max(s.address + s.count for s in PLANT_REGISTER_MAP if s.table == table)
+def _table_size(table: str, specs: Sequence[RegisterSpec] = PLANT_REGISTER_MAP) -> int:
+    # one register at least: pymodbus wants a block for every table
+    return max((s.address + s.count for s in specs if s.table == table), default=1)
 
 
 @dataclass
@@ -147,7 +149,13 @@ class ModbusFace:
     delay_s: float = 0.0
     exception: ExcCodes | None = None
     reads: int = 0  # requests answered with data, for rigs and tests
-    _server: ModbusTcpServer | None = field(default=None, repr=False)
+    # what the registers hold; the pump's by default, a capsule's for its simulators
+    register_map: Sequence[RegisterSpec] = PLANT_REGISTER_MAP
+    # set: Modbus RTU on this serial device (a pty of socat's in rigs) instead of TCP
+    serial_port: str = ""
+    baudrate: int = 115_200
+    _server: ModbusTcpServer | ModbusSerialServer | None = field(default=None, repr=False)
+    _serving: asyncio.Task[None] | None = field(default=None, repr=False)
     _image_step: int = field(default=-1, repr=False)
     _image: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
@@ -163,11 +171,19 @@ class ModbusFace:
             simdata=(
                 [SimData(0, count=1, datatype=DataType.BITS)],
                 [SimData(0, count=1, datatype=DataType.BITS)],
-                [SimData(0, count=_table_size("holding"), datatype=DataType.REGISTERS)],
-                [SimData(0, count=_table_size("input"), datatype=DataType.REGISTERS)],
+                [SimData(0, count=self._size("holding"), datatype=DataType.REGISTERS)],
+                [SimData(0, count=self._size("input"), datatype=DataType.REGISTERS)],
             ),
             action=self._on_access,
         )
+        if self.serial_port:
+            serial = ModbusSerialServer(
+                device, framer=FramerType.RTU, port=self.serial_port, baudrate=self.baudrate
+            )
+            self._serving = asyncio.create_task(serial.serve_forever(), name="modbus-rtu")
+            self._server = serial
+            log.info("Modbus RTU server on %s (device id %d)", self.serial_port, DEVICE_ID)
+            return
         server = ModbusTcpServer(device, address=(self.host, self.port))
         try:
             await server.serve_forever(background=True)
@@ -179,7 +195,7 @@ class ModbusFace:
         # with port 0 the OS chose one; keep it so a restart after a drop reuses it
         listener = server.transport
         if not isinstance(listener, asyncio.Server):  # pymodbus's TCP listener always is
-            await server.shutdown()  # type: ignore[no-untyped-call]
+            await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus's shutdown() is unannotated
             raise HilError(f"pymodbus returned a {type(listener).__name__} listener")
         self.port = int(listener.sockets[0].getsockname()[1])
         self._server = server
@@ -189,6 +205,10 @@ class ModbusFace:
         if self._server is not None:
             server, self._server = self._server, None
             await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus is untyped here
+        if self._serving is not None:
+            task, self._serving = self._serving, None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def drop_for(self, seconds: float) -> None:
         """Stop listening for ``seconds`` (a PLC reboot or a pulled cable), then come back."""
@@ -198,11 +218,14 @@ class ModbusFace:
         finally:
             await self.start()
 
+    def _size(self, table: str) -> int:
+        return _table_size(table, self.register_map)
+
     def _refresh_image(self) -> dict[str, list[int]]:
         sample = self.feed.sample
         if sample.step != self._image_step:
-            image = {t: [0] * _table_size(t) for t in ("holding", "input")}
-            for spec in PLANT_REGISTER_MAP:
+            image = {t: [0] * self._size(t) for t in ("holding", "input")}
+            for spec in self.register_map:
                 regs = encode_value(spec, sample.values[spec.signal])
                 image[spec.table][spec.address : spec.address + spec.count] = regs
             self._image, self._image_step = image, sample.step
@@ -291,7 +314,7 @@ class PlantServer:
                 opcua = OpcUaFace(self.feed, self.host, self.opcua_port)
                 self.faces.append(await stack.enter_async_context(opcua))
             if self.mqtt_url is not None:
-                from hil_tests.mqtt_publisher import MqttFace  # noqa: PLC0415
+                from hil_tests.mqtt_publisher import MqttFace  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
                 mqtt = MqttFace(self.feed, self.mqtt_url)
                 self.faces.append(await stack.enter_async_context(mqtt))

@@ -343,8 +343,8 @@ class PumpPlant:
         values = {name: v if name == "Voltage" else v + noise[name] for name, v in truth.items()}
         return self._sensor_faults(values, dt)
 
-    def _cavitation(self, flow: float) -> float:
-        """0..1: how far the available NPSH falls short of the required."""
+    def npsh_m(self, flow: float) -> tuple[float, float]:
+        """(available, required) NPSH in metres at ``flow`` m^3/s, now."""
         p = self.params
         q_rel = flow / p.bep_flow_m3s
         npsh_a = (
@@ -353,7 +353,11 @@ class PumpPlant:
             - p.suction_loss_m * q_rel**2
             - p.cavitation_drop_m * self.level(FaultKind.CAVITATION)
         )
-        npsh_r = p.npshr_const_m + p.npshr_quad_m * q_rel**2
+        return npsh_a, p.npshr_const_m + p.npshr_quad_m * q_rel**2
+
+    def _cavitation(self, flow: float) -> float:
+        """0..1: how far the available NPSH falls short of the required."""
+        npsh_a, npsh_r = self.npsh_m(flow)
         return min(1.0, max(0.0, (npsh_r - npsh_a) / npsh_r))
 
     def _powers(self, op: OperatingPoint, wear: float) -> tuple[float, float, float]:

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attestation.tomllines import key_lines
 from hil_tests.errors import RigError
 from hil_tests.plant import DEFAULT_FAULTS, SIGNALS, Fault, FaultKind
 
@@ -150,17 +151,34 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class _Where:
+    """A key of a rig file, with the file's key -> line map so every error names its line."""
+
     path: Path
     key: str
+    lines: Mapping[str, int] = field(default_factory=dict)
+
+    def line(self) -> int | None:
+        key = self.key
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key.rsplit(".", 1)[0] if "." in key else ""
+        return None
 
     def error(self, message: str) -> RigError:
+        line = self.line()
+        where = f"{self.path}:{line}" if line else str(self.path)
         return RigError(
-            f"{self.path}: {self.key}: {message}",
+            f"{where}: {self.key}: {message}",
             hint="see the rig file format in docs/plant.md (HIL rigs)",
         )
 
     def child(self, key: str) -> _Where:
-        return _Where(self.path, f"{self.key}.{key}" if self.key else key)
+        return _Where(self.path, f"{self.key}.{key}" if self.key else key, self.lines)
+
+    def at(self, key: str) -> _Where:
+        """A top-level key of the same file (``transport[2]``)."""
+        return _Where(self.path, key, self.lines)
 
 
 def _get(t: Mapping[str, Any], w: _Where, key: str, kind: type, default: Any = ...) -> Any:
@@ -204,13 +222,17 @@ def _tables(doc: Mapping[str, Any], w: _Where, key: str, lim: RigLimits) -> list
 
 
 def parse_faults(
-    doc: Mapping[str, Any], path: Path, limits: RigLimits | None = None
+    doc: Mapping[str, Any],
+    path: Path,
+    limits: RigLimits | None = None,
+    lines: Mapping[str, int] | None = None,
 ) -> tuple[Fault, ...]:
     """The ``[[fault]]`` tables of a parsed TOML document."""
     lim = limits or RigLimits()
     out = []
-    for i, t in enumerate(_tables(doc, _Where(path, ""), "fault", lim)):
-        w = _Where(path, f"fault[{i}]")
+    root = _Where(path, "", lines or {})
+    for i, t in enumerate(_tables(doc, root, "fault", lim)):
+        w = root.at(f"fault[{i}]")
         _no_unknown(t, w, {"start_s", "duration_s", "kind", "severity", "signal"})
         kind = _get(t, w, "kind", str)
         if kind not in set(FaultKind):
@@ -233,9 +255,11 @@ def parse_faults(
     return tuple(out)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """A TOML file and the line of each of its keys."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text), key_lines(text)
     except OSError as err:
         raise RigError(f"cannot read {path}: {err.strerror}", hint="check the path") from err
     except tomllib.TOMLDecodeError as err:
@@ -244,16 +268,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def load_faults(path: Path) -> tuple[Fault, ...]:
     """A fault schedule file: ``[[fault]]`` tables (a rig file works too)."""
-    return parse_faults(_read_toml(path), path)
+    doc, lines = read_toml(path)
+    return parse_faults(doc, path, lines=lines)
 
 
 def load_rig(path: Path, limits: RigLimits | None = None) -> Rig:
     lim = limits or RigLimits()
-    doc = _read_toml(path)
-    root = _Where(path, "")
+    doc, lines = read_toml(path)
+    root = _Where(path, "", lines)
     _no_unknown(doc, root, {"plant", "probe", "fault", "transport", "expect"})
     plant = _plant(_get(doc, root, "plant", dict, {}), root.child("plant"), lim)
-    faults = (DEFAULT_FAULTS if plant[1] == "default" else ()) + parse_faults(doc, path, lim)
+    faults = (DEFAULT_FAULTS if plant[1] == "default" else ()) + parse_faults(doc, path, lim, lines)
     probe_t = _get(doc, root, "probe", dict, {})
     w = root.child("probe")
     _no_unknown(probe_t, w, {"poll_ms", "timeout_ms"})
@@ -262,11 +287,11 @@ def load_rig(path: Path, limits: RigLimits | None = None) -> Rig:
         _positive_int(probe_t, w, "timeout_ms", 500, 60_000),
     )
     transport = tuple(
-        _transport(t, _Where(path, f"transport[{i}]"), lim)
+        _transport(t, root.at(f"transport[{i}]"), lim)
         for i, t in enumerate(_tables(doc, root, "transport", lim))
     )
     expectations = tuple(
-        _expectation(t, _Where(path, f"expect[{i}]"))
+        _expectation(t, root.at(f"expect[{i}]"))
         for i, t in enumerate(_tables(doc, root, "expect", lim))
     )
     if not expectations:

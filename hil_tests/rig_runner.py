@@ -16,7 +16,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 
-from agent.connectors.common import reraise_if_cancelling
+from attestation.cancel import reraise_if_cancelling
 from hil_tests.modbus_server import (
     DEVICE_ID,
     PLANT_REGISTER_MAP,

@@ -2,7 +2,8 @@
 lag-stacked, standardised rows; the ONNX graph is written from the learned weights.
 
 score = mean_c(e_c^2) / limit with e_c the reconstruction error of column c divided by its
-out-of-fold standard deviation; limit = max of the smoothed out-of-fold score.
+out-of-fold standard deviation; the limit is a rule (``limits.py``) on the smoothed
+out-of-fold score.
 (skl2onnx mis-shapes MLPRegressor outputs, so the graph is built with onnx.helper.)
 """
 
@@ -19,10 +20,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPRegressor
 
 from models_onnx.errors import ModelError
-from models_onnx.onnx_graph import const, finish, standardise
-from models_onnx.scoring import oof_residuals, smoothed_limit, stack_lags
+from models_onnx.limits import limit_for
+from models_onnx.onnx_graph import clipped, const, finish, standardise
+from models_onnx.scoring import ewma, oof_residuals, stack_lags
 
-__all__ = ["AutoencoderModel", "autoencoder_onnx", "fit_autoencoder"]
+__all__ = ["AutoencoderModel", "autoencoder_onnx", "fit_autoencoder", "forward"]
 
 F = NDArray[np.float64]
 HIDDEN = (12, 3, 12)  # 3-unit bottleneck; small enough for one gateway core
@@ -38,10 +40,12 @@ class AutoencoderModel:
     error_sd: F
     limit: float
     oof_score: F
+    clip: float = 16.0  # |z| bound of the network's (quantised) input; the error sees all of z
 
     def errors(self, xl: F) -> F:
         z = (xl - self.mean) / self.scale
-        out: F = (z - _forward(self.weights, self.biases, z)) / self.error_sd
+        zc = np.clip(z, -self.clip, self.clip)
+        out: F = (z - forward(self.weights, self.biases, zc)) / self.error_sd
         return out
 
     def score(self, xl: F) -> F:
@@ -54,7 +58,8 @@ class AutoencoderModel:
     ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
         p = prefix
         nodes, inits, z = standardise(p, source, self.mean, self.scale)
-        h = z
+        cn, ci, h = clipped(p, z, self.clip)
+        nodes, inits = nodes + cn, inits + ci
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             nodes += [
@@ -79,7 +84,7 @@ class AutoencoderModel:
         return nodes, inits, f"{p}score"
 
 
-def _forward(weights: tuple[F, ...], biases: tuple[F, ...], z: F) -> F:
+def forward(weights: tuple[F, ...], biases: tuple[F, ...], z: F) -> F:
     h = z
     for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
         h = h @ w + b
@@ -107,7 +112,7 @@ def _fit(z: F, seed: int) -> tuple[tuple[F, ...], tuple[F, ...]]:
 
 
 def fit_autoencoder(
-    x: F, *, lags: int = 2, span: int = 10, quantile: float = 1.0, seed: int = 0
+    x: F, *, lags: int = 2, span: int = 10, limit: str = "max", seed: int = 0
 ) -> AutoencoderModel:
     n = len(x)
     if n < 40 or not np.isfinite(x).all():
@@ -123,14 +128,14 @@ def fit_autoencoder(
 
     def fit_predict(tf: F, tt: F, xf: F) -> F:
         ws, bs = _fit(tf, seed)
-        return _forward(ws, bs, xf)
+        return forward(ws, bs, xf)
 
     oof = oof_residuals(z, z, fit_predict)
     err_sd = np.maximum(oof.std(axis=0), 1e-6)
     ws, bs = _fit(z, seed)
     raw = ((oof / err_sd) ** 2).mean(axis=1)
-    limit = smoothed_limit(raw, span, quantile)
-    return AutoencoderModel(lags, mean, scale, ws, bs, err_sd, limit, raw / limit)
+    value = limit_for(ewma(raw, span), limit)
+    return AutoencoderModel(lags, mean, scale, ws, bs, err_sd, value, raw / value)
 
 
 def autoencoder_onnx(m: AutoencoderModel, signals: list[str]) -> onnx.ModelProto:

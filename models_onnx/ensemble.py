@@ -5,6 +5,7 @@ limit of its own fitted on their out-of-fold training scores (one graph, one inp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -12,8 +13,9 @@ from numpy.typing import NDArray
 from onnx import helper
 
 from models_onnx.autoencoder import AutoencoderModel, fit_autoencoder
+from models_onnx.limits import limit_for
 from models_onnx.onnx_graph import const, finish
-from models_onnx.scoring import smoothed_limit
+from models_onnx.scoring import ewma
 from models_onnx.twin import TwinModel, fit_twin
 
 __all__ = ["EnsembleModel", "ensemble_onnx", "fit_ensemble"]
@@ -41,12 +43,13 @@ class EnsembleModel:
 
 
 def fit_ensemble(
-    x: F, *, lags: int = 2, span: int = 10, quantile: float = 1.0, seed: int = 0
+    x: F, *, lags: int = 2, span: int = 10, limit: str = "max", seed: int = 0, **twin: Any
 ) -> EnsembleModel:
-    twin = fit_twin(x, lags=lags, span=span, quantile=quantile)
-    ae = fit_autoencoder(x, lags=lags, span=span, quantile=quantile, seed=seed)
-    fused = (twin.oof_score + ae.oof_score) / 2
-    return EnsembleModel(twin, ae, smoothed_limit(fused, span, quantile))
+    """``twin`` passes the twin's own settings (ridge, clip, level) through."""
+    t = fit_twin(x, lags=lags, span=span, limit=limit, **twin)
+    ae = fit_autoencoder(x, lags=lags, span=span, limit=limit, seed=seed)
+    fused = (t.oof_score + ae.oof_score) / 2
+    return EnsembleModel(t, ae, limit_for(ewma(fused, span), limit))
 
 
 def ensemble_onnx(m: EnsembleModel, signals: list[str]) -> onnx.ModelProto:

@@ -49,6 +49,9 @@ class Manifest:
     # the agent imputes a bad value with the mean, see agent/inference.py)
     scaling: dict[str, tuple[float, float]] = field(default_factory=dict)
     outputs: tuple[str, ...] = ("score",)
+    # set when the hub publishes the model to the fleet (TUF): micro-proofs carry both
+    fleet_version: int | None = None
+    job_id: int | None = None  # the hub job (M2N2 merge, RND1 study) that produced it
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -97,7 +100,8 @@ def load_model(manifest_path: Path) -> LoadedModel:
             f"{manifest_path}: not a model manifest ({err})",
             hint="rebuild it with `factoryops model build`",
         ) from err
-    onnx_path = manifest_path.parent / m.onnx_file
+    # resolved: an installed fleet model is a symlink to its version's directory
+    onnx_path = manifest_path.resolve().parent / m.onnx_file
     try:
         got = sha256_file(onnx_path)
     except OSError as err:

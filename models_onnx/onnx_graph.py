@@ -13,7 +13,7 @@ import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["OPSET", "const", "finish", "int64s", "standardise"]
+__all__ = ["OPSET", "clipped", "const", "finish", "int64s", "standardise"]
 
 OPSET = 17
 
@@ -36,6 +36,16 @@ def standardise(
         helper.make_node("Mul", [f"{prefix}xc", f"{prefix}inv_scale"], [out]),
     ]
     return nodes, [const(f"{prefix}mean", mean), const(f"{prefix}inv_scale", 1.0 / scale)], out
+
+
+def clipped(
+    prefix: str, z: str, bound: float
+) -> tuple[list[onnx.NodeProto], list[TensorProto], str]:
+    """``clip(z, -bound, bound)`` in float, ahead of a quantised MatMul: the int8 range is set to
+    exactly this bound at calibration, so nothing is clipped that fp32 does not clip too."""
+    out = f"{prefix}zc"
+    node = helper.make_node("Clip", [z, f"{prefix}lo", f"{prefix}hi"], [out], name=f"{prefix}clip")
+    return [node], [const(f"{prefix}lo", -bound), const(f"{prefix}hi", bound)], out
 
 
 def finish(

@@ -29,11 +29,12 @@ class PcaModel:
     eigenvalues: F  # k
     t2_limit: float
     q_limit: float
+    clip: float = 16.0  # |z| bound of the projection's (quantised) input; Q sees all of z
 
     def score(self, x: F) -> F:
         """The numpy reference of the ONNX graph (tests compare the two)."""
         z = (x - self.mean) / self.scale
-        t = z @ self.components
+        t = np.clip(z, -self.clip, self.clip) @ self.components
         t2 = (t * t / self.eigenvalues).sum(axis=1)
         e = z - t @ self.components.T
         q = (e * e).sum(axis=1)
@@ -90,11 +91,14 @@ def to_onnx(m: PcaModel, signals: list[str]) -> onnx.ModelProto:
         const("t2_limit", m.t2_limit),
         const("q_limit", m.q_limit),
         numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        const("lo", -m.clip),
+        const("hi", m.clip),
     ]
     nodes = [
         helper.make_node("Sub", ["x", "mean"], ["xc"]),
         helper.make_node("Mul", ["xc", "inv_scale"], ["z"]),
-        helper.make_node("MatMul", ["z", "P"], ["t"]),
+        helper.make_node("Clip", ["z", "lo", "hi"], ["zc"], name="clip"),
+        helper.make_node("MatMul", ["zc", "P"], ["t"]),
         helper.make_node("Mul", ["t", "t"], ["t_sq"]),
         helper.make_node("Mul", ["t_sq", "inv_lambda"], ["t_w"]),
         helper.make_node("ReduceSum", ["t_w", "axis1"], ["t2"], keepdims=0),

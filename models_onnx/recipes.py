@@ -1,7 +1,8 @@
 """Model recipes: train -> ONNX (fp32) -> static int8 quantisation -> manifest.
 
 Every kind trains on normal rows only and writes ``ID.fp32.onnx`` and ``ID.int8.onnx``, each
-with a manifest. Quantisation is calibrated on the training rows only (onnxruntime, QDQ).
+with a manifest. Quantisation is calibrated on the training rows and the recipe's clip bound
+only (onnxruntime, QDQ; docs/adr/0018-int8-range-in-float.md).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import hashlib
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,15 +27,25 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from models_onnx.autoencoder import autoencoder_onnx, fit_autoencoder
-from models_onnx.ensemble import ensemble_onnx, fit_ensemble
+from models_onnx.autoencoder import AutoencoderModel, autoencoder_onnx, fit_autoencoder
+from models_onnx.ensemble import EnsembleModel, ensemble_onnx, fit_ensemble
 from models_onnx.errors import ModelError
+from models_onnx.limits import LIMIT_RULES
 from models_onnx.manifest import Manifest, sha256_file, write_manifest
-from models_onnx.pca import fit_pca, to_onnx
+from models_onnx.pca import PcaModel, fit_pca, to_onnx
 from models_onnx.scoring import ewma, input_names, stack_lags
-from models_onnx.twin import fit_twin, twin_onnx
+from models_onnx.twin import LEVEL_MATMUL, TwinModel, fit_twin, twin_onnx
 
-__all__ = ["KINDS", "Recipe", "build", "build_pca", "ewma", "quantize_model"]
+__all__ = [
+    "KINDS",
+    "Recipe",
+    "Scorer",
+    "build",
+    "build_pca",
+    "ewma",
+    "fit_model",
+    "quantize_model",
+]
 
 F = NDArray[np.float64]
 KINDS = ("pca", "autoencoder", "twin", "ensemble")
@@ -48,12 +59,17 @@ _MANIFEST_KIND = {
 
 @dataclass(frozen=True, slots=True)
 class Recipe:
-    """Hyper-parameters, fixed a priori for every file (no per-file tuning)."""
+    """Hyper-parameters of one model. The defaults are what the nested selection picks on all
+    the visible SKAB files (docs/models.md); ``factoryops model eval`` chooses them again in
+    an inner loop for every file it scores."""
 
-    kind: str = "ensemble"
-    lags: int = 2  # twin / autoencoder / ensemble: rows of history in the input
-    span: int = 10  # EWMA span of the alarm smoothing
-    quantile: float = 1.0  # of the smoothed out-of-fold training score, as the limit
+    kind: str = "twin"
+    lags: int = 3  # twin / autoencoder / ensemble: rows of history in the input
+    span: int = 20  # EWMA span of the alarm smoothing
+    limit: str = "pot3"  # rule on the smoothed out-of-fold training score (limits.py)
+    ridge: float = 1.0  # twin: regularisation of each signal's regression
+    level: float = 0.03  # twin: weight of the level (T2) term against the residual term
+    clip: float = 8.0  # |z| bound (training sd) of the quantised input; beyond it, float
     explained: float = 0.85  # pca only
     pca_quantile: float = 0.99  # pca only: in-sample limits of T2 and Q
     seed: int = 0
@@ -63,29 +79,57 @@ class Recipe:
             raise ModelError(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if not 0 <= self.lags <= 16:
             raise ModelError(f"lags={self.lags} is outside 0..16")
+        if self.limit not in LIMIT_RULES:
+            raise ModelError(f"limit {self.limit!r} is not one of {', '.join(LIMIT_RULES)}")
+        if not (self.span >= 1 and self.ridge > 0 and self.level >= 0 and self.clip > 0):
+            raise ModelError(
+                f"span={self.span}, ridge={self.ridge}, level={self.level}, clip={self.clip}: "
+                "span >= 1, ridge > 0, level >= 0 and clip > 0 are required"
+            )
+
+    def label(self) -> str:
+        """Short text naming the settings (tables, logs)."""
+        if self.kind == "pca":
+            return f"pca span {self.span}"
+        return (
+            f"{self.kind} lags {self.lags} ridge {self.ridge:g} level {self.level:g} "
+            f"clip {self.clip:g} span {self.span} limit {self.limit}"
+        )
 
     @property
     def input_lags(self) -> int:
         return 0 if self.kind == "pca" else self.lags
 
 
-class _Scores(Protocol):
+class Scorer(Protocol):
     def score(self, xl: F) -> F: ...
 
 
-def _train(recipe: Recipe, x: F, signals: list[str]) -> tuple[_Scores, onnx.ModelProto, str]:
+def fit_model(recipe: Recipe, x: F) -> Scorer:
+    """The numpy model of ``recipe`` fitted on normal rows ``x`` (its ``score`` is the graph's
+    reference: smoothed > 1 alarms)."""
     r = recipe
     if r.kind == "pca":
-        p = fit_pca(x, explained=r.explained, quantile=r.pca_quantile)
-        return p, to_onnx(p, signals), f"{p.components.shape[1]} components"
+        return replace(fit_pca(x, explained=r.explained, quantile=r.pca_quantile), clip=r.clip)
+    twin = {"ridge": r.ridge, "clip": r.clip, "level": r.level}
     if r.kind == "twin":
-        t = fit_twin(x, lags=r.lags, span=r.span, quantile=r.quantile)
-        return t, twin_onnx(t, signals), f"limit {t.limit:.4g}"
+        return fit_twin(x, lags=r.lags, span=r.span, limit=r.limit, **twin)
     if r.kind == "autoencoder":
-        a = fit_autoencoder(x, lags=r.lags, span=r.span, quantile=r.quantile, seed=r.seed)
-        return a, autoencoder_onnx(a, signals), f"limit {a.limit:.4g}"
-    e = fit_ensemble(x, lags=r.lags, span=r.span, quantile=r.quantile, seed=r.seed)
-    return e, ensemble_onnx(e, signals), f"limit {e.limit:.4g}"
+        a = fit_autoencoder(x, lags=r.lags, span=r.span, limit=r.limit, seed=r.seed)
+        return replace(a, clip=r.clip)
+    return fit_ensemble(x, lags=r.lags, span=r.span, limit=r.limit, seed=r.seed, **twin)
+
+
+def _train(recipe: Recipe, x: F, signals: list[str]) -> tuple[Scorer, onnx.ModelProto, str]:
+    m = fit_model(recipe, x)
+    if isinstance(m, PcaModel):
+        return m, to_onnx(m, signals), f"{m.components.shape[1]} components"
+    if isinstance(m, TwinModel):
+        return m, twin_onnx(m, signals), f"limit {m.limit:.4g}"
+    if isinstance(m, AutoencoderModel):
+        return m, autoencoder_onnx(m, signals), f"limit {m.limit:.4g}"
+    assert isinstance(m, EnsembleModel)  # fit_model returns one of four kinds
+    return m, ensemble_onnx(m, signals), f"limit {m.limit:.4g}"
 
 
 class _Rows(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no stubs
@@ -107,24 +151,21 @@ class _DropPreprocessAdvice(logging.Filter):
         )
 
 
-HEADROOM = 4.0  # calibration also sees the training rows stretched this much about their mean
-
-
-def quantize_model(
-    fp32: onnx.ModelProto, calibration: F, out: Path, *, headroom: float = HEADROOM
-) -> None:
+def quantize_model(fp32: onnx.ModelProto, calibration: F, out: Path, *, clip: float) -> None:
     """Static int8 (QDQ) quantisation of the MatMul inputs, calibrated on ``calibration``
     (training rows as wide as the graph's input ``x``, already lag-stacked).
 
-    MinMax calibration on normal rows alone sets the int8 range to what normal looks like, so
-    an anomaly (a flow 15 sd low) would be clipped to the edge of normal and vanish from the
-    residual. The reader therefore also yields the same rows stretched ``headroom`` times
-    about their mean: still training data only, with a range wide enough for faults.
+    Every graph clips its standardised input to +-``clip`` training sd in float before the
+    first quantised MatMul, and computes what must see a larger value (the level term, the
+    reconstruction error, Q) in float from the unclipped input. MinMax calibration on normal
+    rows alone would set the int8 range to what normal looks like and clip a fault silently
+    (issue 19: an accelerometer at 112 sd); the reader therefore also yields two rows at
+    mean +- ``clip`` sd of every column, so the int8 range is the clip range exactly.
     """
-    rows = calibration
-    if headroom > 1:
-        mean = calibration.mean(axis=0)
-        rows = np.concatenate([calibration, mean + headroom * (calibration - mean)])
+    mean, sd = calibration.mean(axis=0), calibration.std(axis=0)
+    sd = np.where(sd < 1e-9, 1.0, sd)
+    bounds = np.stack([mean - clip * sd, mean + clip * sd])
+    rows = np.concatenate([calibration, bounds])
     advice = _DropPreprocessAdvice()
     logging.getLogger().addFilter(advice)
     try:
@@ -136,6 +177,7 @@ def quantize_model(
 def _quantize(fp32: onnx.ModelProto, calibration: F, out: Path) -> None:
     # the pre-processor's sessions warn about each initializer it folds away: noise, not news
     ort.set_default_logger_severity(3)
+    float_only = [n.name for n in fp32.graph.node if n.name.endswith(LEVEL_MATMUL)]
     with tempfile.TemporaryDirectory() as d:
         src, pre = Path(d) / "fp32.onnx", Path(d) / "pre.onnx"
         onnx.save(fp32, src)
@@ -150,7 +192,11 @@ def _quantize(fp32: onnx.ModelProto, calibration: F, out: Path) -> None:
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gemm"],
+            nodes_to_exclude=float_only,
             per_channel=True,
+            # a MatMul's output (a residual) must stay float: quantised, its range would be
+            # the calibration's and a large residual would be clipped
+            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
         )
 
 
@@ -183,7 +229,7 @@ def build(
         if kind == "fp32":
             onnx.save(graph, onnx_path)
         else:
-            quantize_model(graph, xl, onnx_path)
+            quantize_model(graph, xl, onnx_path, clip=recipe.clip)
         manifest = Manifest(
             id=model_id,
             version=version,

@@ -19,7 +19,6 @@ __all__ = [
     "ewma",
     "input_names",
     "oof_residuals",
-    "smoothed_limit",
     "stack_lags",
 ]
 
@@ -27,17 +26,42 @@ F = NDArray[np.float64]
 CV_FOLDS = 4  # contiguous blocks of the training rows; each is predicted by a fit on the rest
 
 
+# Below this many values ``ewma`` runs a Python loop instead of ``scipy.signal.lfilter``:
+# the agent smooths a window's rows (tens to hundreds), and importing scipy.signal (it pulls
+# in scipy.stats, optimize, sparse, ...) costs the gateway ~50 MiB of memory (ADR 0033).
+EWMA_LOOP_MAX = 4096
+
+
 def ewma(x: F, span: int, start: float | None = None) -> F:
-    """Exponentially weighted moving average (alpha = 2 / (span + 1)), causal."""
+    """Exponentially weighted moving average (alpha = 2 / (span + 1)), causal.
+
+    Both paths compute ``y[i] = a x[i] + c y[i-1]`` with ``c = -(a - 1)`` in the same order
+    as lfilter's direct form II transposed, so they agree to the last bit (a test says so).
+    """
     if span <= 1 or len(x) == 0:
         return x.astype(np.float64)
     a = 2.0 / (span + 1)
-    out = np.empty(len(x), dtype=np.float64)
     acc = float(x[0]) if start is None else start
-    for i, v in enumerate(x):
-        acc = a * float(v) + (1 - a) * acc
-        out[i] = acc
-    return out
+    values = np.asarray(x, dtype=np.float64)
+    if len(values) <= EWMA_LOOP_MAX:
+        return _ewma_loop(values, a, acc)
+    from scipy.signal import lfilter  # noqa: PLC0415 - training-sized inputs only (see above)
+
+    # y[i] = a x[i] + (1 - a) y[i-1] with y[-1] = acc, as one IIR filter (no Python loop)
+    out, _ = lfilter([a], [1.0, a - 1.0], values, zi=[(1 - a) * acc])
+    return np.asarray(out, dtype=np.float64)
+
+
+def _ewma_loop(values: F, a: float, acc: float) -> F:
+    """lfilter's recurrence for ``b = [a]``, ``a = [1, a - 1]``, state ``zi = (1 - a) acc``."""
+    c = -(a - 1.0)
+    z = (1.0 - a) * acc
+    out = []
+    for v in values.tolist():
+        y = a * v + z
+        z = c * y
+        out.append(y)
+    return np.asarray(out, dtype=np.float64)
 
 
 def stack_lags(x: F, lags: int, history: F | None = None) -> F:
@@ -76,8 +100,3 @@ def oof_residuals(
         keep = np.r_[0:a, b : len(features)]
         out[a:b] = targets[a:b] - fit_predict(features[keep], targets[keep], features[a:b])
     return out
-
-
-def smoothed_limit(raw: F, span: int, quantile: float = 1.0) -> float:
-    """The alarm limit: a quantile (default the maximum) of the smoothed out-of-fold score."""
-    return float(max(np.quantile(ewma(raw, span), quantile), 1e-9))

@@ -8,6 +8,7 @@ state and print a fix for each problem. Every step is idempotent.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ def provision() -> None:
       factoryops provision enroll --hub https://hub.example --token fo-enroll-...
       factoryops provision status
       factoryops provision diagnose --hub https://hub.example
+      factoryops provision rotate --config /etc/factoryops/agent.toml
     """
 
 
@@ -84,7 +86,7 @@ def init(tcti: str, owner_auth: str | None) -> None:
     Example:
       factoryops provision init --tcti device:/dev/tpmrm0
     """
-    from attestation.utid import utid_bytes, utid_text  # noqa: PLC0415
+    from attestation.utid import utid_bytes, utid_text  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
     with _identity(tcti, owner_auth) as ident:
         _step(f"TPM answers at {tcti}")
@@ -94,7 +96,7 @@ def init(tcti: str, owner_auth: str | None) -> None:
         ident.ensure_keys()
         for what, had in before.items():
             _step(f"{what.replace('_', ' ')}: {'kept' if had else 'created'}")
-        from tpm2_pytss.types import TPM2B_PUBLIC  # noqa: PLC0415
+        from tpm2_pytss.types import TPM2B_PUBLIC  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
         key, _ = TPM2B_PUBLIC.unmarshal(ident.evidence().key_public)
     click.echo(utid_text(utid_bytes(key.publicArea.to_der())))
@@ -118,7 +120,7 @@ def enroll(
     Example:
       factoryops provision enroll --hub https://hub.example --token fo-enroll-...
     """
-    from provisioning.enroll import enroll as run  # noqa: PLC0415
+    from provisioning.enroll import enroll as run  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
     with _identity(tcti, owner_auth) as ident:
         done, changed = run(ident, hub_url, token, name=name, state_dir=state_dir, progress=_step)
@@ -134,7 +136,7 @@ class Check:
 
 
 def _checks(tcti: str, state_dir: Path, hub_url: str | None) -> list[Check]:
-    from provisioning.enroll import read_enrollment  # noqa: PLC0415
+    from provisioning.enroll import read_enrollment  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
     out: list[Check] = []
     try:
@@ -238,3 +240,87 @@ def diagnose(tcti: str, state_dir: Path, hub_url: str | None) -> None:
     """
     if not _report(_checks(tcti, state_dir, hub_url), click.echo):
         raise SystemExit(1)
+
+
+@provision.command()
+@click.option("--port", required=True, help="The node's serial device, e.g. /dev/ttyUSB0.")
+@click.option("--id", "node_id", required=True, help="The node's id ([A-Za-z0-9_-], 1-32).")
+@click.option("--broker", required=True, help="mqtt://host[:port] as the node reaches it.")
+@click.option(
+    "--agent-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The agent's config: its node-v1 [[mqtt]] section gives nodes_dir and the topic.",
+)
+@click.option(
+    "--nodes-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the agent keeps node keys (instead of --agent-config).",
+)
+@click.option("--topic", help="Topic the node publishes to (default: from the agent config).")
+@click.option("--period-ms", type=int, default=1000, show_default=True, help="Sampling period.")
+@click.option(
+    "--sensors",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="JSON list of sensor specs (docs/firmware.md); default: none (heartbeat only).",
+)
+@click.option("--replace", is_flag=True, help="Give an already registered node a new key.")
+@click.option("--device-dir", default="", help="Folder on the node (default: its flash root).")
+@click.option("--timeout", "timeout_s", type=float, default=5.0, show_default=True,
+              help="Seconds to wait for each answer of the node.")  # fmt: skip
+def node(
+    port: str,
+    node_id: str,
+    broker: str,
+    agent_config: Path | None,
+    nodes_dir: Path | None,
+    topic: str | None,
+    period_ms: int,
+    sensors: Path | None,
+    replace: bool,
+    device_dir: str,
+    timeout_s: float,
+) -> None:
+    """Write a sensor node's key and config over its raw REPL and register it with the agent.
+
+    \b
+    Example:
+      factoryops provision node --port /dev/ttyUSB0 --id press-3 \\
+          --broker mqtt://10.0.0.5:1883 --agent-config /etc/factoryops/agent.toml
+    """
+    from provisioning.node import (  # noqa: PLC0415 - pyserial only for this command
+        NodeSpec,
+        find_nodes_dir,
+        provision_node,
+    )
+
+    topic_filter = "factoryops/nodes/+"
+    if agent_config is not None:
+        nodes_dir, topic_filter = find_nodes_dir(agent_config)
+    if nodes_dir is None:
+        raise ProvisioningError(
+            "where should the agent's copy of the key go?",
+            hint="give --agent-config AGENT.toml (or --nodes-dir DIR)",
+        )
+    if topic is None:
+        if not topic_filter.endswith("/+"):
+            raise ProvisioningError(
+                f"the agent's topic filter {topic_filter!r} does not end in /+",
+                hint="give --topic explicitly",
+            )
+        topic = topic_filter[:-1] + node_id
+    try:
+        sensor_list = json.loads(sensors.read_text()) if sensors is not None else []
+    except ValueError as err:
+        raise ProvisioningError(
+            f"{sensors}: not JSON ({err})", hint="a list of sensor tables"
+        ) from err
+    if not isinstance(sensor_list, list) or not all(isinstance(s, dict) for s in sensor_list):
+        raise ProvisioningError(f"{sensors}: expected a JSON list of objects", hint="see docs")
+    spec = NodeSpec(node_id, broker, topic, period_ms, tuple(sensor_list))
+    _step(f"writing key and config to the node on {port}")
+    done = provision_node(
+        port, spec, nodes_dir, replace=replace, device_dir=device_dir, timeout_s=timeout_s
+    )
+    _step(f"node stored the key (SHA-256 {done.fingerprint[:16]}...)")
+    _step(f"registered with the agent: {done.key_file} (mode 0600)")
+    click.echo(f"node {node_id} provisioned; it publishes to {topic}. Reset it to start.")

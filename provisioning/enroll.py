@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 from cryptography import x509
 
-from agent.config import write_atomically
+from attestation.durable import write_atomically
 from attestation.utid import utid_bytes, utid_text
 from provisioning.errors import ProvisioningError
+from provisioning.hubcall import post_json
 from provisioning.tpm_identity import TpmIdentity, b64, unb64
 
 __all__ = ["Enrollment", "enroll", "read_enrollment"]
@@ -76,24 +77,9 @@ def read_enrollment(state_dir: Path) -> Enrollment | None:
 
 
 def _post(client: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]:
-    try:
-        r = client.post(url, json=body)
-    except httpx.HTTPError as err:
-        raise ProvisioningError(
-            f"cannot reach the hub at {url}: {err}",
-            hint="check the hub URL and the network; nothing was changed, rerun when it is up",
-        ) from err
-    try:
-        doc: dict[str, Any] = r.json()
-    except ValueError:
-        doc = {}
-    if r.status_code >= 300:
-        code = str(doc.get("error", f"http_{r.status_code}"))
-        raise ProvisioningError(
-            f"hub refused enrollment: {code}: {doc.get('detail', r.text[:200])}",
-            hint=_FIXES.get(code, "see docs/enrollment.md"),
-        )
-    return doc
+    return post_json(
+        client, url, body, what="enrollment", fixes=_FIXES, default_fix="see docs/enrollment.md"
+    )
 
 
 def enroll(

@@ -39,9 +39,12 @@ from attestation.signers.base import TpmClock
 from attestation.signers.tpm import (
     AK_HANDLE,
     DEFAULT_KEY_HANDLE,
+    ROTATION_HANDLE,
     TpmError,
     explain,
+    key_template,
     load_or_create_key,
+    move_key,
     open_esapi,
     persistent_handles,
 )
@@ -139,6 +142,10 @@ class TpmIdentity:
         )
 
     # keys -------------------------------------------------------------------------------
+    def persistent(self) -> set[int]:
+        """The persistent handles in use."""
+        return persistent_handles(self._esapi)
+
     def has_keys(self) -> dict[str, bool]:
         handles = persistent_handles(self._esapi)
         return {"signing_key": self.key_handle in handles, "ak": AK_HANDLE in handles}
@@ -230,9 +237,31 @@ class TpmIdentity:
             )
         return bytes(cred)
 
-    def certify(self, nonce: bytes) -> tuple[bytes, bytes]:
-        """TPM2_Certify of the signing key by the AK over ``nonce``: (attest, signature)."""
-        key = load_or_create_key(self._esapi, self.key_handle, create=False)
+    # key rotation (ADR 0038) ------------------------------------------------------------
+    def stage_key(self, unique: bytes, handle: int) -> None:
+        """Persist the new signing key of ``unique`` at ``handle`` (kept if it is there)."""
+        load_or_create_key(self._esapi, handle, create=True, template=key_template(unique))
+
+    def public_area(self, handle: int) -> bytes:
+        """The TPM2B_PUBLIC of the key at ``handle``, marshalled (what the hub names)."""
+        key = load_or_create_key(self._esapi, handle, create=False)
+        return bytes(self._public(key).marshal())
+
+    def promote_key(self, unique: bytes, source: int | None = None) -> None:
+        """The staged key of ``unique`` becomes the device key; the old one is evicted."""
+        move_key(self._esapi, key_template(unique), source or ROTATION_HANDLE, self.key_handle)
+
+    def drop_key(self, handle: int) -> None:
+        """Evict the key at ``handle``, if there is one."""
+        if handle in persistent_handles(self._esapi):
+            key = self._esapi.tr_from_tpmpublic(handle)
+            self._tpm("evict the staged key", lambda: self._esapi.evict_control(
+                ESYS_TR.OWNER, key, handle))  # fmt: skip
+
+    def certify(self, nonce: bytes, handle: int | None = None) -> tuple[bytes, bytes]:
+        """TPM2_Certify of the signing key (or the key at ``handle``) by the AK over
+        ``nonce``: (attest, signature)."""
+        key = load_or_create_key(self._esapi, handle or self.key_handle, create=False)
         ak = self._ak()
         attest, sig = self._tpm(
             "certify the signing key",

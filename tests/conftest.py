@@ -7,18 +7,27 @@ nothing may skip, so the same condition fails the test instead.
 from __future__ import annotations
 
 import os
+import secrets
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from provisioning.swtpm import SwtpmProcess, swtpm_available
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# pytest-xdist's workers ignore SIGINT (execnet does, so a terminal's Ctrl-C goes to the
+# controller), and a process inherits an ignored signal through exec: without this, a test
+# that presses Ctrl-C on a command it started (`hil run`, `demo`) is ignored by that command.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def or_absent(paths: list[Path]) -> list[Any]:
@@ -33,6 +42,26 @@ def missing(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"required in CI: {reason}")
     pytest.skip(reason)
+
+
+def require_module(name: str, reason: str) -> None:
+    """Skip (laptop) or fail (CI) when an optional Python package is not installed; the one
+    rule for every missing dependency (never pytest's import-or-skip helper, which skips in
+    CI too)."""
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        missing(reason)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now (for a server a test starts, or a
+    peer that is meant to be absent)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -67,9 +96,23 @@ def skab_dir(shared_dir: Path) -> Path:
 
 
 @pytest.fixture
-def postgres_url() -> str:
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database of the test's own on the local server, dropped after it:
+    tests running at once (pytest-xdist workers, helpers' checkouts) never meet in it."""
     require_port(5432, "PostgreSQL")
-    return os.environ.get("FACTORYOPS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    server = os.environ.get(
+        "FACTORYOPS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
+    name = f"fo_{secrets.token_hex(6)}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture
@@ -90,7 +133,7 @@ def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwtpmProcess]:
     if not swtpm_available():
         missing("swtpm is not installed (apt install swtpm swtpm-tools)")
     try:
-        import tpm2_pytss  # noqa: F401
+        import tpm2_pytss  # noqa: F401 - imported only to learn whether it is installed
     except ImportError:
         missing("tpm2-pytss is not installed (needs libtss2-dev; uv sync --extra tpm)")
     proc = SwtpmProcess(Path(tmp_path_factory.mktemp("swtpm"))).start()

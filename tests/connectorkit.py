@@ -3,34 +3,46 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from agent.backoff import Backoff
-from agent.connectors.base import Sample
+from agent.connectors.base import Sample, SourceGap
 
 __all__ = ["running", "until"]
 
 C = TypeVar("C")
 
 
-async def until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
-    """Wait for ``cond`` (polled; never a timing assertion: the bound only stops a hang)."""
-    async with asyncio.timeout(within_s):
-        while not cond():  # noqa: ASYNC110 - polling what a connector collected
-            await asyncio.sleep(0.02)
+async def until(cond: Callable[[], bool], within_s: float = 60.0, what: str = "") -> None:
+    """Wait for ``cond`` (polled; never a timing assertion: the bound only stops a hang).
+
+    The one wait every test uses; ``what`` names the condition in the failure.
+    """
+    try:
+        async with asyncio.timeout(within_s):
+            while not cond():  # noqa: ASYNC110 - polling state another task or process changes
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"not reached within {within_s:g} s: {what or cond}") from None
 
 
 @asynccontextmanager
 async def running(
-    connector: C, ready: Callable[[C], bool], backoff: Backoff | None = None
+    connector: C,
+    ready: Callable[[C], bool],
+    backoff: Backoff | None = None,
+    gaps: list[SourceGap] | None = None,
 ) -> AsyncIterator[tuple[C, list[Sample]]]:
-    """Run ``connector`` with fast reconnects until it is ``ready``; yield it and its samples."""
+    """Run ``connector`` with fast reconnects until it is ``ready``; yield it and its samples
+    (and collect the source gaps it states into ``gaps`` when given)."""
     got: list[Sample] = []
 
-    async def emit(samples: list[Sample]) -> None:
+    async def emit(samples: list[Sample], stated: Sequence[SourceGap] = ()) -> None:
         got.extend(samples)
+        if gaps is not None:
+            gaps.extend(stated)
 
     c: Any = connector
     c.reconnector.backoff = backoff or Backoff(base_s=0.05, cap_s=0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import cbor2
 
 from attestation import merkle
+from attestation.cose import to_be_signed
 from attestation.leafbatch import split_leaves
 from attestation.microproof import (
     GENESIS_PREV,
@@ -19,6 +21,8 @@ from attestation.microproof import (
     Gap,
     MicroProof,
     ModelRef,
+    ResetRecord,
+    SourceGap,
     chain_hash,
     compute_stats,
     sign_microproof,
@@ -54,13 +58,18 @@ class Device:
         anomaly: AnomalySummary | None = None,
         model: ModelRef | None = None,
         drift: DriftTest | None = None,
+        source_gaps: tuple[SourceGap, ...] = (),
+        reset: ResetRecord | None = None,
+        values: tuple[float | str, ...] = (),
     ) -> tuple[bytes, list[bytes], list[Reading]]:
-        """Sign the next window of ``n`` readings; ``skip`` seqs are lost before it."""
+        """Sign the next window of ``n`` readings (their values ``values`` when given);
+        ``skip`` seqs are lost before it."""
         self.next_seq += skip
         rs = []
-        for _ in range(n):
+        for i in range(n):
             self.t_ns += 1_000_000
-            rs.append(Reading(self.next_seq, self.t_ns, "flow", 10.0 + self.next_seq % 7, "m3/h"))
+            value = values[i] if values else 10.0 + self.next_seq % 7
+            rs.append(Reading(self.next_seq, self.t_ns, "flow", value, "m3/h"))
             self.next_seq += 1
         leaves = [encode_leaf(r) for r in rs]
         mp = MicroProof(
@@ -77,11 +86,42 @@ class Device:
             anomaly=anomaly,
             model=model,
             drift=drift,
+            source_gaps=source_gaps,
+            reset=reset,
         )
         cose = sign_microproof(mp, self.signer, iat=self.t_ns // 10**9)
         self.prev = chain_hash(cose)
         self.next_window += 1
         return cose, leaves, rs
+
+
+def resign(cose_bytes: bytes, signer: SoftwareSigner) -> bytes:
+    """The same protected header and payload signed again: other bytes (ECDSA draws a fresh
+    k), just as valid and canonical."""
+    protected, _, payload, _ = cbor2.loads(cose_bytes).value
+    signature = signer.sign(to_be_signed(protected, payload))
+    return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, signature]), canonical=True)
+
+
+def ingestor(store: Any, data_dir: Path, cls: Any = None) -> Any:
+    """A hub's ``Ingestor`` (or subclass ``cls``) over ``store`` as ``HubDeps`` builds it
+    (its log key in ``data_dir``), for tests that play a second hub process or a writer."""
+    from cloud_sync.ingest import Ingestor
+    from cloud_sync.log import HubLog
+    from cloud_sync.settings import HubLimits
+    from cloud_sync.storage.anomalies import AnomalyBook
+    from cloud_sync.storage.sourcegaps import SourceGapBook
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = HubLog.open(store, data_dir, "factoryops.local/hub-log")  # HubSettings'
+
+    indexes = (AnomalyBook(store.engine), SourceGapBook(store.engine))
+    return (cls or Ingestor)(store, HubLimits(), allow_software_keys=True, log=log, indexes=indexes)
+
+
+def ingest_all(ing: Any, uploads: Any, now_ns: int = 1) -> Any:
+    """A request's proofs checked and stored in one transaction: its ``Outcome``."""
+    return ing.store_checked([ing.check_many(uploads, now_ns=now_ns)])[0]
 
 
 def hub_readings(db_path: Path) -> list[Reading]:
@@ -145,3 +185,20 @@ def same_cbor_item(a: Any, b: Any) -> bool:
     if isinstance(a, cbor2.CBORTag):
         return bool(a.tag == b.tag) and same_cbor_item(a.value, b.value)
     return bool(a == b)
+
+
+def api_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every FastAPI ``APIRoute`` of an app's route table, through included routers (FastAPI
+    >= 0.165 keeps them as branches): new routes are covered by whoever walks them."""
+    from fastapi.routing import APIRoute
+
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif (included := getattr(route, "original_router", None)) is not None:
+            yield from api_routes(included.routes)
+
+
+def post_paths(app: Any) -> list[str]:
+    """Every POST route's path template of ``app``."""
+    return sorted({r.path for r in api_routes(app.routes) if "POST" in r.methods})

@@ -8,7 +8,9 @@ from attestation.reading import Reading
 
 signals = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
 units = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10)
-values = st.floats(allow_nan=True, allow_infinity=True, width=64)
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
+# a reading's value: a float, or text for a source value that is not a number
+values = st.floats(allow_nan=True, allow_infinity=True, width=64) | texts
 
 
 @st.composite

@@ -1,5 +1,6 @@
 """What the OPC UA, MQTT, serial and CSV connectors share: signal scaling, number parsing
-with field-named errors, signal-list config parsing, and the reconnect loop with jittered backoff.
+with field-named errors, signal-list config parsing, the source-gap watch, and the reconnect
+loop with jittered backoff (which states every outage of its link as a source gap).
 """
 
 from __future__ import annotations
@@ -10,24 +11,29 @@ import decimal
 import logging
 import math
 import random
+import time
 import zoneinfo
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, NoReturn, Protocol, TypeVar
 
-from agent.backoff import Backoff
-from agent.config import Where, _get, _no_unknown
+from agent.backoff import LINK, Backoff
+from agent.connectors.base import BAD_ENCODING_LIMITS_EXCEEDED, Emit, Sample, SourceGap
 from agent.errors import AgentError, ConfigError
+from agent.tomlcheck import TableKeys, Where
+from agent.tomlcheck import get as _get
+from attestation.cancel import reraise_if_cancelling
 
 __all__ = [
-    "SCALING_KEYS",
+    "SCALING",
     "TIME_FORMATS",
     "ErrorCounts",
     "LinkConnector",
     "MalformedPayload",
     "Reconnector",
     "Scaling",
+    "SourceWatch",
     "config_dir",
     "parse_decimal",
     "parse_list_section",
@@ -36,15 +42,17 @@ __all__ = [
     "parse_time_format",
     "parse_timestamp",
     "parse_timezone",
-    "reraise_if_cancelling",
+    "text_value",
     "to_float",
     "truncate",
 ]
 
 log = logging.getLogger(__name__)
-SCALING_KEYS = frozenset({"unit", "scale", "offset"})
 MAX_DECIMAL_CHARS = 64  # longest numeric text accepted; float() on megabytes is a DoS vector
 LOG_EXCERPT_CHARS = 120  # bad input is logged truncated to this, so a log never floods
+# A text value's UTF-8 bytes in a leaf: with a 128-character signal name (up to 512 bytes)
+# and a 32-character unit it stays inside the 1 KiB leaf limit (LeafLimits.max_leaf_bytes).
+MAX_TEXT_BYTES = 256
 
 
 class MalformedPayload(AgentError):
@@ -76,6 +84,9 @@ class Scaling:
         raise MalformedPayload(field, f"{raw!r} scaled by {self.scale} overflows a float")
 
 
+SCALING = TableKeys(Scaling)  # a signal's scaling keys sit in the signal's own table
+
+
 def parse_scaling(t: dict[str, Any], w: Where) -> Scaling:
     return Scaling(
         unit=_get(t, w, "unit", str, ""),
@@ -95,7 +106,7 @@ S = TypeVar("S", bound=_Named)
 def parse_signals(
     t: dict[str, Any], w: Where, parse_one: Callable[[dict[str, Any], Where], S]
 ) -> tuple[S, ...]:
-    """``[[<section>.signals]]``: at least one, each parsed by ``parse_one``, names unique."""
+    """``[[<section>.signals]]``: at least one, each parsed by ``parse_one``."""
     raw = _get(t, w, "signals", list, [])
     if not raw:
         raise w.error("signals", "add at least one [[...signals]] table")
@@ -105,24 +116,21 @@ def parse_signals(
         if not isinstance(item, dict):
             raise w.error(f"signals[{i}]", f"expected a table, got {type(item).__name__}")
         out.append(parse_one(item, where))
-    names = [s.name for s in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise w.error("signals", f"signal names must be unique, repeated: {', '.join(dupes)}")
-    return tuple(out)
+    return tuple(out)  # names: unique across the gateway, checked by agent.config
 
 
 def parse_list_section(
-    raw: Any, w: Where, parse_one: Callable[[dict[str, Any], Where], S], known: set[str]
+    raw: Any, w: Where, parse_one: Callable[[dict[str, Any], Where], S], keys: TableKeys
 ) -> tuple[S, ...]:
-    """A ``[[section]]`` array of tables; connector names must be unique within it."""
+    """A ``[[section]]`` array of tables, each taking ``keys``; connector names must be unique
+    within it."""
     if not isinstance(raw, list):
         line = w.line_of(w.prefix)
         raise ConfigError(w.path, w.prefix, line, f"write it as [[{w.prefix}]] (one per peer)")
     out: list[S] = []
     for i, t in enumerate(raw):
         where = Where(w.path, w.text, f"{w.prefix}[{i}]")
-        _no_unknown(t, where, known)
+        keys.check(t, where)
         item = parse_one(t, where)
         if any(c.name == item.name for c in out):
             raise where.error("name", f"{item.name!r} names another [[{w.prefix}]] too")
@@ -145,6 +153,16 @@ def to_float(raw: object, field: str) -> float:
         except OverflowError as err:  # an int past the float range
             raise MalformedPayload(field, "integer too large for a float") from err
     raise MalformedPayload(field, f"expected a number, got {type(raw).__name__} {truncate(raw)}")
+
+
+def text_value(text: str) -> tuple[str, int]:
+    """A text value as a leaf records it, and the quality bits to add: a text past
+    ``MAX_TEXT_BYTES`` is cut at a character boundary and marked BadEncodingLimitsExceeded
+    (the reading says it is not the whole value, rather than being lost)."""
+    raw = text.encode()
+    if len(raw) <= MAX_TEXT_BYTES:
+        return text, 0
+    return raw[:MAX_TEXT_BYTES].decode(errors="ignore"), BAD_ENCODING_LIMITS_EXCEEDED
 
 
 def parse_decimal(text: str, field: str) -> float:
@@ -243,22 +261,45 @@ def truncate(raw: object, limit: int = LOG_EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
 
 
-def reraise_if_cancelling() -> None:
-    """Re-raise a cancellation that a library swallowed.
+@dataclass
+class SourceWatch:
+    """Outages per source, as source gaps: ``failed`` says a source did not produce when it
+    should have and returns the outage so far (``[since, now]``, to pass to ``emit``);
+    ``ended`` closes it. The window merges the repeated ``[since, now]`` of one outage into
+    one range (``agent.window.WindowBuilder.note``), so reporting every failure is right."""
 
-    The task still counts a cancellation a library ate, so ask the task and hand it back, or
-    stopping the agent hangs. asyncua's ``Client.disconnect`` awaits its own tasks with
-    ``except CancelledError: pass``, which also eats one aimed at *our* task while it waits.
-    pymodbus awaits connects and replies with ``asyncio.wait_for``, which on Python 3.11 can
-    swallow a cancellation that races with the answer (cpython gh-86296): ``connect()`` then
-    returns False, and a cancellation mid-request becomes a ModbusIOException.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+    clock: Callable[[], int] = time.time_ns
+    _down: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def failed(self, source: str, reason: str, now_ns: int | None = None) -> SourceGap:
+        now = self.clock() if now_ns is None else now_ns
+        since, was = self._down.get(source, (now, reason))
+        if was != reason:  # a new kind of failure starts a new range
+            since = now
+        self._down[source] = (since, reason)
+        return SourceGap(source, since, max(since, now), reason)
+
+    def ended(self, source: str, now_ns: int | None = None) -> SourceGap | None:
+        """The whole outage of ``source`` up to now, if it was down; it is up from now on."""
+        down = self._down.pop(source, None)
+        if down is None:
+            return None
+        now = self.clock() if now_ns is None else now_ns
+        return SourceGap(source, down[0], max(down[0], now), down[1])
+
+    def is_down(self, source: str) -> bool:
+        return source in self._down
+
+    def __len__(self) -> int:  # how many sources are down (a cheap "any?" on the hot path)
+        return len(self._down)
+
+    def down(self, now_ns: int | None = None) -> list[SourceGap]:
+        """Every outage still open, extended to now (what a poller restates each cycle)."""
+        now = self.clock() if now_ns is None else now_ns
+        return [SourceGap(s, t, max(t, now), r) for s, (t, r) in self._down.items()]
 
 
-Session = Callable[[Callable[[], None]], Awaitable[None]]
+Session = Callable[[Callable[[], None], Emit], Awaitable[None]]
 
 
 @dataclass
@@ -268,34 +309,63 @@ class Reconnector:
     A session calls ``connected()`` once its peer answered, which resets the backoff. A
     session that returns, or raises one of ``transient``, is retried; anything else (a
     configuration error, a bug, a cancellation) propagates.
+
+    Every outage of the link is a source gap named ``source`` (reason ``timeout`` when the
+    peer did not answer in time, else ``disconnected``): stated when the session is lost,
+    again after each wait, and closed with the session's first batch once the peer answers
+    (the session is given an ``emit`` that does so), so no connector on a link can forget it.
     """
 
     name: str
-    backoff: Backoff = field(default_factory=Backoff)
+    source: str = ""  # the name the source gaps carry (the connector's); "" -> ``name``
+    backoff: Backoff = LINK
     rng: random.Random = field(default_factory=random.Random)
+    watch: SourceWatch = field(default_factory=SourceWatch)
     drops: int = 0  # sessions lost or refused since start (a metric)
     sessions: int = 0  # sessions that reached their peer
+    up: bool | None = None  # the peer answered and the session still runs (None: not tried)
 
-    async def run(self, session: Session, transient: tuple[type[BaseException], ...]) -> NoReturn:
+    async def run(
+        self, session: Session, transient: tuple[type[BaseException], ...], emit: Emit
+    ) -> NoReturn:
         attempt = 0
+        source = self.source or self.name
+        closing: list[SourceGap] = []  # the outage that ended when the peer answered
 
         def connected() -> None:
             nonlocal attempt
             attempt = 0
             self.sessions += 1
+            self.up = True
+            if (gap := self.watch.ended(source)) is not None:
+                closing.append(gap)
+
+        async def emit_after_outage(samples: list[Sample], gaps: Sequence[SourceGap] = ()) -> None:
+            if closing:
+                gaps = (*closing, *gaps)
+                closing.clear()
+            await emit(samples, gaps)
 
         while True:
+            code = "disconnected"
             try:
-                await session(connected)
+                await session(connected, emit_after_outage)
                 reason = "peer ended the session"
             except transient as err:
                 reason = f"{type(err).__name__}: {truncate(str(err) or repr(err))}"
+                if isinstance(err, TimeoutError):
+                    code = "timeout"
+            finally:
+                self.up = False
             reraise_if_cancelling()  # a stop that the session's library swallowed
             self.drops += 1
             delay = self.backoff.delay(attempt, self.rng)
             attempt += 1
             log.warning("%s: %s; reconnecting in %.2f s", self.name, reason, delay)
+            await emit([], [*closing, self.watch.failed(source, code)])
+            closing.clear()
             await asyncio.sleep(delay)
+            await emit([], [self.watch.failed(source, code)])  # the wait was part of it
 
 
 C = TypeVar("C", bound=_Named)
@@ -313,7 +383,7 @@ class LinkConnector(Generic[C]):
 
     def __post_init__(self) -> None:
         label = f"{self.KIND} {self.config.name}"
-        self.reconnector = Reconnector(label)
+        self.reconnector = Reconnector(label, source=self.config.name)
         self.bad = ErrorCounts(label)
 
     @property
@@ -323,3 +393,7 @@ class LinkConnector(Generic[C]):
     @property
     def errors(self) -> dict[str, int]:  # read by the metrics
         return self.bad.counts
+
+    @property
+    def peer_up(self) -> bool | None:  # read by the metrics and the status file
+        return self.reconnector.up

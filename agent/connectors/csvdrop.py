@@ -43,14 +43,14 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import CONNECTOR_PARSERS, Where, _get, _int, _no_unknown
 from agent.connectors.base import Committed, Emit, Sample
 from agent.connectors.common import (
-    SCALING_KEYS,
+    SCALING,
     MalformedPayload,
     Scaling,
     config_dir,
@@ -62,11 +62,18 @@ from agent.connectors.common import (
     parse_timestamp,
     parse_timezone,
 )
+from agent.tomlcheck import TableKeys, Where
+from agent.tomlcheck import choice as _choice
+from agent.tomlcheck import get as _get
+from agent.tomlcheck import get_int as _int
 
-__all__ = ["CsvConfig", "CsvDropConnector", "CsvSignal", "Ledger", "parse_rows"]
+__all__ = ["TABLES", "CsvConfig", "CsvDropConnector", "CsvSignal", "Ledger", "parse_rows"]
 
 log = logging.getLogger(__name__)
 BATCH = 500  # samples per emit
+LEDGER = Path(".factoryops") / "ledger.sqlite"
+LATE_WATCH_S = 300.0  # how long a file in done/ is watched for a writer that was not done
+MAX_WATCHED = 1024  # files watched at once (the most recent)
 MAX_FILE_BYTES = 256 << 20
 
 
@@ -89,10 +96,18 @@ class CsvConfig:
     poll_interval_ms: int
     delimiter: str
     signals: tuple[CsvSignal, ...]
+    decimal: str = "."  # "," for the decimal comma of many European exports
+
+
+# The keys of a [[csv]] table are the fields of these dataclasses (code review D16).
+TABLES: Mapping[str, TableKeys] = {
+    "csv[]": TableKeys(CsvConfig),
+    "csv[].signals[]": TableKeys(CsvSignal, inline={"scaling": SCALING}),
+}
 
 
 def _signal(t: dict[str, Any], w: Where) -> CsvSignal:
-    _no_unknown(t, w, {"name", "column", *SCALING_KEYS})
+    TABLES["csv[].signals[]"].check(t, w)
     return CsvSignal(_get(t, w, "name", str), _get(t, w, "column", str), parse_scaling(t, w))
 
 
@@ -100,9 +115,15 @@ def _connector(t: dict[str, Any], w: Where) -> CsvConfig:
     delimiter = _get(t, w, "delimiter", str, ",")
     if len(delimiter) != 1:
         raise w.error("delimiter", f"{delimiter!r} must be one character")
+    decimal = _choice(t, w, "decimal", (".", ","), ".")
+    if decimal == delimiter:
+        raise w.error("decimal", f'{decimal!r} is the delimiter too: set delimiter = ";"')
+    folder = config_dir(w) / _get(t, w, "folder", str)
+    if not folder.is_dir():  # never created: a mistyped folder would be watched for nothing
+        raise w.error("folder", f"{folder}: no such folder (create it, or fix the path)")
     return CsvConfig(
         name=_get(t, w, "name", str),
-        folder=config_dir(w) / _get(t, w, "folder", str),
+        folder=folder,
         pattern=_get(t, w, "pattern", str, "*.csv"),
         timestamp_column=_get(t, w, "timestamp_column", str),
         timestamp_format=parse_time_format(t, w),
@@ -111,20 +132,12 @@ def _connector(t: dict[str, Any], w: Where) -> CsvConfig:
         poll_interval_ms=_int(t, w, "poll_interval_ms", 10, 3_600_000, 1000),
         delimiter=delimiter,
         signals=parse_signals(t, w, _signal),
+        decimal=decimal,
     )
 
 
-_KNOWN = {
-    "name", "folder", "pattern", "timestamp_column", "timestamp_format", "timezone", "settle_ms",
-    "poll_interval_ms", "delimiter", "signals",
-}  # fmt: skip
-
-
 def parse_csv_section(raw: Any, w: Where) -> tuple[CsvConfig, ...]:
-    return parse_list_section(raw, w, _connector, _KNOWN)
-
-
-CONNECTOR_PARSERS["csv"] = parse_csv_section
+    return parse_list_section(raw, w, _connector, TABLES["csv[]"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +147,38 @@ class BadRow:
     raw: str
 
 
+class _Lines:
+    """The file's lines for ``csv.reader``, from a position the parser can move back to."""
+
+    def __init__(self, lines: list[str], pos: int) -> None:
+        self.lines, self.pos = lines, pos
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
 def parse_rows(cfg: CsvConfig, text: str) -> tuple[list[Sample], list[BadRow]]:
-    """Good rows as samples (one per signal column), bad rows with their line and reason."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=cfg.delimiter, strict=True)
+    """Good rows as samples (one per signal column), bad rows with their line and reason.
+
+    Row by row: a row that cannot be read is quarantined alone and reading goes on at the
+    next line. A quoted field may span lines, but a stray quote must not take the rows after
+    it along: a record over several lines that is not a good row is quarantined as its
+    first line only, and the lines after it are read again as rows of their own. An empty
+    file and a header-only file give nothing, alike.
+    """
+    lines = text.splitlines(keepends=True)
+    if not any(line.strip() for line in lines):
+        return [], []
     try:
-        header = next(reader)
-    except (StopIteration, csv.Error):
-        return [], [BadRow(1, "no header row", text[:200])]
+        header = next(csv.reader([lines[0]], delimiter=cfg.delimiter, strict=True))
+    except csv.Error as err:
+        return [], [BadRow(1, f"header: malformed CSV: {err}", lines[0][:500])]
     index = {name.strip(): i for i, name in enumerate(header)}
     missing = [
         c for c in (cfg.timestamp_column, *(s.column for s in cfg.signals)) if c not in index
@@ -149,49 +187,67 @@ def parse_rows(cfg: CsvConfig, text: str) -> tuple[list[Sample], list[BadRow]]:
         return [], [BadRow(1, f"header lacks column(s) {', '.join(missing)}", ",".join(header))]
     samples: list[Sample] = []
     bad: list[BadRow] = []
-    lines = text.splitlines()
-    while True:
-        start = reader.line_num + 1
+    src = _Lines(lines, 1)
+    reader = csv.reader(src, delimiter=cfg.delimiter, strict=True)
+    while src.pos < len(lines):
+        start = src.pos
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as err:
-            bad.append(BadRow(start, f"malformed CSV: {err}", _line(lines, start)))
-            continue
-        if not any(cell.strip() for cell in row):
+            row, reason = [], f"malformed CSV: {err}"
+        else:
+            reason = ""
+        if not reason and not any(cell.strip() for cell in row):
             continue  # blank line
-        if len(row) != len(header):
-            reason = f"{len(row)} fields, the header has {len(header)}"
-            bad.append(BadRow(start, reason, _line(lines, start)))
+        got, reason = _row(cfg, header, index, row) if not reason else ([], reason)
+        if reason and src.pos - start > 1:
+            reason = f"unbalanced quote (its field ran over {src.pos - start} lines): {reason}"
+        if reason:
+            bad.append(BadRow(start + 1, reason, lines[start].rstrip("\r\n")[:500]))
+            src.pos = start + 1  # the lines after a bad row are rows of their own
+            reader = csv.reader(src, delimiter=cfg.delimiter, strict=True)
             continue
-        try:
-            ts = parse_timestamp(
-                row[index[cfg.timestamp_column]],
-                cfg.timestamp_format,
-                cfg.timestamp_column,
-                cfg.timezone,
-            )
-            values = [
-                (s, s.scaling.apply(parse_decimal(row[index[s.column]], s.column), s.column))
-                for s in cfg.signals
-            ]
-        except MalformedPayload as err:
-            bad.append(BadRow(start, str(err), _line(lines, start)))
-            continue
-        samples += [Sample(s.name, v, s.scaling.unit, ts) for s, v in values]
+        samples += got
     return samples, bad
 
 
-def _line(lines: list[str], n: int) -> str:
-    return lines[n - 1][:500] if 0 < n <= len(lines) else ""
+def _row(
+    cfg: CsvConfig, header: list[str], index: dict[str, int], row: list[str]
+) -> tuple[list[Sample], str]:
+    """One record's samples, or the reason it is a bad row."""
+    if len(row) != len(header):
+        return [], f"{len(row)} fields, the header has {len(header)}"
+    try:
+        ts = parse_timestamp(
+            row[index[cfg.timestamp_column]],
+            cfg.timestamp_format,
+            cfg.timestamp_column,
+            cfg.timezone,
+        )
+        values = [
+            (s, s.scaling.apply(_number(cfg, row[index[s.column]], s.column), s.column))
+            for s in cfg.signals
+        ]
+    except MalformedPayload as err:
+        return [], str(err)
+    return [Sample(s.name, v, s.scaling.unit, ts) for s, v in values], ""
+
+
+def _number(cfg: CsvConfig, cell: str, column: str) -> float:
+    if cfg.decimal == ",":
+        if "." in cell:  # a thousands point (1.234,5) is not guessed at
+            raise MalformedPayload(column, f"not a decimal-comma number: {cell[:64]}")
+        cell = cell.replace(",", ".")
+    return parse_decimal(cell, column)
 
 
 class Ledger:
     """Which files (by SHA-256) were ingested; SQLite in the drop folder's .factoryops/."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)  # never the drop folder itself (see check-config)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -266,11 +322,16 @@ def _write_quarantine(path: Path, bad: list[BadRow]) -> None:
 @dataclass
 class CsvDropConnector:
     config: CsvConfig
-    errors: dict[str, int] = field(default_factory=dict)  # bad rows per file
+    # bad rows ("<row>") and files not read at all ("<file>"): fixed labels, so the metric
+    # has two series per connector however many files pass through
+    errors: dict[str, int] = field(default_factory=dict)
     files_done: int = 0
+    empty_files: int = 0  # empty or header-only: no rows, moved to done/ with a warning
     replays: int = 0  # files read again after a crash between commit and ledger (see above)
     _committed: Committed | None = None
     _sizes: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    # files moved to done/: (bytes read, watch until) to notice a writer that was not done
+    _taken: dict[Path, tuple[int, float]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -281,23 +342,44 @@ class CsvDropConnector:
 
     async def run(self, emit: Emit) -> None:
         cfg = self.config
-        cfg.folder.mkdir(parents=True, exist_ok=True)
-        ledger = await asyncio.to_thread(Ledger, cfg.folder / ".factoryops" / "ledger.sqlite")
+        ledger: Ledger | None = None
+        missing_logged = False
         try:
             while True:
-                for path in await asyncio.to_thread(self._ready_files):
-                    await self._ingest(path, ledger, emit)
+                if not cfg.folder.is_dir():  # unmounted or removed since check-config
+                    if not missing_logged:
+                        log.error(
+                            "csv %s: folder %s is gone; not created, waiting for it",
+                            self.name, cfg.folder,
+                        )  # fmt: skip
+                    missing_logged = True
+                elif ledger is None:
+                    ledger = await asyncio.to_thread(Ledger, cfg.folder / LEDGER)
+                    log.info(
+                        "csv %s: watching %s for %s (settle %d ms, every %d ms)",
+                        self.name, cfg.folder, cfg.pattern, cfg.settle_ms, cfg.poll_interval_ms,
+                    )  # fmt: skip
+                if ledger is not None and cfg.folder.is_dir():
+                    missing_logged = False
+                    for path in await asyncio.to_thread(self._ready_files):
+                        await self._ingest(path, ledger, emit)
+                    await asyncio.to_thread(self._late_writes)
                 await asyncio.sleep(cfg.poll_interval_ms / 1000)
         finally:
-            ledger.close()
+            if ledger is not None:
+                ledger.close()
 
     def _ready_files(self) -> list[Path]:
-        """Files whose size and mtime have not changed for ``settle_ms`` (written in full)."""
+        """Files written in full: renamed into place (a rename sets the ctime past the last
+        write's mtime), or with size and mtime unchanged for ``settle_ms``."""
         now, ready = time.monotonic(), []
         for path in sorted(self.config.folder.glob(self.config.pattern)):
             if not path.is_file() or path.name.startswith("."):
                 continue
             st = path.stat()
+            if st.st_ctime_ns > st.st_mtime_ns:
+                ready.append(path)  # renamed (or linked) in after its last write
+                continue
             seen = self._sizes.get(path.name)
             if seen is None or seen[:2] != (st.st_size, st.st_mtime_ns):
                 self._sizes[path.name] = (st.st_size, st.st_mtime_ns, now)
@@ -341,8 +423,13 @@ class CsvDropConnector:
             await emit(samples[i : i + BATCH])
         if samples and self._committed is not None:
             await self._committed()  # the readings are signed and on disk
+        if not samples and not bad:
+            self.empty_files += 1
+            log.warning("csv %s: %s has no data rows (empty or header only)", self.name, path.name)
         if bad:
-            self.errors[path.name] = len(bad)
+            for b in bad:
+                label = "<file>" if b.line == 0 else "<row>"
+                self.errors[label] = self.errors.get(label, 0) + 1
             target = cfg.folder / "quarantine" / f"{path.name}.bad.csv"
             await asyncio.to_thread(_write_quarantine, target, bad)
             log.warning(
@@ -350,5 +437,30 @@ class CsvDropConnector:
                 self.name, path.name, len(bad), target, bad[0].line, bad[0].reason,
             )  # fmt: skip
         await asyncio.to_thread(ledger.record, sha, path.name, len(samples), len(bad))
-        await asyncio.to_thread(_move, path, cfg.folder / "done")
+        done = await asyncio.to_thread(_move, path, cfg.folder / "done")
         self.files_done += 1
+        self._taken[done] = (len(data), time.monotonic() + LATE_WATCH_S)
+        while len(self._taken) > MAX_WATCHED:
+            del self._taken[next(iter(self._taken))]
+
+    def _late_writes(self) -> None:
+        """A file that grows in done/ after it was taken had a writer that paused longer than
+        ``settle_ms``: what it added is not read. Said at ERROR and counted, never silent."""
+        now = time.monotonic()
+        for done, (size, until) in list(self._taken.items()):
+            try:
+                grown = done.stat().st_size - size
+            except OSError:  # moved away by an operator: nothing to watch
+                del self._taken[done]
+                continue
+            if grown > 0:
+                self.errors["<late write>"] = self.errors.get("<late write>", 0) + 1
+                log.error(
+                    "csv %s: %s grew by %d bytes after it was read (its writer paused longer "
+                    "than settle_ms = %d): those bytes are not read; raise settle_ms or have "
+                    "the writer rename the file in when complete",
+                    self.name, done, grown, self.config.settle_ms,
+                )  # fmt: skip
+                self._taken[done] = (size + grown, until)
+            if now >= until:
+                del self._taken[done]

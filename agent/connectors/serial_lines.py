@@ -29,16 +29,15 @@ import datetime as dt
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import serial
 
-from agent.config import CONNECTOR_PARSERS, Where, _choice, _get, _int, _no_unknown
 from agent.connectors.base import Emit, Sample
 from agent.connectors.common import (
-    SCALING_KEYS,
+    SCALING,
     LinkConnector,
     MalformedPayload,
     Scaling,
@@ -51,10 +50,22 @@ from agent.connectors.common import (
     parse_timezone,
     truncate,
 )
+from agent.tomlcheck import TableKeys, Where
+from agent.tomlcheck import choice as _choice
+from agent.tomlcheck import get as _get
+from agent.tomlcheck import get_int as _int
 
-__all__ = ["LineSplitter", "SerialConfig", "SerialConnector", "SerialSignal", "decode_line"]
+__all__ = [
+    "TABLES",
+    "LineSplitter",
+    "SerialConfig",
+    "SerialConnector",
+    "SerialSignal",
+    "decode_line",
+]
 
 log = logging.getLogger(__name__)
+UNTERMINATED = "<no newline>"  # the error label of a line cut off without its newline
 PARITIES = {"none": serial.PARITY_NONE, "even": serial.PARITY_EVEN, "odd": serial.PARITY_ODD}
 
 
@@ -77,10 +88,19 @@ class SerialConfig:
     timestamp_group: str | None = None  # None: a line's time is when it arrived
     timestamp_format: str = "iso8601"
     timezone: dt.tzinfo | None = None
+    line_timeout_ms: int = 100  # a partial line silent this long lost its newline
+    line_start: str = ""  # optional: what every line begins with (e.g. "$" or "W:")
+
+
+# The keys of a [[serial]] table are the fields of these dataclasses (code review D16).
+TABLES: Mapping[str, TableKeys] = {
+    "serial[]": TableKeys(SerialConfig),
+    "serial[].signals[]": TableKeys(SerialSignal, inline={"scaling": SCALING}),
+}
 
 
 def _signal(t: dict[str, Any], w: Where) -> SerialSignal:
-    _no_unknown(t, w, {"name", "group", *SCALING_KEYS})
+    TABLES["serial[].signals[]"].check(t, w)
     return SerialSignal(_get(t, w, "name", str), _get(t, w, "group", str), parse_scaling(t, w))
 
 
@@ -99,10 +119,11 @@ def _connector(t: dict[str, Any], w: Where) -> SerialConfig:
     if ts_group is not None and ts_group not in regex.groupindex:
         known = ", ".join(regex.groupindex) or "none"
         raise w.error("timestamp_group", f"{ts_group!r} is not a named group ({known})")
+    baudrate = _int(t, w, "baudrate", 50, 4_000_000, 9600)
     return SerialConfig(
         name=_get(t, w, "name", str),
         port=_get(t, w, "port", str),
-        baudrate=_int(t, w, "baudrate", 50, 4_000_000, 9600),
+        baudrate=baudrate,
         parity=_choice(t, w, "parity", tuple(PARITIES), "none"),
         regex=regex,
         max_line_bytes=_int(t, w, "max_line_bytes", 16, 65_536, 512),
@@ -110,16 +131,18 @@ def _connector(t: dict[str, Any], w: Where) -> SerialConfig:
         timestamp_group=ts_group,
         timestamp_format=parse_time_format(t, w),
         timezone=parse_timezone(t, w),
+        line_timeout_ms=_int(t, w, "line_timeout_ms", 10, 60_000, _line_timeout_ms(baudrate)),
+        line_start=_get(t, w, "line_start", str, ""),
     )
 
 
+def _line_timeout_ms(baudrate: int) -> int:
+    """The default: 20 character times (10 bits each) at the line's speed, at least 100 ms."""
+    return max(100, -(-20 * 10 * 1000 // baudrate))
+
+
 def parse_serial_section(raw: Any, w: Where) -> tuple[SerialConfig, ...]:
-    known = {"name", "port", "baudrate", "parity", "regex", "max_line_bytes", "signals"}
-    known |= {"timestamp_group", "timestamp_format", "timezone"}
-    return parse_list_section(raw, w, _connector, known)
-
-
-CONNECTOR_PARSERS["serial"] = parse_serial_section
+    return parse_list_section(raw, w, _connector, TABLES["serial[]"])
 
 
 def decode_line(
@@ -161,14 +184,33 @@ def decode_line(
 
 @dataclass
 class LineSplitter:
-    """Bytes in, complete lines out; an over-long line is dropped up to its newline."""
+    """Bytes in, complete lines out; an over-long line is dropped up to its newline.
+
+    A line whose newline never came is cut off, counted in ``unterminated`` and never joined
+    to the next line: when the line is silent for ``timeout_ns`` (``feed`` with the arrival
+    time, or ``idle``), and, with ``line_start`` set, at the start of the next line.
+    """
 
     max_bytes: int
+    timeout_ns: int | None = None
+    line_start: bytes = b""
+    unterminated: int = 0
     _buf: bytearray = field(default_factory=bytearray)
     _skipping: bool = False
+    _last_ns: int = 0
 
-    def feed(self, data: bytes) -> tuple[list[bytes], int]:
+    def idle(self, now_ns: int) -> None:
+        """Nothing arrived: a partial line silent past the timeout is cut off."""
+        if self._buf and self.timeout_ns is not None and now_ns - self._last_ns > self.timeout_ns:
+            self._buf.clear()
+            self.unterminated += 1
+
+    def feed(self, data: bytes, now_ns: int | None = None) -> tuple[list[bytes], int]:
         """(complete lines, how many over-long lines were dropped)."""
+        if now_ns is not None:
+            self.idle(now_ns)  # what waited too long ended before these bytes
+            if data:
+                self._last_ns = now_ns
         lines, dropped = [], 0
         for chunk in data.splitlines(keepends=True):
             if self._skipping:
@@ -181,9 +223,17 @@ class LineSplitter:
                 self._buf.clear()
                 self._skipping, dropped = not complete, dropped + 1
             elif complete:
-                lines.append(bytes(self._buf))
+                lines.append(self._started(bytes(self._buf)))
                 self._buf.clear()
         return lines, dropped
+
+    def _started(self, line: bytes) -> bytes:
+        """The line from its last ``line_start``; what came before it had lost its newline."""
+        at = line.rfind(self.line_start) if self.line_start else 0
+        if at > 0:
+            self.unterminated += 1
+            return line[at:]
+        return line
 
 
 @dataclass
@@ -192,38 +242,40 @@ class SerialConnector(LinkConnector[SerialConfig]):
     lines: int = 0
 
     async def run(self, emit: Emit) -> None:
-        await self.reconnector.run(self._session_for(emit), (serial.SerialException, OSError))
+        await self.reconnector.run(self._session, (serial.SerialException, OSError), emit)
 
-    def _session_for(self, emit: Emit) -> Callable[[Callable[[], None]], Any]:
+    async def _session(self, connected: Callable[[], None], emit: Emit) -> None:
         cfg = self.config
-
-        async def session(connected: Callable[[], None]) -> None:
-            port = await asyncio.to_thread(
-                serial.Serial,
-                cfg.port,
-                cfg.baudrate,
-                parity=PARITIES[cfg.parity],
-                timeout=0.2,  # each read returns within 0.2 s: a stop is never held up
+        port = await asyncio.to_thread(
+            serial.Serial,
+            cfg.port,
+            cfg.baudrate,
+            parity=PARITIES[cfg.parity],
+            timeout=0.2,  # each read returns within 0.2 s: a stop is never held up
+        )
+        try:
+            connected()
+            log.info("serial %s: opened %s at %d baud", self.name, cfg.port, cfg.baudrate)
+            splitter = LineSplitter(
+                cfg.max_line_bytes, cfg.line_timeout_ms * 1_000_000, cfg.line_start.encode()
             )
-            try:
-                connected()
-                splitter = LineSplitter(cfg.max_line_bytes)
-                while True:
-                    data = await asyncio.to_thread(_read_some, port)
-                    lines, dropped = splitter.feed(data)
-                    for _ in range(dropped):
-                        self.bad("<line>", MalformedPayload("line", "longer than max_line_bytes"))
-                    now = time.time_ns()
-                    samples = []
-                    for line in lines:
-                        self.lines += 1
-                        samples += decode_line(cfg, line, now, self.bad)
-                    if samples:
-                        await emit(samples)
-            finally:
-                await asyncio.to_thread(port.close)
-
-        return session
+            while True:
+                data = await asyncio.to_thread(_read_some, port)
+                now = time.time_ns()
+                cut = splitter.unterminated
+                lines, dropped = splitter.feed(data, now)
+                for _ in range(dropped):
+                    self.bad("<line>", MalformedPayload("line", "longer than max_line_bytes"))
+                for _ in range(splitter.unterminated - cut):
+                    self.bad(UNTERMINATED, MalformedPayload("line", "ended without its newline"))
+                samples = []
+                for line in lines:
+                    self.lines += 1
+                    samples += decode_line(cfg, line, now, self.bad)
+                if samples:
+                    await emit(samples)
+        finally:
+            await asyncio.to_thread(port.close)
 
 
 def _read_some(port: serial.Serial) -> bytes:

@@ -11,10 +11,30 @@ from typing import Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-__all__ = ["ALG_EDDSA", "ALG_ES256", "Signer", "TpmClock", "es256_der_to_raw"]
+from attestation.errors import AttestationError
+
+__all__ = [
+    "ALG_EDDSA",
+    "ALG_ES256",
+    "P256_HALF_N",
+    "Signer",
+    "SignerUnavailable",
+    "TpmClock",
+    "es256_der_to_raw",
+    "es256_raw",
+]
 
 ALG_ES256 = -7  # RFC 9053 §2.1: ECDSA w/ SHA-256
 ALG_EDDSA = -8  # RFC 9053 §2.2
+
+_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # SEC 2 §2.4.2
+P256_HALF_N = _P256_N // 2
+"""The largest s of a canonical ES256 signature ("low s", as in Bitcoin's BIP 146)."""
+
+
+class SignerUnavailable(AttestationError):
+    """The key's holder cannot be reached now (a TPM being reset, its link cut); the same
+    call may succeed later. A signer raises this, never for a refusal that would repeat."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +70,14 @@ class Signer(Protocol):
         ...
 
 
-def es256_der_to_raw(der: bytes) -> bytes:
-    """ECDSA DER (what cryptography and PKCS#11 emit) to COSE's raw r||s."""
-    r, s = decode_dss_signature(der)
+def es256_raw(r: int, s: int) -> bytes:
+    """COSE's raw r||s with the low s: (r, s) and (r, n - s) both verify, and a micro-proof
+    has one canonical form (ARCHITECTURE.md), so every ES256 signer writes the low one."""
+    if s > P256_HALF_N:
+        s = _P256_N - s
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def es256_der_to_raw(der: bytes) -> bytes:
+    """ECDSA DER (what cryptography and PKCS#11 emit) to COSE's raw r||s, low s."""
+    return es256_raw(*decode_dss_signature(der))

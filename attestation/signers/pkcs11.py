@@ -77,8 +77,8 @@ class Pkcs11Ed25519Signer:
     def open(cls, uri: str, *, create: bool = True) -> Pkcs11Ed25519Signer:
         """Find the key ``object`` on ``token``; generate it inside the token if absent."""
         import pkcs11  # noqa: PLC0415 - the hsm extra
-        from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass  # noqa: PLC0415
-        from pkcs11.util.ec import encode_named_curve_parameters  # noqa: PLC0415
+        from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+        from pkcs11.util.ec import encode_named_curve_parameters  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
 
         attrs = parse_pkcs11_uri(uri)
         try:

@@ -7,7 +7,6 @@ by policy outside the demo (docs/adr/0004).
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from attestation.durable import write_new
 from attestation.errors import KeyFileError
 from attestation.signers.base import ALG_EDDSA, ALG_ES256, TpmClock, es256_der_to_raw
 
@@ -23,25 +23,10 @@ __all__ = ["Ed25519FileSigner", "SoftwareSigner", "load_private_key", "write_pri
 
 def write_private_key(path: Path, pem: bytes) -> None:
     """Create ``path`` with mode 0600 atomically; refuse to overwrite an existing key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # fails if a key is already there: never replace a device key
+        write_new(path, pem, 0o600)  # never replace a device key
     except FileExistsError as err:
         raise KeyFileError(f"{path} already exists", hint="remove it first if you mean it") from err
-    finally:
-        tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def load_private_key(path: Path) -> bytes:

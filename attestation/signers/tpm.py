@@ -7,9 +7,12 @@ the COSE to-be-signed bytes; the TPM clock is read with each signature. Works ag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tpm2_pytss import ESAPI, TCTILdr, TSS2_Exception
 from tpm2_pytss.constants import (
@@ -30,15 +33,19 @@ from tpm2_pytss.types import (
 )
 
 from attestation.errors import AttestationError
-from attestation.signers.base import ALG_ES256, TpmClock
+from attestation.signers.base import ALG_ES256, SignerUnavailable, TpmClock, es256_raw
 
 __all__ = [
     "AK_HANDLE",
     "DEFAULT_KEY_HANDLE",
+    "ROTATION_HANDLE",
     "TpmError",
     "TpmSigner",
+    "TpmUnavailable",
     "explain",
+    "key_template",
     "load_or_create_key",
+    "move_key",
     "open_esapi",
     "parse_tcti",
     "persistent_handles",
@@ -49,6 +56,7 @@ __all__ = [
 # and TPM makers keep the EKs)
 DEFAULT_KEY_HANDLE = 0x81000101  # the device signing key (the UTID)
 AK_HANDLE = 0x81000102  # the attestation key that certifies it at enrollment
+ROTATION_HANDLE = 0x81000103  # a new device key while a key rotation runs (ADR 0038)
 _KEY_ATTRS = (
     TPMA_OBJECT.FIXEDTPM
     | TPMA_OBJECT.FIXEDPARENT
@@ -58,8 +66,16 @@ _KEY_ATTRS = (
 )
 
 
+T = TypeVar("T")
+_TCTI_LAYER = 10 << 16  # TSS2_TCTI_RC_LAYER: the transport to the TPM failed, not the TPM
+
+
 class TpmError(AttestationError):
     """The TPM cannot be reached or refused an operation."""
+
+
+class TpmUnavailable(TpmError, SignerUnavailable):
+    """The TPM does not answer now (reset, its device or socket gone): try again later."""
 
 
 def parse_tcti(tcti: str) -> tuple[str, str]:
@@ -82,11 +98,13 @@ class TpmSigner:
     _key: ESYS_TR
     _der: bytes
     handle: int = DEFAULT_KEY_HANDLE
+    tcti: str = ""  # where it was opened: a lost connection is opened again there
     kind = "tpm"
     alg = ALG_ES256
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._open = True  # False after a reopen failed: the next call opens first
 
     @classmethod
     def open(cls, tcti: str, *, handle: int = DEFAULT_KEY_HANDLE, create: bool = True) -> TpmSigner:
@@ -102,7 +120,7 @@ class TpmSigner:
         except TSS2_Exception as err:
             esapi.close()
             raise explain(err, f"load the device key at {handle:#x}") from err
-        return cls(esapi, ctx, key, der, handle)
+        return cls(esapi, ctx, key, der, handle, tcti)
 
     def public_key_der(self) -> bytes:
         return self._der
@@ -113,29 +131,67 @@ class TpmSigner:
         scheme.details.any.hashAlg = TPM2_ALG.SHA256
         # a null ticket: the key is unrestricted, so the TPM need not have hashed the data
         ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
-        with self._lock:
-            try:
-                sig = self._esapi.sign(self._key, digest, scheme, ticket)
-            except TSS2_Exception as err:
-                raise TpmError(f"TPM2_Sign failed: {err}") from err
-        r = bytes(sig.signature.ecdsa.signatureR).rjust(32, b"\0")
-        s = bytes(sig.signature.ecdsa.signatureS).rjust(32, b"\0")
-        return r + s
+        sig = self._call("TPM2_Sign", lambda e: e.sign(self._key, digest, scheme, ticket))
+        r = int.from_bytes(bytes(sig.signature.ecdsa.signatureR), "big")
+        s = int.from_bytes(bytes(sig.signature.ecdsa.signatureS), "big")
+        return es256_raw(r, s)  # the TPM's s is high half the time
 
     def clock(self) -> TpmClock | None:
-        with self._lock:
-            try:
-                info = self._esapi.read_clock().clockInfo
-            except TSS2_Exception as err:
-                raise TpmError(f"TPM2_ReadClock failed: {err}") from err
+        info = self._call("TPM2_ReadClock", lambda e: e.read_clock()).clockInfo
         return TpmClock(
             int(info.clock), int(info.resetCount), int(info.restartCount), bool(info.safe)
         )
 
-    def close(self) -> None:
+    def _call(self, what: str, op: Callable[[ESAPI], T]) -> T:
+        """``op`` on the TPM; a transport failure (the TPM was reset, or its socket or device
+        went away) opens the TPM again once and retries, raising ``TpmUnavailable`` while it
+        does not answer, so the caller can keep its window and try later."""
         with self._lock:
-            self._esapi.close()
-            self._tcti.close()
+            if self._open:
+                try:
+                    return op(self._esapi)
+                except TSS2_Exception as err:
+                    if not self.tcti or int(err.rc) & 0xFF0000 != _TCTI_LAYER:
+                        raise TpmError(f"{what} failed: {err}") from err
+            self._reopen()
+            try:
+                return op(self._esapi)
+            except TSS2_Exception as err:
+                cls = TpmUnavailable if int(err.rc) & 0xFF0000 == _TCTI_LAYER else TpmError
+                raise cls(f"{what} failed: {err}") from err
+
+    def _reopen(self) -> None:
+        if self._open:
+            self._open = False
+            with contextlib.suppress(TSS2_Exception):
+                self._esapi.close()
+            with contextlib.suppress(TSS2_Exception):
+                self._tcti.close()
+        try:
+            self._esapi, self._tcti = open_esapi(self.tcti)
+        except TpmError as err:
+            raise TpmUnavailable(str(err), hint=err.hint) from err
+        try:
+            self._key = load_or_create_key(self._esapi, self.handle, create=False)
+            public, _, _ = self._esapi.read_public(self._key)
+        except TSS2_Exception as err:
+            with contextlib.suppress(TSS2_Exception):
+                self._esapi.close()
+                self._tcti.close()
+            raise TpmUnavailable(f"the TPM answered but the key did not load: {err}") from err
+        self._open = True
+        if public.publicArea.to_der() != self._der:
+            raise TpmError(
+                f"the key at {self.handle:#x} is not the one this agent signs with",
+                hint="the TPM was cleared or swapped: enroll the gateway again",
+            )
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(TSS2_Exception):
+            if self._open:
+                self._open = False
+                self._esapi.close()
+                self._tcti.close()
 
 
 def explain(err: TSS2_Exception, what: str) -> TpmError:
@@ -180,6 +236,40 @@ def persistent_handles(esapi: ESAPI) -> set[int]:
     return {int(h) for h in data.data.handles}
 
 
+def key_template(unique: bytes = b"") -> TPM2B_PUBLIC:
+    """The device signing key's template. A primary key is derived from the owner seed and
+    its template, so the same template gives the same key again; ``unique`` (32 random bytes,
+    a key rotation's) makes another key, which the same ``unique`` re-creates (ADR 0038)."""
+    public = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=_KEY_ATTRS)
+    if unique:
+        public.publicArea.unique.ecc.x = unique
+    return public
+
+
+def move_key(esapi: ESAPI, template: TPM2B_PUBLIC, source: int, target: int) -> None:
+    """Make the key of ``template`` (persisted at ``source``) the one at ``target``: the old
+    key at ``target`` is evicted (gone for good), the key re-created from its template and
+    persisted there, then ``source`` is freed. Each step can be rerun after a cut."""
+    handles = persistent_handles(esapi)
+    if target in handles:
+        old = esapi.tr_from_tpmpublic(target)
+        if source not in handles:
+            return  # moved already: the source was freed last
+        old_public, _, _ = esapi.read_public(old)
+        new_public, _, _ = esapi.read_public(esapi.tr_from_tpmpublic(source))
+        if old_public.publicArea.to_der() != new_public.publicArea.to_der():
+            try:
+                esapi.evict_control(ESYS_TR.OWNER, old, target)
+            except TSS2_Exception as err:
+                raise explain(err, f"evict the old key at {target:#x}") from err
+    load_or_create_key(esapi, target, create=True, template=template)
+    if source in persistent_handles(esapi):
+        try:
+            esapi.evict_control(ESYS_TR.OWNER, esapi.tr_from_tpmpublic(source), source)
+        except TSS2_Exception as err:
+            raise explain(err, f"free the rotation handle {source:#x}") from err
+
+
 def load_or_create_key(
     esapi: ESAPI, handle: int, *, create: bool, template: TPM2B_PUBLIC | None = None
 ) -> ESYS_TR:
@@ -195,7 +285,7 @@ def load_or_create_key(
             f"no key at persistent handle {handle:#x}",
             hint="create it with `factoryops provision init`",
         )
-    public = template or TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=_KEY_ATTRS)
+    public = template or key_template()
     try:
         transient, *_ = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), public, ESYS_TR.OWNER)
     except TSS2_Exception as err:

@@ -2,11 +2,21 @@
 
 from cloud_sync.storage.repository import (
     Accepted,
-    AcceptedHook,
     DeviceRow,
     HeadMoved,
     Store,
     WindowRow,
 )
+from cloud_sync.storage.session import Connect, Transaction, Writer, WriteRace
 
-__all__ = ["Accepted", "AcceptedHook", "DeviceRow", "HeadMoved", "Store", "WindowRow"]
+__all__ = [
+    "Accepted",
+    "Connect",
+    "DeviceRow",
+    "HeadMoved",
+    "Store",
+    "Transaction",
+    "WindowRow",
+    "WriteRace",
+    "Writer",
+]

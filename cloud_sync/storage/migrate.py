@@ -19,7 +19,15 @@ from sqlalchemy import Connection, Engine, create_engine, inspect, text
 
 from cloud_sync.storage.tables import metadata
 
-__all__ = ["BASELINE", "alembic_config", "current_revision", "drop_schema", "migrate"]
+__all__ = [
+    "BASELINE",
+    "alembic_config",
+    "current_revision",
+    "drop_schema",
+    "ensure_pg_schema",
+    "migrate",
+    "migrate_url",
+]
 
 BASELINE = "0001"  # the schema as the first hubs created it with metadata.create_all
 _BASELINE_TABLES = (  # what revision 0001 creates (later revisions add the rest)
@@ -63,6 +71,26 @@ def migrate(engine: Engine) -> None:
             metadata.create_all(conn, tables=baseline)
             command.stamp(cfg, BASELINE)
         command.upgrade(cfg, "head")
+
+
+def migrate_url(url: str) -> str | None:
+    """``migrate`` the database at ``url`` on an engine of its own; its revision after."""
+    engine = create_engine(url)
+    try:
+        migrate(engine)
+        return current_revision(engine)
+    finally:
+        engine.dispose()
+
+
+def ensure_pg_schema(url: str, schema: str) -> None:
+    """Create a PostgreSQL schema beside the hub's tables if it is missing (Optuna's)."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    finally:
+        engine.dispose()
 
 
 def drop_schema(engine: Engine) -> None:

@@ -5,9 +5,12 @@ Runs on SQLite (WAL) and PostgreSQL through one SQLAlchemy Core engine.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -33,12 +36,13 @@ from attestation.microproof import MicroProof
 from attestation.reading import Reading, decode_leaf
 from cloud_sync.storage.bulk import BulkInsert, Prepared
 from cloud_sync.storage.migrate import migrate
+from cloud_sync.storage.session import Connect, Writer, WriteRace, lazy_reads
 from cloud_sync.storage.tables import devices, window_leaves, windows
 
-__all__ = ["Accepted", "AcceptedHook", "DeviceRow", "HeadMoved", "Store", "WindowRow"]
+__all__ = ["Accepted", "DeviceRow", "HeadMoved", "Store", "WindowRow"]
 
 
-class HeadMoved(Exception):
+class HeadMoved(WriteRace):
     """Another writer advanced the chain head between our read and our write."""
 
 
@@ -57,6 +61,8 @@ class DeviceRow:
     head_last_seq: int
     last_seen_ns: int | None
     n_readings: int
+    rotated_to: str | None = None  # the key this device moved to (ADR 0038)
+    rotated_from: str | None = None  # the key it came from: its chain continues that one
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +91,11 @@ class Accepted:
     proof: MicroProof
 
 
-# Called inside the transaction that stores proofs (the transparency log appends here).
-AcceptedHook = Callable[[Sequence[Accepted], Connection], None]
+def _create_private(path: Path) -> None:
+    """Create the SQLite file 0600 before SQLite does (with the umask: often 0644); its
+    -wal and -shm files take the database file's mode."""
+    with contextlib.suppress(FileExistsError):  # an existing file keeps its mode
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 SQLITE_PAGE_SIZE = 16384
@@ -108,24 +117,38 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 class Store:
     """Repository over one engine; every write is one transaction."""
 
-    def __init__(self, engine: Engine, *, on_accepted: AcceptedHook | None = None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.on_accepted = on_accepted
         self.on_close: list[Callable[[], None]] = []  # connections held outside the pool
 
     @classmethod
-    def open(cls, url: str, *, on_accepted: AcceptedHook | None = None) -> Store:
-        sqlite = make_url(url).get_backend_name() == "sqlite"
+    def open(cls, url: str) -> Store:
+        parsed = make_url(url)
+        sqlite = parsed.get_backend_name() == "sqlite"
+        if sqlite and parsed.database not in (None, "", ":memory:"):
+            _create_private(Path(parsed.database))
         # a ping before each checkout finds a PostgreSQL connection that a server restart
         # closed; a SQLite file has no server (and the ping cost ~5 % of an upload's CPU)
         engine = create_engine(url, pool_pre_ping=not sqlite)
         if sqlite:
             event.listen(engine, "connect", _sqlite_pragmas)
         migrate(engine)  # Alembic; also brings pre-migration databases in
-        return cls(engine, on_accepted=on_accepted)
+        return cls(engine)
+
+    def reads(self) -> contextlib.AbstractContextManager[Connect]:
+        """A request's read connection, opened on first use (``Connect``), closed after."""
+        return lazy_reads(self.engine)
+
+    def writer(self) -> Writer:
+        """The ingest's write transactions; the store's ``close`` closes what it keeps."""
+        writer = Writer(self.engine)
+        self.on_close.append(writer.close)
+        return writer
 
     def close(self) -> None:
-        for close in self.on_close:  # first: dispose() closes only the pool's connections
+        """Close the connections held outside the pool, then the pool (twice is harmless)."""
+        closers, self.on_close = self.on_close, []
+        for close in closers:  # first: dispose() closes only the pool's connections
             close()
         self.engine.dispose()
 
@@ -205,6 +228,44 @@ class Store:
             rows = conn.execute(select(devices).order_by(devices.c.name)).mappings().all()
         return [DeviceRow(**r) for r in rows]
 
+    def rotate_device(
+        self, old: DeviceRow, *, utid: str, public_key: bytes, certificate: bytes, now_ns: int
+    ) -> DeviceRow | None:
+        """Move ``old`` to the key ``utid`` in one transaction: the new device continues the
+        old one's chain head (same name, site, kind) and the old one is revoked, each naming
+        the other (ADR 0038). None when ``old``'s head or state moved since it was read (a
+        concurrent upload or rotation): nothing is changed then."""
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(devices)
+                .where(
+                    devices.c.utid == old.utid,
+                    devices.c.revoked.is_(False),
+                    devices.c.head_window == old.head_window,
+                )
+                .values(revoked=True, rotated_to=utid)
+            ).rowcount
+            if not moved:
+                return None  # nothing was written
+            conn.execute(
+                insert(devices).values(
+                    utid=utid,
+                    public_key=public_key,
+                    key_kind=old.key_kind,
+                    certificate=certificate,
+                    name=old.name,
+                    site=old.site,
+                    revoked=False,
+                    created_ns=now_ns,
+                    head_window=old.head_window,
+                    head_hash=old.head_hash,
+                    head_last_seq=old.head_last_seq,
+                    n_readings=0,
+                    rotated_from=old.utid,
+                )
+            )
+            return self.device(utid, conn)
+
     def set_revoked(self, utid: str, revoked: bool) -> bool:
         with self.engine.begin() as conn:
             n = conn.execute(
@@ -217,6 +278,11 @@ class Store:
         self, cose_sha256: bytes, conn: Connection | None = None
     ) -> WindowRow | None:
         row = self._first(_WINDOW_BY_HASH, {"h": cose_sha256}, conn)
+        return None if row is None else WindowRow(**row._mapping)
+
+    def window_at(self, utid: str, window: int, conn: Connection | None = None) -> WindowRow | None:
+        """The device's accepted proof of ``window``, if any."""
+        row = self._first(_WINDOW_AT, {"u": utid, "w": window}, conn)
         return None if row is None else WindowRow(**row._mapping)
 
     def window_with_prev(self, utid: str, prev: bytes) -> WindowRow | None:
@@ -275,24 +341,6 @@ class Store:
                     break
         return [r for window in reversed(out) for r in window]
 
-    def store_window(
-        self,
-        row: WindowRow,
-        leaves: bytes,
-        *,
-        expected_head: int,
-        now_ns: int,
-        proof: MicroProof,
-    ) -> None:
-        """Store one accepted proof, its leaves and the new chain head in one transaction."""
-        with self.engine.begin() as conn:
-            self.store_windows(
-                [Accepted(row, leaves, proof)],
-                expected_heads={row.utid: expected_head},
-                now_ns=now_ns,
-                conn=conn,
-            )
-
     def store_windows(
         self,
         batch: Sequence[Accepted],
@@ -337,8 +385,6 @@ class Store:
         _INSERT_WINDOWS(conn, [_WINDOW_VALUES(a.row) for a in batch])
         # the leaves as they arrived: nothing decoded, nothing re-encoded
         _INSERT_LEAVES(conn, [(a.row.utid, a.row.window, a.leaves) for a in batch if a.leaves])
-        if self.on_accepted is not None:
-            self.on_accepted(batch, conn)
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -348,6 +394,24 @@ class Store:
                 select(func.coalesce(func.sum(devices.c.n_readings), 0))
             ).scalar_one()
         return {"devices": int(n_dev), "windows": int(n_win), "readings": int(n_read)}
+
+    def site_windows(self, site: str, lo: int, hi: int) -> tuple[list[Any], list[Any]]:
+        """The site's device rows (by name), and their windows that overlap [lo, hi) in
+        reading time (by device, window): one read, for reports."""
+        with self.engine.connect() as conn:
+            devs = conn.execute(
+                select(devices).where(devices.c.site == site).order_by(devices.c.name)
+            ).all()
+            rows = conn.execute(
+                select(windows)
+                .where(
+                    windows.c.utid.in_([d.utid for d in devs]),
+                    windows.c.last_ts_ns >= lo,
+                    windows.c.first_ts_ns < hi,
+                )
+                .order_by(windows.c.utid, windows.c.window)
+            ).all()
+        return list(devs), list(rows)
 
 
 _ADVANCE_HEAD = Prepared(
@@ -376,3 +440,6 @@ _DEVICE_BY_UTID = select(*(devices.c[f] for f in DeviceRow.__dataclass_fields__)
 )
 _INSERT_LEAVES = BulkInsert(window_leaves)
 _WINDOW_BY_HASH = select(windows).where(windows.c.cose_sha256 == bindparam("h"))
+_WINDOW_AT = select(windows).where(
+    windows.c.utid == bindparam("u"), windows.c.window == bindparam("w")
+)

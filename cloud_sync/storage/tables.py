@@ -33,12 +33,15 @@ __all__ = [
     "enrollment_tokens",
     "enrollments",
     "grants",
+    "job_logs",
+    "jobs",
     "log_checkpoints",
     "log_entries",
     "log_nodes",
     "metadata",
     "operators",
     "sessions",
+    "source_gaps",
     "statements",
     "webhook_deliveries",
     "window_leaves",
@@ -64,6 +67,10 @@ devices = Table(
     Column("head_last_seq", BigInteger, nullable=False, default=-1),
     Column("last_seen_ns", BigInteger, nullable=True),
     Column("n_readings", BigInteger, nullable=False, default=0),
+    # key rotation (ADR 0038): the key this device moved to (then it is revoked) and the key
+    # it came from (its chain continues that device's head)
+    Column("rotated_to", String(69), nullable=True),
+    Column("rotated_from", String(69), nullable=True),
 )
 
 windows = Table(
@@ -185,6 +192,22 @@ anomaly_events = Table(
     Index("ix_anomaly_events_received", "received_ns"),
 )
 
+# One row per source gap (payload key 16) of an accepted window: which device, connection,
+# node or tag was silent, when, and why. An index of the signed proofs, as anomaly_events is.
+source_gaps = Table(
+    "source_gaps",
+    metadata,
+    Column("utid", String(69), primary_key=True),
+    Column("window", BigInteger, primary_key=True),
+    Column("idx", Integer, primary_key=True, autoincrement=False),  # its place in key 16
+    Column("source", String(512), nullable=False),  # 128 characters of UTF-8
+    Column("first_ts_ns", BigInteger, nullable=False),
+    Column("last_ts_ns", BigInteger, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("received_ns", BigInteger, nullable=False),
+    Index("ix_source_gaps_received", "received_ns"),
+)
+
 # Access (cloud_sync/access.py): operators, their roles per site, API keys, sessions, audit.
 operators = Table(
     "operators",
@@ -273,4 +296,41 @@ log_nodes = Table(
     Column("level", Integer, primary_key=True, autoincrement=False),
     Column("idx", BigInteger, primary_key=True, autoincrement=False),
     Column("hash", LargeBinary, nullable=False),
+)
+
+# Fleet jobs (cloud_sync/jobs/): one row a job, its state, progress and outcome; the queue
+# (NATS JetStream or the in-process runner) carries only the job id, the row is the truth.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("type", String(64), nullable=False),
+    Column("params", Text, nullable=False),  # JSON, validated against the type at submission
+    Column("site", String(128), nullable=True),  # None: fleet-wide (hub admin only)
+    Column("state", String(16), nullable=False),  # cloud_sync/jobs/lifecycle.py
+    Column("progress", Float, nullable=False, default=0.0),  # 0..1
+    Column("message", String(500), nullable=False, default=""),
+    Column("result", Text, nullable=True),  # JSON
+    Column("error", Text, nullable=True),
+    Column("traceback", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("worker", String(128), nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("submitted_by", String(128), nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("started_ns", BigInteger, nullable=True),
+    Column("finished_ns", BigInteger, nullable=True),
+    Column("heartbeat_ns", BigInteger, nullable=True),
+    Index("ix_jobs_state", "state"),
+)
+
+job_logs = Table(
+    "job_logs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, nullable=False),
+    Column("ts_ns", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("line", Text, nullable=False),
+    Index("ix_job_logs_job", "job_id", "id"),
 )

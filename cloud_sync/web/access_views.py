@@ -1,4 +1,4 @@
-"""Login, logout and the forms of the web view; the operator, API-key and audit API.
+"""Login, logout and the forms of the web view (the operator API is cloud_sync/routes).
 
 Forms are protected against CSRF twice: the session cookie is SameSite=Strict, and every
 state-changing form carries a token the server checks (the login form: a double-submit
@@ -10,53 +10,41 @@ from __future__ import annotations
 import hmac
 import secrets
 from pathlib import Path
-from typing import Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_sync.access import SESSION_COOKIE, SESSION_NS, Access, Principal
+from cloud_sync.access import SESSION_COOKIE, SESSION_NS, Principal, client_ip
+from cloud_sync.enroll import revoke
 from cloud_sync.errors import ApiError
-from cloud_sync.settings import HubSettings
+from cloud_sync.routes.deps import HubDeps
+from cloud_sync.routes.request import form_body, visible_device
 
 __all__ = ["access_router", "page_principal"]
 
 _TEMPLATES = Path(__file__).parent / "templates"
 LOGIN_CSRF_COOKIE = "fo_login_csrf"
-_NAME = r"^[a-z][a-z0-9_.-]{1,63}$"
 
 
-class OperatorOrder(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    username: str = Field(pattern=_NAME)
-    password: str = Field(min_length=12, max_length=256)
-    roles: dict[str, str] = Field(default_factory=dict, max_length=256)
-
-
-def page_principal(request: Request, settings: HubSettings) -> Principal | Response:
+def page_principal(request: Request, deps: HubDeps) -> Principal | Response:
     """Who looks at a page; a redirect to /login when nobody is logged in (closed hubs)."""
-    access: Access = request.app.state.access
-    who = access.principal(request)
+    who = deps.access.principal(request)
     if who is not None:
         return who
-    if settings.open_reads:
+    if deps.settings.open_reads:
         return Principal("anonymous", superuser=True)
     return RedirectResponse("/login", status_code=303)
 
 
-def _superuser(access: Access, request: Request) -> Principal:
-    who = access.require(request, None, "admin")
-    if not who.superuser:
-        raise ApiError(403, "forbidden", "only the hub's admin token manages operators")
-    return who
-
-
-def access_router(access: Access, settings: HubSettings) -> APIRouter:
+def access_router(deps: HubDeps) -> APIRouter:
     router = APIRouter()
+    access = deps.access
     templates = Jinja2Templates(directory=str(_TEMPLATES))
-    secure = False  # behind TLS termination, set by the proxy; the cookie is HttpOnly + Strict
+    # Secure: browsers send the cookies over HTTPS only (a proxy terminates TLS), unless the
+    # hub was told it serves plain HTTP on loopback (development, tests)
+    secure = not deps.settings.plain_http
 
     @router.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_page(request: Request, failed: int = 0) -> Response:
@@ -67,19 +55,19 @@ def access_router(access: Access, settings: HubSettings) -> APIRouter:
         page.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=secure)
         return page
 
+    form_limit = deps.settings.limits.max_form_bytes
+
     @router.post("/login", include_in_schema=False)
-    def login(
-        request: Request,
-        username: str = Form(max_length=64),
-        password: str = Form(max_length=256),
-        csrf: str = Form(max_length=64),
-    ) -> Response:
+    async def login(request: Request) -> Response:
+        form = await form_body(request, form_limit, {"username": 64, "password": 256, "csrf": 64})
+        username, password, csrf = form["username"], form["password"], form["csrf"]
         cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         if not cookie or not hmac.compare_digest(cookie.encode(), csrf.encode()):
             raise ApiError(403, "csrf", "missing or wrong CSRF token: reload the login page")
-        ip = request.client.host if request.client else ""
+        ip = client_ip(request)
         try:
-            sid, _ = access.login(username, password, ip)
+            # scrypt takes ~50 ms: off the event loop, which serves the uploads
+            sid, _ = await run_in_threadpool(access.login, username, password, ip)
         except ApiError:
             return RedirectResponse("/login?failed=1", status_code=303)
         page = RedirectResponse("/", status_code=303)
@@ -91,7 +79,8 @@ def access_router(access: Access, settings: HubSettings) -> APIRouter:
         return page
 
     @router.post("/logout", include_in_schema=False)
-    def logout(request: Request, csrf: str = Form(max_length=64)) -> Response:
+    async def logout(request: Request) -> Response:
+        csrf = (await form_body(request, form_limit, {"csrf": 64}))["csrf"]
         who = access.principal(request)
         if who is not None:
             access.check_csrf(who, csrf)
@@ -101,36 +90,14 @@ def access_router(access: Access, settings: HubSettings) -> APIRouter:
         return page
 
     @router.post("/devices/{utid}/revoke", include_in_schema=False)
-    def revoke_form(utid: str, request: Request, csrf: str = Form(max_length=64)) -> Response:
-        from cloud_sync.enroll import revoke  # noqa: PLC0415 - shared with the API route
-
-        store = request.app.state.store
-        device = store.device(utid)
-        if device is None:
-            raise ApiError(404, "unknown_device", f"no device {utid}")
-        who = access.require(request, device.site, "operator")
-        access.check_csrf(who, csrf)
-        revoke(store, utid)
-        access.audit(who.name, "device.revoke", utid, {"site": device.site, "via": "web"})
+    async def revoke_form(utid: str, request: Request) -> Response:
+        csrf = (await form_body(request, form_limit, {"csrf": 64}))["csrf"]
+        device, who = visible_device(deps, request, utid, "operator", csrf=csrf)
+        assert who is not None  # an operator role was asked for: there is a principal
+        revoke(deps.store, utid)
+        access.audit(
+            who.name, "device.revoke", utid, {"site": device.site, "via": "web"}, client_ip(request)
+        )
         return RedirectResponse(f"/devices/{utid}", status_code=303)
-
-    @router.post("/v1/operators", status_code=201)
-    def create_operator(order: OperatorOrder, request: Request) -> dict[str, Any]:
-        """Hub admin: an operator with roles per site (viewer, operator, admin)."""
-        who = _superuser(access, request)
-        access.create_operator(order.username, order.password, order.roles, who.name)
-        return {"username": order.username, "roles": order.roles}
-
-    @router.post("/v1/operators/{username}/api-keys", status_code=201)
-    def create_api_key(username: str, request: Request) -> dict[str, Any]:
-        """Hub admin: an API key for an operator (shown once; only its hash is kept)."""
-        who = _superuser(access, request)
-        return {"username": username, "api_key": access.create_api_key(username, who.name)}
-
-    @router.get("/v1/audit")
-    def audit(request: Request, limit: int = 200) -> dict[str, Any]:
-        """Hub admin: the newest audit entries (every write, login and refusal of a login)."""
-        _superuser(access, request)
-        return {"entries": access.audit_entries(max(1, min(limit, 1000)))}
 
     return router

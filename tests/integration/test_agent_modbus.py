@@ -9,7 +9,8 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -19,16 +20,12 @@ from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
 from agent.config import ModbusDeviceConfig, ModbusTag
-from agent.connectors.base import Sample
+from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector
+from tests.conftest import free_port
+from tests.connectorkit import until
 
 REFUSED_FROM = 100  # the server answers ILLEGAL_ADDRESS for holding registers at and above
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _action(
@@ -44,31 +41,54 @@ async def _action(
     return None
 
 
+class ModbusPlc:
+    """A real pymodbus server (unit 1, refusing holding registers from ``REFUSED_FROM``) that
+    can be killed and started again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._srv: ModbusTcpServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        device = SimDevice(
+            id=1,
+            simdata=(
+                [SimData(0, count=1, datatype=DataType.BITS)],
+                [SimData(0, count=1, datatype=DataType.BITS)],
+                [SimData(0, count=200, values=0, datatype=DataType.REGISTERS)],
+                [SimData(0, count=10, values=0, datatype=DataType.REGISTERS)],
+            ),
+            action=_action,
+        )
+        self._srv = ModbusTcpServer(device, address=("127.0.0.1", self.port))
+        self._task = asyncio.create_task(self._srv.serve_forever())
+        await until(self._listening)
+
+    def _listening(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    async def kill(self) -> None:
+        # pymodbus's shutdown can wait forever on a connection the client is still closing;
+        # bound it, then cancel the serving task either way
+        if self._srv is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._srv.shutdown()  # type: ignore[no-untyped-call]  # untyped
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._srv = self._task = None
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[int]:
-    port = _free_port()
-    device = SimDevice(
-        id=1,
-        simdata=(
-            [SimData(0, count=1, datatype=DataType.BITS)],
-            [SimData(0, count=1, datatype=DataType.BITS)],
-            [SimData(0, count=200, values=0, datatype=DataType.REGISTERS)],
-            [SimData(0, count=10, values=0, datatype=DataType.REGISTERS)],
-        ),
-        action=_action,
-    )
-    srv = ModbusTcpServer(device, address=("127.0.0.1", port))
-    task = asyncio.create_task(srv.serve_forever())
-    await asyncio.sleep(0.2)
-    yield port
-    # pymodbus's shutdown can wait forever on a connection the client is still closing;
-    # bound it, then cancel the serving task either way
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(5):
-            await srv.shutdown()  # type: ignore[no-untyped-call]
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    plc = ModbusPlc()
+    await plc.start()
+    yield plc.port
+    await plc.kill()
 
 
 async def test_a_refused_span_is_counted_and_the_other_tags_keep_coming(server: int) -> None:
@@ -87,7 +107,7 @@ async def test_a_refused_span_is_counted_and_the_other_tags_keep_coming(server: 
     connector = ModbusConnector(cfg)
     got: list[Sample] = []
 
-    async def emit(samples: list[Sample]) -> None:
+    async def emit(samples: list[Sample], gaps: Sequence[SourceGap] = ()) -> None:
         got.extend(samples)
 
     task = asyncio.create_task(connector.run(emit))
@@ -110,22 +130,29 @@ def _dead_device() -> ModbusDeviceConfig:
     return ModbusDeviceConfig(
         name="dead",
         host="127.0.0.1",
-        port=_free_port(),
+        port=free_port(),
         poll_interval_ms=20,
         timeout_ms=100,
         tags=(ModbusTag("x", 0),),
     )
 
 
-async def _no_samples(samples: list[Sample]) -> None:
-    raise AssertionError("a dead device produced samples")
+async def _no_samples(samples: list[Sample], gaps: Sequence[SourceGap] = ()) -> None:
+    if samples:
+        raise AssertionError("a dead device produced samples")
+    assert all(g.source == "dead" and g.reason == "disconnected" for g in gaps)
 
 
 async def test_a_dead_device_is_retried_without_crashing_the_connector() -> None:
     connector = ModbusConnector(_dead_device())
+    reports: list[SourceGap] = []
 
-    task = asyncio.create_task(connector.run(_no_samples))
-    await asyncio.sleep(1.0)
+    async def emit(samples: list[Sample], gaps: Sequence[SourceGap] = ()) -> None:
+        await _no_samples(samples, gaps)
+        reports.extend(gaps)
+
+    task = asyncio.create_task(connector.run(emit))
+    await until(lambda: len(reports) >= 3 or task.done(), what="three refused connects")
     assert not task.done()  # still retrying with backoff
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -157,3 +184,91 @@ async def test_one_dead_slave_does_not_slow_the_healthy_devices() -> None:
         with_dead = await healthy_poll_rates(fleet.port, 3, tags, 2.0, dead.port)
     assert without > 0
     assert with_dead / without >= 0.9  # the issue's bound: healthy rates within 10 %
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def _polling(
+    peer: Handler, timeout_ms: int
+) -> AsyncIterator[tuple[ModbusConnector, list[SourceGap]]]:
+    """A connector polling a TCP peer that ``peer`` serves (which never answers Modbus), its
+    breaker opening after three silent polls and then holding for ten minutes; the source
+    gaps it states; never a sample."""
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    cfg = ModbusDeviceConfig(
+        "mute",
+        "127.0.0.1",
+        port=server.sockets[0].getsockname()[1],
+        poll_interval_ms=10,
+        timeout_ms=timeout_ms,
+        breaker_failures=3,
+        breaker_open_ms=600_000,
+        tags=(ModbusTag("x", 0),),
+    )
+    connector = ModbusConnector(cfg)
+    gaps: list[SourceGap] = []
+
+    async def sink(samples: list[Sample], found: Sequence[SourceGap] = ()) -> None:
+        assert not samples
+        gaps.extend(found)
+
+    task = asyncio.create_task(connector.run(sink))
+    try:
+        yield connector, gaps
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_host_that_takes_tcp_but_never_answers_modbus_opens_the_breaker() -> None:
+    """A host on the Modbus port that takes the connection but does not speak Modbus (it
+    hangs up on the request, as another service would): the failed poll left the poll loop
+    before it reached the breaker, and the backoff started over at every TCP connect, so the
+    connector reconnected every 20-190 ms for ever (issue 17)."""
+    connections = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(ConnectionError):
+            await reader.read(4096)
+        writer.close()
+
+    async with _polling(hang_up, timeout_ms=50) as (connector, gaps):
+        failures = connector.config.breaker_failures
+        await until(lambda: connector.breaker.trips == 1, what="the breaker opens")
+        # open: the next connection waits out the open period (one attempt per period)
+        await until(lambda: connector.reconnects == failures, what="a reconnect")
+        assert connector.reconnect_at >= connector.breaker.open_until
+        assert connections == failures  # not one every 20-190 ms
+        assert {g.reason for g in gaps} <= {"timeout", "disconnected"}
+
+
+async def test_a_connection_on_which_nothing_answered_is_opened_anew() -> None:
+    """A connection that takes requests and never answers (a gateway or proxy whose PLC
+    died, a NAT that lost its state) is closed after the first silent poll and a new one
+    opened: pymodbus kept it until its third unanswered request, which the breaker spaces
+    out, so a PLC that came back stayed unread for ~18 s (the plc_faults rig in CI). The
+    device's outage stays ``timeout``: it was silent, the link did not drop."""
+    requests: list[int] = []  # per connection, in the order accepted
+    ended: list[bool] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        i = len(requests)
+        requests.append(0)
+        ended.append(False)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(260):  # a Modbus TCP frame is at most 260 bytes
+                requests[i] += 1
+        ended[i] = True  # the agent closed it
+        writer.close()
+
+    async with _polling(mute, timeout_ms=100) as (_, gaps):
+        await until(lambda: len(ended) >= 2 and all(ended[:2]), what="two connections closed")
+        assert requests[:2] == [1, 1]  # one unanswered request each, then a new connection
+        assert {g.reason for g in gaps} == {"timeout"}

@@ -17,12 +17,14 @@ import pytest
 from agent.config import AgentConfig, parse_config
 from agent.connectors.base import Emit, Sample
 from agent.logwatch import LogWatch
-from agent.runtime import AgentRuntime
+from agent.outbox import WINDOWS_GONE
+from agent.runtime import AgentRuntime, build_runtime
 from agent.spool import WAL_PAGES, Spool
 from agent.uplink import register_device
 from attestation.signers.software import SoftwareSigner
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
+from tests.connectorkit import until
 from tests.hubkit import Device, hub_readings, register, upload
 from tests.unit.test_agent_slow_signer import Ticker
 
@@ -41,21 +43,15 @@ def _config(tmp: Path, hub_url: str) -> AgentConfig:
     )
 
 
-async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not cond():  # noqa: ASYNC110 - polling the runtime's counters
-            await asyncio.sleep(0.05)
-
-
 async def _run(
     cfg: AgentConfig, signer: SoftwareSigner, done: Callable[[AgentRuntime], bool]
 ) -> AgentRuntime:
-    runtime = AgentRuntime(cfg, signer, [Ticker(per_batch=10, period_s=0.01)])
+    runtime = build_runtime(cfg, signer, [Ticker(per_batch=10, period_s=0.01)])
     if runtime.logwatch is not None:
         runtime.logwatch.interval_s = 0.2
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.run(stop))
-    await _until(lambda: done(runtime))
+    await until(lambda: done(runtime))
     stop.set()
     await task
     return runtime
@@ -101,29 +97,45 @@ async def test_an_unknown_device_stops_the_uplink_and_keeps_the_proof_for_later(
         spool = Spool(cfg.spool.path)
         committed = spool.state().next_seq
         spool.close()
-        await _until(lambda: len(_hub_seqs(tmp_path / "hub")) == committed)
+        await until(lambda: len(_hub_seqs(tmp_path / "hub")) == committed)
         assert _hub_seqs(tmp_path / "hub") == list(range(committed))
     finally:
         hub.stop()
+
+
+async def _synced_since_a_backup(
+    tmp: Path, hub_dir: Path
+) -> tuple[HubServer, AgentConfig, SoftwareSigner, Path]:
+    """A gateway syncing to a hub whose database is backed up, then syncing more; the hub
+    is stopped when this returns."""
+    hub, cfg, signer = await _hub_and_gateway(tmp, hub_dir)
+    await _run(cfg, signer, lambda r: r.status()["proofs_synced"] >= 3)
+    hub.stop()
+    backup = tmp / "hub-backup.db"
+    shutil.copy(hub_dir / "hub.db", backup)
+    hub = HubServer(hub.settings, port=hub.port).start()
+    try:
+        await _run(cfg, signer, lambda r: r.status()["proofs_synced"] >= 6)
+    finally:
+        hub.stop()
+    return hub, cfg, signer, backup
+
+
+def _restored(hub: HubServer, hub_dir: Path, backup: Path) -> HubServer:
+    """The stopped hub started again on its backup: it loses what it acknowledged since."""
+    shutil.copy(backup, hub_dir / "hub.db")
+    for suffix in ("-wal", "-shm"):
+        (hub_dir / f"hub.db{suffix}").unlink(missing_ok=True)
+    return HubServer(hub.settings, port=hub.port).start()
 
 
 async def test_a_hub_restored_from_an_older_backup_gets_the_lost_windows_again(
     tmp_path: Path,
 ) -> None:
     hub_dir = tmp_path / "hub"
-    hub, cfg, signer = await _hub_and_gateway(tmp_path, hub_dir)
-    await _run(cfg, signer, lambda r: r.status()["proofs_synced"] >= 3)
-    hub.stop()
-    backup = tmp_path / "hub-backup.db"
-    shutil.copy(hub_dir / "hub.db", backup)
-    hub = HubServer(hub.settings, port=hub.port).start()
+    hub, cfg, signer, backup = await _synced_since_a_backup(tmp_path, hub_dir)
+    hub = _restored(hub, hub_dir, backup)
     try:
-        await _run(cfg, signer, lambda r: r.status()["proofs_synced"] >= 6)
-        hub.stop()
-        shutil.copy(backup, hub_dir / "hub.db")  # the hub loses what it acknowledged since
-        for suffix in ("-wal", "-shm"):
-            (hub_dir / f"hub.db{suffix}").unlink(missing_ok=True)
-        hub = HubServer(hub.settings, port=hub.port).start()
         runtime = await _run(
             cfg, signer, lambda r: r.uplink is not None and r.uplink.stats.rewinds >= 1
         )
@@ -135,7 +147,7 @@ async def test_a_hub_restored_from_an_older_backup_gets_the_lost_windows_again(
         spool = Spool(cfg.spool.path)
         final = spool.state().next_seq
         spool.close()
-        await _until(lambda: len(_hub_seqs(hub_dir)) == final)
+        await until(lambda: len(_hub_seqs(hub_dir)) == final)
         assert _hub_seqs(hub_dir) == list(range(final))  # whole again, nothing twice
         # the hub re-logged the same proofs: the same history, no false fork alarm
         watch = LogWatch(
@@ -143,6 +155,46 @@ async def test_a_hub_restored_from_an_older_backup_gets_the_lost_windows_again(
         )
         assert (await asyncio.to_thread(watch.check_once)).status in ("newer", "same")
         assert watch.fork is None
+    finally:
+        hub.stop()
+
+
+async def test_a_hub_restored_from_before_the_dropped_proofs_stops_the_uplink_not_the_agent(
+    tmp_path: Path,
+) -> None:
+    hub_dir = tmp_path / "hub"
+    hub, cfg, signer, backup = await _synced_since_a_backup(tmp_path, hub_dir)
+    spool = Spool(cfg.spool.path)
+    # the cap reached (a full disk sheds with cap 0 too): every acknowledged proof but the
+    # newest goes, among them those the backup lacks
+    plan = spool.shed(0)
+    kept = spool.oldest_window()
+    spool.close()
+    assert plan.proofs and kept == plan.proofs[-1] + 1
+    hub = _restored(hub, hub_dir, backup)
+    try:
+        stopped_at: list[int] = []
+
+        def stopped_and_sealing_on(r: AgentRuntime) -> bool:
+            gauge = r.metrics.registry.get_sample_value
+            if r.uplink is None or gauge("factoryops_agent_uplink_stopped") != 1:
+                return False
+            stopped_at.append(r.counters.windows_signed)
+            return r.counters.windows_signed >= stopped_at[0] + 3
+
+        runtime = await _run(cfg, signer, stopped_and_sealing_on)  # a crash would raise here
+        assert runtime.uplink is not None
+        up = runtime.uplink.stats
+        assert up.stopped_code == WINDOWS_GONE
+        assert f"holds no window before {kept}" in str(up.stopped)
+        assert up.rewinds == 0
+        gauge = runtime.metrics.registry.get_sample_value
+        assert gauge("factoryops_agent_spool_proofs_dropped") == len(plan.proofs)
+        spool = Spool(cfg.spool.path)
+        counts = spool.counts()
+        spool.close()
+        assert counts["pending"] >= 3  # sealed on after the stop, nothing unsynced dropped
+        assert counts["proofs_dropped"] == len(plan.proofs)
     finally:
         hub.stop()
 
@@ -212,7 +264,7 @@ async def test_the_agent_states_its_signed_storage_policy_and_the_hub_checks_it(
         ) or "not acknowledged" in policy["never"]
         # someone else's signature, or edited bytes, are refused
         forged = sign_policy(ShedPolicyStatement(1, 0.5), SoftwareSigner.generate(), iat=1)
-        edited = runtime.uplink.policy.replace(b"disk_cap_bytes", b"disk_cap_bytez")  # type: ignore[union-attr]
+        edited = runtime.uplink.policy.replace(b"disk_cap_bytes", b"disk_cap_bytez")  # type: ignore[union-attr]  # the config names a hub, so the uplink exists
         for bad in (forged, edited):
             r = await asyncio.to_thread(
                 httpx.post,
@@ -233,8 +285,8 @@ async def test_the_shutdown_upload_sends_a_proof_its_cancelled_sender_left_in_fl
     them (seen once in a loaded full-suite run: the hub lacked the last window after a clean
     stop). Here the agent signs windows while the hub is down, one of them is left marked
     sent as such a sender would leave it, and ``drain`` runs against the hub, back up."""
+    from agent.outbox import OutboxEvent
     from agent.uplink import Uplink
-    from agent.window import OutboxEvent
 
     hub_dir = tmp_path / "hub"
     hub, cfg, signer = await _hub_and_gateway(tmp_path, hub_dir)
@@ -293,7 +345,7 @@ async def test_the_spool_keeps_its_cap_while_synced_and_keeps_unsynced_data_in_a
     await asyncio.to_thread(
         register_device, hub.url, hub.settings.admin_token, signer, name="gw", state_dir=tmp_path
     )
-    runtime = AgentRuntime(cfg, signer, [Firehose()])
+    runtime = build_runtime(cfg, signer, [Firehose()])
     gauge = runtime.metrics.registry.get_sample_value
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.run(stop))

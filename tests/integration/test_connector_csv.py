@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -18,8 +19,10 @@ import pytest
 
 from agent.config import AgentConfig, parse_config
 from agent.connectors.csvdrop import CsvDropConnector, Ledger
-from agent.runtime import AgentRuntime, connectors_from_config
+from agent.connectors.registry import build_connectors
+from agent.runtime import AgentRuntime, build_runtime
 from attestation.signers.software import SoftwareSigner
+from tests.connectorkit import until
 
 pytestmark = pytest.mark.timeout(120)
 SIGNER = SoftwareSigner.generate()
@@ -52,14 +55,15 @@ name = "moisture"
 column = "moisture"
 unit = "%"
 """
+    (tmp / "drop").mkdir(exist_ok=True)  # check-config refuses a missing folder
     return parse_config(text, str(tmp / "agent.toml"), base_dir=tmp)
 
 
 @asynccontextmanager
 async def _agent(cfg: AgentConfig) -> AsyncIterator[tuple[AgentRuntime, CsvDropConnector]]:
-    (conn,) = connectors_from_config(cfg)
+    (conn,) = build_connectors(cfg)
     assert isinstance(conn, CsvDropConnector)
-    runtime = AgentRuntime(cfg, SIGNER, [conn])
+    runtime = build_runtime(cfg, SIGNER, [conn])
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.run(stop))
     try:
@@ -67,12 +71,6 @@ async def _agent(cfg: AgentConfig) -> AsyncIterator[tuple[AgentRuntime, CsvDropC
     finally:
         stop.set()
         await task
-
-
-async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not cond():  # noqa: ASYNC110 - polling the connector's counters
-            await asyncio.sleep(0.02)
 
 
 def _stored(cfg: AgentConfig) -> list[tuple[str, float]]:
@@ -83,15 +81,14 @@ def _stored(cfg: AgentConfig) -> list[tuple[str, float]]:
 async def test_each_file_once_bad_rows_quarantined_good_rows_kept(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     drop = tmp_path / "drop"
-    drop.mkdir()
     mixed = GOOD + "2026-11-25T08:15:00+00:00,heavy,12.2\n" + "2026-11-25T08:20:00,1190.0,12.2\n"
     mixed += "2026-11-25T08:25:00+00:00,1195.0\n" + "1764060000,1193.0,11.9\n"
     (drop / "batch-1.csv").write_text(mixed)
     async with _agent(cfg) as (runtime, conn):
-        await _until(lambda: conn.files_done == 1)
+        await until(lambda: conn.files_done == 1)
         assert runtime.counters.readings_committed == 6  # committed before the ledger entry
         (drop / "batch-1-again.csv").write_text(mixed)  # the same bytes, dropped twice
-        await _until((drop / "done" / "batch-1-again.csv").exists)
+        await until((drop / "done" / "batch-1-again.csv").exists)
     assert _stored(cfg) == [
         ("batch_weight", 1200.5), ("moisture", 12.1),
         ("batch_weight", 1198.0), ("moisture", 12.3),
@@ -106,21 +103,20 @@ async def test_each_file_once_bad_rows_quarantined_good_rows_kept(tmp_path: Path
         (8, "time: not a time in iso8601: 1764060000"),
     ]
     assert rows[0]["row"] == "2026-11-25T08:15:00+00:00,heavy,12.2"
-    assert conn.errors == {"batch-1.csv": 4}
+    assert conn.errors == {"<row>": 4}  # one label however many files: bounded metric series
     assert sorted(p.name for p in (drop / "done").iterdir()) == ["batch-1-again.csv", "batch-1.csv"]
 
 
 async def test_a_restart_ingests_nothing_twice(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     drop = tmp_path / "drop"
-    drop.mkdir()
     (drop / "a.csv").write_text(GOOD)
     async with _agent(cfg) as (_, conn):
-        await _until(lambda: conn.files_done == 1)
+        await until(lambda: conn.files_done == 1)
     (drop / "done" / "a.csv").rename(drop / "a.csv")  # an operator puts it back by mistake
     (drop / "b.csv").write_text(GOOD.replace("1200.5", "999.0"))
     async with _agent(cfg) as (_, conn):
-        await _until(lambda: not (drop / "a.csv").exists() and not (drop / "b.csv").exists())
+        await until(lambda: not (drop / "a.csv").exists() and not (drop / "b.csv").exists())
         assert conn.files_done == 1  # b only; a was known by its bytes
     values = [v for s, v in _stored(cfg) if s == "batch_weight"]
     assert values == [1200.5, 1198.0, 1201.2, 999.0, 1198.0, 1201.2]
@@ -129,7 +125,6 @@ async def test_a_restart_ingests_nothing_twice(tmp_path: Path) -> None:
 async def test_a_file_still_being_written_is_not_read_early(tmp_path: Path) -> None:
     cfg = _config(tmp_path, settle_ms=1500)
     drop = tmp_path / "drop"
-    drop.mkdir()
     lines = GOOD.splitlines(keepends=True)
     async with _agent(cfg) as (_, conn):
         with (drop / "slow.csv").open("w") as f:
@@ -138,25 +133,95 @@ async def test_a_file_still_being_written_is_not_read_early(tmp_path: Path) -> N
                 f.flush()
                 await asyncio.sleep(0.05)  # the writer pauses between rows, far below settle_ms
                 assert conn.files_done == 0
-        await _until(lambda: conn.files_done == 1)
+        await until(lambda: conn.files_done == 1)
     assert len(_stored(cfg)) == 6
 
 
 async def test_a_crash_between_commit_and_ledger_is_a_visible_replay(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     drop = tmp_path / "drop"
-    drop.mkdir()
     (drop / "a.csv").write_text(GOOD)
     # the state a crash leaves after the rows were emitted and before the ledger entry
     ledger = Ledger(drop / ".factoryops" / "ledger.sqlite")
     assert ledger.begin(hashlib.sha256(GOOD.encode()).hexdigest(), "a.csv") is False
     ledger.close()
     async with _agent(cfg) as (_, conn):
-        await _until(lambda: conn.files_done == 1)
+        await until(lambda: conn.files_done == 1)
         assert conn.replays == 1  # said out loud (and logged), never silent
         (drop / "b.csv").write_text(GOOD.replace("1200.5", "999.0"))
-        await _until(lambda: conn.files_done == 2)
+        await until(lambda: conn.files_done == 2)
         assert conn.replays == 1  # an ordinary file is no replay
     ledger = Ledger(drop / ".factoryops" / "ledger.sqlite")
     assert ledger.count() == 2 and not ledger.begin("unseen", "x.csv")
     ledger.close()
+
+
+async def test_a_file_renamed_into_place_is_taken_without_waiting_to_settle(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "agent.connectors.csvdrop")
+    cfg = _config(tmp_path, settle_ms=3_600_000)  # an hour: only a rename gets a file in
+    drop = tmp_path / "drop"
+    async with _agent(cfg) as (_, conn):
+        await until(lambda: "csv erp: watching" in caplog.text, what="the watch logged")
+        (drop / ".batch.tmp").write_text(GOOD)  # a name the pattern does not take
+        (drop / "still-writing.csv").write_text(GOOD)  # not renamed: waits for its hour
+        (drop / ".batch.tmp").rename(drop / "batch.csv")
+        await until(lambda: conn.files_done == 1, what="the renamed file taken")
+        assert (drop / "still-writing.csv").exists()
+    assert len(_stored(cfg)) == 6
+    assert any(
+        r.levelno == logging.INFO and f"watching {drop}" in r.getMessage() for r in caplog.records
+    )
+
+
+async def test_empty_and_header_only_files_are_moved_alike_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _config(tmp_path)
+    drop = tmp_path / "drop"
+    (drop / "empty.csv").write_text("")
+    (drop / "header.csv").write_text(GOOD.splitlines()[0] + "\n")
+    async with _agent(cfg) as (_, conn):
+        await until(lambda: conn.files_done == 2)
+    assert conn.empty_files == 2 and conn.errors == {}
+    assert sorted(p.name for p in (drop / "done").iterdir()) == ["empty.csv", "header.csv"]
+    assert not (drop / "quarantine").exists()
+    assert caplog.text.count("has no data rows (empty or header only)") == 2
+
+
+async def test_a_folder_that_vanishes_is_never_created(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _config(tmp_path)
+    (tmp_path / "drop").rmdir()  # unmounted after check-config
+    (conn,) = build_connectors(cfg)
+    assert isinstance(conn, CsvDropConnector)
+
+    async def emit(*_: object) -> None:
+        raise AssertionError("nothing to read")
+
+    task = asyncio.create_task(conn.run(emit))
+    try:
+        await until(lambda: "is gone; not created" in caplog.text, what="the refusal logged")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert not (tmp_path / "drop").exists()
+
+
+async def test_a_writer_that_pauses_past_settle_is_reported_not_silent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _config(tmp_path, settle_ms=100)
+    drop = tmp_path / "drop"
+    lines = GOOD.splitlines(keepends=True)
+    async with _agent(cfg) as (_, conn):
+        with (drop / "paused.csv").open("w") as f:
+            f.writelines(lines[:2])
+            f.flush()
+            await until(lambda: conn.files_done == 1, what="taken during the pause")
+            f.writelines(lines[2:])  # the writer goes on, into the file now in done/
+            f.flush()
+            await until(lambda: conn.errors.get("<late write>") == 1, what="the late write seen")
+    assert "grew by" in caplog.text and "raise settle_ms" in caplog.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import aiomqtt
 import pytest
 
 from agent.config import parse_config
-from agent.connectors.base import Sample
+from agent.connectors.base import Sample, SourceGap
 from agent.connectors.mqtt import MqttConfig, MqttConnector
 from tests.brokers import Mosquitto, mosquitto_available
 from tests.conftest import missing
@@ -103,7 +104,7 @@ async def test_what_a_stalled_agent_received_but_did_not_take_is_delivered_again
     stalled = MqttConnector(cfg)
     taken: list[float] = []
 
-    async def emit_that_stalls(samples: list[Sample]) -> None:
+    async def emit_that_stalls(samples: list[Sample], gaps: Sequence[SourceGap] = ()) -> None:
         taken.extend(s.value for s in samples)
         if samples[-1].value == 9.0:  # the runtime's queue is full from here on
             await asyncio.Event().wait()
@@ -122,3 +123,37 @@ async def test_what_a_stalled_agent_received_but_did_not_take_is_delivered_again
     # 0..8 were acknowledged; 9 was taken but not acknowledged, so it may come once more
     assert values == [float(i) for i in range(int(values[0]), 50)]
     assert values[0] <= 9.0
+
+
+async def test_a_message_is_acknowledged_only_once_its_readings_are_journaled(
+    mqtt_port: int,
+) -> None:
+    """The agent is killed while the journal holds only the first readings: every message
+    after them comes again, though the connector had taken them (the old ack-after-emit
+    acknowledged all it took, and a kill lost them)."""
+    topic = f"factoryops-test/{id(object()):x}/journal"
+    cfg = _config(mqtt_port, topic, f"journal-{id(object()):x}")
+    conn = MqttConnector(cfg)
+    taken: list[float] = []
+
+    async def emit(samples: list[Sample], gaps: Sequence[SourceGap] = ()) -> None:
+        taken.extend(s.value for s in samples)
+
+    async def journaled() -> None:  # the runtime's journal stops after five readings
+        if len(taken) > 5:
+            await asyncio.Event().wait()
+
+    conn.bind_journaled(journaled)
+    task = asyncio.create_task(conn.run(emit))
+    try:
+        await until(lambda: conn.reconnector.sessions >= 1)
+        await _publish(mqtt_port, topic, *[json.dumps({"p": i}).encode() for i in range(50)])
+        await until(lambda: len(taken) >= 12, what="taken beyond what is journaled")
+    finally:
+        task.cancel()  # kill: nothing after the first five is durable
+        await asyncio.gather(task, return_exceptions=True)
+    async with _connected(cfg) as (_, got):
+        await until(lambda: got[-1:] and got[-1].value == 49.0)
+    values = [s.value for s in got]
+    assert values[0] <= 5.0, f"acknowledged before durable: redelivery starts at {values[0]}"
+    assert values == [float(i) for i in range(int(values[0]), 50)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,32 +16,45 @@ from typing import Any
 import pytest
 from asyncua import ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
+from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent.backoff import Backoff
 from agent.config import parse_config
-from agent.connectors.base import QUALITY_BAD, QUALITY_GOOD, QUALITY_UNCERTAIN, Sample
+from agent.connectors.base import QUALITY_BAD, QUALITY_GOOD, QUALITY_UNCERTAIN, Sample, SourceGap
 from agent.connectors.opcua import OVERFLOW, OpcUaConfig, OpcUaConnector
+from tests.conftest import free_port
 from tests.connectorkit import running, until
 
 pytestmark = pytest.mark.timeout(120)
 NS = "urn:factoryops:test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass
+class Accounts(UserManager):
+    """The server's user/password accounts (asyncua's user manager interface)."""
+
+    users: dict[str, str]
+
+    def get_user(
+        self, iserver: Any, username: str | None = None, password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:  # fmt: skip
+        if username is not None and self.users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None
 
 
 @dataclass
 class PlcServer:
     """A real asyncua server with two Double variables; ``write`` sets value and status."""
 
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     certs: tuple[Path, Path] | None = None  # (certificate DER, key PEM) to require security
     max_subscriptions: int | None = None  # 0: a server that refuses every subscription
+    users: dict[str, str] | None = None  # username -> password: no anonymous sessions
     server: Server | None = None
     nodes: dict[str, ua.NodeId] = field(default_factory=dict)
 
@@ -49,9 +63,11 @@ class PlcServer:
         return f"opc.tcp://127.0.0.1:{self.port}/plc/"
 
     async def start(self) -> PlcServer:
-        server = Server()
+        server = Server(user_manager=Accounts(self.users) if self.users is not None else None)
         await server.init()
         server.set_endpoint(self.url)
+        if self.users is not None:
+            server.set_identity_tokens([ua.UserNameIdentityToken])
         if self.max_subscriptions is not None:
             server.iserver.max_subscriptions = self.max_subscriptions
         if self.certs is None:
@@ -70,9 +86,12 @@ class PlcServer:
         return self
 
     async def write(self, name: str, value: float, status: int = 0) -> None:
+        """Set a value as a PLC does: with its status and the time it was sampled."""
         assert self.server is not None
         dv = ua.DataValue(
-            ua.Variant(value, ua.VariantType.Double), StatusCode=ua.StatusCode(status)
+            ua.Variant(value, ua.VariantType.Double),
+            StatusCode=ua.StatusCode(status),
+            SourceTimestamp=dt.datetime.now(dt.UTC),  # type: ignore[arg-type]  # asyncua's DateTime is a datetime
         )
         await self.server.get_node(self.nodes[name]).write_value(dv)
 
@@ -86,17 +105,7 @@ def _connected(cfg: OpcUaConfig) -> Any:
     return running(OpcUaConnector(cfg), lambda c: c.mode_in_use != "")
 
 
-def _config(url: str, mode: str = "subscribe", extra: str = "") -> OpcUaConfig:
-    text = f"""
-[device]
-name = "gw"
-[[opcua]]
-name = "plc"
-url = "{url}"
-mode = "{mode}"
-publishing_interval_ms = 50
-poll_interval_ms = 50
-{extra}
+SIGNALS = """
 [[opcua.signals]]
 name = "pressure"
 node = "ns=2;s=Pressure"
@@ -106,7 +115,25 @@ name = "flow"
 node = "ns=2;s=Flow"
 scale = 10.0
 """
-    (cfg,) = parse_config(text, "/tmp/a.toml").connectors["opcua"]
+
+
+def opcua_text(url: str, signals: str, mode: str = "subscribe", extra: str = "") -> str:
+    """An agent config with one ``[[opcua]]`` connector "plc" (50 ms) and ``signals``."""
+    return f"""
+[device]
+name = "gw"
+[[opcua]]
+name = "plc"
+url = "{url}"
+mode = "{mode}"
+publishing_interval_ms = 50
+poll_interval_ms = 50
+{extra}
+{signals}"""
+
+
+def _config(url: str, mode: str = "subscribe", extra: str = "") -> OpcUaConfig:
+    (cfg,) = parse_config(opcua_text(url, SIGNALS, mode, extra), "/tmp/a.toml").connectors["opcua"]
     assert isinstance(cfg, OpcUaConfig)
     return cfg
 
@@ -138,15 +165,19 @@ async def test_a_subscription_carries_values_and_status_codes() -> None:
         await plc.stop()
 
 
-async def test_polling_reads_every_signal_each_round() -> None:
+async def test_polling_reads_every_signal_each_round_and_records_a_value_once() -> None:
     plc = await PlcServer().start()
     try:
         await plc.write("Pressure", 1.5)
         async with _connected(_config(plc.url, mode="poll")) as (conn, got):
-            await until(lambda: len(got) >= 10)
+            await until(lambda: conn.polls >= 10)
             assert conn.mode_in_use == "poll"
-        assert {s.signal for s in got} == {"pressure", "flow"}
-        assert 1.5 in _values(got, "pressure")
+            # read ten times, unchanged (same source timestamp): recorded once per signal
+            assert sorted(s.signal for s in got) == ["flow", "pressure"]
+            assert conn.skipped >= 2 * 9
+            await plc.write("Pressure", 2.5)
+            await until(lambda: 2.5 in _values(got, "pressure"))
+        assert _values(got, "pressure") == [1.5, 2.5]
     finally:
         await plc.stop()
 
@@ -184,7 +215,7 @@ async def test_notifications_lost_behind_a_stalled_runtime_are_counted_then_resu
     conn.reconnector.backoff = Backoff(base_s=0.05, cap_s=0.5)
     unstalled, got = asyncio.Event(), list[Sample]()
 
-    async def emit(samples: list[Sample]) -> None:
+    async def emit(samples: list[Sample], gaps: Sequence[SourceGap] = ()) -> None:
         got.extend(samples)
         await unstalled.wait()  # the runtime's queue is full until released
 

@@ -6,6 +6,7 @@ the readings' time; an unplugged line reconnects.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,25 @@ async def test_a_line_carries_its_own_time(line: PtyPair) -> None:
         ("weight", 3.0, 1_764_057_600_250_000_000), ("temp", 4.0, 1_764_057_600_250_000_000),
     ]  # fmt: skip
     assert conn.errors == {"<timestamp>": 1}  # "soon": the whole line is dropped, not guessed
+
+
+async def test_a_line_without_its_newline_is_an_error_never_merged(
+    line: PtyPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "agent.connectors.serial_lines")
+    async with _connected(_config(line.a, extra='line_timeout_ms = 50\nline_start = "W:"')) as (
+        conn,
+        got,
+    ):
+        # the newline is lost, then the line falls silent: the timeout cuts it off
+        await asyncio.to_thread(_write, line.b, b"W:12.5kg T:2")
+        await until(lambda: conn.errors.get("<no newline>") == 1, what="the timeout cut")
+        await asyncio.to_thread(_write, line.b, b"1.0C\nW:13.0kg T:21.5C\n")
+        # the newline is lost and the next line follows at once: its start cuts it off
+        await asyncio.to_thread(_write, line.b, b"W:14.0kg T:2W:15.0kg T:23.0C\n")
+        await until(lambda: len(got) >= 4 and conn.errors.get("<no newline>") == 2)
+    assert [(s.signal, s.value) for s in got] == [
+        ("weight", 13.0), ("temp", 21.5), ("weight", 15.0), ("temp", 23.0),
+    ]  # fmt: skip
+    assert conn.errors == {"<no newline>": 2, "<line>": 1}  # and the orphan tail '1.0C'
+    assert f"serial scale: opened {line.a}" in caplog.text

@@ -17,7 +17,8 @@ import pytest
 
 from agent.cli import make_signer
 from agent.config import AgentConfig, parse_config
-from agent.runtime import AgentRuntime, connectors_from_config
+from agent.connectors.registry import build_connectors
+from agent.runtime import build_runtime
 from agent.uplink import register_device
 from attestation import Verdict, load_anchors, receipt_from_json, report_receipt
 from attestation.leafbatch import split_leaves
@@ -25,6 +26,7 @@ from attestation.reading import decode_leaf, encode_leaf
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from hil_tests.modbus_server import PlantServer, agent_modbus_section
+from tests.connectorkit import until
 from tests.hubkit import hub_readings
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,15 +47,6 @@ def _config(tmp: Path, hub_url: str, port: int) -> AgentConfig:
         ]
     )
     return parse_config(text, str(tmp / "agent.toml"), base_dir=tmp)
-
-
-async def _until(predicate: object, within_s: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not predicate():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 def _verdict(hub: HubServer, utid: str, seq: int, hub_dir: Path) -> Verdict:
@@ -102,18 +95,18 @@ async def _run_slice(tmp: Path, *, restart_hub: bool) -> tuple[HubServer, str, A
             name="gw-test",
             state_dir=tmp,
         )
-        runtime = AgentRuntime(cfg, signer, connectors_from_config(cfg))
+        runtime = build_runtime(cfg, signer, build_connectors(cfg))
         stop = asyncio.Event()
         task = asyncio.create_task(runtime.run(stop))
-        await _until(lambda: runtime.status()["proofs_synced"] >= 3)
+        await until(lambda: runtime.status()["proofs_synced"] >= 3)
         if restart_hub:
             port = hub.port
             await asyncio.to_thread(hub.stop)
             synced_before = runtime.status()["proofs_synced"]
-            await _until(lambda: runtime.status()["uplink_failures"] >= 2)
-            await _until(lambda: runtime.status()["windows_signed"] >= synced_before + 3)
+            await until(lambda: runtime.status()["uplink_failures"] >= 2)
+            await until(lambda: runtime.status()["windows_signed"] >= synced_before + 3)
             hub = HubServer(hub.settings, port=port).start()  # same port, same database
-        await _until(lambda: runtime.status()["proofs_synced"] >= 8)
+        await until(lambda: runtime.status()["proofs_synced"] >= 8)
         stop.set()
         await task
     return hub, utid, cfg

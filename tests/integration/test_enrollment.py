@@ -5,7 +5,9 @@ Certify and Quote; the hub does MakeCredential and checks every signature.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import secrets
 import shutil
 import time
@@ -18,7 +20,7 @@ import pytest
 
 from provisioning.errors import ProvisioningError
 from provisioning.swtpm import EkCa, SwtpmProcess, manufacture, swtpm_available
-from tests.conftest import missing
+from tests.conftest import missing, require_module
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,7 +30,7 @@ def maker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EkCa, list
     """Two SIMULATED TPMs from one (local, test) TPM maker CA."""
     if not swtpm_available() or shutil.which("swtpm_setup") is None:
         missing("swtpm and swtpm_setup are not installed (apt install swtpm swtpm-tools)")
-    pytest.importorskip("tpm2_pytss", reason="tpm2-pytss is not installed (uv sync --extra tpm)")
+    require_module("tpm2_pytss", "tpm2-pytss is not installed (uv sync --extra tpm)")
     root = tmp_path_factory.mktemp("tpm-maker")
     ca = EkCa(root / "ca")
     tpms = []
@@ -119,6 +121,39 @@ def test_a_tpm_enrolls_once_and_a_rerun_changes_nothing(
     # the token is spent: a second TPM cannot use it
     with _identity(maker[1][1]) as other, pytest.raises(ProvisioningError, match="token_used"):
         enroll(other, hub.url, token, name="gw-2", state_dir=tmp_path / "st2")
+
+
+def test_an_enrollment_cut_off_after_the_hub_committed_completes_with_the_same_token(
+    hub: Any, maker: tuple[EkCa, list[SwtpmProcess]], tmp_path: Path
+) -> None:
+    """Ctrl-C after the hub burnt the token but before the gateway wrote its certificate:
+    the rerun proves possession of the same TPM key again and gets the same identity; the
+    spent token still buys nothing for another TPM."""
+    from provisioning.enroll import enroll
+
+    token = _token(hub)
+    with _identity(maker[1][0]) as ident:
+        first, _ = enroll(ident, hub.url, token, name="gw-1", state_dir=tmp_path / "st")
+        shutil.rmtree(tmp_path / "st")  # as if the run died before writing anything
+        again, changed = enroll(ident, hub.url, token, name="gw-1", state_dir=tmp_path / "st")
+    assert changed and again.utid == first.utid
+    assert again.certificate_pem == first.certificate_pem
+    assert (tmp_path / "st" / "device-cert.pem").read_text() == first.certificate_pem
+    with _identity(maker[1][1]) as other, pytest.raises(ProvisioningError, match="token_used"):
+        enroll(other, hub.url, token, name="gw-2", state_dir=tmp_path / "st2")
+    actions = [e["action"] for e in _audit(hub)]
+    assert actions.count("device.enroll") == 1 and actions.count("device.enroll.resume") == 1
+
+
+def _audit(hub: Any) -> list[dict[str, Any]]:
+    from cloud_sync.access import Access
+    from cloud_sync.storage import Store
+
+    store = Store.open(hub.settings.db_url)
+    try:
+        return Access(store.engine, hub.settings.admin_token, time.time_ns).audit_entries()
+    finally:
+        store.close()
 
 
 def test_an_expired_or_unknown_token_is_refused_with_the_fix(
@@ -235,6 +270,15 @@ def test_an_enrolled_device_uploads_only_with_a_fresh_token_until_revoked(
         ok = httpx.post(f"{hub.url}/v1/proofs", content=upload, headers=auth)
         assert ok.status_code == 200 and ok.json()["results"][0]["status"] == "accepted"
 
+        # its chain head (ADR 0027): a TPM device asks with its token, as the agent does
+        bare = httpx.get(f"{hub.url}/v1/devices/{done.utid}/head")
+        assert bare.status_code == 401 and bare.json()["error"] == "token_required"
+        from agent.recover import fetch_head
+
+        head = asyncio.run(fetch_head(hub.url, signer, 10.0))
+        assert (head.window, head.last_seq) == (0, 4)
+        assert head.head_hash == hashlib.sha256(cose).digest()
+
         admin = {"authorization": f"Bearer {hub.settings.admin_token}"}
         assert httpx.post(f"{hub.url}/v1/devices/{done.utid}/revoke", headers=admin).is_success
         cose, leaves, _ = device.window(5)
@@ -311,7 +355,7 @@ def test_no_tpm_is_a_one_line_reason_with_a_fix() -> None:
     import subprocess
     import sys
 
-    pytest.importorskip("tpm2_pytss", reason="tpm2-pytss is not installed")
+    require_module("tpm2_pytss", "tpm2-pytss is not installed (uv sync --extra tpm)")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -20,7 +20,7 @@ PASSWORD = "correct horse battery"
 @pytest.fixture
 def hub(tmp_path: Path) -> tuple[TestClient, HubSettings, dict[str, str]]:
     """A closed hub (no open reads) with a device on plant-1 and one on plant-2."""
-    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True)
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, plain_http=True)
     client = TestClient(create_app(s), raise_server_exceptions=False)
     admin = {"authorization": f"Bearer {s.admin_token}"}
     utids = {}
@@ -63,7 +63,8 @@ def test_reads_need_a_principal_and_see_only_their_sites(
     assert names == ["press-1"]
     assert client.get(f"/v1/devices/{utids['plant-1']}", headers=alice).status_code == 200
     other = client.get(f"/v1/devices/{utids['plant-2']}", headers=alice)
-    assert other.status_code == 403 and other.json()["error"] == "forbidden"
+    # a device alice may not see is answered as if it did not exist
+    assert other.status_code == 404 and other.json()["error"] == "unknown_device"
     admin = {"authorization": f"Bearer {s.admin_token}"}
     assert len(client.get("/v1/devices", headers=admin).json()["devices"]) == 2
     assert client.get("/v1/log/checkpoint").status_code == 200  # the log stays public
@@ -75,7 +76,7 @@ def test_roles_decide_who_may_revoke_and_every_write_is_audited(
     client, s, utids = hub
     alice, bob = _key(client, s, "alice"), _key(client, s, "bob")
     assert client.post(f"/v1/devices/{utids['plant-1']}/revoke", headers=alice).status_code == 403
-    assert client.post(f"/v1/devices/{utids['plant-1']}/revoke", headers=bob).status_code == 403
+    assert client.post(f"/v1/devices/{utids['plant-1']}/revoke", headers=bob).status_code == 404
     assert client.post(f"/v1/devices/{utids['plant-2']}/revoke", headers=bob).status_code == 200
     assert (
         client.post(
@@ -151,3 +152,15 @@ def test_browser_login_sessions_and_csrf(
     assert "REVOKED" in client.get(f"/devices/{utids['plant-2']}").text
     client.post("/logout", data={"csrf": session_csrf})
     assert client.get("/", follow_redirects=False).status_code == 303  # logged out
+
+
+def test_operator_creation_checks_credentials_before_it_reads_the_body(
+    hub: tuple[TestClient, HubSettings, dict[str, str]],
+) -> None:
+    """A stranger's body is never parsed or validated: the answer is 401, not a 422 that
+    would tell them which field is wrong."""
+    client, s, _ = hub
+    for stranger in ({}, _key(client, s, "bob")):
+        r = client.post("/v1/operators", content=b'{"username": 7}', headers=stranger)
+        assert r.status_code in (401, 403), r.text
+        assert r.json()["error"] in ("unauthorized", "forbidden")

@@ -12,7 +12,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,16 +30,11 @@ from attestation.microproof import GENESIS_PREV, chain_hash
 from attestation.reading import Reading
 from attestation.signednote import NoteVerifier, open_note, parse_checkpoint
 from attestation.signers.software import SoftwareSigner
+from tests.conftest import free_port
 from tests.hubkit import Device, hub_readings
 
 pytestmark = pytest.mark.timeout(240)
 KILLS = int(os.environ.get("FACTORYOPS_HUB_KILLS", "6"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _serve(data: Path, port: int) -> subprocess.Popen[bytes]:
@@ -75,7 +69,7 @@ def _chain(signer: SoftwareSigner, n: int) -> list[SealedWindow]:
 
 
 def test_kill_9_of_the_hub_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
-    data, port = tmp_path / "hub", _free_port()
+    data, port = tmp_path / "hub", free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _serve(data, port)
     signer = SoftwareSigner.generate()

@@ -5,11 +5,8 @@ verify offline, the key survives a hub restart, and it cannot be extracted.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,44 +17,14 @@ from attestation.errors import KeyFileError
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from factoryops.cli import cli
-from tests.conftest import missing
 from tests.hubkit import Device, register, upload
-
-MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+from tests.softhsm import MODULE, softhsm_token
 
 
 @pytest.fixture(scope="module")
-def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh SoftHSM2 token (its own token directory); yields the key URI."""
-    if shutil.which("softhsm2-util") is None or not Path(MODULE).exists():
-        missing("SoftHSM2 is not installed (apt install softhsm2)")
-    pytest.importorskip("pkcs11", reason="python-pkcs11 is not installed (uv sync --extra hsm)")
-    root = tmp_path_factory.mktemp("softhsm")
-    (root / "tokens").mkdir()
-    conf = root / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\n")
-    old = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    subprocess.run(
-        [
-            "softhsm2-util",
-            "--init-token",
-            "--free",
-            "--label",
-            "hub",
-            "--pin",
-            "1234",
-            "--so-pin",
-            "5678",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    yield f"pkcs11:module-path={MODULE};token=hub;object=hub-log;pin-value=1234"
-    if old is None:
-        os.environ.pop("SOFTHSM2_CONF", None)
-    else:
-        os.environ["SOFTHSM2_CONF"] = old
+def token() -> str:
+    """A fresh SoftHSM2 token in this process's private token directory; the key URI."""
+    return softhsm_token("hub") + ";object=hub-log"
 
 
 def test_receipts_signed_in_the_hsm_verify_offline_across_a_restart(

@@ -20,8 +20,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from attestation.errors import BrokenLink
-from cloud_sync.app import create_app
+from cloud_sync.app import hub_app
 from cloud_sync.metering import verify_statement
+from cloud_sync.routes import HubDeps
 from cloud_sync.settings import HubSettings
 from tests.hubkit import Device, body
 
@@ -61,8 +62,11 @@ def receiver() -> Iterator[str]:
 def test_usage_statement_and_billing_webhook(tmp_path: Path, receiver: str) -> None:
     now = [_ns("2026-10-15T10:00:00+00:00")]
     s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, webhook_url=receiver)
-    app = create_app(s, clock=lambda: now[0])
-    app.state.webhooks.base_s = 0.01  # retry fast in the test
+    deps = HubDeps.open(s, clock=lambda: now[0])
+    webhooks = deps.webhooks
+    webhooks.base_s = 0.01  # retry fast in the test
+    log_key = deps.log.signer.public_key()
+    app = hub_app(deps)
     client = TestClient(app)
     admin = {"authorization": f"Bearer {s.admin_token}"}
     dev = Device()
@@ -101,21 +105,21 @@ def test_usage_statement_and_billing_webhook(tmp_path: Path, receiver: str) -> N
     note = client.get("/v1/sites/plant-1/usage/2026-10/statement", headers=admin).json()[
         "statement"
     ]
-    fields = verify_statement(note, app.state.log_key, s.log_origin)
+    fields = verify_statement(note, log_key, s.log_origin)
     assert fields["site"] == "plant-1" and fields["proofs"] == "5" and fields["readings"] == "50"
     assert fields["log"].split()[1] == "5"  # rests on the log checkpoint of 5 entries
     with pytest.raises(BrokenLink):
-        verify_statement(note.replace("readings 50", "readings 5"), app.state.log_key, s.log_origin)
+        verify_statement(note.replace("readings 50", "readings 5"), log_key, s.log_origin)
 
     deadline = time.monotonic() + 30
-    while not any(d["status"] == "delivered" for d in app.state.webhooks.deliveries()):
-        assert time.monotonic() < deadline, app.state.webhooks.deliveries()
+    while not any(d["status"] == "delivered" for d in webhooks.deliveries()):
+        assert time.monotonic() < deadline, webhooks.deliveries()
         time.sleep(0.05)
-    (delivery,) = app.state.webhooks.deliveries()  # one billing event: the month was closed once
+    (delivery,) = webhooks.deliveries()  # one billing event: the month was closed once
     assert delivery["attempts"] == 3  # two 500s, then accepted
     headers, data = Receiver.got[-1]
     want = "sha256=" + hmac.new(s.webhook_secret.encode(), data, hashlib.sha256).hexdigest()
     assert headers["x-factoryops-signature"] == want
     event = json.loads(data)
     assert event["event"] == "usage.statement" and event["statement"] == note
-    app.state.webhooks.stop()
+    webhooks.stop()

@@ -19,15 +19,13 @@ from attestation import merkle
 from attestation.signednote import NoteVerifier, open_note, parse_checkpoint
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
-from cloud_sync.storage.migrate import drop_schema
 from tests.hubkit import Device, body
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
 
 
 def test_two_replicas_build_one_consistent_log(tmp_path: Path, postgres_url: str) -> None:
-    engine = create_engine(postgres_url)
-    drop_schema(engine)
+    engine = create_engine(postgres_url)  # a fresh database
     settings = HubSettings.create(tmp_path / "hub", db_url=postgres_url, allow_software_keys=True)
     a, b = HubServer(settings).start(), HubServer(settings).start()
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,10 @@ from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
 from agent.config import ModbusDeviceConfig, parse_config
-from agent.connectors.base import Sample
+from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector
 from tests.conftest import missing
+from tests.connectorkit import until
 from tests.ptys import PtyPair, socat_available
 
 pytestmark = pytest.mark.timeout(120)
@@ -88,7 +89,7 @@ def _silent_for_unknown_ids(server: ModbusSerialServer) -> None:
             raise NoSuchIdException(f"device id {device_id}")
         return await real_get(device_id, func_code, address, count)
 
-    ctx.async_getValues = get  # type: ignore[method-assign]
+    ctx.async_getValues = get  # type: ignore[method-assign]  # patching the simulator's read to go silent for unknown ids
 
 
 @asynccontextmanager
@@ -107,7 +108,7 @@ async def _slaves(port: Path) -> AsyncIterator[None]:
         yield
     finally:
         async with asyncio.timeout(5):
-            await server.shutdown()  # type: ignore[no-untyped-call]
+            await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus's shutdown() is unannotated
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -170,25 +171,19 @@ type = "uint16"
     return list(parse_config(text, "a.toml").modbus)
 
 
-async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not cond():  # noqa: ASYNC110 - polling the connectors' counters
-            await asyncio.sleep(0.02)
-
-
 async def test_two_slaves_and_a_dead_one_share_an_rtu_bus(bus: PtyPair) -> None:
     got: list[Sample] = []
 
-    async def emit(samples: list[Sample]) -> None:
+    async def emit(samples: list[Sample], gaps: Sequence[SourceGap] = ()) -> None:
         got.extend(samples)
 
     async with _slaves(bus.b):
         press, dryer, dead = (ModbusConnector(c) for c in _configs(bus.a))
         tasks = [asyncio.create_task(c.run(emit)) for c in (press, dryer, dead)]
         try:
-            await _until(lambda: dead.breaker.trips >= 1)
+            await until(lambda: dead.breaker.trips >= 1)
             healthy = (press.polls, dryer.polls)
-            await _until(lambda: press.polls >= healthy[0] + 20 and dryer.polls >= healthy[1] + 20)
+            await until(lambda: press.polls >= healthy[0] + 20 and dryer.polls >= healthy[1] + 20)
         finally:
             for t in tasks:
                 t.cancel()
@@ -200,7 +195,11 @@ async def test_two_slaves_and_a_dead_one_share_an_rtu_bus(bus: PtyPair) -> None:
     assert dead.errors["nothing"] == 2  # two timeouts opened the breaker; then it waits
     assert dead.timeouts["nothing"] == 2 and not dead.exception_codes
     # pressure and ghost share a merged read; its refusal split it, so only ghost is missing
-    assert set(press.errors) == {"ghost"} and press.errors["ghost"] >= 20
+    # ... and it is refused on every poll of its group (the fast one, as pressure): the
+    # count of press's polls includes its slow group's, so it is not a bound on ghost's
+    fast_polls = sum(s.signal == "pressure" for s in got)
+    assert set(press.errors) == {"ghost"} and fast_polls >= 17
+    assert abs(press.errors["ghost"] - fast_polls) <= 1  # a cancel may land between the two
     assert set(press.exception_codes) == {("ghost", 2)}  # ILLEGAL DATA ADDRESS, §7
     assert not press.timeouts and dryer.errors == {}
     assert press.breaker.trips == 0  # an exception response is an answer, not a dead slave

@@ -50,7 +50,7 @@ async def test_an_mqtt_subscriber_gets_each_sample_as_json(mqtt_port: int) -> No
             want = srv.feed.sample
             async with asyncio.timeout(WAIT_S):
                 async for message in sub.messages:
-                    doc = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    doc = json.loads(bytes(message.payload))  # type: ignore[arg-type]  # aiomqtt types payload as a union; the face publishes bytes
                     if doc["step"] == want.step:
                         break
         assert doc["values"] == dict(want.values)

@@ -14,6 +14,7 @@ from attestation import TrustAnchors, build_receipt, parse_microproof, report_re
 from attestation.microproof import GENESIS_PREV
 from attestation.reading import Reading
 from provisioning.swtpm import SwtpmProcess
+from tests.cborvariants import high_s
 
 pytestmark = pytest.mark.tpm
 
@@ -60,6 +61,19 @@ def test_a_tpm_signature_verifies_with_cryptography_and_in_a_receipt(
         signer.close()
 
 
+def test_the_tpm_signer_writes_low_s(swtpm: SwtpmProcess) -> None:
+    """The TPM's ECDSA s is high half the time; a micro-proof has one canonical form
+    (ARCHITECTURE.md), so the signer writes n - s then. 32 in a row low: chance 2^-32."""
+    from attestation.signers.tpm import TpmSigner
+
+    signer = TpmSigner.open(swtpm.tcti)
+    try:
+        sigs = [signer.sign(b"to be signed %d" % i) for i in range(32)]
+    finally:
+        signer.close()
+    assert not any(high_s(s) for s in sigs)
+
+
 def test_a_tpm_restart_shows_in_the_clock_of_later_proofs(
     tmp_path_factory: pytest.TempPathFactory, swtpm: SwtpmProcess
 ) -> None:
@@ -78,6 +92,37 @@ def test_a_tpm_restart_shows_in_the_clock_of_later_proofs(
         assert c2 is not None
         assert (c2.reset_count, c2.restart_count) != (c1.reset_count, c1.restart_count)
     finally:
+        own.stop()
+
+
+def test_one_signer_rides_out_a_tpm_that_goes_away_and_comes_back_reset(
+    tmp_path_factory: pytest.TempPathFactory, swtpm: SwtpmProcess
+) -> None:
+    """While the TPM is off a call says "unavailable" (the agent keeps its window and tries
+    again); once it is back the same signer signs again, and the clock shows the reset."""
+    from attestation.signers.base import SignerUnavailable
+    from attestation.signers.tpm import TpmSigner
+
+    own = SwtpmProcess(tmp_path_factory.mktemp("away")).start()
+    signer = TpmSigner.open(own.tcti)
+    try:
+        c1 = signer.clock()
+        own.stop()
+        for _ in range(2):  # the first call finds the connection dead, the next no TPM
+            with pytest.raises(SignerUnavailable, match=r"TPM2_Sign|no TPM answers"):
+                signer.sign(b"while it is off")
+        own.start()  # same port and state: a TPM Reset
+        raw = signer.sign(b"after")
+        c2 = signer.clock()
+        key = serialization.load_der_public_key(signer.public_key_der())
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+        key.verify(utils.encode_dss_signature(r, s), b"after", ec.ECDSA(hashes.SHA256()))
+        assert c1 is not None
+        assert c2 is not None
+        assert c2.reset_count > c1.reset_count
+    finally:
+        signer.close()
         own.stop()
 
 

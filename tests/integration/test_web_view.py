@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,11 +16,10 @@ from attestation import load_anchors, receipt_from_json, report_receipt
 from attestation.microproof import AnomalySummary, ModelRef
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
-from tests.conftest import missing
+from tests.browser import launch, require_chromium
 from tests.hubkit import Device, body
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("FACTORYOPS_ARTIFACTS", "test-artifacts"))
 
 
@@ -29,11 +29,10 @@ VIEWER_PASSWORD = "a long viewer password"
 def test_device_page_draws_charts_and_its_verify_link_gives_a_valid_receipt(
     tmp_path: Path,
 ) -> None:
-    if not Path(CHROMIUM).exists():
-        missing("Chromium is not installed at /usr/bin/chromium (apt install chromium)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
-    settings = HubSettings.create(tmp_path / "hub", allow_software_keys=True)
+    settings = HubSettings.create(tmp_path / "hub", allow_software_keys=True, plain_http=True)
     hub = HubServer(settings).start()
     try:
         dev = Device()
@@ -62,15 +61,7 @@ def test_device_page_draws_charts_and_its_verify_link_gives_a_valid_receipt(
             == 200
         )
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                ],
-            )
+            browser = launch(p)
             page = browser.new_page(accept_downloads=True)
             page.goto(f"{hub.url}/")  # a closed hub: to the login form first
             page.wait_for_url("**/login")
@@ -82,11 +73,17 @@ def test_device_page_draws_charts_and_its_verify_link_gives_a_valid_receipt(
             page.fill("input[name=password]", VIEWER_PASSWORD)
             page.click("button[type=submit]")
             page.click("text=press-3")
-            page.wait_for_selector("figure.chart")
-            points = page.get_attribute("figure.chart polyline", "points") or ""
+            page.wait_for_selector("figure.chart[data-signal]")
+            signal = page.locator("figure.chart[data-signal]").first
+            points = signal.locator("polyline.series").get_attribute("points") or ""
             assert len(points.split()) == 24  # every stored reading of the signal is drawn
+            axes = signal.locator("svg.tchart").inner_html()
+            assert "time (UTC)" in axes and "m3/h" in axes  # a time axis, and the unit
+            # the score chart: the window above its limit is over the dashed limit line
+            assert page.locator("#scores line.limit").count() == 1
             assert page.locator("#chain tbody tr").count() == 4
             assert page.locator("button.revoke").count() == 0  # a viewer cannot revoke
+            _nav_items_do_not_overlap(page)
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "device-page.png"), full_page=True)
             with page.expect_download() as dl:
@@ -136,3 +133,33 @@ def test_hostile_device_ids_in_the_web_view_get_4xx(tmp_path: Path) -> None:
             assert 400 <= r.status_code < 500
             assert r.headers["content-type"].startswith("application/json")
             assert "<script>" not in r.text
+
+
+GAP_PX = 4
+
+
+def _nav_items_do_not_overlap(page: Any) -> None:
+    """The live-updates toggle, the operator's name and "Log out" sit apart in the top bar
+    (the toggle once ran into the name), at desktop and tablet widths."""
+    for width in (1280, 768):
+        page.set_viewport_size({"width": width, "height": 900})
+        boxes = [
+            page.locator(sel).bounding_box()
+            for sel in (
+                "nav.top .refresh-toggle",
+                "nav.top form.logout span",
+                "nav.top form.logout button",
+            )
+        ]
+        assert all(b is not None for b in boxes), boxes
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                assert a is not None and b is not None
+                apart = (  # with a visible space between them (they once touched)
+                    a["x"] + a["width"] + GAP_PX <= b["x"]
+                    or b["x"] + b["width"] + GAP_PX <= a["x"]
+                    or a["y"] + a["height"] + GAP_PX <= b["y"]
+                    or b["y"] + b["height"] + GAP_PX <= a["y"]
+                )
+                assert apart, f"top bar items overlap at {width} px: {a} {b}"
+    page.set_viewport_size({"width": 1280, "height": 900})

@@ -6,14 +6,18 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from pymodbus.pdu.bit_message import ReadCoilsResponse
+from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
-from agent.config import ModbusTag, parse_config
+from agent.config import ModbusDeviceConfig, ModbusTag, parse_config
+from agent.connectors.base import QUALITY_GOOD, Sample
 from agent.connectors.modbus import (
     MAX_BITS_PER_READ,
     MAX_REGISTERS_PER_READ,
     Breaker,
+    _new_client,
     decode,
     plan_spans,
 )
@@ -119,6 +123,62 @@ def test_bit_spans_cover_every_tag_within_2000_bits(
         assert all(s.start <= t.address < s.start + s.count for t in s.tags)
 
 
+_SCALES = st.sampled_from([1.0, -1.0, 0.1, 1e300, 0.0]) | st.floats()
+_TAG = st.tuples(
+    st.integers(0, 300),  # address: tags may overlap (two names for one register)
+    st.sampled_from(sorted(_FMT)),
+    st.sampled_from(["big", "little"]),  # word order
+    st.sampled_from(["big", "little"]),  # byte order
+    st.sampled_from([(1.0, 0.0), (0.1, -40.0)]) | st.tuples(_SCALES, _SCALES),
+)
+
+
+def _bits(values: list[float]) -> list[bytes]:
+    """Values by their bits: NaN payloads and the sign of zero count."""
+    return [struct.pack(">d", v) for v in values]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(_TAG, min_size=1, max_size=60),
+    st.integers(0, 8),
+    st.data(),
+)
+def test_a_span_decodes_to_the_bits_decode_gives_each_tag(
+    specs: list[tuple[int, str, str, str, tuple[float, float]]], gap: int, data: st.DataObject
+) -> None:
+    """The span decoder (one struct call for a gateway's usual map) against ``decode``, the
+    reference, tag by tag: every type, order, scale, offset, gap and overlap."""
+    tags = [
+        ModbusTag(f"t{i}", a, type=k, word_order=w, byte_order=b, scale=sc, offset=off)
+        for i, (a, k, w, b, (sc, off)) in enumerate(specs)
+    ]
+    for span in plan_spans(tags, max_gap=gap):
+        regs = data.draw(st.lists(st.integers(0, 65535), min_size=span.count, max_size=span.count))
+        want = [decode(regs[t.address - span.start :][: t.count], t) for t in span.tags]
+        assert _bits(span.values(regs)) == _bits(want)
+        assert _bits(span.values([*regs, 0x4142])) == _bits(want)  # a device that says more
+        # the samples built in C (``Span.samples``): the tuples the list comprehension made
+        got = span.samples(regs, 7)
+        assert all(type(s) is Sample for s in got)
+        assert [(s.signal, s.unit, s.ts_ns, s.quality) for s in got] == [
+            (t.name, t.unit, 7, QUALITY_GOOD) for t in span.tags
+        ]
+        assert _bits([float(s.value) for s in got]) == _bits(want)
+
+
+def test_a_gateway_map_decodes_in_one_struct_call() -> None:
+    """Float32 tags back to back, big-endian (the benchmark's and most gateways' map): the
+    fast path is the one taken; a word-swapped tag in the span sends it tag by tag."""
+    tags = [ModbusTag(f"t{i}", 2 * i) for i in range(50)]
+    (span,) = plan_spans(tags, max_gap=8)
+    assert span.decoder.fmt is not None
+    regs = [w for i in range(50) for w in struct.unpack(">HH", struct.pack(">f", i / 3))]
+    assert span.values(regs) == [decode(regs[2 * i : 2 * i + 2], t) for i, t in enumerate(tags)]
+    swapped = [*tags[:-1], ModbusTag("t49", 98, word_order="little")]
+    assert plan_spans(swapped, max_gap=8)[0].decoder.fmt is None
+
+
 def test_bits_decode_to_zero_or_one() -> None:
     coil = ModbusTag("pump", 3, table="coil", type="bool")
     assert (decode([1], coil), decode([0], coil)) == (1.0, 0.0)
@@ -199,3 +259,22 @@ def test_rtu_devices_on_one_port_share_its_settings() -> None:
         ("rtu", "/dev/ttyUSB0", 7, 1),
         ("rtu", "/dev/ttyUSB0", 7, 2),
     ]
+
+
+async def test_a_client_decodes_reads_as_before_and_names_only_their_size() -> None:
+    """The read responses the connector registers with each client decode every register
+    and bit as pymodbus's own do; their text (built for every response, logged or not)
+    names the counts instead of the values."""
+    client = _new_client(ModbusDeviceConfig(name="plc", host="127.0.0.1"))
+    decoder = client.ctx.framer.decoder
+    regs = decoder.decode(bytes([3, 6, 0, 1, 0xFF, 0xFE, 0x12, 0x34]))
+    assert regs is not None
+    assert type(regs).__mro__[2] is ReadHoldingRegistersResponse
+    assert regs.registers == [1, 0xFFFE, 0x1234]
+    assert str(regs) == "_HoldingRegisters(dev_id=0, transaction_id=0, 3 registers, 0 bits)"
+    inputs = decoder.decode(bytes([4, 2, 0, 9]))
+    assert isinstance(inputs, ReadInputRegistersResponse) and inputs.registers == [9]
+    coils = decoder.decode(bytes([1, 1, 0b101]))
+    assert isinstance(coils, ReadCoilsResponse) and coils.bits[:3] == [True, False, True]
+    assert "8 bits" in str(coils)
+    client.close()

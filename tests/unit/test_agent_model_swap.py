@@ -10,18 +10,18 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import parse_config
 from agent.connectors.base import Emit, Sample
 from agent.inference import OnnxScorer
-from agent.runtime import AgentRuntime
+from agent.runtime import build_runtime
 from attestation import parse_microproof
 from attestation.signers.software import SoftwareSigner
 from hil_tests.training import simulated_normal
 from models_onnx.recipes import build_pca
+from tests.connectorkit import until
 
 
 @dataclass
@@ -55,12 +55,6 @@ def _models_in_proofs(spool: Path) -> list[str]:
     return [m.id if (m := parse_microproof(p).proof.model) else "-" for p in proofs]
 
 
-async def _until(cond: Callable[[], bool]) -> None:
-    async with asyncio.timeout(60):
-        while not cond():  # noqa: ASYNC110 - polling the runtime's counters
-            await asyncio.sleep(0.05)
-
-
 async def test_a_new_model_is_swapped_in_and_a_tampered_one_refused(tmp_path: Path) -> None:
     signals, x = simulated_normal(60)
     models = tmp_path / "models"
@@ -77,7 +71,7 @@ async def test_a_new_model_is_swapped_in_and_a_tampered_one_refused(tmp_path: Pa
         base_dir=tmp_path,
     )
     source = PlantRows(tuple(signals), x[:200].tolist())
-    runtime = AgentRuntime(
+    runtime = build_runtime(
         cfg,
         SoftwareSigner.generate(),
         [source],
@@ -86,20 +80,20 @@ async def test_a_new_model_is_swapped_in_and_a_tampered_one_refused(tmp_path: Pa
     )
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.run(stop))
-    await _until(lambda: runtime.counters.windows_signed >= 3)
+    await until(lambda: runtime.counters.windows_signed >= 3)
     _replace(b, active)
-    await _until(lambda: runtime.counters.model_swaps == 1)
+    await until(lambda: runtime.counters.model_swaps == 1)
     signed = runtime.counters.windows_signed
-    await _until(lambda: runtime.counters.windows_signed >= signed + 3)
+    await until(lambda: runtime.counters.windows_signed >= signed + 3)
 
     tampered = json.loads(b.read_text())
     tampered["sha256"] = "00" * 32  # a manifest whose hash does not match its ONNX file
     bad = models / "bad.manifest.json"
     bad.write_text(json.dumps(tampered))
     _replace(bad, active)
-    await _until(lambda: runtime.counters.model_swap_failures == 1)
+    await until(lambda: runtime.counters.model_swap_failures == 1)
     signed = runtime.counters.windows_signed
-    await _until(lambda: runtime.counters.windows_signed >= signed + 3)
+    await until(lambda: runtime.counters.windows_signed >= signed + 3)
     stop.set()
     await task
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agent.config import parse_config
 from agent.connectors.base import Emit, Sample
-from agent.runtime import AgentRuntime
+from agent.runtime import build_runtime
 from attestation import verify_chain
 from attestation.signers.base import TpmClock
 from attestation.signers.software import SoftwareSigner
@@ -62,7 +62,7 @@ async def test_windows_grow_while_the_signer_lags_and_the_chain_holds(tmp_path: 
         base_dir=tmp_path,
     )
     ticker = Ticker(per_batch=10, period_s=0.01)
-    runtime = AgentRuntime(cfg, SlowSigner(SoftwareSigner.generate(), 0.3), [ticker])
+    runtime = build_runtime(cfg, SlowSigner(SoftwareSigner.generate(), 0.3), [ticker])
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.run(stop))
     await asyncio.sleep(2.0)

@@ -15,7 +15,7 @@ from agent.backoff import Backoff
 from agent.config import parse_config
 from agent.connectors.base import Connector, Emit, Sample
 from agent.errors import ConfigError
-from agent.runtime import AgentRuntime
+from agent.runtime import AgentRuntime, build_runtime
 from attestation.signers.software import SoftwareSigner
 from tests.unit.test_agent_slow_signer import Ticker
 
@@ -50,12 +50,12 @@ async def _start(
         base_dir=tmp_path,
     )
     ticker = Ticker(per_batch=5, period_s=0.01)
-    runtime = AgentRuntime(
+    runtime = build_runtime(
         cfg,
         SoftwareSigner.generate(),
         [ticker, other],
         restart_backoff=Backoff(base_s=0.01, cap_s=0.05),
-        **kw,  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]  # test overrides of AgentRuntime fields, passed as **kw
     )
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.run(stop))
@@ -81,7 +81,7 @@ async def test_a_crashing_connector_is_restarted_and_the_others_never_stop(tmp_p
     runtime, ticker = await _run(tmp_path, failing)
     assert failing.runs == 4  # three crashes, then it ran
     assert _sample(runtime, "factoryops_agent_connector_restarts_total", "flaky") == 3
-    assert _sample(runtime, "factoryops_agent_readings_total", "flaky") > 0  # type: ignore[operator]
+    assert _sample(runtime, "factoryops_agent_readings_total", "flaky") > 0  # type: ignore[operator]  # the sample exists once the connector ran (None would fail here anyway)
     c = runtime.counters
     assert c.readings_committed == c.readings_acquired  # nothing lost around the crashes
     assert ticker.batches >= 60
@@ -127,7 +127,7 @@ async def test_a_connector_that_ignores_its_stop_does_not_hold_up_the_seal(
     c = runtime.counters
     try:
         async with asyncio.timeout(30):  # without the bounded wait nothing is sealed: timeout
-            while "connector[deaf] did not stop" not in caplog.text or (  # noqa: ASYNC110
+            while "connector[deaf] did not stop" not in caplog.text or (  # noqa: ASYNC110 - polling the captured log another task writes
                 c.readings_committed < c.readings_acquired
             ):
                 await asyncio.sleep(0.02)

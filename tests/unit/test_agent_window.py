@@ -7,7 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.connectors.base import Sample
-from agent.window import ClosedWindow, WindowBuilder, merge_windows
+from agent.window import ClosedWindow, WindowBuilder, merge_windows, runs, stats_cost
+from attestation.microproof import Gap, ProofLimits
+from attestation.reading import Reading
 
 
 def _samples(n: int) -> list[Sample]:
@@ -66,3 +68,48 @@ def test_a_value_that_is_not_a_number_is_marked_bad_and_keeps_its_sub_code() -> 
     )
     (w,) = b.flush()
     assert [r.quality for r in w.readings] == [QUALITY_BAD, QUALITY_BAD | 0x00A10000, 0]
+
+
+def _runs_reference(windows: list[ClosedWindow], limits: ProofLimits) -> list[list[int]]:
+    """``runs`` as first written: every window's signals counted as soon as it is placed."""
+    out: list[list[int]] = []
+    signals: set[str] = set()
+    readings = 0
+    for i, w in enumerate(windows):
+        names = {r.signal for r in w.readings}
+        new = names - signals
+        fits = (
+            readings + len(w.readings) <= limits.max_leaves
+            and len(signals | new) <= limits.max_signals
+            and sum(map(stats_cost, signals | new)) <= limits.max_stats_bytes
+        )
+        if not out or w.gaps or not fits:
+            out.append([i])
+            signals, readings = set(), 0
+        else:
+            out[-1].append(i)
+        signals |= names
+        readings += len(w.readings)
+    return out
+
+
+@given(
+    st.lists(
+        st.tuples(st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=6), st.booleans()),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(1, 8),
+    st.integers(1, 20),
+)
+def test_windows_join_into_the_runs_the_limits_allow(
+    specs: list[tuple[list[str], bool]], max_signals: int, max_leaves: int
+) -> None:
+    limits = ProofLimits(max_signals=max_signals, max_leaves=max_leaves)
+    windows, seq = [], 0
+    for names, gap in specs:
+        readings = tuple(Reading(seq + i, 0, s, 1.0, "") for i, s in enumerate(names))
+        windows.append(ClosedWindow(readings, (Gap(0, 0, "lost"),) if gap else ()))
+        seq += len(names)
+    got = runs(windows, limits)
+    assert [[windows.index(w) for w in run] for run in got] == _runs_reference(windows, limits)

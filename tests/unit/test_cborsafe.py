@@ -19,6 +19,7 @@ from attestation import cborsafe
 from attestation.errors import MalformedInput
 from attestation.leafbatch import sequence_root
 from attestation.reading import decode_leaf
+from tests.cborvariants import encode_variant
 from tests.conftest import missing
 from tests.hubkit import Device, body, same_cbor_item
 
@@ -152,11 +153,14 @@ def _fast() -> None:
         missing("the native extension was not built (no C compiler or OpenSSL headers)")
 
 
-def _agrees(data: bytes) -> tuple[object] | None:
-    """decode_plain's answer for ``data``, checked against cbor2 when it has one."""
+def _agrees(data: bytes) -> tuple[object, bool] | None:
+    """decode_plain's answer for ``data``, checked against cbor2 when it has one: the same
+    item, and "canonical" exactly when cbor2's canonical encoder writes these bytes."""
     fast = cborsafe.decode_plain(data)
     if fast is not None:
-        assert same_cbor_item(fast[0], cborsafe.loads_cbor2(data)), data.hex()
+        reference = cborsafe.loads_cbor2(data)
+        assert same_cbor_item(fast[0], reference), data.hex()
+        assert fast[1] == (cbor2.dumps(reference, canonical=True) == data), data.hex()
     return fast
 
 
@@ -189,6 +193,31 @@ def test_a_corrupted_item_is_decoded_as_cbor2_decodes_it_or_left_to_cbor2(
             case _:
                 raw[where:where] = data.draw(st.binary(min_size=1, max_size=3))
     _agrees(bytes(raw))
+
+
+@pytest.mark.usefixtures("_fast")
+@given(_ITEMS, st.data())
+def test_the_fast_path_tells_the_deterministic_encoding_from_every_other(
+    value: object, data: st.DataObject
+) -> None:
+    """Wider heads, indefinite lengths, unsorted maps, wider floats (tests/cborvariants.py):
+    decode_plain calls an encoding canonical exactly when cbor2's canonical encoder would
+    write it, so the hub's check of a micro-proof's one form costs no re-encoding (ADR 0013)."""
+    variant = data.draw(encode_variant(value))
+    fast = _agrees(variant.data)
+    if fast is not None:
+        assert fast[1] == variant.canonical, variant.data.hex()
+    got, canonical = cborsafe.loads_checked(variant.data)
+    assert same_cbor_item(got, cborsafe.loads_cbor2(variant.data))
+    assert canonical == variant.canonical
+
+
+def test_bytes_after_the_item_are_refused() -> None:
+    """cbor2 5.x stops after the first item; a byte appended to a signed proof went unseen."""
+    with pytest.raises(cborsafe.TrailingBytes, match="1 byte"):
+        cborsafe.loads(cbor2.dumps([1, "a"]) + b"\x00")
+    with pytest.raises(cborsafe.TrailingBytes, match="2 byte"):
+        cborsafe.loads_checked(b"\x5f\x41a\xff\x01\x02")  # cbor2's path (indefinite)
 
 
 @pytest.mark.usefixtures("_fast")

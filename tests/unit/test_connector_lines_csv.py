@@ -34,7 +34,7 @@ group = "temp"
 """
 CSV = """[[csv]]
 name = "erp"
-folder = "drop"
+folder = "."
 timestamp_column = "when"
 timestamp_format = "%d.%m.%Y %H:%M:%S"
 timezone = "Europe/Berlin"
@@ -151,7 +151,7 @@ def _edit(text: str, old: str, new: str) -> str:
         (SERIAL, "scale = 0.001", "scale = 0.001\nbaud = 9600", "serial[0].signals[0].baud", 13),
         (CSV, 'delimiter = ";"', 'delimiter = ";;"', "csv[0].delimiter", 9),
         (CSV, '"Europe/Berlin"', '"Mars/Olympus"', "csv[0].timezone", 8),
-        (CSV, 'folder = "drop"\n', "", "csv[0].folder", 3),
+        (CSV, 'folder = "."\n', "", "csv[0].folder", 3),
         (CSV, 'column = "kg"', 'column = "kg"\nunit = 3', "csv[0].signals[0].unit", 13),
     ],
 )
@@ -161,3 +161,19 @@ def test_config_errors_name_the_key_and_line(
     with pytest.raises(ConfigError) as err:
         parse_config(BASE + _edit(section, old, new), "a.toml")
     assert (err.value.key, err.value.line) == (key, line)
+
+
+def test_a_partial_line_is_cut_off_by_silence_or_the_next_lines_start() -> None:
+    from agent.connectors.serial_lines import LineSplitter
+
+    ms = 1_000_000
+    s = LineSplitter(max_bytes=64, timeout_ns=100 * ms, line_start=b"$")
+    assert s.feed(b"$1.5", 0) == ([], 0)
+    assert s.feed(b"$2.", 50 * ms) == ([], 0)  # 50 ms later: still the same line
+    s.idle(120 * ms)  # 70 ms of silence: not yet
+    assert s.unterminated == 0
+    s.idle(151 * ms)  # past 100 ms since the last byte: cut off
+    assert s.unterminated == 1
+    assert s.feed(b"5\n$3.5\n", 160 * ms) == ([b"5\n", b"$3.5\n"], 0)  # '5' is its own
+    assert s.feed(b"$4.$5.5\n", 170 * ms) == ([b"$5.5\n"], 0)
+    assert s.unterminated == 2

@@ -135,7 +135,7 @@ def test_any_json_document_is_decoded_or_counted_never_raised(doc: dict[str, Any
         (('url = "mqtt://127.0.0.1:1883"', 'url = "mqtt://h:99999"'), "mqtt[0].url", 6),
         (('topic = "plant/#"', 'topic = "plant/#/x"'), "mqtt[0].signals[1].topic", 16),
         (('pointer = "/values/F"', 'pointer = "values/F"'), "mqtt[0].signals[1].pointer", 17),
-        (('name = "flow"', 'name = "pressure"'), "mqtt[0].signals", 8),
+        (('name = "flow"', 'name = "pressure"'), "mqtt[0].signals[1].name", 15),
         (("scale = 0.1", 'scale = "x"'), "mqtt[0].signals[0].scale", 13),
         (('payload = "json"', 'payload = "xml"'), "mqtt[0].payload", 7),
     ],
@@ -151,7 +151,7 @@ def test_config_errors_name_the_key_and_line(change: tuple[str, str], key: str, 
 CSV_SECTION = """
 [[csv]]
 name = "erp"
-folder = "drop"
+folder = "."
 timestamp_column = "t"
 timestamp_format = "unix_ms"
 [[csv.signals]]
@@ -177,8 +177,8 @@ def test_a_csv_row_count_is_exact() -> None:
     (cfg,) = parse_config(BASE + CSV_SECTION, "/tmp/a.toml").connectors["csv"]
     assert isinstance(cfg, CsvConfig)
     samples, bad = parse_rows(cfg, 't,w\n1,2\n"3,4\n5,x\n\n7,8\n')
-    assert [(s.ts_ns, s.value) for s in samples] == [(1_000_000, 2.0)]
-    assert [b.line for b in bad] == [3]  # the open quote swallows the rest of the file
+    assert [(s.ts_ns, s.value) for s in samples] == [(1_000_000, 2.0), (7_000_000, 8.0)]
+    assert [b.line for b in bad] == [3, 4]  # the stray quote takes no good row with it
 
 
 @given(

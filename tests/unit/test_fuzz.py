@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("atheris", reason="atheris (dev dependency) is not installed")
+from tests.conftest import require_module
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = ROOT / "fuzz" / "targets.py"
@@ -34,6 +34,7 @@ TARGETS += ["config", "mqtt"]
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_module("atheris", "atheris (dev dependency) is not installed")
     folder = tmp_path_factory.mktemp("corpus")
     subprocess.run([sys.executable, str(HARNESS), "seed", str(folder)], cwd=ROOT, check=True)
     return folder

@@ -11,15 +11,15 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine
 
 from attestation import load_anchors, receipt_from_json, report_receipt
 from attestation.microproof import Gap
 from cloud_sync.app import create_app
-from cloud_sync.ingest import IngestResult
+from cloud_sync.ingest import Ingestor, IngestResult
 from cloud_sync.settings import HubSettings
-from cloud_sync.storage.migrate import drop_schema
-from tests.hubkit import Device, body, list_body
+from cloud_sync.storage import Store
+from tests.cborvariants import altered_copies, proof_variants
+from tests.hubkit import Device, body, ingest_all, ingestor, list_body, resign
 
 CBOR = {"content-type": "application/cbor"}
 
@@ -29,10 +29,7 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TestCl
     """The hub app on a fresh SQLite file, or on the local PostgreSQL with fresh tables."""
     db_url = None
     if request.param == "postgresql":
-        db_url = request.getfixturevalue("postgres_url")
-        engine = create_engine(db_url)
-        drop_schema(engine)
-        engine.dispose()
+        db_url = request.getfixturevalue("postgres_url")  # a fresh database
     s = HubSettings.create(
         tmp_path / "hub", db_url=db_url, allow_software_keys=True, open_reads=True
     )
@@ -64,7 +61,7 @@ def test_accepts_a_chain_and_serves_receipts_that_verify(
     w0, w1 = dev.window(4)[:2], dev.window(3)[:2]
     status, doc = _post(client, body(w0, w1))
     assert status == 200
-    assert [r["status"] for r in doc["results"]] == ["accepted", "accepted"]  # type: ignore[index,union-attr]
+    assert [r["status"] for r in doc["results"]] == ["accepted", "accepted"]  # type: ignore[index,union-attr]  # the answer's JSON is untyped
     rc = client.get(f"/v1/devices/{utid}/readings/5/receipt").json()
     verdict = report_receipt(receipt_from_json(rc), load_anchors([s.data_dir / "fleet-ca.pem"]))
     assert verdict.valid, verdict.error
@@ -81,7 +78,7 @@ def test_a_retry_of_the_same_proof_is_a_duplicate_not_a_second_copy(
     assert _post(client, body(w0))[0] == 200
     status, doc = _post(client, body(w0))
     assert status == 200
-    assert doc["results"][0]["status"] == "duplicate"  # type: ignore[index]
+    assert doc["results"][0]["status"] == "duplicate"  # type: ignore[index]  # the answer's JSON is untyped
     assert client.get("/healthz").json()["readings"] == 3
 
 
@@ -97,12 +94,16 @@ def test_a_device_revoked_elsewhere_is_refused_at_once_though_its_row_is_cached(
     utid = _register(client, s, dev)
     w0, w1 = dev.window(3)[:2], dev.window(2)[:2]
     assert _post(client, body(w0))[0] == 200  # its row is now cached, not revoked
-    assert client.app.state.store.set_revoked(utid, True)  # type: ignore[attr-defined]
+    elsewhere = Store.open(s.db_url)  # another process: the hub's own cache does not see it
+    try:
+        assert elsewhere.set_revoked(utid, True)
+    finally:
+        elsewhere.close()
     status, doc = _post(client, body(w1))
     assert (status, doc["error"]) == (403, "revoked_device")
     assert client.get("/healthz").json()["readings"] == 3
     status, doc = _post(client, body(w0))
-    assert (status, doc["results"][0]["status"]) == (200, "duplicate")  # type: ignore[index]
+    assert (status, doc["results"][0]["status"]) == (200, "duplicate")  # type: ignore[index]  # the answer's JSON is untyped
 
 
 def test_unknown_device_is_refused(hub: tuple[TestClient, HubSettings]) -> None:
@@ -155,6 +156,98 @@ def test_a_fork_is_refused_and_the_first_branch_stays(hub: tuple[TestClient, Hub
     status, doc = _post(client, body(w1_fork))
     assert (status, doc["error"]) == (409, "fork")
     assert client.get(f"/v1/devices/{utid}").json()["windows"] == 2
+
+
+def test_altered_copies_are_refused_as_noncanonical_and_the_genuine_chain_goes_on(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """Issue 16: five altered copies of a signed proof were accepted, and the genuine proof
+    and every later window were then refused as `fork`: the gateway stopped for good."""
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    w0, w1, w2 = (dev.window(3)[:2] for _ in range(3))
+    copies = altered_copies(w0[0])
+    for name, altered in copies.items():
+        status, doc = _post(client, body((altered, w0[1])))
+        assert (status, doc["error"]) == (400, "noncanonical"), name
+    assert client.get("/healthz").json()["readings"] == 0
+    status, doc = _post(client, body(w0, w1))
+    assert status == 200, doc
+    for name, altered in copies.items():  # after it is stored: still no duplicate, no fork
+        status, doc = _post(client, body((altered, w0[1])))
+        assert (status, doc["error"]) == (400, "noncanonical"), name
+    assert _post(client, body(w2))[0] == 200
+    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 3
+    rc = client.get(f"/v1/devices/{utid}/readings/1/receipt").json()
+    verdict = report_receipt(receipt_from_json(rc), load_anchors([s.data_dir / "fleet-ca.pem"]))
+    assert verdict.valid, verdict.error
+
+
+def test_a_second_signature_over_the_same_payload_is_a_duplicate_never_a_fork(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """ECDSA signs with a fresh random k: a device that signs a window again (a retry after
+    a crash) writes other, equally valid bytes. Same payload, same window: a duplicate."""
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    w0, w1 = dev.window(3)[:2], dev.window(2)[:2]
+    again = resign(w0[0], dev.signer)
+    assert again != w0[0]
+    assert _post(client, body(w0))[0] == 200
+    status, doc = _post(client, body((again, w0[1])))
+    assert (status, doc["results"][0]["status"]) == (200, "duplicate")  # type: ignore[index]  # the answer's JSON is untyped
+    status, doc = _post(client, body((again, w0[1]), w1))  # before the next window, in one request
+    assert status == 200, doc
+    assert [r["status"] for r in doc["results"]] == ["duplicate", "accepted"]  # type: ignore[union-attr]  # the answer's JSON is untyped
+    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 2
+
+
+def test_an_upload_body_with_bytes_after_it_is_refused(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    client, s = hub
+    dev = Device()
+    _register(client, s, dev)
+    status, doc = _post(client, body(dev.window(2)[:2]) + b"\x00")
+    assert (status, doc["error"]) == (400, "malformed_body")
+    assert "after" in str(doc["detail"])
+    assert client.get("/healthz").json()["readings"] == 0
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.data())
+def test_only_the_canonical_encoding_of_a_proof_is_accepted(
+    hub: tuple[TestClient, HubSettings], data: st.DataObject
+) -> None:
+    """A valid proof re-encoded every way CBOR allows, each copy validly signed (see
+    tests/cborvariants.py): the hub stores a copy iff it is the canonical one, refuses every
+    other as `noncanonical` without a change, and later windows still chain."""
+    client, s = hub
+    dev = Device()
+    r = client.post(
+        "/v1/devices",
+        json={"public_key_pem": dev.public_pem(), "key_kind": "software", "name": "gw-p"},
+        headers={"authorization": f"Bearer {s.admin_token}"},
+    )
+    utid = r.json()["utid"]
+    w0 = dev.window(2)[:2]
+    variants = [data.draw(proof_variants(w0[0], dev.signer.sign)) for _ in range(3)]
+    stored = False
+    for v in variants:
+        status, doc = _post(client, body((v.data, w0[1])))
+        if v.canonical:
+            assert status == 200, doc
+            stored = True
+        else:
+            assert (status, doc["error"]) == (400, "noncanonical"), doc
+        assert client.get(f"/v1/devices/{utid}").json()["windows"] == int(stored)
+    if not stored:
+        assert _post(client, body(w0))[0] == 200
+    assert _post(client, body(dev.window(2)[:2]))[0] == 200
 
 
 def test_a_seq_hole_needs_a_gap_record(hub: tuple[TestClient, HubSettings]) -> None:
@@ -396,8 +489,7 @@ def test_a_request_that_races_another_writer_stores_nothing_twice(
     writes. Before we read the chain head inside our transaction, we see its proof and answer
     duplicate; after, our compare-and-set on the head fails, the request rolls back and is
     stored again one proof at a time. Either way nothing is stored twice or lost."""
-    from cloud_sync.ingest import Ingestor, ProofUpload
-    from cloud_sync.settings import HubLimits
+    from cloud_sync.ingest import ProofUpload
     from cloud_sync.storage import Store
 
     client, s = hub
@@ -406,7 +498,7 @@ def test_a_request_that_races_another_writer_stores_nothing_twice(
     (c0, l0), (c1, l1) = (dev.window(4)[:2] for _ in range(2))
     uploads = [ProofUpload(c0, b"".join(l0)), ProofUpload(c1, b"".join(l1))]
     ours, theirs = Store.open(s.db_url), Store.open(s.db_url)
-    replica = Ingestor(theirs, HubLimits(), allow_software_keys=True)
+    replica = ingestor(theirs, s.data_dir)
     raced: list[bool] = []
 
     def race() -> None:
@@ -424,9 +516,7 @@ def test_a_request_that_races_another_writer_stores_nothing_twice(
             return done
 
     try:
-        results, refusal = Raced(ours, HubLimits(), allow_software_keys=True).ingest_many(
-            uploads, now_ns=2
-        )
+        results, refusal = ingest_all(ingestor(ours, s.data_dir, Raced), uploads, now_ns=2)
     finally:
         ours.close()
         theirs.close()
@@ -470,7 +560,7 @@ def test_concurrent_requests_share_a_commit_and_keep_their_own_answers(
     commits_before = _commits(client)
 
     async def send_all() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # httpx types the ASGI app narrower than FastAPI's
         async with httpx.AsyncClient(transport=transport, base_url="http://hub") as c:
             return await asyncio.gather(
                 *(
@@ -504,7 +594,6 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
 
     from cloud_sync.groupcommit import GroupCommit
     from cloud_sync.ingest import CheckedRequest, Ingestor, Outcome, ProofUpload
-    from cloud_sync.settings import HubLimits
 
     class FailsOnce(Ingestor):
         failed = False
@@ -517,19 +606,19 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
 
     s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
     devs = [Device(), Device()]
-    with TestClient(create_app(s)) as client:  # devices registered through the real API
+    store = Store.open(s.db_url)
+    with TestClient(create_app(s, store=store)) as client:  # devices registered via the API
         utids = [_register(client, s, d) for d in devs]
-        store = client.app.state.store  # type: ignore[attr-defined]
-        ingestor = FailsOnce(store, HubLimits(), allow_software_keys=True)
+        ingest = ingestor(store, s.data_dir, FailsOnce)
         commits: list[int] = []  # requests a commit held
-        writer = GroupCommit(ingestor, on_commit=commits.append)
+        writer = GroupCommit(ingest, on_commit=commits.append)
         uploads = []
         for d in devs:
             cose, leaves, _ = d.window(3)
             uploads.append([ProofUpload(cose, b"".join(leaves))])
 
         async def send_all() -> list[Outcome | BaseException]:
-            checked = [ingestor.check_many(u, now_ns=1) for u in uploads]
+            checked = [ingest.check_many(u, now_ns=1) for u in uploads]
             return await asyncio.gather(*(writer.store(c) for c in checked), return_exceptions=True)
 
         failed = asyncio.run(send_all())
@@ -542,6 +631,49 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
         ]
         assert [client.get(f"/v1/devices/{u}").json()["windows"] for u in utids] == [1, 1]
         assert commits == [2]  # the failed group made no commit
+    store.close()
+
+
+@pytest.mark.parametrize(("gather_s", "commits"), [(0.0, [1, 1]), (0.05, [2])])
+def test_an_idle_writer_waits_so_uploads_a_moment_apart_share_one_commit(
+    tmp_path: Path, gather_s: float, commits: list[int]
+) -> None:
+    """Gateways upload one proof at a time at moments of their own: the second upload comes
+    1 ms after the first. With the idle writer's wait it joins the first one's commit, and
+    each request still hears exactly its own results; without the wait each commits alone.
+    (Timers fire in deadline order, so the 1 ms arrival always precedes a 50 ms wait.)"""
+    import asyncio
+
+    from cloud_sync.groupcommit import GroupCommit
+    from cloud_sync.ingest import Ingestor, Outcome, ProofUpload
+
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
+    devs = [Device(), Device()]
+    store = Store.open(s.db_url)
+    with TestClient(create_app(s, store=store)) as client:
+        utids = [_register(client, s, d) for d in devs]
+        ingest = ingestor(store, s.data_dir, Ingestor)
+        held: list[int] = []
+        writer = GroupCommit(ingest, on_commit=held.append, gather_s=gather_s)
+        uploads = []
+        for d in devs:
+            cose, leaves, _ = d.window(3)
+            uploads.append([ProofUpload(cose, b"".join(leaves))])
+
+        async def one(i: int) -> Outcome:
+            await asyncio.sleep(0.001 * i)
+            return await writer.store(ingest.check_many(uploads[i], now_ns=1))
+
+        async def both() -> list[Outcome]:
+            return list(await asyncio.gather(one(0), one(1)))
+
+        answers = asyncio.run(both())
+        assert held == commits
+        for (results, refused), utid in zip(answers, utids, strict=True):
+            assert refused is None
+            assert [(r.status, r.window) for r in results] == [("accepted", 0)]
+            assert client.get(f"/v1/devices/{utid}").json()["windows"] == 1
+    store.close()
 
 
 @pytest.fixture(scope="module")
@@ -600,8 +732,6 @@ def test_a_group_commit_answers_and_stores_exactly_what_requests_one_by_one_woul
     and the duplicates its earlier requests made."""
     import shutil
 
-    from cloud_sync.ingest import Ingestor
-    from cloud_sync.settings import HubLimits
     from cloud_sync.storage import Store
 
     template, items, utids = two_devices
@@ -613,11 +743,11 @@ def test_a_group_commit_answers_and_stores_exactly_what_requests_one_by_one_woul
         shutil.copy(template, db)
         store = Store.open(f"sqlite:///{db}")
         try:
-            ing = Ingestor(store, HubLimits(), allow_software_keys=True)
+            ing = ingestor(store, work / "keys")
             if grouped:
                 outs = ing.store_checked([ing.check_many(u, now_ns=1) for u in uploads])
             else:
-                outs = [ing.ingest_many(u, now_ns=1) for u in uploads]
+                outs = [ingest_all(ing, u) for u in uploads]
             answers.append(
                 [
                     (
@@ -643,25 +773,22 @@ def test_replicas_with_stale_cached_heads_chain_on_fresh_reads(
     turns at one chain, so each one's cached head is always behind: every proof is still
     accepted once, a retry sent to the other replica is a duplicate, and one sent to the
     replica whose head is stale is too."""
-    from cloud_sync.ingest import Ingestor, ProofUpload
-    from cloud_sync.settings import HubLimits
+    from cloud_sync.ingest import ProofUpload
     from cloud_sync.storage import Store
 
     client, s = hub
     dev = Device()
     utid = _register(client, s, dev)
-    replicas = [
-        Ingestor(Store.open(s.db_url), HubLimits(), allow_software_keys=True) for _ in range(2)
-    ]
+    replicas = [ingestor(Store.open(s.db_url), s.data_dir) for _ in range(2)]
     sent = []
     for i in range(6):
         cose, leaves, _ = dev.window(3)
         upload = ProofUpload(cose, b"".join(leaves))
         sent.append(upload)
-        outcome = replicas[i % 2].ingest_many([upload], now_ns=1)
+        outcome = ingest_all(replicas[i % 2], [upload])
         assert outcome == ([IngestResult(i, "accepted", 3 * i, 3 * i + 2, 3)], None), outcome
     for i, upload in enumerate(sent):
-        results, refused = replicas[(i + 1) % 2].ingest_many([upload], now_ns=1)
+        results, refused = ingest_all(replicas[(i + 1) % 2], [upload])
         assert refused is None
         assert [r.status for r in results] == ["duplicate"]
     assert client.get(f"/v1/devices/{utid}").json()["windows"] == 6
@@ -670,9 +797,9 @@ def test_replicas_with_stale_cached_heads_chain_on_fresh_reads(
 
 
 def test_closing_the_store_ends_the_writer_thread(tmp_path: Path) -> None:
-    """Every hub app has a writer thread for its group commits; closing the store (as
-    ``HubServer.stop`` does) ends it, so hubs made and stopped in one process (tests, the
-    demo) leave no thread behind."""
+    """Every hub app has a writer thread for its group commits; closing the store (as the
+    app's lifespan does when it stops) ends it, so hubs made and stopped in one process
+    (tests, the demo) leave no thread behind."""
     import threading
 
     def writers() -> set[threading.Thread]:
@@ -687,5 +814,4 @@ def test_closing_the_store_ends_the_writer_thread(tmp_path: Path) -> None:
         r = client.post("/v1/proofs", content=body((cose, leaves)), headers=CBOR)
         assert r.status_code == 200, r.text
         assert len(writers() - before) == 1  # the upload started it
-        client.app.state.store.close()  # type: ignore[attr-defined]
     assert writers() == before

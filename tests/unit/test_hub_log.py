@@ -15,6 +15,7 @@ from attestation import load_anchors, merkle, receipt_from_json, report_receipt
 from attestation.errors import MalformedInput
 from attestation.logreceipt import entry_hash
 from attestation.signednote import NoteVerifier, open_note, parse_checkpoint
+from attestation.verify import TrustAnchors
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import Store
@@ -42,7 +43,7 @@ def hub(tmp_path: Path) -> Iterator[tuple[TestClient, HubSettings, str, Device]]
         yield client, s, utid, dev
 
 
-def _anchors(s: HubSettings) -> object:
+def _anchors(s: HubSettings) -> TrustAnchors:
     return load_anchors([s.data_dir / "fleet-ca.pem", s.data_dir / "hub-log-key.pem"])
 
 
@@ -52,7 +53,7 @@ def test_a_receipt_with_the_hub_key_pinned_checks_the_log_link(
     client, s, utid, _ = hub
     rc = receipt_from_json(client.get(f"/v1/devices/{utid}/readings/7/receipt").json())
     assert rc.log_receipt is not None
-    verdict = report_receipt(rc, _anchors(s))  # type: ignore[arg-type]
+    verdict = report_receipt(rc, _anchors(s))
     assert verdict.valid, verdict.error
     assert "log" in verdict.checked
     assert "index 2 of 5" in verdict.notes[0]
@@ -67,10 +68,10 @@ def test_a_tampered_log_receipt_or_checkpoint_names_the_link(
     assert rc.checkpoint is not None
     flipped = bytearray(rc.log_receipt)
     flipped[-5] ^= 1  # inside the signature
-    bad = report_receipt(dataclasses.replace(rc, log_receipt=bytes(flipped)), _anchors(s))  # type: ignore[arg-type]
+    bad = report_receipt(dataclasses.replace(rc, log_receipt=bytes(flipped)), _anchors(s))
     assert bad.link == "log"
     forged = rc.checkpoint.replace("\n5\n", "\n6\n", 1)
-    bad = report_receipt(dataclasses.replace(rc, checkpoint=forged), _anchors(s))  # type: ignore[arg-type]
+    bad = report_receipt(dataclasses.replace(rc, checkpoint=forged), _anchors(s))
     assert bad.link == "checkpoint"
 
 
@@ -114,12 +115,12 @@ def test_a_log_written_before_the_subtree_index_is_indexed_on_open(tmp_path: Pat
         headers={"content-type": "application/cbor"},
     )
     store = Store.open(s.db_url)
-    before = HubLog.open(store.engine, s.data_dir, s.log_origin).consistency(3, 11)
+    before = HubLog.open(store, s.data_dir, s.log_origin).consistency(3, 11)
     with store.engine.begin() as conn:
         # the 11 entries came in one request, their nodes built as it was appended
         batch_nodes = sorted(conn.execute(select(log_nodes)).all())
         conn.execute(delete(log_nodes))  # as an older hub left it
-    log = HubLog.open(store.engine, s.data_dir, s.log_origin)  # rebuilds them from the entries
+    log = HubLog.open(store, s.data_dir, s.log_origin)  # rebuilds them from the entries
     with store.engine.connect() as conn:
         assert sorted(conn.execute(select(log_nodes)).all()) == batch_nodes
     assert len(batch_nodes) == 11 - 3  # perfect subtrees of 11 leaves: 5 + 2 + 1

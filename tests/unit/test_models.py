@@ -14,11 +14,12 @@ from agent.inference import OnnxScorer
 from attestation.reading import Reading
 from hil_tests.plant import SIGNALS, Fault, FaultKind, PumpPlant
 from hil_tests.training import as_served, simulated_normal
+from models_onnx.datasets import load_dataset
 from models_onnx.errors import ModelError
-from models_onnx.evaluate import evaluate_folder, metrics
+from models_onnx.evaluate import evaluate_fixed, metrics
 from models_onnx.manifest import load_model
 from models_onnx.pca import fit_pca
-from models_onnx.recipes import build_pca
+from models_onnx.recipes import Recipe, build_pca
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,9 @@ def test_eval_takes_every_labelled_csv_and_skips_the_rest(skab_dir: Path, tmp_pa
     (tmp_path / "anything").mkdir()
     shutil.copy(skab_dir / "valve1" / "0.csv", tmp_path / "anything" / "a.csv")
     shutil.copy(skab_dir / "anomaly-free" / "anomaly-free.csv", tmp_path / "free.csv")
-    results, fp32, int8 = evaluate_folder(tmp_path, explained=0.85, quantile=0.99, span=5)
-    assert [r.path.name for r in results] == ["a.csv"]
-    assert 0.0 <= fp32.f1 <= 1.0
-    assert 0.0 <= int8.far <= 100.0
+    series = load_dataset(tmp_path)
+    assert [s.name for s in series] == ["anything/a.csv"]
+    (out,) = evaluate_fixed(series, Recipe(kind="pca", lags=0, span=5))
+    m = out.counts("int8").metrics
+    assert 0.0 <= m.f1 <= 1.0
+    assert 0.0 <= m.far <= 100.0

@@ -18,17 +18,13 @@ from hypothesis.extra.numpy import arrays
 from agent.inference import OnnxScorer
 from attestation.reading import Reading
 from hil_tests.training import simulated_normal
-from models_onnx.autoencoder import fit_autoencoder
 from models_onnx.cli import model as model_cli
-from models_onnx.ensemble import fit_ensemble
 from models_onnx.errors import ModelError
-from models_onnx.evaluate import evaluate_folder
 from models_onnx.manifest import load_model, write_manifest
-from models_onnx.recipes import Recipe, build
+from models_onnx.recipes import Recipe, build, fit_model
 from models_onnx.scoring import input_names, stack_lags
-from models_onnx.twin import fit_twin
 
-LAGS = 2
+LAGS = Recipe().lags
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +55,7 @@ def test_the_onnx_graph_matches_the_numpy_reference(
     kind: str, data: tuple[list[str], np.ndarray], tmp_path: Path
 ) -> None:
     signals, x = data
-    fit = {"twin": fit_twin, "autoencoder": fit_autoencoder, "ensemble": fit_ensemble}[kind]
-    ref = fit(x[:300], lags=LAGS).score(stack_lags(x, LAGS))
+    ref = fit_model(Recipe(kind=kind), x[:300]).score(stack_lags(x, LAGS))
     fp32, int8 = build(Recipe(kind=kind), x[:300], signals, tmp_path, model_id=kind)
     got = load_model(fp32).score_rows(x)
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
@@ -80,7 +75,7 @@ def test_the_manifest_states_the_input_schema(
         assert m.inputs[8] == f"{signals[0]}@t-1"
         assert m.scaling[signals[0]] == pytest.approx((x[:, 0].mean(), x[:, 0].std()))
         assert m.outputs == ("score", "residuals")
-        assert m.threshold == 1.0 and m.smoothing_span == 10
+        assert m.threshold == 1.0 and m.smoothing_span == Recipe().span
         assert m.training_rows == len(x) and len(m.training_sha256) == 64
 
 
@@ -92,7 +87,7 @@ def test_a_manifest_whose_schema_does_not_fit_the_graph_is_refused(
     (tmp_path / m.onnx_file).write_bytes((fp32.parent / m.onnx_file).read_bytes())
     bad = tmp_path / "bad.manifest.json"
     write_manifest(bad, dataclasses.replace(m, lags=0, inputs=()))
-    with pytest.raises(ModelError, match="24 input columns"):
+    with pytest.raises(ModelError, match=f"{8 * (LAGS + 1)} input columns"):
         load_model(bad)
 
 
@@ -158,7 +153,7 @@ def test_quantize_command_writes_an_int8_model_and_manifest(
     signals, x = data
     csv = tmp_path / "train.csv"
     lines = [";".join(["datetime", *signals])]
-    lines += [";".join(["t", *(repr(float(v)) for v in row)]) for row in x]
+    lines += [";".join([str(k), *(repr(float(v)) for v in row)]) for k, row in enumerate(x)]
     csv.write_text("\n".join(lines) + "\n")
     fp32 = twin[0].parent / load_model(twin[0]).manifest.onnx_file
     out = tmp_path / "q.int8.onnx"
@@ -171,35 +166,34 @@ def test_quantize_command_writes_an_int8_model_and_manifest(
     assert np.isfinite(m.score_rows(x[:10])).all()
 
 
-def test_int8_twin_keeps_the_fp32_alarms_on_skab(skab_dir: Path, tmp_path: Path) -> None:
-    for name in ("0.csv", "5.csv"):
-        (tmp_path / name).write_bytes((skab_dir / "valve1" / name).read_bytes())
-    _, fp32, int8 = evaluate_folder(tmp_path, Recipe(kind="twin"))
-    assert fp32.f1 > 0.6
-    assert abs(int8.f1 - fp32.f1) < 0.05
+def test_the_drift_test_is_the_two_sample_ks_with_kolmogorovs_limit_p_value() -> None:
+    from scipy import stats
+
+    from agent.inference import _ks_drift
+
+    rng = np.random.default_rng(5)
+    train = np.sort(rng.exponential(1.0, 101))
+    for shift in (0.0, 0.5, 2.0):
+        raw = rng.exponential(1.0, 125) + shift
+        got = _ks_drift(raw, train)
+        want = stats.ks_2samp(raw, train)
+        assert got.statistic == pytest.approx(want.statistic)
+        en = len(raw) * len(train) / (len(raw) + len(train))
+        limit = stats.kstwobign.sf(want.statistic * math.sqrt(en))
+        assert got.p_value == pytest.approx(limit, rel=1e-9, abs=1e-15)
+        assert got.p_value == pytest.approx(want.pvalue, abs=0.03)  # scipy's finite-n form
+        assert got.drifted == (want.pvalue < 0.01)
 
 
-def test_lofo_never_lets_a_files_own_labels_pick_its_settings(
-    skab_dir: Path, tmp_path: Path
+def test_readings_out_of_time_order_and_repeated_score_like_rows_in_order(
+    twin: tuple[Path, Path], data: tuple[list[str], np.ndarray]
 ) -> None:
-    import shutil
-
-    from models_onnx.evaluate import evaluate_lofo
-    from models_onnx.recipes import Recipe
-
-    picks = sorted((skab_dir / "valve1").glob("*.csv"))[:3]
-    for p in picks:
-        shutil.copy(p, tmp_path / p.name)
-    grid = [Recipe(kind="twin", lags=0, span=5), Recipe(kind="twin", lags=2, span=10)]
-    before = evaluate_lofo(tmp_path, grid)
-    first = tmp_path / picks[0].name  # invert that file's labels: its choice must not move
-    lines = first.read_text().splitlines()
-    col = lines[0].split(";").index("anomaly")
-    flipped = [lines[0]] + [
-        ";".join(c if k != col else str(1 - int(float(c))) for k, c in enumerate(r.split(";")))
-        for r in lines[1:]
-    ]
-    first.write_text("\n".join(flipped) + "\n")
-    after = evaluate_lofo(tmp_path, grid)
-    assert before.chosen[0] == after.chosen[0]
-    assert before.fp32 != after.fp32  # the labels did change the score, just not the choice
+    signals, x = data
+    rows = x[200:230]
+    ordered = OnnxScorer.open(twin[0]).score_window(_readings(rows, signals))
+    shuffled = _readings(rows, signals)
+    # a stale duplicate of each row's first signal comes first: the later reading must win
+    stale = [Reading(r.seq, r.ts_ns, r.signal, r.value + 100.0, "") for r in shuffled[::8]]
+    mixed = [*stale, *shuffled]
+    got = OnnxScorer.open(twin[0]).score_window(mixed)
+    np.testing.assert_allclose(got.scores[len(stale) :], ordered.scores, rtol=1e-6)

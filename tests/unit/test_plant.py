@@ -156,7 +156,7 @@ def test_the_default_schedule_shows_every_fault_within_six_minutes() -> None:
 def test_a_bad_fault_is_refused_naming_the_field(kwargs: dict[str, object], field: str) -> None:
     args: dict[str, object] = {"start_s": 0, "duration_s": 1, "kind": "cavitation"} | kwargs
     with pytest.raises(ValueError, match=field):
-        Fault(**args)  # type: ignore[arg-type]
+        Fault(**args)  # type: ignore[arg-type]  # bad Fault arguments on purpose: the test checks their refusal
 
 
 def test_a_non_positive_step_is_refused() -> None:

@@ -75,9 +75,15 @@ def test_a_bad_rig_file_is_refused_naming_file_and_key(
     tmp_path: Path, text: str, where: str
 ) -> None:
     path = rig_file(tmp_path, text)
-    with pytest.raises(RigError, match=rf"rig\.toml: .*{where}") as err:
+    with pytest.raises(RigError, match=rf"rig\.toml(:\d+)?: .*{where}") as err:
         load_rig(path)
     assert err.value.hint
+
+
+def test_a_bad_rig_key_is_named_with_its_line(tmp_path: Path) -> None:
+    path = rig_file(tmp_path, '[plant]\nseed = 1\nspeed = "fast"\n[[expect]]\nkind = "reads_ok"\n')
+    with pytest.raises(RigError, match=r"rig\.toml:3: plant\.speed: expected float"):
+        load_rig(path)
 
 
 def obs(t: float, ok: bool = True, code: int | None = None, v: float = 0.0) -> Observation:

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, bindparam, create_engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cloud_sync.storage.bulk import BulkInsert, Prepared
-from cloud_sync.storage.migrate import drop_schema, migrate
+from cloud_sync.storage.migrate import migrate
 from cloud_sync.storage.tables import log_nodes, window_leaves
 
 _ROWS = [(0, 7, b"\x01" * 32), (1, 3, b"\x02" * 32), (0, 8, bytes(32))]
@@ -25,8 +25,7 @@ _ROWS = [(0, 7, b"\x01" * 32), (1, 3, b"\x02" * 32), (0, 8, bytes(32))]
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
-        engine = create_engine(url)
-        drop_schema(engine)
+        engine = create_engine(url)  # a fresh database
     else:
         engine = create_engine(f"sqlite:///{tmp_path / 'hub.db'}")
     migrate(engine)

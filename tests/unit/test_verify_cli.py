@@ -9,13 +9,16 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 
 from attestation import Reading, build_receipt
+from attestation.microproof import ResetRecord, SourceGap
 from factoryops.cli import cli
 from tests.hubkit import Device
 
 
-def _files(tmp: Path) -> tuple[Path, Path]:
+def _files(
+    tmp: Path, source_gaps: tuple[SourceGap, ...] = (), reset: ResetRecord | None = None
+) -> tuple[Path, Path]:
     dev = Device()
-    cose, _, rs = dev.window(4)
+    cose, _, rs = dev.window(4, source_gaps=source_gaps, reset=reset)
     receipt = tmp / "r.json"
     receipt.write_text(build_receipt(rs, 2, cose).dumps())
     key = tmp / "device.pem"
@@ -62,3 +65,47 @@ def test_readings_round_trip_through_the_receipt_json(tmp_path: Path) -> None:
     receipt, _ = _files(tmp_path)
     r = json.loads(receipt.read_text())["reading"]
     assert Reading(**r).seq == 2
+
+
+def test_the_plain_output_names_the_quality_and_the_silent_sources(tmp_path: Path) -> None:
+    silent = SourceGap("plc-2", 1_700_000_000_000_000_000, 1_700_000_001_500_000_000, "timeout")
+    receipt, key = _files(tmp_path, (silent,))
+    result = CliRunner().invoke(cli, ["verify", str(receipt), "--trust", str(key)])
+    assert result.exit_code == 0, result.output
+    assert "quality 0x00000000 (Good)" in result.output
+    assert (
+        "silent source in this window: plc-2 2023-11-14T22:13:20.000+00:00"
+        " .. 2023-11-14T22:13:21.500+00:00 (timeout)"
+    ) in result.output
+    as_json = CliRunner().invoke(cli, ["verify", str(receipt), "--trust", str(key), "--json"])
+    assert json.loads(as_json.output)["source_gaps"] == [
+        {
+            "source": "plc-2",
+            "first_ts_ns": silent.first_ts_ns,
+            "last_ts_ns": silent.last_ts_ns,
+            "reason": "timeout",
+        }
+    ]
+
+
+def test_verify_prints_a_signed_chain_reset(tmp_path: Path) -> None:
+    receipt, key = _files(tmp_path, reset=ResetRecord("spool_lost", 41, 2099))
+    result = CliRunner().invoke(cli, ["verify", str(receipt), "--trust", str(key)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "chain reset in this window (spool_lost): continues the hub's window 41 (last seq 2099)"
+    ) in result.output
+    as_json = CliRunner().invoke(cli, ["verify", str(receipt), "--trust", str(key), "--json"])
+    assert json.loads(as_json.output)["reset"] == {
+        "reason": "spool_lost",
+        "hub_window": 41,
+        "hub_last_seq": 2099,
+    }
+
+
+def test_a_value_reads_short_and_keeps_its_exact_signed_form() -> None:
+    from factoryops.verify_cmd import _value_text
+
+    assert _value_text(26.580000000000002) == "26.58 (exactly 26.580000000000002)"
+    assert _value_text(20.5) == "20.5"
+    assert _value_text(float("nan")) == "nan" and _value_text("open") == "'open'"

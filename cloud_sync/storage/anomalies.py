@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select
 
-from cloud_sync.storage import Accepted
+from cloud_sync.storage.repository import Accepted
 from cloud_sync.storage.tables import anomaly_events
 
 __all__ = ["AnomalyBook"]

@@ -1,0 +1,59 @@
+"""``factoryops bench fleet --quick``: every figure is printed and every check really ran.
+
+Runs real hub processes on SQLite and PostgreSQL with small sizes; no speed is asserted
+(the figures of a quick run mean little), only the JSON line's shape and the evidence that
+the seeded log and the replicas' log were checked as one consistent tree.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.services, pytest.mark.timeout(900)]
+
+FIGURES = {
+    "sqlite_one_core_proofs_per_s": float,
+    "growth_ratio": float,
+    "replicas_ratio": float,
+    "gateways_per_core": int,
+    "connection_reuse_cpu_ratio": float,
+}
+
+
+def test_quick_fleet_bench_prints_the_four_figures_after_checking_the_logs(
+    postgres_url: str,
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "factoryops", "bench", "fleet", "--quick", "--pg", postgres_url],
+        capture_output=True,
+        text=True,
+        timeout=850,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:] + run.stdout[-2000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    for key, kind in FIGURES.items():
+        assert isinstance(figures[key], kind), (key, figures[key])
+    assert figures["quick"] is True
+    assert figures["readings_per_proof"] == 1000
+    # the seeded log is a prefix of the hub's signed tree, by the hub's consistency proof
+    assert figures["growth_seed_checked"] is True
+    assert figures["growth_big_log"] > figures["growth_small_log"]
+    # two hubs, one tree: 2 warm-up proofs + 2 loads of 4 devices x 8 proofs, all checked
+    assert figures["replicas_consistency"] == {
+        "checked": True,
+        "entries": 2 + 2 * 4 * 8,
+        "hubs": 2,
+        "consistency_from": (2 + 2 * 4 * 8) // 2,
+    }
+    levels = figures["gateways_levels"]
+    assert [lv["gateways"] for lv in levels] == [20]
+    assert levels[0]["uploads"] == 20 * 2  # every gateway's two windows were answered
+    baseline = figures["gateways_new_connection_baseline"]
+    assert baseline["connections"] == "new each upload"
+    assert baseline["uploads"] == 20 * 2
+    assert figures["gateways_per_core"] in (0, 20)  # 0 when p99 missed the limit
