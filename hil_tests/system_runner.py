@@ -421,6 +421,42 @@ def _windows(spool: Path) -> list[tuple[int, int, int, bytes, int]]:
         ).fetchall()
 
 
+def _hub_has_all_verdict(
+    check: Check, parts: _Parts, windows: list[tuple[int, int, int, bytes, int]]
+) -> Verdict:
+    hub_db = parts.work / "hub" / "hub.db"
+    with contextlib.closing(sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True)) as db:
+        at_hub = db.execute(
+            "SELECT window, cose FROM windows WHERE utid IS NOT NULL ORDER BY window"
+        ).fetchall()
+    mine = [(w, c) for w, _, _, c, _ in windows]
+    stored = set(at_hub)
+    missing = len([x for x in mine if x not in stored])
+    detail = f"{len(mine)} windows committed, {len(at_hub)} at the hub, {missing} missing"
+    if missing:
+        detail += _why_not_uploaded(parts)
+    return Verdict(check.name, bool(mine) and missing == 0, detail)
+
+
+def _why_not_uploaded(parts: _Parts) -> str:
+    """What the spool's outbox and the agent's log say about windows that never reached the
+    hub: the outbox states, the hub's last refusal, the uplink's last log lines."""
+    with contextlib.closing(
+        sqlite3.connect(f"file:{parts.spool}?mode=ro", uri=True, timeout=5)
+    ) as db:
+        states = dict(db.execute("SELECT outbox, count(*) FROM windows GROUP BY outbox"))
+        refusal = db.execute(
+            "SELECT ack FROM windows WHERE outbox = 'refused' ORDER BY window LIMIT 1"
+        ).fetchone()
+    log_path = parts.work / "agent.log"
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    uplink = [line for line in text.splitlines() if "uplink" in line][-6:]
+    return (
+        f"; outbox {states}; first refusal {refusal[0] if refusal else None};"
+        f" the uplink's last log lines: {uplink}"
+    )
+
+
 def _readings(spool: Path) -> list[tuple[int, int, str, float, str, int]]:
     if not spool.exists():
         return []
@@ -1043,15 +1079,7 @@ def _verdict(  # noqa: PLR0912 - one branch a check kind, each an observable fac
             check.inject, Verdict(check.name, False, "no receipts fetched (the hub was down?)")
         )
     if check.kind == "hub_has_all":
-        hub_db = parts.work / "hub" / "hub.db"
-        with contextlib.closing(sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True)) as db:
-            at_hub = db.execute(
-                "SELECT window, cose FROM windows WHERE utid IS NOT NULL ORDER BY window"
-            ).fetchall()
-        mine = [(w, c) for w, _, _, c, _ in windows]
-        missing = len([x for x in mine if x not in set(at_hub)])
-        detail = f"{len(mine)} windows committed, {len(at_hub)} at the hub, {missing} missing"
-        return Verdict(check.name, bool(mine) and missing == 0, detail)
+        return _hub_has_all_verdict(check, parts, windows)
     if check.kind == "anomaly_within":
         return _anomaly_verdict(check, parts, by_index[check.inject])
     if check.kind == "source_gap":

@@ -381,7 +381,7 @@ class ModbusConnector:
     _answers_seen: int | None = field(default=None, init=False)  # link.answers at a silent poll
 
     def bind_expect(self, expect: Expect) -> None:
-        """The runtime covers each poll's samples before its requests go out (ADR 0017)."""
+        """The runtime covers each request's samples before it goes out (ADR 0017)."""
         self._expect = expect
 
     def __post_init__(self) -> None:
@@ -469,8 +469,6 @@ class ModbusConnector:
                 await emit([], [self.watch.failed(self.config.name, "timeout")])
                 continue
             gaps: list[SourceGap] = []
-            if self._expect is not None:
-                await self._expect(sum(len(s.tags) for s in spans))
             try:
                 samples = await self.poll_once(client, spans, gaps)
             except DeviceTimeout:
@@ -525,13 +523,15 @@ class ModbusConnector:
         watch, found = self.watch, [] if gaps is None else gaps
         timed_out: list[ModbusTag] = []
         todo = list(spans)
+        asked = 0  # samples this poll's requests so far may yield
         while todo:
             span = todo.pop(0)
             if self._split and span in self._split:  # hashing a span hashes its tags
                 todo[:0] = one_request_per_tag(span.tags)
                 continue
+            asked += len(span.tags)
             try:
-                regs = await self._read(client, span)
+                regs = await self._read(client, span, asked)
             except ExceptionResponse as err:
                 self._refused(span, err, todo, found, now)
                 continue
@@ -589,7 +589,11 @@ class ModbusConnector:
             self.timeouts[t.name] += 1
         timed_out.extend(tags)
 
-    async def _read(self, client: Client, span: Span) -> list[int]:
+    async def _read(self, client: Client, span: Span, asked: int) -> list[int]:
+        """One request; ``asked``: the samples of this poll up to and including this span,
+        which the runtime's durable seq mark covers before the request goes out (ADR 0017).
+        On a shared link that happens once the link is this device's: a device waiting its
+        turn has nothing in flight, so a kill then states nothing of it lost."""
         read = {
             "holding": client.read_holding_registers,
             "input": client.read_input_registers,
@@ -597,10 +601,9 @@ class ModbusConnector:
             "discrete": client.read_discrete_inputs,
         }[span.table]
         try:
-            if self._lock is not None:  # a shared link: one request at a time, in turn
-                async with self._lock:
-                    rr = await read(span.start, count=span.count, device_id=self.config.device_id)
-            else:
+            async with self._lock or contextlib.nullcontext():  # shared: one at a time
+                if self._expect is not None:
+                    await self._expect(asked)
                 rr = await read(span.start, count=span.count, device_id=self.config.device_id)
         except ModbusException as err:
             # pymodbus turns a cancellation that lands mid-request into a ModbusIOException;

@@ -189,3 +189,37 @@ def test_devices_sharing_a_connection_must_agree_on_its_timeout() -> None:
     assert "share_connection = false" in str(err.value)
     alone = text.replace("timeout_ms = 800", "timeout_ms = 800\nshare_connection = false")
     assert parse_config(alone, "/tmp/gw.toml").modbus[1].link is None
+
+
+async def test_a_device_is_covered_only_once_the_shared_link_is_its_own() -> None:
+    """The runtime's seq mark covers a request's samples just before it goes out (ADR 0017):
+    on a shared link that is once the device holds the link, so devices waiting their turn
+    have nothing covered in flight and a kill states only the request on the wire lost."""
+    async with gateway(HEALTHY) as gw:
+        port = _port(gw)
+        devices = [ModbusConnector(_device(f"u{u}", port, u)) for u in HEALTHY]
+        calls: list[tuple[str, int, bool]] = []
+
+        def expect_of(conn: ModbusConnector) -> Any:
+            async def expect(n: int) -> None:
+                lock = conn._lock
+                calls.append((conn.name, n, lock is not None and lock.locked()))
+
+            return expect
+
+        async def emit(samples: list[Sample], found: Sequence[SourceGap] = ()) -> None:
+            return None
+
+        for conn in devices:
+            conn.bind_expect(expect_of(conn))
+        tasks = [asyncio.create_task(c.run(emit)) for c in devices]
+        try:
+            await until(lambda: all(c.polls >= 5 for c in devices), what="every device polled")
+            assert gw.accepted == 1
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert {name for name, _, _ in calls} == {c.name for c in devices}
+    assert {n for _, n, _ in calls} == {1}  # one tag a device: one sample a request
+    assert all(held for _, _, held in calls), [c for c in calls if not c[2]][:3]
