@@ -815,3 +815,41 @@ def test_closing_the_store_ends_the_writer_thread(tmp_path: Path) -> None:
         assert r.status_code == 200, r.text
         assert len(writers() - before) == 1  # the upload started it
     assert writers() == before
+
+
+def test_overlapping_retries_of_one_device_arriving_together_are_all_answered_200(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """What a healed partition delivers at once: the uploads an agent timed out on (held by
+    the network) and its retry, each a run of the same windows from the same start, plus a
+    later run. Every one is answered 200, each window accepted once and repeated as a
+    duplicate, whatever order they reach the hub in."""
+    import asyncio
+    import random
+
+    import httpx
+
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    proofs = [dev.window(3)[:2] for _ in range(8)]
+    runs = [proofs[:3], proofs[:6], proofs[:8], proofs[3:8], proofs[:3]]
+    app = client.app
+    rng = random.Random(5)
+
+    async def send(order: list[list[tuple[bytes, list[bytes]]]]) -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # httpx types the ASGI app narrower than FastAPI's
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as c:
+            return await asyncio.gather(
+                *(c.post("/v1/proofs", content=body(*run), headers=CBOR) for run in order)
+            )
+
+    for _ in range(5):
+        order = rng.sample(runs, len(runs))
+        answers = asyncio.run(send(order))
+        assert [a.status_code for a in answers] == [200] * len(order), [
+            a.text[:200] for a in answers
+        ]
+        for run, a in zip(order, answers, strict=True):
+            assert len(a.json()["results"]) == len(run)
+    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 8
