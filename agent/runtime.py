@@ -199,6 +199,8 @@ class AgentRuntime:
         self._sync_batch = 0  # readings the last sync covered
         self._sync_lock = asyncio.Lock()
         self._unsynced = asyncio.Event()  # the journal wrote something not fsynced yet
+        self._synced = asyncio.Event()  # set (and replaced) by each fsync of the journal
+        self._journal_gone = False  # the journal's loops ended (the agent is stopping)
         self._burst = 0  # the largest batch a connector has emitted
         self._promised = 0  # samples emitted, not numbered yet: the mark covers them too
         # samples a connector said its read in flight will yield (``NeedsExpect``): covered
@@ -277,6 +279,7 @@ class AgentRuntime:
         if self._closed:  # recovered from the journal: sealed before anything new
             self._work.set()
         self._journal_wake = asyncio.Event()
+        self._synced, self._journal_gone = asyncio.Event(), False
         if self.uplink is not None:
             # state the storage policy once per start, signed like the proofs (off the loop:
             # a TPM takes ~200 ms a signature)
@@ -369,7 +372,7 @@ class AgentRuntime:
         if self._stopping:
             return  # the stop seals and commits what was acquired; the journal has ended
         # the synced seq mark covers what was acquired while waiting (ADR 0017, 0032)
-        await self._raise_mark()
+        await self._raise_mark(in_hand=True)
         self._journal_wake.set()
 
     async def _seal_on_stop(self) -> None:
@@ -575,7 +578,7 @@ class AgentRuntime:
         self._promised += n - old
         try:
             if self._over_mark():
-                await self._raise_mark()
+                await self._raise_mark(in_hand=False)
         except BaseException:
             self._expected[connector] = old
             self._promised -= n - old
@@ -584,12 +587,16 @@ class AgentRuntime:
     async def _promise(self, n: int, burst: int = 0) -> None:
         """Before ``n`` samples enter the runtime, the durable seq mark covers them (a kill
         then states them lost if they never reach the journal); waits only for an early
-        journal batch when the mark's headroom is used up (ADR 0017)."""
+        journal batch when the mark's headroom is used up (ADR 0017). With ``n`` 0 (every
+        sample covered before its read, ``_expect``) nothing waits: what others promised
+        since is theirs to cover, and samples in hand that wait are what a kill loses."""
         self._burst = max(self._burst, burst or n)
+        if not n:
+            return
         self._promised += n
         try:
             if self._over_mark():
-                await self._raise_mark()
+                await self._raise_mark(in_hand=True)
         except BaseException:
             self._promised -= n
             raise
@@ -600,11 +607,30 @@ class AgentRuntime:
         spool must stay fresh to continue the hub's chain."""
         return self._numbering.is_set() and self.builder.next_seq + self._promised > self._mark
 
-    async def _raise_mark(self) -> None:
+    async def _raise_mark(self, *, in_hand: bool) -> None:
         """The mark's headroom is used up: write a new mark now and wait until it is synced
-        (only a synced mark may be numbered below: ADR 0032)."""
-        await self._journal()
-        await self._sync_journal()
+        (only a synced mark may be numbered below: ADR 0032).
+
+        Before a read (``in_hand`` False) the wait is for the sync loop's next fsync, at
+        most one ``interval_ms`` away: under a steady load the headroom runs out several
+        times an interval, and an fsync of its own each time cost the agent's one core more
+        than the wait (bench modbus end to end), while a read not yet made loses nothing
+        to a kill. Samples already read (``in_hand``) get an fsync at once: every
+        millisecond they wait unjournaled is one a kill takes them in."""
+        target = self.builder.next_seq + self._promised  # ours and every promise before it
+        while self._numbering.is_set() and self._mark < target:
+            if self._journal_gone:
+                # the agent is stopping and the journal took its last batch: this read can
+                # never be numbered (its connector was cancelled; a library that swallowed
+                # that lands here instead of in a pool that is shut down)
+                raise asyncio.CancelledError
+            synced = self._synced
+            # a mark over every sample promised now (others may promise while this waits)
+            await self._journal()
+            if in_hand:
+                await self._sync_journal()
+            elif self._mark < target:
+                await synced.wait()
 
     async def _journal_loop(self) -> None:
         """Write the numbered readings to the journal at once (a batch at most every
@@ -615,6 +641,8 @@ class AgentRuntime:
                 tg.create_task(self._sync_loop(), name="journal-sync")
                 tg.create_task(self._write_loop(), name="journal-write")
         finally:
+            self._journal_gone = True  # no more syncs: whoever waits for one stops waiting
+            self._synced.set()
             self._sync_pool.shutdown(wait=False)
 
     async def _write_loop(self) -> None:
@@ -663,6 +691,8 @@ class AgentRuntime:
                 raise
             # an idle write may have lowered the mark meanwhile: number below every one
             self._mark = min(written, self._written_mark, self._writing or written)
+            self._synced.set()  # whoever waits for this sync: it happened
+            self._synced = asyncio.Event()
 
     async def _journal(self, *, idle: bool = False) -> None:
         """One journal write: the readings numbered since the last, and a new seq mark that
