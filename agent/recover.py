@@ -31,6 +31,7 @@ __all__ = [
     "SPOOL_CORRUPT",
     "SPOOL_FORKED",
     "SPOOL_LOST",
+    "SPOOL_SHED",
     "HubHead",
     "continue_fresh_spool",
     "fetch_head",
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 SPOOL_LOST = "spool_lost"  # a start found an empty spool while the hub holds this device's chain
 SPOOL_FORKED = "spool_forked"  # `factoryops agent recover` replaced a spool the hub refused
 SPOOL_CORRUPT = "spool_corrupt"  # `factoryops agent recover` replaced a spool SQLite refused
+# `factoryops agent recover` replaced a spool that holds the hub's head but shed the readings
+# of windows after it (the hub lost windows it had acknowledged; ADR 0048)
+SPOOL_SHED = "spool_shed"
 FORKED_SUFFIX = ".forked-"
 
 
@@ -181,11 +185,22 @@ def recover_spool(path: Path, head: HubHead, now: dt.datetime) -> str:
                     f" (last seq {head.last_seq})"
                 )
             if spool_head(spool) == (head.window, head.head_hash) or _holds(spool, head):
-                last, _ = spool_head(spool)
-                return (
-                    f"healthy: the spool holds the hub's head (window {head.window}) and"
-                    f" continues it to window {last}; nothing changed"
+                shed = spool.first_shed_after(head.window)
+                if shed is None:
+                    last, _ = spool_head(spool)
+                    return (
+                        f"healthy: the spool holds the hub's head (window {head.window}) and"
+                        f" continues it to window {last}; nothing changed"
+                    )
+                # the hub lost windows it had acknowledged and the spool shed their readings:
+                # they can never be sent again, so the chain goes on from the hub's head
+                log.warning(
+                    "the spool holds the hub's head (window %d) but shed the readings of"
+                    " window %d after it: they cannot be uploaded again",
+                    head.window,
+                    shed,
                 )
+                reason = SPOOL_SHED
         finally:
             spool.close()
     aside = move_aside(path, now)

@@ -848,6 +848,14 @@ class Spool:
         row = self._db.execute("SELECT MIN(window) FROM windows").fetchone()
         return None if row[0] is None else int(row[0])
 
+    def first_shed_after(self, window: int) -> int | None:
+        """The oldest window after ``window`` whose readings were shed (None: none): it can
+        no longer be uploaded, since the hub checks a window's root against its leaves."""
+        row = self._db.execute(
+            "SELECT MIN(window) FROM windows WHERE window > ? AND readings_shed != 0", (window,)
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
+
     def _no_window(self, window: int) -> SpoolError:
         oldest = self.oldest_window()
         gone = f" ({WINDOW_GONE})" if oldest is not None and window < oldest else ""

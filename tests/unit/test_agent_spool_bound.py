@@ -5,6 +5,7 @@ are not enough, never an unacknowledged one or the newest acknowledged one."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from agent.errors import SpoolError, WindowsGone
 from agent.outbox import OutboxEvent
 from agent.recover import HubHead, recover_spool
-from agent.spool import SCHEMA_VERSION, ShedPolicy, Spool, plan_shedding
+from agent.spool import READING_BYTES, SCHEMA_VERSION, ShedPolicy, Spool, plan_shedding
 from attestation.microproof import ResetRecord
 from tests.unit.test_agent_spool import _commit_next
 
@@ -240,3 +241,47 @@ def test_a_rewind_on_a_spool_without_windows_says_so(tmp_path: Path) -> None:
     with pytest.raises(WindowsGone, match="holds no window: older windows were dropped"):
         spool.rewind(0, {"error": "out_of_order", "expected_window": 0})
     spool.close()
+
+
+def test_recover_replaces_a_spool_that_shed_windows_after_the_hubs_head(tmp_path: Path) -> None:
+    """The hub came back from a backup older than windows the spool had already shed (their
+    readings, not their proofs): the spool holds the hub's head, but what follows it can
+    never be uploaded again. `agent recover` said "healthy" and the uplink then stopped on
+    windows_gone; now the spool is moved aside and the chain continues from the hub's head
+    with a reset record saying why (``spool_shed``)."""
+    path = tmp_path / "spool.db"
+    spool = Spool(path)
+    per_window = 400
+    for _ in range(4):
+        _commit_next(spool, per_window)
+    spool.mark([0, 1, 2], OutboxEvent.SEND)
+    spool.mark([0, 1, 2], OutboxEvent.ACK, {"results": []})
+    # a cap that sheds the readings of windows 0-2 (2.5 windows' worth needed) and no proof
+    readings = per_window * READING_BYTES
+    cap = int((spool.used_bytes() - 2.5 * readings) / ShedPolicy().low_water)
+    plan = spool.shed(cap)
+    assert (plan.windows, plan.proofs) == ((0, 1, 2), ())
+    assert spool.first_shed_after(1) == 2
+    assert spool.first_shed_after(2) is None
+    head_cose, _ = spool.window_readings(1)
+    spool.close()
+    hub_head = HubHead(1, 2 * per_window - 1, hashlib.sha256(head_cose).digest(), None)
+    done = recover_spool(path, hub_head, dt.datetime(2026, 12, 5, tzinfo=dt.UTC))
+    assert done.startswith("moved the old spool to"), done
+    fresh = Spool(path)
+    assert fresh.pending_reset() == ResetRecord("spool_shed", 1, 2 * per_window - 1)
+    fresh.close()
+    # with nothing shed after the hub's head, the same spool is healthy and left alone
+    aside = next(tmp_path.glob("spool.db.forked-*"))
+    assert recover_spool(
+        aside, HubHead(3, 0, _head_hash(aside, 3), None), dt.datetime(2026, 12, 5, tzinfo=dt.UTC)
+    ).startswith("healthy")
+
+
+def _head_hash(path: Path, window: int) -> bytes:
+    spool = Spool(path)
+    try:
+        cose, _ = spool.window_readings(window)
+    finally:
+        spool.close()
+    return hashlib.sha256(cose).digest()
