@@ -322,6 +322,13 @@ class Ingestor:
                 return first
             device = first
             group.expected[row.utid] = device.head_window
+        elif row.window <= device.head_window:
+            # at or below the head this group moved: an earlier group may have stored it
+            # (uploads a healed partition delivers at once, all checked before the first
+            # was stored); a repeat of that is a duplicate, only a different proof a fork
+            stored = self._stored(row.cose_sha256, device, smp, lambda: conn, same_payload=True)
+            if stored is not None:
+                return stored
         head = chain.advance(_head(device), smp, row.cose_sha256)  # (5), (6)
         group.batch.append(Accepted(row, upload.leaves, smp.proof))
         group.heads[device.utid] = _moved(device, head)

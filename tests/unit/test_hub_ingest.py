@@ -853,3 +853,36 @@ def test_overlapping_retries_of_one_device_arriving_together_are_all_answered_20
         for run, a in zip(order, answers, strict=True):
             assert len(a.json()["results"]) == len(run)
     assert client.get(f"/v1/devices/{utid}").json()["windows"] == 8
+
+
+def test_a_repeat_of_a_window_an_earlier_group_stored_is_a_duplicate_after_this_group_moved_on(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """What the hub_faults rig met after a partition healed (stop 24's CI): three uploads the
+    agent had sent while the link was down arrive at once, [w0], [w0..w3] and [w0..w5], all
+    checked before the first is stored. The first commits alone; the other two share the next
+    group, where [w0..w3] moves the device's head to w3 and [w0..w5] then repeats w0. That
+    repeat was refused as a ``fork`` (409: the agent's uplink stops for good) because the
+    group compared it with the head it had moved, not with what an earlier group stored."""
+    from cloud_sync.ingest import ProofUpload
+
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    proofs = [dev.window(3)[:2] for _ in range(6)]
+    uploads = [ProofUpload(c, b"".join(leaves)) for c, leaves in proofs]
+    store = Store.open(s.db_url)
+    try:
+        ing = ingestor(store, s.data_dir)
+        first, second, third = (
+            ing.check_many(uploads[:n], now_ns=1) for n in (1, 4, 6)
+        )  # all checked before anything is stored
+        [(done, refusal)] = ing.store_checked([first])
+        assert refusal is None and [r.status for r in done] == ["accepted"]
+        (done2, refusal2), (done3, refusal3) = ing.store_checked([second, third])
+    finally:
+        store.close()
+    assert refusal2 is None and refusal3 is None, (refusal2, refusal3)
+    assert [r.status for r in done2] == ["duplicate"] + ["accepted"] * 3
+    assert [r.status for r in done3] == ["duplicate"] * 4 + ["accepted"] * 2
+    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 6
