@@ -886,3 +886,56 @@ def test_a_repeat_of_a_window_an_earlier_group_stored_is_a_duplicate_after_this_
     assert [r.status for r in done2] == ["duplicate"] + ["accepted"] * 3
     assert [r.status for r in done3] == ["duplicate"] * 4 + ["accepted"] * 2
     assert client.get(f"/v1/devices/{utid}").json()["windows"] == 6
+
+
+# a request: a run of windows [start, start + length); when it is checked, in which group
+_requests = st.lists(
+    st.tuples(st.integers(0, 5), st.integers(1, 4), st.integers(0, 3), st.integers(0, 3)),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(requests=_requests)
+def test_retries_of_one_device_in_any_grouping_are_never_a_fork(
+    hub: tuple[TestClient, HubSettings], requests: list[tuple[int, int, int, int]]
+) -> None:
+    """One device's genuine uploads (runs of its windows, as retries and backlogs send them)
+    checked at any moment and stored in any grouping: each proof is accepted once, every
+    repeat is a duplicate, a run that starts past the head is out of order, never a fork
+    (the bytes are the device's own). Group g stores the requests assigned to it; a request
+    is checked before group ``min(checked_at, g)`` is stored."""
+    from cloud_sync import chain
+    from cloud_sync.ingest import ProofUpload
+
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    proofs = [dev.window(2)[:2] for _ in range(9)]
+    uploads = [ProofUpload(c, b"".join(leaves)) for c, leaves in proofs]
+    store = Store.open(s.db_url)
+    accepted: list[int] = []
+    try:
+        ing = ingestor(store, s.data_dir)
+        checked: dict[int, Any] = {}
+        for g in range(4):
+            for i, (start, n, checked_at, group) in enumerate(requests):
+                if i not in checked and min(checked_at, group) <= g:
+                    checked[i] = ing.check_many(uploads[start : start + n], now_ns=1)
+            members = [i for i, r in enumerate(requests) if r[3] == g]
+            if not members:
+                continue
+            for i, (done, refusal) in zip(
+                members, ing.store_checked([checked[i] for i in members]), strict=True
+            ):
+                start, n = requests[i][:2]
+                assert refusal is None or isinstance(refusal[1], chain.OutOfOrder), refusal
+                assert [r.window for r in done] == list(range(start, start + len(done)))
+                accepted += [r.window for r in done if r.status == "accepted"]
+    finally:
+        store.close()
+    assert sorted(accepted) == list(range(len(accepted)))  # each once, from window 0 on
+    assert client.get(f"/v1/devices/{utid}").json()["windows"] == len(accepted)
