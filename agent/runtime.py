@@ -199,8 +199,6 @@ class AgentRuntime:
         self._sync_batch = 0  # readings the last sync covered
         self._sync_lock = asyncio.Lock()
         self._unsynced = asyncio.Event()  # the journal wrote something not fsynced yet
-        self._synced = asyncio.Event()  # set (and replaced) by each fsync of the journal
-        self._journal_gone = False  # the journal's loops ended (the agent is stopping)
         self._burst = 0  # the largest batch a connector has emitted
         self._promised = 0  # samples emitted, not numbered yet: the mark covers them too
         # samples a connector said its read in flight will yield (``NeedsExpect``): covered
@@ -279,7 +277,8 @@ class AgentRuntime:
         if self._closed:  # recovered from the journal: sealed before anything new
             self._work.set()
         self._journal_wake = asyncio.Event()
-        self._synced, self._journal_gone = asyncio.Event(), False
+        self._synced = asyncio.Event()  # set (and replaced) by each fsync of the journal
+        self._journal_gone = False  # the journal's loops ended (the agent is stopping)
         if self.uplink is not None:
             # state the storage policy once per start, signed like the proofs (off the loop:
             # a TPM takes ~200 ms a signature)

@@ -537,15 +537,30 @@ def _commits(client: TestClient) -> float:
     raise AssertionError("no factoryops_hub_commit_group_requests_count in /metrics")
 
 
+def _upload_at_once(client: TestClient, bodies: Sequence[bytes]) -> list[Any]:
+    """POST each upload body to the hub's app at the same moment (one event loop, one
+    ``gather``), as concurrent gateways or a healed partition deliver them; the responses
+    in the order of ``bodies``."""
+    import asyncio
+
+    import httpx
+
+    async def send_all() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=client.app)  # type: ignore[arg-type]  # httpx types the ASGI app narrower than FastAPI's
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as c:
+            return await asyncio.gather(
+                *(c.post("/v1/proofs", content=b, headers=CBOR) for b in bodies)
+            )
+
+    return asyncio.run(send_all())
+
+
 def test_concurrent_requests_share_a_commit_and_keep_their_own_answers(
     hub: tuple[TestClient, HubSettings],
 ) -> None:
     """Requests of several devices that arrive together are stored in one transaction (group
     commit); each still gets its own answer, a refusal in one changes nothing for the others,
     and every proof acknowledged is stored exactly once."""
-    import asyncio
-
-    import httpx
 
     client, s = hub
     devs = [Device() for _ in range(4)]
@@ -556,20 +571,9 @@ def test_concurrent_requests_share_a_commit_and_keep_their_own_answers(
     first = devs[2].window(3)[:2]
     cose, leaves, _ = devs[2].window(3)
     refused = body(first, (cose, leaves[:1]))  # its second proof lacks leaves: 422, index 1
-    app = client.app
     commits_before = _commits(client)
 
-    async def send_all() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # httpx types the ASGI app narrower than FastAPI's
-        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as c:
-            return await asyncio.gather(
-                *(
-                    c.post("/v1/proofs", content=b, headers=CBOR)
-                    for b in (*good, refused, body(stored_before))
-                )
-            )
-
-    answers = asyncio.run(send_all())
+    answers = _upload_at_once(client, [*good, refused, body(stored_before)])
     assert _commits(client) - commits_before < len(answers)  # fewer commits than requests
     assert [a.status_code for a in answers] == [200, 200, 422, 200]
     for a in answers[:2]:
@@ -824,29 +828,18 @@ def test_overlapping_retries_of_one_device_arriving_together_are_all_answered_20
     the network) and its retry, each a run of the same windows from the same start, plus a
     later run. Every one is answered 200, each window accepted once and repeated as a
     duplicate, whatever order they reach the hub in."""
-    import asyncio
     import random
-
-    import httpx
 
     client, s = hub
     dev = Device()
     utid = _register(client, s, dev)
     proofs = [dev.window(3)[:2] for _ in range(8)]
     runs = [proofs[:3], proofs[:6], proofs[:8], proofs[3:8], proofs[:3]]
-    app = client.app
     rng = random.Random(5)
-
-    async def send(order: list[list[tuple[bytes, list[bytes]]]]) -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # httpx types the ASGI app narrower than FastAPI's
-        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as c:
-            return await asyncio.gather(
-                *(c.post("/v1/proofs", content=body(*run), headers=CBOR) for run in order)
-            )
 
     for _ in range(5):
         order = rng.sample(runs, len(runs))
-        answers = asyncio.run(send(order))
+        answers = _upload_at_once(client, [body(*run) for run in order])
         assert [a.status_code for a in answers] == [200] * len(order), [
             a.text[:200] for a in answers
         ]
