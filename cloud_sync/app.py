@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 from starlette.datastructures import MutableHeaders
@@ -134,6 +135,35 @@ class _Timed:
             self.metrics.request_seconds.labels(scope["method"], path, str(status)).observe(
                 time.perf_counter() - started
             )
+
+
+class _Direct:
+    """Pure ASGI middleware: the listed routes served without the framework's per-request
+    work. Fleet uploads (``POST /v1/proofs``, one proof every few seconds from each gateway)
+    are most of a hub's requests, and FastAPI's routing over every route, dependency solving,
+    exit stacks and exception wrappers cost about as much CPU as checking the proof (bench
+    fleet, docs/performance.md). The routes stay registered with FastAPI, which documents
+    them in /openapi.json; their handlers (``request -> Response``, no dependencies) are
+    called here, with the app's own answers for a refusal and a fault."""
+
+    def __init__(self, app: ASGIApp, routes: Iterable[APIRoute]) -> None:
+        self.app = app
+        self.routes = {(m, r.path): r for r in routes for m in r.methods or ()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get((scope.get("method", ""), scope.get("path", "")))
+        if route is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route  # the template for _Timed's metrics
+        request = Request(scope, receive)
+        try:
+            response = await route.endpoint(request)
+        except ApiError as err:
+            response = await _api_error(request, err)
+        except Exception as err:  # noqa: BLE001  # as Starlette's outermost handler: a JSON 500
+            response = await _fault(request, err)
+        await response(scope, receive, send)
 
 
 async def _api_error(_: Request, err: Exception) -> JSONResponse:
@@ -263,6 +293,7 @@ def hub_app(deps: HubDeps) -> FastAPI:
         StarletteHTTPException,
         _HttpErrors([*app.routes, *(r for router in routers for r in router.routes)]),
     )
-    app.add_middleware(_Timed, metrics=deps.metrics)
+    app.add_middleware(_Direct, routes=proofs.direct_routes(routers[0]))
+    app.add_middleware(_Timed, metrics=deps.metrics)  # added last: outside _Direct
     app.openapi = partial(_errors_as_json, app.openapi)  # type: ignore[method-assign]  # FastAPI's documented way to change the document
     return app

@@ -9,9 +9,11 @@ and the anomaly index together (group commit, cloud_sync/groupcommit.py, ADR 000
 An upload runs in two halves:
 - ``check_many``, on the event loop, outside any write transaction: (1) parse, (2) a
   duplicate of stored bytes, (3) admit, (4) signature, (7) leaves, per proof. Device rows
-  come from a cache at most DEVICE_ROW_TTL_S old; the write below moves a head only while it
-  is still the window the checks chained onto and the device is not revoked, so what a stale
-  row let through is refused there: the cache only saves queries.
+  come from a cache however old they are: a row's UTID, key and kind never change, and the
+  write below moves a head only while it is still the window the checks chained onto and the
+  device is not revoked, so what a stale row let through is refused there. No refusal is made
+  on a cached row (a revoked one is read again), so the cache only saves queries: one a
+  proof otherwise, for a fleet whose gateways upload one window every few seconds.
 - ``store_checked``, in the writer thread, one transaction for a group of requests:
   (5, 6) ``chain.advance`` on each device's head, (2) a proof of a window already accepted
   with the same payload is a duplicate (``chain.same_window``), then (8) the writes. A race
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,7 +47,6 @@ from cloud_sync.storage import (
 )
 
 __all__ = [
-    "DEVICE_ROW_TTL_S",
     "BatchIndex",
     "CheckedRequest",
     "IngestResult",
@@ -55,8 +55,6 @@ __all__ = [
     "ProofUpload",
 ]
 
-DEVICE_ROW_TTL_S = 2.0
-"""How old a cached device row may be when a request's checks use it (steps 2-4)."""
 _MAX_CACHED_DEVICES = 65_536  # beyond this the cache starts again: memory stays bounded
 
 
@@ -143,7 +141,7 @@ class Ingestor:
         self.indexes = tuple(indexes)
         self.policy = chain.Policy(allow_software_keys, limits.proof)
         self._keys: dict[str, PublicKey] = {}
-        self._rows: dict[str, tuple[int, DeviceRow]] = {}  # utid -> (monotonic ns read, row)
+        self._rows: dict[str, DeviceRow] = {}  # utid -> its row as last read or written
         self._writer = store.writer()  # store_checked's transactions
 
     # --- the checks: CPU work outside any write transaction -----------------------------------
@@ -230,19 +228,20 @@ class Ingestor:
         return None if done is None else IngestResult.of(done, "duplicate")
 
     def _cached_device(self, utid: str, connect: Connect) -> DeviceRow | None:
-        now = time.monotonic_ns()
+        """The device's row for a request's checks: the cached one unless it is revoked (a
+        refusal is made on a fresh read, so a device restored since is admitted)."""
         cached = self._rows.get(utid)
-        if cached is not None and now - cached[0] <= DEVICE_ROW_TTL_S * 1e9:
-            return cached[1]
+        if cached is not None and not cached.revoked:
+            return cached
         row = self.store.device(utid, connect())
         if row is not None:
-            self._remember(row, now)
+            self._remember(row)
         return row
 
-    def _remember(self, row: DeviceRow, now: int) -> None:
+    def _remember(self, row: DeviceRow) -> None:
         if len(self._rows) >= _MAX_CACHED_DEVICES and row.utid not in self._rows:
             self._rows.clear()
-        self._rows[row.utid] = (now, row)
+        self._rows[row.utid] = row
 
     def _key(self, device: DeviceRow) -> PublicKey:
         key = self._keys.get(device.utid)
@@ -269,9 +268,8 @@ class Ingestor:
                 self._write(conn, group, last_seen)
         except WriteRace:  # a moved head or a unique key another writer took
             return [self._one_by_one(r) for r in requests]
-        now = time.monotonic_ns()
         for row in group.heads.values():  # committed: the heads as they now stand
-            self._remember(row, now)
+            self._remember(row)
         return outcomes
 
     def _write(self, conn: Transaction, group: _Group, now_ns: int) -> None:
@@ -351,7 +349,7 @@ class Ingestor:
         cached = self._rows.get(row.utid)
         if cached is not None:
             try:
-                device = chain.admit(cached[1], row.utid, caller, self.policy)
+                device = chain.admit(cached, row.utid, caller, self.policy)
                 chain.advance(_head(device), smp, row.cose_sha256)
             except chain.Refusal:
                 pass  # perhaps stale: decide on the row as it stands
@@ -359,7 +357,7 @@ class Ingestor:
                 return device
         found = self.store.device(row.utid, conn)
         if found is not None:
-            self._remember(found, time.monotonic_ns())  # committed data: good for the checks
+            self._remember(found)  # committed data: good for the checks
             stored = self._stored(row.cose_sha256, found, smp, lambda: conn, same_payload=True)
             if stored is not None:
                 return stored  # (2) as in _check, even for a device revoked since
@@ -400,7 +398,7 @@ class Ingestor:
                 self._rows.pop(utid, None)  # read the head inside the next transaction
                 continue
             for row in group.heads.values():
-                self._remember(row, time.monotonic_ns())
+                self._remember(row)
             return results[0]
         raise chain.Fork(f"window {checked[0].window} lost a race with a different proof")
 

@@ -10,6 +10,7 @@ import cbor2
 import zstandard
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from attestation import cborsafe
 from cloud_sync import chain
@@ -19,7 +20,7 @@ from cloud_sync.routes.deps import HubDeps
 from cloud_sync.routes.request import body_doc, read_body, require_content_type
 from cloud_sync.settings import HubSettings
 
-__all__ = ["REFUSAL_STATUS", "parse_uploads", "router"]
+__all__ = ["REFUSAL_STATUS", "direct_routes", "parse_uploads", "router"]
 
 REFUSAL_STATUS: dict[str, int] = {
     chain.Malformed.code: 400,
@@ -176,3 +177,8 @@ def router(deps: HubDeps) -> APIRouter:
         return JSONResponse({"results": results})
 
     return api
+
+
+def direct_routes(api: APIRouter) -> list[APIRoute]:
+    """The upload route of ``router``'s result: the app serves it directly (``_Direct``)."""
+    return [r for r in api.routes if isinstance(r, APIRoute) and r.path == "/v1/proofs"]

@@ -127,6 +127,42 @@ def test_an_unexpected_exception_is_a_json_500_with_a_request_id_in_the_log(
     assert "the disk went away" in caplog.text
 
 
+def test_a_fault_in_the_upload_route_is_the_same_json_500_with_its_headers_and_metrics(
+    hub: tuple[TestClient, HubSettings],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``POST /v1/proofs`` is served past FastAPI's routing (``_Direct`` in app.py, for the
+    fleet's CPU): its faults and refusals are answered as every route's are, with the same
+    security headers, and its requests are counted under their template."""
+    _, s = hub
+    deps = HubDeps.open(s)
+
+    def broken(*_: object, **__: object) -> object:
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(deps.ingestor, "check_many", broken)
+    dev = Device()
+    with (
+        TestClient(hub_app(deps), raise_server_exceptions=False) as client,
+        caplog.at_level(logging.ERROR, logger="cloud_sync.app"),
+    ):
+        refused = client.post("/v1/proofs", content=b"{}", headers=CBOR)
+        r = client.post("/v1/proofs", content=body(dev.window(2)[:2]), headers=CBOR)
+        metrics = client.get("/metrics").text
+    assert refused.status_code == 400
+    assert _as_documented(client, "/v1/proofs", "post", refused)["error"] == "malformed_body"
+    assert r.status_code == 500
+    doc = _as_documented(client, "/v1/proofs", "post", r)
+    assert (doc["error"], r.headers["x-request-id"]) == ("internal", doc["request_id"])
+    assert any(doc["request_id"] in rec.getMessage() for rec in caplog.records), caplog.text
+    for answer in (refused, r):
+        assert "script-src 'self'" in answer.headers["content-security-policy"]
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    for status in ("400", "500"):
+        assert f'method="POST",route="/v1/proofs",status="{status}"' in metrics
+
+
 def _as_documented(client: TestClient, path: str, method: str, r: httpx.Response) -> Any:
     """The answer's JSON body, checked against the schema the API document gives its status
     on that route (``$ref``s resolved in the document)."""
