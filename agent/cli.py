@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import httpx
 
+from agent import eventloop
 from agent.config import AgentConfig, DeviceConfig, load_config
 from agent.errors import AgentError, UplinkRefused
 from agent.health import STATUS_FILE, HealthLimits, read_status, render_status
@@ -136,7 +137,7 @@ def run(config_path: Path, log_level: str | None, verbose: int) -> None:
     for r in rolled_back:
         logging.getLogger("agent.fragments").error("config fragment %s", r.detail)
     _check_writable(cfg.spool.path.parent)
-    asyncio.run(_run(cfg, config_path))
+    eventloop.run(_run(cfg, config_path))
 
 
 def _check_writable(folder: Path) -> None:

@@ -8,7 +8,8 @@ runtime's own counters; beside it, readings committed per second of the agent's 
 (``time.process_time``, every thread), the figure a shared machine cannot spoil; and the
 agent's resident memory at the end (VmRSS), with and without
 the demo's int8 shadow twin loaded. Each agent run is a fresh process, so one run's memory
-does not count in the other's.
+does not count in the other's, on the event loop ``factoryops agent run`` uses
+(``agent/eventloop.py``: uvloop; ``FACTORYOPS_EVENT_LOOP=asyncio`` measures asyncio's).
 
 Used by ``factoryops bench modbus`` (``end_to_end_tags_per_s``, ``agent_rss_mib``).
 """
@@ -24,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from agent import eventloop
 
 __all__ = ["end_to_end"]
 
@@ -179,7 +182,7 @@ def _main(argv: list[str]) -> None:
         asyncio.run(_serve(int(argv[1])))
     elif argv[0] == "agent":
         config, warmup_s, seconds, manifest = argv[1], float(argv[2]), float(argv[3]), argv[4]
-        r = asyncio.run(_agent(Path(config), warmup_s, seconds, manifest))
+        r = eventloop.run(_agent(Path(config), warmup_s, seconds, manifest))  # as `agent run`
         print(json.dumps(r), flush=True)
 
 
