@@ -71,7 +71,7 @@ from benchmarks.hub import (
 from benchmarks.leanhttp import LeanConnection
 from cloud_sync.storage import Store
 
-__all__ = ["command"]
+__all__ = ["command", "largest_holding"]
 
 _KEEP_ALIVE = ["--keep-alive", "120"]  # longer than any pause of a pooled connection here
 
@@ -92,6 +92,7 @@ class _Sizes:
     period: float
     rounds: int
     connections: int
+    refine: int = 0  # midpoints tried between the last fleet that held and the first that did not
     gather_baseline: bool = True  # also run the first fleet size with the commit wait off
 
 
@@ -614,6 +615,28 @@ def _gateway_hub(
                 raise click.ClickException(f"hub stored {got} of {acknowledged} acknowledged")
 
 
+def largest_holding(
+    holds: Callable[[int], bool], first: int, step: float, most: int, refine: int
+) -> int:
+    """The largest fleet ``holds`` accepts (0: not even ``first``): sizes grow by ``step``
+    up to ``most`` until one fails, then ``refine`` geometric midpoints between the last that
+    held and the first that did not. Each size is tried once, in that order."""
+    best, over = 0, 0
+    n = first
+    while n <= most:
+        if not holds(n):
+            over = n
+            break
+        best = n
+        n = max(n + 1, round(n * step))
+    for _ in range(refine if best and over else 0):
+        mid = round(math.sqrt(best * over))
+        if mid in (best, over):
+            break
+        best, over = (mid, over) if holds(mid) else (best, mid)
+    return best
+
+
 def _gateways(
     sizes: _Sizes,
     windows: Sequence[WindowTemplate],
@@ -621,27 +644,27 @@ def _gateways(
     p99_limit: float,
     say: Say,
 ) -> dict[str, Any]:
-    """Grow the fleet until p99 passes the limit; at the first size, connections kept and
-    then (the baseline, same hub) a new connection each upload."""
+    """Grow the fleet by ``step`` until p99 passes the limit, then halve the gap between the
+    last size that held and the first that did not ``refine`` times (geometric midpoints);
+    at the first size, connections kept and then (the baseline, same hub) a new connection
+    each upload."""
     fleet: list[SimDevice] = []
     levels: list[_Level] = []
-    best = 0
-    n = sizes.gateways
     baseline = _Level(sizes.gateways, reuse=False)
-    while n <= sizes.max_gateways:
+
+    def holds(n: int) -> bool:
         if len(fleet) < n:
             say(f"signing the windows of {n - len(fleet):,} more gateways")
-            fleet += [SimDevice.make(windows[: 2 * sizes.rounds]) for _ in range(n - len(fleet))]
+            fleet.extend(SimDevice.make(windows[: 2 * sizes.rounds]) for _ in range(n - len(fleet)))
         say(f"{n:,} gateways, a window every {sizes.period:g} s each, connections kept")
         level = _Level(n, reuse=True)
         levels.append(level)
         _gateway_hub(
             [level, baseline] if n == sizes.gateways else [level], fleet, windows, sizes, pin
         )
-        if not level.passed(p99_limit):
-            break
-        best = n
-        n = max(n + 1, round(n * sizes.step))
+        return level.passed(p99_limit)
+
+    best = largest_holding(holds, sizes.gateways, sizes.step, sizes.max_gateways, sizes.refine)
     kept = levels[0].summary()["hub_cpu_us_per_proof"]
     new = baseline.summary()["hub_cpu_us_per_proof"]
     alone = _Level(sizes.gateways, reuse=True)  # the same fleet, each upload committed alone
@@ -687,6 +710,12 @@ Say = Callable[[str], None]
 )
 @click.option("--step", default=1.5, show_default=True, help="Each next fleet is this x bigger.")
 @click.option("--max-gateways", default=40_000, show_default=True)
+@click.option(
+    "--refine",
+    default=2,
+    show_default=True,
+    help="Then this many midpoints between the last fleet that held and the first that did not.",
+)
 @click.option(
     "--period", default=10.0, show_default=True, help="Seconds between a gateway's windows."
 )
