@@ -556,10 +556,10 @@ async def _gateways_run(
             status = b""
             if conn is not None:
                 conn.close()
-            conn = await LeanConnection.open(port) if level.reuse else None
+                conn = None  # a pooled one is replaced below: the pool keeps its size
         finally:
-            if level.reuse and conn is not None:
-                pool.put_nowait(conn)
+            if level.reuse:
+                pool.put_nowait(conn or await LeanConnection.open(port))
             elif conn is not None:
                 conn.close()
         level.latencies.append(loop.time() - (start + at))

@@ -29,6 +29,7 @@ from attestation.microproof import (
 )
 from attestation.reading import Reading, decode_leaf, encode_leaf, leaf_hash
 from attestation.signers import SoftwareSigner
+from attestation.utid import utid_bytes, utid_text
 
 
 @dataclass
@@ -40,6 +41,10 @@ class Device:
     next_window: int = 0
     prev: bytes = GENESIS_PREV
     t_ns: int = 1_700_000_000_000_000_000
+
+    @property
+    def utid(self) -> str:
+        return utid_text(utid_bytes(self.signer.public_key_der()))
 
     def public_pem(self) -> str:
         from cryptography.hazmat.primitives import serialization
@@ -117,6 +122,28 @@ def ingestor(store: Any, data_dir: Path, cls: Any = None) -> Any:
 
     indexes = (AnomalyBook(store.engine), SourceGapBook(store.engine))
     return (cls or Ingestor)(store, HubLimits(), allow_software_keys=True, log=log, indexes=indexes)
+
+
+def upload_of(window: tuple[bytes, list[bytes], Any]) -> Any:
+    """A window ``Device.window`` signed, as the hub's ingest takes it: its ``ProofUpload``
+    (the leaves back to back)."""
+    from cloud_sync.ingest import ProofUpload
+
+    cose, leaves, _ = window
+    return ProofUpload(cose, b"".join(leaves))
+
+
+def enrol(
+    store: Any, dev: Device, name: str, *, site: str = "default", certificate: bytes = b"",
+    now_ns: int = 0,
+) -> str:  # fmt: skip
+    """``dev``'s software key written straight into a hub ``Store`` (no API, no fleet CA
+    certificate): a device the hub knows. Returns its UTID."""
+    store.add_device(
+        utid=dev.utid, public_key=dev.signer.public_key_der(), key_kind="software",
+        certificate=certificate, name=name, site=site, now_ns=now_ns,
+    )  # fmt: skip
+    return dev.utid
 
 
 def ingest_all(ing: Any, uploads: Any, now_ns: int = 1) -> Any:

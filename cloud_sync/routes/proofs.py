@@ -20,7 +20,9 @@ from cloud_sync.routes.deps import HubDeps
 from cloud_sync.routes.request import body_doc, read_body, require_content_type
 from cloud_sync.settings import HubSettings
 
-__all__ = ["REFUSAL_STATUS", "direct_routes", "parse_uploads", "router"]
+__all__ = ["REFUSAL_STATUS", "UPLOADS", "direct_routes", "parse_uploads", "router"]
+
+UPLOADS = "/v1/proofs"
 
 REFUSAL_STATUS: dict[str, int] = {
     chain.Malformed.code: 400,
@@ -141,7 +143,7 @@ def router(deps: HubDeps) -> APIRouter:
     api = APIRouter()
     settings, metrics = deps.settings, deps.metrics
 
-    @api.post("/v1/proofs", openapi_extra=body_doc(upload_schema(settings), "application/cbor"))
+    @api.post(UPLOADS, openapi_extra=body_doc(upload_schema(settings), "application/cbor"))
     async def upload_proofs(request: Request) -> JSONResponse:
         require_content_type(request, "application/cbor")
         body = await read_body(request, settings.limits.max_body_bytes)
@@ -181,4 +183,4 @@ def router(deps: HubDeps) -> APIRouter:
 
 def direct_routes(api: APIRouter) -> list[APIRoute]:
     """The upload route of ``router``'s result: the app serves it directly (``_Direct``)."""
-    return [r for r in api.routes if isinstance(r, APIRoute) and r.path == "/v1/proofs"]
+    return [r for r in api.routes if isinstance(r, APIRoute) and r.path == UPLOADS]

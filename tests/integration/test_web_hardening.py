@@ -19,7 +19,7 @@ from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import Store
 from tests.browser import launch, require_chromium
-from tests.hubkit import Device, body
+from tests.hubkit import Device, body, enrol
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 PASSWORD = "a long operator password"
@@ -119,13 +119,7 @@ def test_a_device_name_that_breaks_out_of_a_script_runs_nothing(
     dev = Device()
     store = Store.open(settings.db_url)
     try:
-        from attestation.utid import utid_bytes, utid_text
-
-        utid = utid_text(utid_bytes(dev.signer.public_key_der()))
-        store.add_device(
-            utid=utid, public_key=dev.signer.public_key_der(), key_kind="software",
-            certificate=b"", name=HOSTILE, site="plant-1", now_ns=time.time_ns(),
-        )  # fmt: skip
+        utid = enrol(store, dev, HOSTILE, site="plant-1", now_ns=time.time_ns())
     finally:
         store.close()
     with sync_playwright() as p:

@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 
 from attestation import load_anchors, receipt_from_json, report_receipt
 from attestation.microproof import Gap
-from attestation.utid import utid_bytes, utid_text
+from attestation.utid import utid_bytes
 from cloud_sync.app import create_app
-from cloud_sync.ingest import Ingestor, IngestResult, ProofUpload
+from cloud_sync.ingest import Ingestor, IngestResult
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import Store
 from tests.cborvariants import altered_copies, proof_variants
-from tests.hubkit import Device, body, ingest_all, ingestor, list_body, resign
+from tests.hubkit import Device, body, enrol, ingest_all, ingestor, list_body, resign, upload_of
 
 CBOR = {"content-type": "application/cbor"}
 
@@ -140,16 +140,7 @@ def test_a_gateway_uploading_every_ten_seconds_reads_its_device_row_once(
     store = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
     ing = ingestor(store, tmp_path)
     dev = Device()
-    der = dev.signer.public_key_der()
-    store.add_device(
-        utid=utid_text(utid_bytes(der)),
-        public_key=der,
-        key_kind="software",
-        certificate=b"",
-        name="gw-1",
-        site="default",
-        now_ns=1,
-    )
+    enrol(store, dev, "gw-1", now_ns=1)
     reads = 0
     read = store.device
 
@@ -163,9 +154,7 @@ def test_a_gateway_uploading_every_ten_seconds_reads_its_device_row_once(
     monkeypatch.setattr(time, "monotonic_ns", lambda: clock[0])
     try:
         for i in range(6):
-            cose, leaves, _ = dev.window(10)
-            upload = ProofUpload(cose, b"".join(leaves))
-            results, refusal = ingest_all(ing, [upload], now_ns=i + 1)
+            results, refusal = ingest_all(ing, [upload_of(dev.window(10))], now_ns=i + 1)
             assert refusal is None and results[0].status == "accepted"
             clock[0] += 10 * 10**9  # the next window ten seconds later
     finally:
@@ -193,7 +182,6 @@ def test_a_proof_signed_by_another_key_is_refused(hub: tuple[TestClient, HubSett
 
 
 def dev_kid(d: Device) -> bytes:
-    from attestation.utid import utid_bytes
 
     return utid_bytes(d.signer.public_key_der())
 
@@ -557,14 +545,12 @@ def test_a_request_that_races_another_writer_stores_nothing_twice(
     writes. Before we read the chain head inside our transaction, we see its proof and answer
     duplicate; after, our compare-and-set on the head fails, the request rolls back and is
     stored again one proof at a time. Either way nothing is stored twice or lost."""
-    from cloud_sync.ingest import ProofUpload
     from cloud_sync.storage import Store
 
     client, s = hub
     dev = Device()
     utid = _register(client, s, dev)
-    (c0, l0), (c1, l1) = (dev.window(4)[:2] for _ in range(2))
-    uploads = [ProofUpload(c0, b"".join(l0)), ProofUpload(c1, b"".join(l1))]
+    uploads = [upload_of(dev.window(4)) for _ in range(2)]
     ours, theirs = Store.open(s.db_url), Store.open(s.db_url)
     replica = ingestor(theirs, s.data_dir)
     raced: list[bool] = []
@@ -665,7 +651,7 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
     from sqlalchemy.exc import OperationalError
 
     from cloud_sync.groupcommit import GroupCommit
-    from cloud_sync.ingest import CheckedRequest, Ingestor, Outcome, ProofUpload
+    from cloud_sync.ingest import CheckedRequest, Ingestor, Outcome
 
     class FailsOnce(Ingestor):
         failed = False
@@ -684,10 +670,7 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
         ingest = ingestor(store, s.data_dir, FailsOnce)
         commits: list[int] = []  # requests a commit held
         writer = GroupCommit(ingest, on_commit=commits.append)
-        uploads = []
-        for d in devs:
-            cose, leaves, _ = d.window(3)
-            uploads.append([ProofUpload(cose, b"".join(leaves))])
+        uploads = [[upload_of(d.window(3))] for d in devs]
 
         async def send_all() -> list[Outcome | BaseException]:
             checked = [ingest.check_many(u, now_ns=1) for u in uploads]
@@ -717,7 +700,7 @@ def test_an_idle_writer_waits_so_uploads_a_moment_apart_share_one_commit(
     import asyncio
 
     from cloud_sync.groupcommit import GroupCommit
-    from cloud_sync.ingest import Ingestor, Outcome, ProofUpload
+    from cloud_sync.ingest import Ingestor, Outcome
 
     s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
     devs = [Device(), Device()]
@@ -727,10 +710,7 @@ def test_an_idle_writer_waits_so_uploads_a_moment_apart_share_one_commit(
         ingest = ingestor(store, s.data_dir, Ingestor)
         held: list[int] = []
         writer = GroupCommit(ingest, on_commit=held.append, gather_s=gather_s)
-        uploads = []
-        for d in devs:
-            cose, leaves, _ = d.window(3)
-            uploads.append([ProofUpload(cose, b"".join(leaves))])
+        uploads = [[upload_of(d.window(3))] for d in devs]
 
         async def one(i: int) -> Outcome:
             await asyncio.sleep(0.001 * i)
@@ -756,10 +736,6 @@ def two_devices(
     windows 0-3 and a second, different window 1 (a fork)."""
     import dataclasses
 
-    from cryptography.hazmat.primitives import serialization
-
-    from attestation.utid import utid_bytes, utid_text
-    from cloud_sync.ingest import ProofUpload
     from cloud_sync.storage import Store
 
     db = tmp_path_factory.mktemp("group") / "template.db"
@@ -768,19 +744,11 @@ def two_devices(
     utids = []
     for name in ("a", "b"):
         dev = Device()
-        spki = serialization.load_pem_public_key(dev.public_pem().encode()).public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        utid = utid_text(utid_bytes(spki))
-        store.add_device(
-            utid=utid, public_key=spki, key_kind="software", certificate=b"-", name=name,
-            site="default", now_ns=0,
-        )  # fmt: skip
-        utids.append(utid)
+        utids.append(enrol(store, dev, name, certificate=b"-"))
         w0 = dev.window(2)
         fork = dataclasses.replace(dev).window(3)  # same key, same prev, other readings
         ws = [w0, dev.window(2), dev.window(2), dev.window(2), fork]
-        items[name] = [ProofUpload(c, b"".join(ls)) for c, ls, _ in ws]
+        items[name] = [upload_of(w) for w in ws]
     store.close()
     return db, items, utids
 
@@ -845,7 +813,6 @@ def test_replicas_with_stale_cached_heads_chain_on_fresh_reads(
     turns at one chain, so each one's cached head is always behind: every proof is still
     accepted once, a retry sent to the other replica is a duplicate, and one sent to the
     replica whose head is stale is too."""
-    from cloud_sync.ingest import ProofUpload
     from cloud_sync.storage import Store
 
     client, s = hub
@@ -854,8 +821,7 @@ def test_replicas_with_stale_cached_heads_chain_on_fresh_reads(
     replicas = [ingestor(Store.open(s.db_url), s.data_dir) for _ in range(2)]
     sent = []
     for i in range(6):
-        cose, leaves, _ = dev.window(3)
-        upload = ProofUpload(cose, b"".join(leaves))
+        upload = upload_of(dev.window(3))
         sent.append(upload)
         outcome = ingest_all(replicas[i % 2], [upload])
         assert outcome == ([IngestResult(i, "accepted", 3 * i, 3 * i + 2, 3)], None), outcome
@@ -925,13 +891,11 @@ def test_a_repeat_of_a_window_an_earlier_group_stored_is_a_duplicate_after_this_
     group, where [w0..w3] moves the device's head to w3 and [w0..w5] then repeats w0. That
     repeat was refused as a ``fork`` (409: the agent's uplink stops for good) because the
     group compared it with the head it had moved, not with what an earlier group stored."""
-    from cloud_sync.ingest import ProofUpload
 
     client, s = hub
     dev = Device()
     utid = _register(client, s, dev)
-    proofs = [dev.window(3)[:2] for _ in range(6)]
-    uploads = [ProofUpload(c, b"".join(leaves)) for c, leaves in proofs]
+    uploads = [upload_of(dev.window(3)) for _ in range(6)]
     store = Store.open(s.db_url)
     try:
         ing = ingestor(store, s.data_dir)
@@ -970,13 +934,11 @@ def test_retries_of_one_device_in_any_grouping_are_never_a_fork(
     (the bytes are the device's own). Group g stores the requests assigned to it; a request
     is checked before group ``min(checked_at, g)`` is stored."""
     from cloud_sync import chain
-    from cloud_sync.ingest import ProofUpload
 
     client, s = hub
     dev = Device()
     utid = _register(client, s, dev)
-    proofs = [dev.window(2)[:2] for _ in range(9)]
-    uploads = [ProofUpload(c, b"".join(leaves)) for c, leaves in proofs]
+    uploads = [upload_of(dev.window(2)) for _ in range(9)]
     store = Store.open(s.db_url)
     accepted: list[int] = []
     try:
