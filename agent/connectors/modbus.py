@@ -11,7 +11,11 @@ once (half-open: one more silent poll opens it again): so a dead slave costs one
 per open period, not one per poll. An exception response is an answer, not a breaker
 failure, except a gateway's "target did not respond" (codes 10 and 11): a dead slave behind a
 TCP gateway. A poll whose first read times out reads nothing more (one timeout, not one
-per span). A TCP connection on which nothing answered is closed and opened anew: it may be
+per span), and so does a poll in which two spans in a row time out after the device had
+answered: it went silent mid-poll (a link that died), and every further span would cost a
+timeout (pymodbus closes the connection at the fourth, and the outage would read as a drop).
+The device's timeout gap then starts when its first unanswered span timed out. A TCP
+connection on which nothing answered is closed and opened anew: it may be
 half-open (a gateway or proxy whose backend died, a NAT that dropped its state) and would
 never answer again, while pymodbus drops it only after three unanswered requests, which
 the breaker spaces out over ~18 s. On a shared connection that waits until one of the
@@ -375,6 +379,7 @@ class ModbusConnector:
     _split: set[Span] = field(default_factory=set, init=False)  # refused merged spans
     _answered: bool = field(default=False, init=False)  # the device answered the last poll
     _replied: bool = field(default=False, init=False)  # anything came back (a gateway's 10/11 too)
+    _went_silent_at: int | None = field(default=None, init=False)  # answered, then silent
     watch: SourceWatch = field(default_factory=SourceWatch)  # the device and tags not read
     _expect: Expect | None = field(default=None, init=False)
     _link: SharedLink | None = field(default=None, init=False)  # None: a connection of its own
@@ -476,7 +481,7 @@ class ModbusConnector:
                 # connection whose request timed out): a failure for the breaker all the same
                 self.breaker.record(False, time.monotonic())
                 raise
-            self.peer_up = self._answered or not spans
+            self.peer_up = (self._answered and self._went_silent_at is None) or not spans
             self.breaker.record(self.peer_up, time.monotonic())
             if self._replied and self._link is not None:
                 self._link.answers += 1
@@ -489,7 +494,8 @@ class ModbusConnector:
             reraise_if_cancelling()
             if not client.connected:
                 raise DeviceTimeout(f"{self.name}: connection lost")
-            if not self._replied and spans and self._link_is_stale():
+            silent = not self._replied or self._went_silent_at is not None
+            if silent and spans and self._link_is_stale():
                 client.close()
                 raise DeviceSilent(f"{self.name}: nothing answered; opening a new connection")
 
@@ -520,6 +526,7 @@ class ModbusConnector:
         out: list[Sample] = []
         now = time.time_ns()  # one timestamp per poll cycle: its tags form one model row
         self._answered = self._replied = False
+        self._went_silent_at = unanswered_since = None  # a timeout since the last answer
         watch, found = self.watch, [] if gaps is None else gaps
         timed_out: list[ModbusTag] = []
         todo = list(spans)
@@ -534,19 +541,25 @@ class ModbusConnector:
                 regs = await self._read(client, span, asked)
             except ExceptionResponse as err:
                 self._refused(span, err, todo, found, now)
+                unanswered_since = None
                 continue
             except DeviceTimeout as err:
                 log.warning("%s: %s", self.name, err)
                 if not client.connected:
                     self._count_timeouts(span.tags, timed_out)
                     raise  # run() states the outage (disconnected) until it reconnects
-                if not self._answered:
-                    # nothing answered yet: the device is silent, and each further span
-                    # would hold the (maybe shared) link for one more timeout
-                    self._count_timeouts([t for s in (span, *todo) for t in s.tags], timed_out)
-                    break
-                self._count_timeouts(span.tags, timed_out)
-                continue
+                if self._answered and unanswered_since is None:
+                    # one span unanswered among answers (an address the device ignores)
+                    unanswered_since = time.time_ns()
+                    self._count_timeouts(span.tags, timed_out)
+                    continue
+                # nothing answered yet, or a second span in a row unanswered: the device is
+                # silent, and each further span would hold the (maybe shared) link for one
+                # more timeout
+                self._count_timeouts([t for s in (span, *todo) for t in s.tags], timed_out)
+                self._went_silent_at = unanswered_since
+                break
+            unanswered_since = None
             self._answered = self._replied = True
             out += span.samples(regs, now)
             if watch:  # something was down: what answered now is up again
@@ -557,6 +570,8 @@ class ModbusConnector:
             found.extend(watch.failed(t.name, "timeout", now) for t in timed_out)
             if self._answered and (g := watch.ended(self.config.name, now)):
                 found.append(g)
+            if self._went_silent_at is not None:  # answered, then silent from then on
+                found.append(watch.failed(self.config.name, "timeout", self._went_silent_at))
         return out
 
     def _refused(

@@ -191,11 +191,11 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 @asynccontextmanager
 async def _polling(
-    peer: Handler, timeout_ms: int
+    peer: Handler, timeout_ms: int, tags: tuple[ModbusTag, ...] = (ModbusTag("x", 0),)
 ) -> AsyncIterator[tuple[ModbusConnector, list[SourceGap]]]:
-    """A connector polling a TCP peer that ``peer`` serves (which never answers Modbus), its
-    breaker opening after three silent polls and then holding for ten minutes; the source
-    gaps it states; never a sample."""
+    """A connector polling a TCP peer that ``peer`` serves, its breaker opening after three
+    silent polls and then holding for ten minutes; the source gaps it states. The peer may
+    answer the first poll, never a later one: a sample after a gap is a test failure."""
     server = await asyncio.start_server(peer, "127.0.0.1", 0)
     cfg = ModbusDeviceConfig(
         "mute",
@@ -205,13 +205,13 @@ async def _polling(
         timeout_ms=timeout_ms,
         breaker_failures=3,
         breaker_open_ms=600_000,
-        tags=(ModbusTag("x", 0),),
+        tags=tags,
     )
     connector = ModbusConnector(cfg)
     gaps: list[SourceGap] = []
 
     async def sink(samples: list[Sample], found: Sequence[SourceGap] = ()) -> None:
-        assert not samples
+        assert not (samples and gaps)
         gaps.extend(found)
 
     task = asyncio.create_task(connector.run(sink))
@@ -272,3 +272,34 @@ async def test_a_connection_on_which_nothing_answered_is_opened_anew() -> None:
         await until(lambda: len(ended) >= 2 and all(ended[:2]), what="two connections closed")
         assert requests[:2] == [1, 1]  # one unanswered request each, then a new connection
         assert {g.reason for g in gaps} == {"timeout"}
+
+
+async def test_a_device_that_goes_silent_mid_poll_is_a_timeout_gap_from_then_on() -> None:
+    """A link that dies half-way through a poll of many spans (the plc_faults rig's partition
+    in CI, the device read tag by tag): each further span cost a timeout, and at the fourth
+    pymodbus closed the connection, so the outage was signed as ``disconnected`` per tag, and
+    the device's own ``timeout`` gap was never stated. Two spans in a row unanswered after
+    an answer end the poll; the device's timeout gap starts at the first of them."""
+    requests: list[int] = []  # per connection
+    tags = tuple(ModbusTag(f"t{i}", 300 * i) for i in range(8))  # 8 spans: none merge
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(0)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                tid, _, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                fc, _, count = struct.unpack(">BHH", await reader.readexactly(length - 1))
+                requests[-1] += 1
+                if sum(requests) == 1:  # the first request ever: answered, then silence
+                    pdu = struct.pack(">BB", fc, 2 * count) + bytes(2 * count)
+                    writer.write(struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu)
+        writer.close()
+
+    async with _polling(answer_once, timeout_ms=100, tags=tags) as (_, gaps):
+        await until(lambda: len(requests) >= 2, what="a second connection")
+        device = [g for g in gaps if g.source == "mute"]
+        assert device, f"no gap of the device: {gaps}"
+        assert {g.reason for g in gaps} == {"timeout"}
+        assert requests[0] == 3  # the answer, then two timeouts: the poll ended
+        poll_ts = min(g.first_ts_ns for g in gaps if g.source != "mute")
+        assert poll_ts < device[0].first_ts_ns  # it starts at the first timeout
