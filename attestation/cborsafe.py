@@ -29,7 +29,15 @@ import cbor2
 
 from attestation.native import EXTENSION
 
-__all__ = ["FAST", "TrailingBytes", "decode_plain", "loads", "loads_cbor2", "loads_checked"]
+__all__ = [
+    "FAST",
+    "TrailingBytes",
+    "decode_plain",
+    "head",
+    "loads",
+    "loads_cbor2",
+    "loads_checked",
+]
 
 # None without the extension (or with FACTORYOPS_PURE_PYTHON=1): cbor2 only
 _decode_plain: Callable[[bytes, type], tuple[Any, bool] | None] | None = getattr(
@@ -48,6 +56,22 @@ class TrailingBytes(cbor2.CBORDecodeValueError):
     def __init__(self, extra: int) -> None:
         super().__init__(f"{extra} byte(s) after the CBOR item")
         self.extra = extra
+
+
+def head(major: int, n: int) -> bytes:
+    """The initial byte(s) of a CBOR item of major type ``major`` with argument ``n``, in the
+    shortest form deterministic CBOR requires (RFC 8949 §4.2.1): for encoders of fixed
+    shapes (a leaf, COSE's Sig_structure) that would pay cbor2's per-call set-up."""
+    mt = major << 5
+    if n < 24:
+        return bytes((mt | n,))
+    if n < 0x100:
+        return bytes((mt | 24, n))
+    if n < 0x10000:
+        return bytes((mt | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((mt | 26,)) + n.to_bytes(4, "big")
+    return bytes((mt | 27,)) + n.to_bytes(8, "big")
 
 
 def loads(data: bytes) -> Any:

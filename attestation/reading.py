@@ -17,6 +17,7 @@ from typing import Any
 import cbor2
 
 from attestation import cborsafe
+from attestation.cborsafe import head as _head
 from attestation.errors import MalformedInput
 from attestation.native import EXTENSION
 
@@ -94,20 +95,6 @@ def new_reading(
     _set_unit(r, unit)
     _set_quality(r, quality)
     return r
-
-
-def _head(major: int, n: int) -> bytes:
-    """CBOR initial byte(s) for major type ``major`` and argument ``n`` (shortest form)."""
-    mt = major << 5
-    if n < 24:
-        return bytes((mt | n,))
-    if n < 0x100:
-        return bytes((mt | 24, n))
-    if n < 0x10000:
-        return bytes((mt | 25,)) + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return bytes((mt | 26,)) + n.to_bytes(4, "big")
-    return bytes((mt | 27,)) + n.to_bytes(8, "big")
 
 
 def _int(n: int) -> bytes:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, bindparam, update
 
-from attestation import merkle
+from attestation import cborsafe, merkle
 from attestation.microproof import (
     GENESIS_PREV,
     MicroProof,
@@ -102,16 +102,6 @@ class SimDevice:
         return cls(utid_text(utid_bytes(der)), der, tuple(coses))
 
 
-def _bstr_head(n: int) -> bytes:
-    """The CBOR head of a byte string of n bytes (RFC 8949 §3.1, shortest form)."""
-    if n < 24:
-        return bytes([0x40 + n])
-    for size, marker in ((1, 0x58), (2, 0x59), (4, 0x5A)):
-        if n < 1 << (8 * size):
-            return bytes([marker]) + n.to_bytes(size, "big")
-    return b"\x5b" + n.to_bytes(8, "big")
-
-
 # {"proofs": [{"cose": ..., "leaves": ...}]}: map(1), text "proofs", array(1), map(2), "cose"
 _ONE_PROOF = b"\xa1\x66proofs\x81\xa2\x64cose"
 _LEAVES_KEY = b"\x66leaves"
@@ -120,7 +110,14 @@ _LEAVES_KEY = b"\x66leaves"
 def upload_body(cose: bytes, leaves: bytes) -> list[bytes]:
     """A one-proof ``POST /v1/proofs`` body as parts to write one after the other (the same
     bytes as ``cbor2.dumps``): a window's leaves, shared by every device, are never copied."""
-    return [_ONE_PROOF, _bstr_head(len(cose)), cose, _LEAVES_KEY, _bstr_head(len(leaves)), leaves]
+    return [
+        _ONE_PROOF,
+        cborsafe.head(2, len(cose)),
+        cose,
+        _LEAVES_KEY,
+        cborsafe.head(2, len(leaves)),
+        leaves,
+    ]
 
 
 def _device_row(utid: str, der: bytes, name: str, now_ns: int) -> tuple[object, ...]:

@@ -238,6 +238,17 @@ class Ingestor:
             self._remember(row)
         return row
 
+    def warm(self) -> int:
+        """Cache the rows of the devices most recently seen, up to half the cache, in one
+        query; returns how many. A hub that starts (a restart, a deploy, a new replica) is
+        then uploaded to by its whole fleet within one period, and read each row alone: a
+        query a gateway, ~90 us of the hub's CPU each (bench fleet: 6 % of a cold hub's
+        GIL-held time)."""
+        rows = self.store.recent_devices(_MAX_CACHED_DEVICES // 2)
+        for row in rows:
+            self._rows[row.utid] = row
+        return len(rows)
+
     def _remember(self, row: DeviceRow) -> None:
         if len(self._rows) >= _MAX_CACHED_DEVICES and row.utid not in self._rows:
             self._rows.clear()

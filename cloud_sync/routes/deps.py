@@ -73,6 +73,7 @@ class HubDeps:
             log=log,
             indexes=(anomalies, silences),
         )
+        ingestor.warm()  # the fleet's rows in one query, not one each first upload
         metrics = HubMetrics()
         metrics.watch(lambda: {"log_entries": float(log.size()), **_device_counts(store)})
         return cls(

@@ -223,6 +223,18 @@ class Store:
         with self.engine.connect() as conn:
             return {u: int(lag) for u, lag in conn.execute(q).all()}
 
+    def recent_devices(self, limit: int) -> list[DeviceRow]:
+        """Up to ``limit`` devices not revoked, the most recently seen first: one query for
+        what a restarted hub's fleet uploads next (``Ingestor.warm``)."""
+        q = (
+            select(devices)
+            .where(devices.c.revoked.is_(False))
+            .order_by(devices.c.last_seen_ns.desc().nulls_last())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [DeviceRow(**r) for r in conn.execute(q).mappings()]
+
     def list_devices(self) -> list[DeviceRow]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(devices).order_by(devices.c.name)).mappings().all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import cbor2
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -64,3 +65,22 @@ def test_a_signature_of_the_wrong_length_is_named() -> None:
 def test_decode_sign1_never_crashes_on_random_bytes(data: bytes) -> None:
     with contextlib.suppress(MalformedInput):
         cose.decode_sign1(data)
+
+
+_EDGES = st.sampled_from([0, 1, 23, 24, 255, 256, 65_535, 65_536])  # each head size's bounds
+
+
+@given(
+    protected=st.one_of(st.binary(max_size=40), _EDGES.map(bytes)),
+    payload=st.one_of(st.binary(max_size=600), _EDGES.map(bytes)),
+    aad=st.binary(max_size=30),
+)
+def test_the_sig_structure_framed_by_hand_is_cbor2s(
+    protected: bytes, payload: bytes, aad: bytes
+) -> None:
+    """``to_be_signed`` frames the Sig_structure itself (cbor2's set-up was 3.5 us a proof
+    of the hub's 0.7 ms): byte for byte what cbor2 encodes, across every head size."""
+    body = b"" if protected == b"\xa0" else protected
+    assert cose.to_be_signed(protected, payload, aad) == cbor2.dumps(
+        ["Signature1", body, aad, payload]
+    )
