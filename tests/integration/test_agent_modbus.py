@@ -281,19 +281,25 @@ async def test_a_device_that_goes_silent_mid_poll_is_a_timeout_gap_from_then_on(
     the device's own ``timeout`` gap was never stated. Two spans in a row unanswered after
     an answer end the poll; the device's timeout gap starts at the first of them."""
     requests: list[int] = []  # per connection
+    open_now = 0  # connections the peer has not seen closed yet
     tags = tuple(ModbusTag(f"t{i}", 300 * i) for i in range(8))  # 8 spans: none merge
 
     async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now
+        open_now += 1
         requests.append(0)
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while True:
-                tid, _, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
-                fc, _, count = struct.unpack(">BHH", await reader.readexactly(length - 1))
-                requests[-1] += 1
-                if sum(requests) == 1:  # the first request ever: answered, then silence
-                    pdu = struct.pack(">BB", fc, 2 * count) + bytes(2 * count)
-                    writer.write(struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu)
-        writer.close()
+        try:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while True:
+                    tid, _, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                    fc, _, count = struct.unpack(">BHH", await reader.readexactly(length - 1))
+                    requests[-1] += 1
+                    if sum(requests) == 1:  # the first request ever: answered, then silence
+                        pdu = struct.pack(">BB", fc, 2 * count) + bytes(2 * count)
+                        writer.write(struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu)
+        finally:
+            writer.close()
+            open_now -= 1
 
     async with _polling(answer_once, timeout_ms=100, tags=tags) as (_, gaps):
         await until(lambda: len(requests) >= 2, what="a second connection")
@@ -303,3 +309,5 @@ async def test_a_device_that_goes_silent_mid_poll_is_a_timeout_gap_from_then_on(
         assert requests[0] == 3  # the answer, then two timeouts: the poll ended
         poll_ts = min(g.first_ts_ns for g in gaps if g.source != "mute")
         assert poll_ts < device[0].first_ts_ns  # it starts at the first timeout
+    # the stopped connector closed its connection: the peer's side too, before the loop ends
+    await until(lambda: open_now == 0, what="the peer's connections closed")
