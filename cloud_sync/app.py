@@ -274,6 +274,10 @@ def hub_app(deps: HubDeps) -> FastAPI:
         version="1",
         responses=ERROR_RESPONSES,
         lifespan=partial(_lifespan, deps),
+        # the hub's metrics are Prometheus (/metrics): FastAPI's native OpenTelemetry stays
+        # off, and with it the check of three OpenTelemetry providers (and three environment
+        # reads) that FastAPI.__call__ made on every request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # uploads first: a request is matched against the routes in order, and uploads are most
     # of the hub's traffic (~40 fewer patterns tried a request)
