@@ -241,9 +241,9 @@ class Ingestor:
     def warm(self) -> int:
         """Cache the rows of the devices most recently seen, up to half the cache, in one
         query; returns how many. A hub that starts (a restart, a deploy, a new replica) is
-        then uploaded to by its whole fleet within one period, and read each row alone: a
-        query a gateway, ~90 us of the hub's CPU each (bench fleet: 6 % of a cold hub's
-        GIL-held time)."""
+        uploaded to by its whole fleet within one period, and read each row alone before: a
+        query a gateway (py-spy at 14,000 gateways: 6.5 % of a fresh hub's GIL-held time),
+        enough to put it behind at 15,000 (docs/performance.md)."""
         rows = self.store.recent_devices(_MAX_CACHED_DEVICES // 2)
         for row in rows:
             self._rows[row.utid] = row
