@@ -246,7 +246,7 @@ class Ingestor:
         enough to put it behind at 15,000 (docs/performance.md)."""
         rows = self.store.recent_devices(_MAX_CACHED_DEVICES // 2)
         for row in rows:
-            self._rows[row.utid] = row
+            self._remember(row)
         return len(rows)
 
     def _remember(self, row: DeviceRow) -> None:
