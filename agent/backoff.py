@@ -22,6 +22,14 @@ class Backoff:
         ceiling = min(self.cap_s, self.base_s * (2 ** min(attempt, 32)))
         return rng.uniform(0.0, ceiling)
 
+    def delay_told(self, attempt: int, rng: random.Random, told_s: float) -> float:
+        """``delay``, or when the peer said how long to wait (an overloaded hub's
+        ``Retry-After``, capped at ``cap_s``) and that is longer: a draw from [told, 2 told),
+        so that a fleet told the same second does not come back in the same second."""
+        drawn = self.delay(attempt, rng)
+        told = min(told_s, self.cap_s)
+        return told * (1.0 + rng.random()) if told > drawn else drawn
+
 
 # A connector's link to its peer (a PLC, a broker, a serial port): at most 5 s between
 # attempts. Every second the link stays down after the peer is back is acquisition lost

@@ -58,12 +58,22 @@ class DeviceTimeout(AgentError):
 
 
 class UplinkRefused(AgentError):
-    """The hub refused a proof; ``permanent`` when retrying the same bytes cannot help."""
+    """The hub refused a proof; ``permanent`` when retrying the same bytes cannot help;
+    ``retry_after_s``: the hub's ``Retry-After`` (an overloaded hub), the least wait."""
 
-    def __init__(self, message: str, *, code: str, permanent: bool, hint: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        permanent: bool,
+        hint: str = "",
+        retry_after_s: float = 0.0,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.code = code
         self.permanent = permanent
+        self.retry_after_s = retry_after_s
 
 
 class IllegalTransition(AgentError, RuntimeError):

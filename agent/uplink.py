@@ -253,7 +253,8 @@ class Uplink:
         self.stats.failures += 1
         if self.on_failure is not None:
             self.on_failure()
-        delay = self.backoff.delay(attempt, self.rng)
+        told = err.retry_after_s if isinstance(err, UplinkRefused) else 0.0
+        delay = self.backoff.delay_told(attempt, self.rng, told)
         log.warning("uplink: %s; retrying in %.2fs", why, delay)
         await asyncio.sleep(delay)
         return attempt + 1
@@ -320,7 +321,11 @@ class Uplink:
             if refused.permanent:
                 self.stats.refusals += 1
             raise UplinkRefused(
-                refused.message, code=refused.code, permanent=refused.permanent, hint=refused.hint
+                refused.message,
+                code=refused.code,
+                permanent=refused.permanent,
+                hint=refused.hint,
+                retry_after_s=retry_after(r.headers.get("retry-after")),
             )
 
     def _count_acks(self, items: list[OutboxItem], plan: OutboxPlan) -> None:
@@ -344,6 +349,14 @@ def refusal(
         permanent=permanent,
         hint=hint,
     )
+
+
+def retry_after(header: str | None) -> float:
+    """Seconds of an HTTP ``Retry-After`` given in seconds (0 when absent, or a date: the
+    hub sends seconds)."""
+    if header is None or not header.strip().isdigit():
+        return 0.0
+    return float(header.strip())
 
 
 def answer_json(r: httpx.Response) -> dict[str, Any]:

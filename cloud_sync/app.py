@@ -25,9 +25,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloud_sync.admission import BodyBudget, HeldBodies, Overloaded, overloaded_answer
 from cloud_sync.errors import ApiError, HubFault
 from cloud_sync.jobs.hub import hub_jobs
 from cloud_sync.metrics import HubMetrics
@@ -159,6 +161,8 @@ class _Direct:
         request = Request(scope, receive)
         try:
             response = await route.endpoint(request)
+        except ClientDisconnect:
+            return  # the client went away before its body was in: nobody to answer
         except ApiError as err:
             response = await _api_error(request, err)
         except Exception as err:  # noqa: BLE001  # as Starlette's outermost handler: a JSON 500
@@ -167,17 +171,21 @@ class _Direct:
 
 
 class _HubApp(FastAPI):
-    """FastAPI with the hub's own two layers outermost, outside Starlette's error and FastAPI's
-    telemetry and body-limit wrappers (each a Python frame a request: ~10 % of an upload's
-    time holding the GIL, py-spy at 12,000 gateways): ``_Timed`` (metrics, security
-    headers) around ``_Direct`` (the routes served directly) around the rest."""
+    """FastAPI with the hub's own three layers outermost, outside Starlette's error and
+    FastAPI's telemetry and body-limit wrappers (each a Python frame a request: ~10 % of an
+    upload's time holding the GIL, py-spy at 12,000 gateways): ``_Timed`` (metrics,
+    security headers) around ``HeldBodies`` (the hub's budget of request bodies held at
+    once) around ``_Direct`` (the routes served directly) around the rest."""
 
     direct_routes: list[APIRoute]
     hub_metrics: HubMetrics
+    body_budget: BodyBudget
+    largest_body: int  # charged for a body of unknown length
 
     def build_middleware_stack(self) -> ASGIApp:
         inner = _Direct(super().build_middleware_stack(), self.direct_routes)
-        return _Timed(inner, self.hub_metrics)
+        held = HeldBodies(inner, self.body_budget, self.largest_body, self.hub_metrics)
+        return _Timed(held, self.hub_metrics)
 
 
 async def _api_error(_: Request, err: Exception) -> JSONResponse:
@@ -187,8 +195,11 @@ async def _api_error(_: Request, err: Exception) -> JSONResponse:
 
 async def _fault(request: Request, err: Exception) -> JSONResponse:
     """The hub's own failure, a ``HubFault`` or any exception nothing else handled: JSON
-    with a request id, and the traceback in the log under that id (never in the answer)."""
+    with a request id, and the traceback in the log under that id (never in the answer).
+    A request the body budget refused mid-way (``Overloaded``) is no failure: no traceback."""
     request_id = secrets.token_hex(8)
+    if isinstance(err, Overloaded):
+        return overloaded_answer(err, request_id)
     _log.error(
         "request %s: %s %s failed", request_id, request.method, request.url.path, exc_info=err
     )
@@ -313,5 +324,7 @@ def hub_app(deps: HubDeps) -> FastAPI:
     )
     app.direct_routes = proofs.direct_routes(routers[0])
     app.hub_metrics = deps.metrics
+    app.body_budget = deps.budget
+    app.largest_body = deps.settings.limits.max_body_bytes
     app.openapi = partial(_errors_as_json, app.openapi)  # type: ignore[method-assign]  # FastAPI's documented way to change the document
     return app

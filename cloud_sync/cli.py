@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cloud_sync.settings import COMMIT_GATHER_S, HubSettings
+from cloud_sync.settings import COMMIT_GATHER_S, HubLimits, HubSettings
 
 __all__ = ["hub"]
 
@@ -112,6 +112,15 @@ def hub() -> None:
     help="Milliseconds an idle ingest writer waits so uploads arriving together share one"
     " commit (0: commit each at once). Adds at most this to an upload's latency.",
 )
+@click.option(
+    "--body-budget-mib",
+    default=HubLimits().max_held_body_bytes >> 20,
+    show_default=True,
+    type=click.IntRange(1, 1 << 20),
+    help="MiB of request bodies the hub holds at once, all requests together; past it a"
+    " request is answered 503 overloaded (Retry-After) before its body is read. At least"
+    " what one upload may inflate to (64).",
+)
 def serve(
     data_dir: Path,
     db_url: str | None,
@@ -127,6 +136,7 @@ def serve(
     nats_url: str | None,
     keep_alive_s: int,
     commit_gather_ms: float,
+    body_budget_mib: int,
 ) -> None:
     """Serve the hub API and web page.
 
@@ -158,6 +168,7 @@ def serve(
         plain_http=plain_http,
         embed_frame_ancestors=embed_frame_ancestors,
         nats_url=nats_url,
+        limits=HubLimits(max_held_body_bytes=body_budget_mib << 20),
     )
     settings = dataclasses.replace(settings, commit_gather_s=commit_gather_ms / 1000)
     click.echo(f"hub on http://{host}:{port}  (fleet CA: {data_dir / 'fleet-ca.pem'})")

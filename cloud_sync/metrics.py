@@ -49,6 +49,10 @@ class HubMetrics:
             buckets=_LATENCY, registry=r,
         )  # fmt: skip
 
+        self.shed = Counter(
+            p + "requests_shed", "Requests answered 503 overloaded: the body budget was full",
+            registry=r,
+        )  # fmt: skip
         self.group_requests = Histogram(
             p + "commit_group_requests", "Upload requests stored by one group commit",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,

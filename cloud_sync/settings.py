@@ -27,6 +27,19 @@ class HubLimits:
     proof: ProofLimits = MICROPROOF_LIMITS
     max_json_bytes: int = 64 << 10  # device registration and other JSON bodies
     max_form_bytes: int = 8 << 10  # the web view's forms: a login is < 400 bytes
+    # request bodies held at once, all requests together (cloud_sync/admission.py): past it
+    # a request is answered 503 overloaded before its body is read. At least what one
+    # upload may inflate to, so that a request alone always fits
+    max_held_body_bytes: int = 128 << 20
+
+    def __post_init__(self) -> None:
+        largest = max(self.max_body_bytes, self.max_decompressed_bytes)
+        if self.max_held_body_bytes < largest:
+            raise HubError(
+                f"a body budget of {self.max_held_body_bytes >> 20} MiB is less than one"
+                f" request may hold ({largest >> 20} MiB): raise it (--body-budget-mib), or"
+                " lower the body limits"
+            )
 
 
 COMMIT_GATHER_S = 0.002

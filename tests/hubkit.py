@@ -168,11 +168,12 @@ def list_body(*proofs: tuple[bytes, list[bytes]]) -> bytes:
     return cbor2.dumps({"proofs": [{"cose": c, "leaves": leaves} for c, leaves in proofs]})
 
 
-def register(hub_url: str, admin_token: str, dev: Device, name: str) -> str:
-    """Development registration of ``dev``'s software key; returns its UTID."""
+def register(hub_url: str, admin_token: str, dev: Device, name: str, client: Any = None) -> str:
+    """Development registration of ``dev``'s software key; returns its UTID. ``client``:
+    an httpx client to send it with (an in-process ``TestClient``, with ``hub_url`` "")."""
     import httpx
 
-    r = httpx.post(
+    r = (client or httpx).post(
         f"{hub_url}/v1/devices",
         json={"public_key_pem": dev.public_pem(), "key_kind": "software", "name": name},
         headers={"authorization": f"Bearer {admin_token}"},

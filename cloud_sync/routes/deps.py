@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloud_sync.access import Access
+from cloud_sync.admission import BodyBudget
 from cloud_sync.enroll import DeviceAuth
 from cloud_sync.fleet_ca import FleetCA
 from cloud_sync.groupcommit import GroupCommit
@@ -43,6 +44,7 @@ class HubDeps:
     ingestor: Ingestor
     writer: GroupCommit
     metrics: HubMetrics
+    budget: BodyBudget  # request bodies held at once (cloud_sync/admission.py)
     device_auth: DeviceAuth
     access: Access
     policies: DevicePolicies
@@ -75,7 +77,14 @@ class HubDeps:
         )
         ingestor.warm()  # the fleet's rows in one query, not one each first upload
         metrics = HubMetrics()
-        metrics.watch(lambda: {"log_entries": float(log.size()), **_device_counts(store)})
+        budget = BodyBudget(settings.limits.max_held_body_bytes)
+        metrics.watch(
+            lambda: {
+                "log_entries": float(log.size()),
+                "body_bytes_held": float(budget.held),
+                **_device_counts(store),
+            }
+        )
         return cls(
             settings=settings,
             store=store,
@@ -92,6 +101,7 @@ class HubDeps:
                 gather_s=settings.commit_gather_s,
             ),
             metrics=metrics,
+            budget=budget,
             device_auth=DeviceAuth(store, now_ns),
             access=Access(store.engine, settings.admin_token, now_ns),
             policies=DevicePolicies(store.engine),

@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 
 from attestation import cborsafe
 from cloud_sync import chain
+from cloud_sync.admission import charge
 from cloud_sync.errors import ApiError
 from cloud_sync.ingest import ProofUpload
 from cloud_sync.routes.deps import HubDeps
@@ -146,12 +147,14 @@ def router(deps: HubDeps) -> APIRouter:
     @api.post(UPLOADS, openapi_extra=body_doc(upload_schema(settings), "application/cbor"))
     async def upload_proofs(request: Request) -> JSONResponse:
         require_content_type(request, "application/cbor")
-        body = await read_body(request, settings.limits.max_body_bytes)
+        sent = await read_body(request, settings.limits.max_body_bytes)
         body = decompress(
-            body,
+            sent,
             request.headers.get("content-encoding", "").strip().lower(),
             settings.limits.max_decompressed_bytes,
         )
+        if body is not sent:  # inflated: held beside what was sent, so charged as well
+            charge(request.scope, deps.budget, len(body))
         caller = deps.device_auth.utid_of(request.headers.get("authorization", ""))
         uploads = parse_uploads(body, settings)
         started = time.perf_counter()
