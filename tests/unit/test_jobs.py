@@ -197,3 +197,19 @@ def test_a_hub_that_stops_mid_job_runs_it_again_at_its_next_start(tmp_path: Path
         got = _finished(client, auth, job["id"])
     assert got["state"] == "succeeded" and got["attempts"] == 2
     assert any("interrupted" in str(x["line"]) for x in got["logs"])  # type: ignore[attr-defined]  # JSON
+
+
+def test_a_hub_that_only_ingests_never_loads_the_fleet_jobs_models(tmp_path: Path) -> None:
+    """onnxruntime, scikit-learn and SciPy (185 of an idle hub's 300 MiB) load when a fleet
+    job first runs, not with the app (a fresh interpreter: this one has them already)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pathlib; from cloud_sync.app import create_app;"
+        " from cloud_sync.settings import HubSettings;"
+        f" create_app(HubSettings.create(pathlib.Path({str(tmp_path)!r})));"
+        " print(sorted(m for m in ('onnxruntime', 'sklearn', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
