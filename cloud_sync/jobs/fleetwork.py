@@ -168,14 +168,20 @@ def tune(ctx: JobContext, p: TuneParams) -> dict[str, Any]:
         metrics={"m2n2_job": p.model_job, "rnd1_job": ctx.job_id, "tuned": best},
     )  # fmt: skip
     if p.publish_config_site is not None:
-        fragment = (
-            f"# RND1 job {ctx.job_id}: span and limit tuned for site {p.site} on the merged"
-            f" model of job {p.model_job} (selection F1 {best['selection_f1']:.3f})\n[model]\n"
-            f"threshold_factor = {float(best['threshold_factor']):.4f}\n"
-            f"smoothing_span = {int(best['span'])}\n"
+        fragment = _fragment(
+            f"RND1 job {ctx.job_id}: span and limit tuned for site {p.site} on the merged"
+            f" model of job {p.model_job} (selection F1 {best['selection_f1']:.3f})",
+            "model",
+            threshold_factor=f"{float(best['threshold_factor']):.4f}",
+            smoothing_span=str(int(best["span"])),
         )
         out["published_config"] = _publish_fragment(ctx, fragment, p.publish_config_site, "scoring")
     return out
+
+
+def _fragment(comment: str, table: str, **values: str) -> str:
+    """An agent configuration fragment: a comment saying where it came from, one table."""
+    return f"# {comment}\n[{table}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
 
 
 def _publish_fragment(ctx: JobContext, text: str, site: str, name: str) -> dict[str, Any]:
@@ -205,11 +211,14 @@ def setpoint(ctx: JobContext, p: SetpointParams) -> dict[str, Any]:
     )
     if p.publish_site is not None:
         b = out["best"]
-        fragment = (
-            f"# RND1 job {ctx.job_id}: least power with flow >= {p.min_flow_lpm} l/min and"
-            f" NPSH margin >= {p.min_npsh_margin_m} m (shadow twin)\n[setpoint]\n"
-            f"valve = {b['valve']:.4f}\nspeed = {b['speed']:.4f}\n"
-            f"expected_power_w = {b['power_w']:.1f}\nexpected_flow_lpm = {b['flow_lpm']:.2f}\n"
+        fragment = _fragment(
+            f"RND1 job {ctx.job_id}: least power with flow >= {p.min_flow_lpm} l/min and"
+            f" NPSH margin >= {p.min_npsh_margin_m} m (shadow twin)",
+            "setpoint",
+            valve=f"{b['valve']:.4f}",
+            speed=f"{b['speed']:.4f}",
+            expected_power_w=f"{b['power_w']:.1f}",
+            expected_flow_lpm=f"{b['flow_lpm']:.2f}",
         )
         out["published"] = _publish_fragment(ctx, fragment, p.publish_site, "setpoint")
     return out
