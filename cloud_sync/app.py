@@ -94,10 +94,21 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (422, ErrorBody, "A field that is invalid; `detail` names it"),
         (500, FaultBody, "The hub failed (`internal`, `corrupt_store`); `request_id` finds it"),
         (501, FaultBody, "Not available in this installation"),
-        (503, FaultBody, "A service the hub needs is unreachable (the job queue); try again"),
+        (
+            503,
+            FaultBody,
+            "Try again: the hub holds its budget of request bodies (`overloaded`, with"
+            " `Retry-After` in seconds), or a service it needs is unreachable (the job queue)",
+        ),
     )
 }
 """Every status a route may answer besides its own success, with its body (OpenAPI)."""
+ERROR_RESPONSES[503]["headers"] = {
+    "Retry-After": {
+        "description": "Seconds to wait before sending the request again (`overloaded`)",
+        "schema": {"type": "integer"},
+    }
+}
 
 
 class _Timed:

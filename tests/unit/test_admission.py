@@ -98,3 +98,10 @@ def test_the_uplink_waits_at_least_what_the_hub_said(attempt: int, told: float, 
         assert capped <= delay < 2 * capped  # spread over as long again
     else:
         assert delay == drawn
+
+
+def test_the_api_document_names_retry_after_on_every_503(tmp_path: Path) -> None:
+    doc = create_app(HubSettings.create(tmp_path / "hub", allow_software_keys=True)).openapi()
+    answers = [op["responses"]["503"] for ops in doc["paths"].values() for op in ops.values()]
+    assert answers and all("Retry-After" in a.get("headers", {}) for a in answers)
+    assert "overloaded" in doc["paths"]["/v1/proofs"]["post"]["responses"]["503"]["description"]
