@@ -1,8 +1,9 @@
 """Admission: a bound on the request bodies the hub holds at once, across all requests.
 
 Each route refuses a body past its own limit while it streams in (``read_body``), but that
-bounds one request, not the hub: 100 uploads of 16 MiB in parallel, from anyone who can open
-connections, made it hold 1.6 GB. ``BodyBudget`` is the hub's total. A request is charged
+bounds one request, not the hub: 40 clients each holding a 16 MiB upload with 15 MiB sent
+(anyone who can open connections) grew its peak RSS by 600 MiB (ADR 0051). ``BodyBudget`` is
+the hub's total. A request is charged
 its declared ``Content-Length`` (a chunked one, the largest body any route takes) before the
 app sees it, and a zstd upload is charged again what it inflates to; the charge is given
 back when the answer has been sent. A request that does not fit is answered at once, before
