@@ -22,6 +22,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
+from agent.eventloop import cancel_and_wait
 from hil_tests.errors import HilError
 from hil_tests.feed import ModelSource, PlantFeed, ReplaySource, ValueSource
 from hil_tests.plant import DEFAULT_FAULTS, SIGNALS, Fault, PumpPlant
@@ -320,7 +321,7 @@ class PlantServer:
                 self.faces.append(await stack.enter_async_context(mqtt))
             # the clock starts once every face is up (asyncua's init blocks the loop a while)
             task = asyncio.create_task(self.feed.run(), name="plant-feed")
-            stack.push_async_callback(_cancel, task)
+            stack.push_async_callback(cancel_and_wait, task)
             self._stack = stack.pop_all()
         return self
 
@@ -328,9 +329,3 @@ class PlantServer:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

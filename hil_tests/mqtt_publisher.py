@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from agent.eventloop import cancel_and_wait
 from hil_tests.errors import HilError
 from hil_tests.feed import PlantFeed, PlantSample
 from hil_tests.plant import SIGNALS
@@ -109,9 +110,7 @@ class MqttFace:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self, client: aiomqtt.Client) -> None:

@@ -7,7 +7,6 @@ object ``Pump`` in namespace ``PLANT_NAMESPACE``; every feed tick writes all of 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import socket
@@ -17,6 +16,7 @@ from asyncua import ua
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 
+from agent.eventloop import cancel_and_wait
 from hil_tests.errors import HilError
 from hil_tests.feed import PlantFeed, PlantSample
 from hil_tests.plant import SIGNALS
@@ -100,9 +100,7 @@ class OpcUaFace:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._server is not None:
             server, self._server = self._server, None
