@@ -15,7 +15,7 @@ import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["ENV", "cancel_and_wait", "run"]
+__all__ = ["ENV", "run"]
 
 ENV = "FACTORYOPS_EVENT_LOOP"
 T = TypeVar("T")
@@ -31,17 +31,3 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         else:
             return uvloop.run(main)
     return asyncio.run(main)
-
-
-async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` and wait until it has finished; the ``CancelledError`` it ends with is
-    dropped, but not one meant for the caller. ``with suppress(CancelledError): await task``
-    drops both: a Ctrl-C that lands while the caller waits for its child is then lost and
-    the caller runs on (Python 3.11's ``Task.cancelling`` tells the two apart)."""
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        me = asyncio.current_task()
-        if me is not None and me.cancelling():
-            raise

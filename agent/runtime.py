@@ -678,6 +678,12 @@ class AgentRuntime:
         Runs beside the writes (never holding SQLite's lock), so a slow disk delays only
         how far ahead numbering may run, never a write."""
         async with self._sync_lock:
+            if self._journal_gone:
+                # the agent is stopping and the journal's loops ended, its sync pool shut
+                # down with them: a caller that was between its write and this sync when the
+                # stop came (the hub-head task, seen in CI: "cannot schedule new futures
+                # after shutdown") stops here; the stop seals and commits what was acquired
+                raise asyncio.CancelledError
             if not self._unsynced.is_set():
                 return
             self._unsynced.clear()

@@ -22,10 +22,10 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
-from agent.eventloop import cancel_and_wait
 from hil_tests.errors import HilError
 from hil_tests.feed import ModelSource, PlantFeed, ReplaySource, ValueSource
 from hil_tests.plant import DEFAULT_FAULTS, SIGNALS, Fault, PumpPlant
+from hil_tests.tasks import cancel_and_wait
 
 __all__ = [
     "DEVICE_ID",

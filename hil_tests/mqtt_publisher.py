@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from agent.eventloop import cancel_and_wait
 from hil_tests.errors import HilError
 from hil_tests.feed import PlantFeed, PlantSample
 from hil_tests.plant import SIGNALS
+from hil_tests.tasks import cancel_and_wait
 
 __all__ = ["DEFAULT_TOPIC_PREFIX", "MqttFace", "MqttTarget", "parse_mqtt_url", "payload"]
 

@@ -16,10 +16,10 @@ from asyncua import ua
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 
-from agent.eventloop import cancel_and_wait
 from hil_tests.errors import HilError
 from hil_tests.feed import PlantFeed, PlantSample
 from hil_tests.plant import SIGNALS
+from hil_tests.tasks import cancel_and_wait
 
 __all__ = ["PLANT_NAMESPACE", "OpcUaFace", "free_port"]
 

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from agent.config import AgentConfig, parse_config
 from agent.connectors.base import Emit, Sample
 from agent.runtime import AgentRuntime, build_runtime
@@ -231,3 +233,22 @@ async def test_a_poller_past_the_marks_headroom_waits_for_the_paced_fsync_not_it
     # 40 ms later than the next (one such outlier allowed on a loaded machine)
     assert len(syncs) >= 2
     assert sum(g < 0.01 for g in gaps) <= 1, sorted(gaps)[:5]
+
+
+async def test_a_sync_asked_for_after_the_journal_ended_stops_its_caller_not_the_agent(
+    tmp_path: Path,
+) -> None:
+    """The hub-head task between its journal write and its sync when the stop came: the
+    journal's loops had ended and shut their sync pool, and the sync raised RuntimeError
+    ('cannot schedule new futures after shutdown'), which the agent's task group reported as
+    a crash (CI, 2026-12-06). Now it ends that caller as cancelled, as the mark's own wait
+    already did."""
+    _, source, runtime = _bursting(tmp_path)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop))
+    await until(lambda: source.sent >= 1, what="the agent running")
+    stop.set()
+    await task  # the journal's loops end with the stop; its sync pool is shut down
+    runtime._unsynced.set()
+    with pytest.raises(asyncio.CancelledError):
+        await runtime._sync_journal()
