@@ -74,6 +74,15 @@ def _hub_seqs(hub_dir: Path) -> list[int]:
     return sorted(r.seq for r in hub_readings(hub_dir / "hub.db"))
 
 
+async def _every_committed_reading_at_the_hub(cfg: AgentConfig, hub_dir: Path) -> None:
+    """Every reading the gateway's spool committed reaches the hub, once each."""
+    spool = Spool(cfg.spool.path)
+    committed = spool.state().next_seq
+    spool.close()
+    await until(lambda: len(_hub_seqs(hub_dir)) == committed)
+    assert _hub_seqs(hub_dir) == list(range(committed))
+
+
 async def test_an_unknown_device_stops_the_uplink_and_keeps_the_proof_for_later(
     tmp_path: Path,
 ) -> None:
@@ -95,11 +104,7 @@ async def test_an_unknown_device_stops_the_uplink_and_keeps_the_proof_for_later(
             state_dir=tmp_path,
         )
         await _run(cfg, signer, lambda r: r.status()["proofs_synced"] >= 5)
-        spool = Spool(cfg.spool.path)
-        committed = spool.state().next_seq
-        spool.close()
-        await until(lambda: len(_hub_seqs(tmp_path / "hub")) == committed)
-        assert _hub_seqs(tmp_path / "hub") == list(range(committed))
+        await _every_committed_reading_at_the_hub(cfg, tmp_path / "hub")
     finally:
         hub.stop()
 
@@ -435,11 +440,7 @@ async def test_an_overloaded_hub_is_sent_the_proofs_again_once_it_has_room(
             for sock in holders:
                 sock.close()
         await _run(cfg, signer, lambda r: r.status()["proofs_synced"] >= 3)
-        spool = Spool(cfg.spool.path)
-        committed = spool.state().next_seq
-        spool.close()
-        await until(lambda: len(_hub_seqs(tmp_path / "hub")) == committed)
-        assert _hub_seqs(tmp_path / "hub") == list(range(committed))
+        await _every_committed_reading_at_the_hub(cfg, tmp_path / "hub")
         assert held() == 0
     finally:
         hub.stop()
