@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud_sync.errors import HubFault
-from cloud_sync.metrics import HubMetrics
 
 __all__ = ["BodyBudget", "HeldBodies", "Overloaded", "charge", "overloaded_answer"]
 
@@ -43,10 +43,12 @@ class Overloaded(HubFault):
 
 @dataclass
 class BodyBudget:
-    """Bytes of request bodies held at once: ``limit`` in all."""
+    """Bytes of request bodies held at once: ``limit`` in all. ``on_refusal`` is called for
+    each request refused, at admission or when its body inflated (the metrics' counter)."""
 
     limit: int
     retry_after_s: int = 2
+    on_refusal: Callable[[], None] = lambda: None
     held: int = 0
     refused: int = 0
     _logged_at: float = field(default=0.0, repr=False)
@@ -57,6 +59,7 @@ class BodyBudget:
             self.held += n
             return None
         self.refused += 1
+        self.on_refusal()
         now = time.monotonic()
         if now - self._logged_at >= _LOG_EVERY_S:  # at most one line a period, with a count
             self._logged_at = now
@@ -90,19 +93,18 @@ class HeldBodies:
     answered ``503 overloaded`` at once when it does not fit. ``unknown_length`` is charged
     for a body sent without ``Content-Length`` (the largest any route accepts)."""
 
-    def __init__(
-        self, app: ASGIApp, budget: BodyBudget, unknown_length: int, metrics: HubMetrics
-    ) -> None:
+    def __init__(self, app: ASGIApp, budget: BodyBudget, unknown_length: int) -> None:
         self.app = app
         self.budget = budget
         self.unknown_length = unknown_length
-        self.metrics = metrics
 
     def declared(self, scope: Scope) -> int:
+        """What the request is charged: its declared length, at most ``unknown_length`` (a
+        length past every route's limit is refused by the route, unread)."""
         for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                return int(value) if value.isdigit() else self.unknown_length
-            if name == b"transfer-encoding":
+            if name == b"content-length" and value.isdigit():
+                return min(int(value), self.unknown_length)
+            if name in (b"content-length", b"transfer-encoding"):  # unreadable, or chunked
                 return self.unknown_length
         return 0  # no body
 
@@ -110,10 +112,8 @@ class HeldBodies:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # a declared length past every route's limit is refused by the route, unread
-        n = min(self.declared(scope), self.unknown_length)
+        n = self.declared(scope)
         if (refusal := self.budget.take(n)) is not None:
-            self.metrics.shed.inc()
             await overloaded_answer(refusal)(scope, receive, send)
             return
         scope[_SCOPE_KEY] = n

@@ -195,7 +195,7 @@ class _HubApp(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         inner = _Direct(super().build_middleware_stack(), self.direct_routes)
-        held = HeldBodies(inner, self.body_budget, self.largest_body, self.hub_metrics)
+        held = HeldBodies(inner, self.body_budget, self.largest_body)
         return _Timed(held, self.hub_metrics)
 
 

@@ -77,7 +77,7 @@ class HubDeps:
         )
         ingestor.warm()  # the fleet's rows in one query, not one each first upload
         metrics = HubMetrics()
-        budget = BodyBudget(settings.limits.max_held_body_bytes)
+        budget = BodyBudget(settings.limits.max_held_body_bytes, on_refusal=metrics.shed.inc)
         metrics.watch(
             lambda: {
                 "log_entries": float(log.size()),

@@ -18,7 +18,6 @@ from agent.uplink import retry_after
 from cloud_sync.admission import BodyBudget, HeldBodies
 from cloud_sync.app import create_app
 from cloud_sync.errors import HubError
-from cloud_sync.metrics import HubMetrics
 from cloud_sync.settings import HubLimits, HubSettings
 from tests.hubkit import Device, body, register
 
@@ -26,7 +25,8 @@ CBOR = {"content-type": "application/cbor"}
 
 
 def test_the_budget_charges_what_fits_and_refuses_the_rest_without_charging() -> None:
-    budget = BodyBudget(limit=100, retry_after_s=3)
+    counted: list[int] = []
+    budget = BodyBudget(limit=100, retry_after_s=3, on_refusal=lambda: counted.append(1))
     assert budget.take(60) is None and budget.take(40) is None
     refusal = budget.take(1)
     assert refusal is not None and budget.held == 100  # nothing charged for a refusal
@@ -34,7 +34,7 @@ def test_the_budget_charges_what_fits_and_refuses_the_rest_without_charging() ->
     assert "100 bytes of request bodies (limit 100)" in refusal.detail
     budget.give(60)
     assert budget.take(60) is None and budget.held == 100
-    assert budget.refused == 1
+    assert budget.refused == 1 and len(counted) == 1
 
 
 def test_a_budget_smaller_than_one_request_is_refused_naming_the_option() -> None:
@@ -45,8 +45,8 @@ def test_a_budget_smaller_than_one_request_is_refused_naming_the_option() -> Non
 
 @given(st.binary(max_size=24))
 def test_any_content_length_is_charged_within_zero_and_the_largest_body(value: bytes) -> None:
-    held = HeldBodies(lambda *_: None, BodyBudget(1 << 30), 1 << 20, HubMetrics())  # type: ignore[arg-type]  # an app never called here
-    charged = min(held.declared({"headers": [(b"content-length", value)]}), 1 << 20)
+    held = HeldBodies(lambda *_: None, BodyBudget(1 << 30), 1 << 20)  # type: ignore[arg-type]  # an app never called here
+    charged = held.declared({"headers": [(b"content-length", value)]})
     assert 0 <= charged <= 1 << 20
     assert held.declared({"headers": [(b"transfer-encoding", b"chunked")]}) == 1 << 20
     assert held.declared({"headers": []}) == 0
@@ -74,6 +74,10 @@ def test_an_upload_that_inflates_past_the_budget_is_answered_503_and_logged_once
         assert r.json()["request_id"] == r.headers["x-request-id"]
         assert budget.held == budget.limit - len(squeezed) - len(window) // 2  # given back
         assert not [x for x in caplog.records if x.exc_info]  # no traceback: not a failure
+        metrics = client.get(
+            "/metrics", headers={"authorization": f"Bearer {settings.admin_token}"}
+        )
+        assert "factoryops_hub_requests_shed_total 1.0" in metrics.text  # counted as shed
         budget.held = 0
         again = client.post(
             "/v1/proofs", content=squeezed, headers={**CBOR, "content-encoding": "zstd"}
