@@ -219,13 +219,13 @@ class Ingestor:
         window = smp.proof.window
         if window > device.head_window:
             return None
-        conn = connect()
-        done = self.store.window_by_hash(digest, conn)
-        if done is None and same_payload:
-            stored = self.store.window_at(device.utid, window, conn)
-            if stored is not None and chain.same_window(smp, stored.cose):
-                done = stored
-        return None if done is None else IngestResult.of(done, "duplicate")
+        # the same bytes name the same (utid, window): looked up by the table's one key
+        stored = self.store.window_at(device.utid, window, connect())
+        if stored is None:
+            return None
+        if stored.cose_sha256 == digest or (same_payload and chain.same_window(smp, stored.cose)):
+            return IngestResult.of(stored, "duplicate")
+        return None
 
     def _cached_device(self, utid: str, connect: Connect) -> DeviceRow | None:
         """The device's row for a request's checks: the cached one unless it is revoked (a

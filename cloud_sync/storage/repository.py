@@ -286,25 +286,10 @@ class Store:
         return bool(n)
 
     # windows -------------------------------------------------------------------------
-    def window_by_hash(
-        self, cose_sha256: bytes, conn: Connection | None = None
-    ) -> WindowRow | None:
-        row = self._first(_WINDOW_BY_HASH, {"h": cose_sha256}, conn)
-        return None if row is None else WindowRow(**row._mapping)
-
     def window_at(self, utid: str, window: int, conn: Connection | None = None) -> WindowRow | None:
         """The device's accepted proof of ``window``, if any."""
         row = self._first(_WINDOW_AT, {"u": utid, "w": window}, conn)
         return None if row is None else WindowRow(**row._mapping)
-
-    def window_with_prev(self, utid: str, prev: bytes) -> WindowRow | None:
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(select(windows).where(windows.c.utid == utid, windows.c.prev == prev))
-                .mappings()
-                .first()
-            )
-        return None if row is None else WindowRow(**row)
 
     def window_for_seq(self, utid: str, seq: int) -> WindowRow | None:
         stmt = (
@@ -451,7 +436,6 @@ _DEVICE_BY_UTID = select(*(devices.c[f] for f in DeviceRow.__dataclass_fields__)
     devices.c.utid == bindparam("u")
 )
 _INSERT_LEAVES = BulkInsert(window_leaves)
-_WINDOW_BY_HASH = select(windows).where(windows.c.cose_sha256 == bindparam("h"))
 _WINDOW_AT = select(windows).where(
     windows.c.utid == bindparam("u"), windows.c.window == bindparam("w")
 )

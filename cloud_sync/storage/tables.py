@@ -86,12 +86,17 @@ windows = Table(
     Column("root", LargeBinary, nullable=False),
     Column("prev", LargeBinary, nullable=False),
     Column("cose", LargeBinary, nullable=False),
-    Column("cose_sha256", LargeBinary, nullable=False, unique=True),
+    Column("cose_sha256", LargeBinary, nullable=False),
     Column("gaps", Integer, nullable=False, default=0),
     Column("received_ns", BigInteger, nullable=False),
-    UniqueConstraint("utid", "prev", name="uq_windows_utid_prev"),
     Index("ix_windows_utid_last_seq", "utid", "last_seq"),
 )
+# One unique key, (utid, window). A stored window always chains onto its device's window
+# before it (window = head + 1, prev = the head's hash: ``chain.advance``, checked inside the
+# transaction that moves the head), so a second proof with the same bytes or the same prev
+# has the same (utid, window): the key refuses it, a race between replicas included. The
+# unique indexes on ``cose_sha256`` and on (utid, prev) that stood beside it added two
+# random-key index pages to every commit for nothing (migration 0013, ADR 0052).
 
 # Each accepted window's leaves, exactly as the device signed and uploaded them: the leaves
 # back to back (a CBOR sequence, ADR 0008) whose RFC 9162 root is the micro-proof's signed

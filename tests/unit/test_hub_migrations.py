@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Engine,
     Float,
     Index,
@@ -138,6 +139,73 @@ def test_0008_stores_leaves_back_to_back_and_downgrades(tmp_path: Path) -> None:
         command.downgrade(alembic_config(conn), "0007")
         back = {(r.utid, r.window): r.leaves for r in conn.execute(window_leaves.select())}
         assert back == {(r["utid"], r["window"]): r["leaves"] for r in rows}
+    engine.dispose()
+
+
+def _window_row(u: int, w: int) -> dict[str, object]:
+    return {
+        "utid": f"utid:{u:064x}",
+        "window": w,
+        "first_seq": 10 * w,
+        "last_seq": 10 * w + 9,
+        "first_ts_ns": w,
+        "last_ts_ns": w,
+        "count": 10,
+        "root": bytes(32),
+        "prev": bytes([u, w]) * 16,
+        "cose": b"cose-%d-%d" % (u, w),
+        "cose_sha256": bytes([w, u]) * 16,
+        "gaps": 0,
+        "received_ns": 1,
+    }
+
+
+def test_0013_leaves_windows_one_unique_key_and_keeps_every_row(tmp_path: Path) -> None:
+    """Revision 0013 rebuilds ``windows`` on SQLite without its unique keys on the COSE hash
+    and on (utid, prev), every row kept; its downgrade puts them back."""
+    from alembic import command
+
+    from cloud_sync.storage.migrate import alembic_config
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    rows = [_window_row(u, w) for u in range(3) for w in range(50)]
+
+    def state(conn: Connection) -> tuple[int, list[dict[str, object]]]:
+        """(unique constraints of ``windows``, its rows in key order)."""
+        keys = len(inspect(conn).get_unique_constraints("windows"))
+        stored = conn.execute(windows.select().order_by(windows.c.utid, windows.c.window))
+        return keys, [dict(r._mapping) for r in stored]
+
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0012")
+        conn.execute(
+            devices.insert(),
+            [
+                {
+                    "utid": f"utid:{u:064x}",
+                    "public_key": b"k",
+                    "key_kind": "software",
+                    "certificate": b"c",
+                    "name": f"d{u}",
+                    "site": "default",
+                    "revoked": False,
+                    "created_ns": 1,
+                    "head_window": 49,
+                    "head_last_seq": 499,
+                    "n_readings": 500,
+                }
+                for u in range(3)
+            ],
+        )
+        conn.execute(windows.insert(), rows)
+        assert state(conn) == (2, rows)
+        command.upgrade(alembic_config(conn), "0013")
+        assert state(conn) == (0, rows)
+        assert [i["name"] for i in inspect(conn).get_indexes("windows")] == [
+            "ix_windows_utid_last_seq"
+        ]
+        command.downgrade(alembic_config(conn), "0012")
+        assert state(conn) == (2, rows)
     engine.dispose()
 
 

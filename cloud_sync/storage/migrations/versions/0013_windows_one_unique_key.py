@@ -1,0 +1,83 @@
+"""windows keep one unique key, (utid, window) (ADR 0052)
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-06 03:30:00
+
+The unique indexes on ``cose_sha256`` and on (utid, prev) go. Neither refused anything the
+primary key does not: a stored window chains onto the one before it (window = head + 1,
+prev = the head's hash), so the same bytes or the same prev mean the same (utid, window).
+Each cost a random-key index page a proof in every commit (a hash, a 101-byte key): SQLite
+WAL-wrote and checkpointed them again. 20,000 devices, 60 proofs a commit, SQLite in WAL
+with 16 KiB pages on this VM: 181-182 -> 121-136 µs of CPU a proof stored
+(docs/performance.md).
+
+SQLite cannot drop a table's constraint: the table is rebuilt (its rows copied once, a few
+seconds a million windows). PostgreSQL drops the two constraints in place.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0013"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+_PG_HASH_KEY = "windows_cose_sha256_key"  # PostgreSQL's name for UNIQUE (cose_sha256)
+_PREV_KEY = "uq_windows_utid_prev"
+
+
+def _windows(*constraints: sa.Constraint) -> sa.Table:
+    """``windows`` as revision 0001 made it, with ``constraints`` beside its primary key."""
+    return sa.Table(
+        "windows",
+        sa.MetaData(),
+        sa.Column("utid", sa.String(length=69), nullable=False),
+        sa.Column("window", sa.BigInteger(), nullable=False),
+        sa.Column("first_seq", sa.BigInteger(), nullable=False),
+        sa.Column("last_seq", sa.BigInteger(), nullable=False),
+        sa.Column("first_ts_ns", sa.BigInteger(), nullable=False),
+        sa.Column("last_ts_ns", sa.BigInteger(), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.Column("root", sa.LargeBinary(), nullable=False),
+        sa.Column("prev", sa.LargeBinary(), nullable=False),
+        sa.Column("cose", sa.LargeBinary(), nullable=False),
+        sa.Column("cose_sha256", sa.LargeBinary(), nullable=False),
+        sa.Column("gaps", sa.Integer(), nullable=False),
+        sa.Column("received_ns", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(["utid"], ["devices.utid"]),
+        sa.PrimaryKeyConstraint("utid", "window"),
+        sa.Index("ix_windows_utid_last_seq", "utid", "last_seq"),
+        *constraints,
+    )
+
+
+def _unique_keys() -> int:
+    """How many unique constraints ``windows`` has now (a hub whose tables were made from
+    today's metadata before it was stamped has none)."""
+    return len(sa.inspect(op.get_bind()).get_unique_constraints("windows"))
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"ALTER TABLE windows DROP CONSTRAINT IF EXISTS {_PG_HASH_KEY}")
+        op.execute(f"ALTER TABLE windows DROP CONSTRAINT IF EXISTS {_PREV_KEY}")
+        return
+    if _unique_keys():
+        with op.batch_alter_table("windows", copy_from=_windows(), recreate="always"):
+            pass
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.create_unique_constraint(_PG_HASH_KEY, "windows", ["cose_sha256"])
+        op.create_unique_constraint(_PREV_KEY, "windows", ["utid", "prev"])
+        return
+    old = _windows(
+        sa.UniqueConstraint("cose_sha256"), sa.UniqueConstraint("utid", "prev", name=_PREV_KEY)
+    )
+    with op.batch_alter_table("windows", copy_from=old, recreate="always"):
+        pass
