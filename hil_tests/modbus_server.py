@@ -25,7 +25,7 @@ from pymodbus.simulator.simutils import DataType
 from hil_tests.errors import HilError
 from hil_tests.feed import ModelSource, PlantFeed, ReplaySource, ValueSource
 from hil_tests.plant import DEFAULT_FAULTS, SIGNALS, Fault, PumpPlant
-from hil_tests.tasks import cancel_and_wait
+from hil_tests.tasks import stop_all
 
 __all__ = [
     "DEVICE_ID",
@@ -321,7 +321,7 @@ class PlantServer:
                 self.faces.append(await stack.enter_async_context(mqtt))
             # the clock starts once every face is up (asyncua's init blocks the loop a while)
             task = asyncio.create_task(self.feed.run(), name="plant-feed")
-            stack.push_async_callback(cancel_and_wait, task)
+            stack.push_async_callback(stop_all, [task])
             self._stack = stack.pop_all()
         return self
 

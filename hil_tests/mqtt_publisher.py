@@ -19,7 +19,7 @@ import aiomqtt
 from hil_tests.errors import HilError
 from hil_tests.feed import PlantFeed, PlantSample
 from hil_tests.plant import SIGNALS
-from hil_tests.tasks import cancel_and_wait
+from hil_tests.tasks import stop_all
 
 __all__ = ["DEFAULT_TOPIC_PREFIX", "MqttFace", "MqttTarget", "parse_mqtt_url", "payload"]
 
@@ -110,7 +110,7 @@ class MqttFace:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            await cancel_and_wait(self._task)
+            await stop_all([self._task])
             self._task = None
 
     async def _run(self, client: aiomqtt.Client) -> None:

@@ -19,7 +19,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from hil_tests.errors import HilError
 from hil_tests.feed import PlantFeed, PlantSample
 from hil_tests.plant import SIGNALS
-from hil_tests.tasks import cancel_and_wait
+from hil_tests.tasks import stop_all
 
 __all__ = ["PLANT_NAMESPACE", "OpcUaFace", "free_port"]
 
@@ -100,7 +100,7 @@ class OpcUaFace:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            await cancel_and_wait(self._task)
+            await stop_all([self._task])
             self._task = None
         if self._server is not None:
             server, self._server = self._server, None

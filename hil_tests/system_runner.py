@@ -70,6 +70,7 @@ from hil_tests.ptys import PtyPair, socat_available
 from hil_tests.report import write_report
 from hil_tests.rig import Verdict
 from hil_tests.system_rig import PLC_EDGE_S, PLC_SETTLE_S, Check, Injection, SystemRig
+from hil_tests.tasks import stop_all
 from hil_tests.training import simulated_normal
 from models_onnx.recipes import Recipe, build
 from provisioning.swtpm import SwtpmProcess, swtpm_available
@@ -886,21 +887,23 @@ async def _run(
             parts.t0, parts.wall0_ns = time.monotonic(), time.time_ns()
             for node in parts.nodes.values():
                 node.start()
-            background = [tg.create_task(_sample(parts, report), name="sample")]
+            # outside the task group: its one cancel can be lost in aiomqtt (stop_all)
+            background = [asyncio.create_task(_sample(parts, report), name="sample")]
             if parts.broker_addr is not None:
-                background.append(tg.create_task(_capture(parts), name="capture"))
-            faults = [
-                tg.create_task(_inject(parts, j, report), name=f"inject[{j.index}]:{j.kind}")
-                for j in rig.injections
-            ]
-            while parts.now_s() < rig.duration_s:
-                if on_progress is not None:
-                    on_progress(parts.now_s(), rig.duration_s + rig.settle_s)
-                await asyncio.sleep(0.25)
-            await asyncio.gather(*faults)
-            await _settle(parts, rig, report, on_progress)
-            for task in background:
-                task.cancel()
+                background.append(asyncio.create_task(_capture(parts), name="capture"))
+            try:
+                faults = [
+                    tg.create_task(_inject(parts, j, report), name=f"inject[{j.index}]:{j.kind}")
+                    for j in rig.injections
+                ]
+                while parts.now_s() < rig.duration_s:
+                    if on_progress is not None:
+                        on_progress(parts.now_s(), rig.duration_s + rig.settle_s)
+                    await asyncio.sleep(0.25)
+                await asyncio.gather(*faults)
+                await _settle(parts, rig, report, on_progress)
+            finally:
+                await stop_all(background)
     except* (HilError, OSError, aiomqtt.MqttError) as group:
         report.error = "; ".join(str(e) for e in group.exceptions)
 

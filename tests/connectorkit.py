@@ -9,23 +9,11 @@ from typing import Any, TypeVar
 
 from agent.backoff import Backoff
 from agent.connectors.base import Sample, SourceGap
+from tests.waiting import until
 
-__all__ = ["running", "until"]
+__all__ = ["running"]
 
 C = TypeVar("C")
-
-
-async def until(cond: Callable[[], bool], within_s: float = 60.0, what: str = "") -> None:
-    """Wait for ``cond`` (polled; never a timing assertion: the bound only stops a hang).
-
-    The one wait every test uses; ``what`` names the condition in the failure.
-    """
-    try:
-        async with asyncio.timeout(within_s):
-            while not cond():  # noqa: ASYNC110 - polling state another task or process changes
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"not reached within {within_s:g} s: {what or cond}") from None
 
 
 @asynccontextmanager

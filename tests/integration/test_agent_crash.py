@@ -32,6 +32,7 @@ from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from hil_tests.numbered_modbus import NumberedModbus, numbered_agent_sections
 from tests.hubkit import hub_readings
+from tests.waiting import until
 
 KILLS = int(os.environ.get("FACTORYOPS_KILLS", "50"))
 UNITS, REGISTERS = 2, 10
@@ -94,9 +95,7 @@ def _windows(spool_path: Path) -> list[tuple[int, int, int, bytes]]:
 
 async def _until_a_window(spool_path: Path, timeout_s: float = 120.0) -> float:
     started = time.monotonic()
-    while not _windows(spool_path):
-        assert time.monotonic() - started < timeout_s, "the agent committed no window"
-        await asyncio.sleep(0.05)
+    await until(lambda: _windows(spool_path), timeout_s, "the agent's first committed window")
     return time.monotonic() - started
 
 
@@ -119,10 +118,12 @@ def _hub_windows(hub_db: Path) -> list[tuple[int, bytes]]:
 
 
 async def _until_synced(spool_path: Path, hub_db: Path, timeout_s: float = 120.0) -> None:
-    started = time.monotonic()
-    while _hub_windows(hub_db) != [(w, c) for w, _, _, c in _windows(spool_path)]:
-        assert time.monotonic() - started < timeout_s, "the agent did not upload its outbox"
-        await asyncio.sleep(0.2)
+    await until(
+        lambda: _hub_windows(hub_db) == [(w, c) for w, _, _, c in _windows(spool_path)],
+        timeout_s,
+        "the agent's outbox uploaded",
+        every_s=0.2,  # two databases read whole each time
+    )
 
 
 @pytest.mark.timeout(900)

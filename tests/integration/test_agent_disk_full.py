@@ -24,8 +24,8 @@ from agent.spool import RESTART_REASON, Spool
 from attestation import parse_microproof, verify_chain
 from attestation.signers.software import SoftwareSigner
 from tests.conftest import missing
-from tests.connectorkit import until
 from tests.unit.test_agent_slow_signer import Ticker
+from tests.waiting import until
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from agent.config import ModbusDeviceConfig, ModbusTag
 from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector
 from tests.conftest import free_port
-from tests.connectorkit import until
+from tests.waiting import until
 
 REFUSED_FROM = 100  # the server answers ILLEGAL_ADDRESS for holding registers at and above
 
@@ -111,9 +111,7 @@ async def test_a_refused_span_is_counted_and_the_other_tags_keep_coming(server: 
         got.extend(samples)
 
     task = asyncio.create_task(connector.run(emit))
-    async with asyncio.timeout(20):
-        while connector.polls < 5:  # noqa: ASYNC110 - polls is a plain counter, no event
-            await asyncio.sleep(0.02)
+    await until(lambda: connector.polls >= 5, 20, "five polls")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -22,8 +22,8 @@ from agent.connectors.modbus import ModbusConnector
 from agent.runtime import build_runtime
 from attestation.signers.software import SoftwareSigner
 from tests.conftest import free_port
-from tests.connectorkit import until
 from tests.unit.test_agent_slow_signer import Ticker
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -34,9 +34,9 @@ from attestation import parse_microproof, verify_chain
 from attestation.signers.software import SoftwareSigner
 from benchmarks.modbus import FleetServer
 from tests.conftest import free_port
-from tests.connectorkit import until
 from tests.integration.test_agent_modbus import ModbusPlc
 from tests.integration.test_connector_opcua import PlcServer
+from tests.waiting import until
 
 STOPS = int(os.environ.get("FACTORYOPS_STOPS", "40"))
 STOP_BOUND_S = 10.0  # a stop past this is a hang

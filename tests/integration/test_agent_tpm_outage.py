@@ -18,7 +18,7 @@ from agent.connectors.base import Emit, Sample
 from agent.runtime import build_runtime
 from attestation import parse_microproof, verify_chain
 from provisioning.swtpm import SwtpmProcess
-from tests.connectorkit import until
+from tests.waiting import until
 
 pytestmark = [pytest.mark.tpm, pytest.mark.timeout(120)]
 

@@ -25,9 +25,9 @@ from agent.uplink import register_device
 from attestation.signers.software import SoftwareSigner
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubLimits, HubSettings
-from tests.connectorkit import until
 from tests.hubkit import Device, hub_readings, register, upload
 from tests.unit.test_agent_slow_signer import Ticker
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,7 +22,7 @@ from agent.connectors.csvdrop import CsvDropConnector, Ledger
 from agent.connectors.registry import build_connectors
 from agent.runtime import AgentRuntime, build_runtime
 from attestation.signers.software import SoftwareSigner
-from tests.connectorkit import until
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 SIGNER = SoftwareSigner.generate()

@@ -19,7 +19,8 @@ from agent.connectors.base import Sample, SourceGap
 from agent.connectors.mqtt import MqttConfig, MqttConnector
 from tests.brokers import Mosquitto, mosquitto_available
 from tests.conftest import missing
-from tests.connectorkit import running, until
+from tests.connectorkit import running
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(90)
 

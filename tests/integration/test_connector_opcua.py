@@ -26,7 +26,8 @@ from agent.config import parse_config
 from agent.connectors.base import QUALITY_BAD, QUALITY_GOOD, QUALITY_UNCERTAIN, Sample, SourceGap
 from agent.connectors.opcua import OVERFLOW, OpcUaConfig, OpcUaConnector
 from tests.conftest import free_port
-from tests.connectorkit import running, until
+from tests.connectorkit import running
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 NS = "urn:factoryops:test"

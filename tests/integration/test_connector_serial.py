@@ -17,8 +17,9 @@ import serial
 from agent.config import parse_config
 from agent.connectors.serial_lines import SerialConfig, SerialConnector
 from tests.conftest import missing
-from tests.connectorkit import running, until
+from tests.connectorkit import running
 from tests.ptys import PtyPair, socat_available
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(90)
 

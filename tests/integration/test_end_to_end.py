@@ -26,8 +26,8 @@ from attestation.reading import decode_leaf, encode_leaf
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from hil_tests.modbus_server import PlantServer, agent_modbus_section
-from tests.connectorkit import until
 from tests.hubkit import hub_readings
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -26,9 +26,10 @@ from agent.connectors.nodeauth import node_tag
 from hil_tests.nodes import SimNode
 from tests.brokers import Mosquitto, mosquitto_available
 from tests.conftest import missing
-from tests.connectorkit import running, until
+from tests.connectorkit import running
 from tests.firmware_run import micropython_or_skip
 from tests.ptys import socat_available
+from tests.waiting import until
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.services]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from attestation import parse_microproof
 from models_onnx.manifest import load_model
-from tests.connectorkit import until
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).parent / "factoryops"

@@ -25,7 +25,7 @@ from cloud_sync.updates import init_repository
 from hil_tests.pump_variants import write_setpoint_sweep, write_variant
 from hil_tests.training import simulated_normal, write_skab_csv
 from models_onnx.recipes import build_pca
-from tests.connectorkit import until
+from tests.waiting import until
 
 TERMINAL = {"succeeded", "failed", "cancelled", "dead"}
 

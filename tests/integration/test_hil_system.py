@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiomqtt
@@ -23,8 +22,8 @@ from hil_tests.report import write_report
 from hil_tests.system_rig import load_system_rig
 from hil_tests.system_runner import NODE_TOPIC, NODES_CLIENT_ID, _open_agent_session, run_system
 from tests.conftest import missing
-from tests.connectorkit import until
 from tests.firmware_run import micropython_or_skip
+from tests.waiting import until, until_sync
 
 pytestmark = [pytest.mark.hil, pytest.mark.services, pytest.mark.timeout(240)]
 
@@ -104,14 +103,15 @@ def test_ctrl_c_stops_every_process_and_leaves_a_partial_report(tmp_path: Path) 
     )
     parent = psutil.Process(cli.pid)
     started: list[psutil.Process] = []
-    deadline = time.monotonic() + 120
-    # wait until the rig is up: the agent, a node and the broker are its children
-    while time.monotonic() < deadline and cli.poll() is None:
-        started = parent.children(recursive=True)
+
+    def rig_up() -> bool:
+        """The agent, a node and the broker are the CLI's children (or it has ended)."""
+        started[:] = parent.children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in started if p.is_running())
-        if "agent run" in names and "main.py" in names and (out / "work" / "spool.db").exists():
-            break
-        time.sleep(0.2)
+        up = "agent run" in names and "main.py" in names
+        return cli.poll() is not None or (up and (out / "work" / "spool.db").exists())
+
+    until_sync(rig_up, 120, "the rig's agent, node and broker running", every_s=0.2)
     assert cli.poll() is None, cli.communicate()[0].decode()[-2000:]
     cli.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends the foreground process
     output = cli.communicate(timeout=120)[0].decode()

@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from benchmarks.hub import HubProcess
-from tests.connectorkit import until
 from tests.hubkit import Device, body, register
+from tests.waiting import until
 
 pytestmark = [pytest.mark.timeout(300)]
 

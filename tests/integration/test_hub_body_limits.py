@@ -23,8 +23,8 @@ import pytest
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
 from tests.conftest import free_port
-from tests.connectorkit import until
 from tests.hubkit import Device, post_paths
+from tests.waiting import until
 
 pytestmark = [pytest.mark.timeout(600)]
 

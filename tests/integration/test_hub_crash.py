@@ -32,6 +32,7 @@ from attestation.signednote import NoteVerifier, open_note, parse_checkpoint
 from attestation.signers.software import SoftwareSigner
 from tests.conftest import free_port
 from tests.hubkit import Device, hub_readings
+from tests.waiting import until_sync
 
 pytestmark = pytest.mark.timeout(240)
 KILLS = int(os.environ.get("FACTORYOPS_HUB_KILLS", "6"))
@@ -45,14 +46,15 @@ def _serve(data: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise AssertionError("hub did not start")
+    until_sync(lambda: _healthy(port), 60, "the hub answering /healthz")
+    return proc
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _chain(signer: SoftwareSigner, n: int) -> list[SealedWindow]:

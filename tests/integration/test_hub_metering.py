@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +24,7 @@ from cloud_sync.metering import verify_statement
 from cloud_sync.routes import HubDeps
 from cloud_sync.settings import HubSettings
 from tests.hubkit import Device, body
+from tests.waiting import until_sync
 
 
 def _ns(iso: str) -> int:
@@ -111,10 +111,11 @@ def test_usage_statement_and_billing_webhook(tmp_path: Path, receiver: str) -> N
     with pytest.raises(BrokenLink):
         verify_statement(note.replace("readings 50", "readings 5"), log_key, s.log_origin)
 
-    deadline = time.monotonic() + 30
-    while not any(d["status"] == "delivered" for d in webhooks.deliveries()):
-        assert time.monotonic() < deadline, webhooks.deliveries()
-        time.sleep(0.05)
+    until_sync(
+        lambda: any(d["status"] == "delivered" for d in webhooks.deliveries()),
+        30,
+        "the billing webhook delivered",
+    )
     (delivery,) = webhooks.deliveries()  # one billing event: the month was closed once
     assert delivery["attempts"] == 3  # two 500s, then accepted
     headers, data = Receiver.got[-1]

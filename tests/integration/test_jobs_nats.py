@@ -28,7 +28,7 @@ from fastapi.testclient import TestClient
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
 from tests.conftest import free_port, missing, port_open
-from tests.connectorkit import until
+from tests.waiting import until
 
 pytestmark = pytest.mark.services
 

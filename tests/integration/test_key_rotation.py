@@ -31,8 +31,8 @@ from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from factoryops.provision_cmd import rotate
 from tests.conftest import free_port, missing, require_module
-from tests.connectorkit import until
 from tests.unit.test_agent_slow_signer import Ticker
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(180)
 

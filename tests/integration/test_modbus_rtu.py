@@ -25,8 +25,8 @@ from agent.config import ModbusDeviceConfig, parse_config
 from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector
 from tests.conftest import missing
-from tests.connectorkit import until
 from tests.ptys import PtyPair, socat_available
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 

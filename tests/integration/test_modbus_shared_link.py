@@ -28,7 +28,7 @@ from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector
 from agent.errors import ConfigError
 from tests.conftest import free_port
-from tests.connectorkit import until
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 HEALTHY = (1, 2, 3)

@@ -26,9 +26,10 @@ from agent.connectors.mqtt import MqttConfig, MqttConnector
 from agent.metrics import AgentMetrics
 from tests.brokers import Mosquitto, mosquitto_available
 from tests.conftest import missing
-from tests.connectorkit import running, until
+from tests.connectorkit import running
 from tests.tlskit import Pki, make_pki
 from tests.unit.test_sparkplug import birth, data, official
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(90)
 PASSWORD = "s3cret-Pa55"

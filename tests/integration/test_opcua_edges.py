@@ -21,8 +21,9 @@ from agent.config import parse_config
 from agent.connectors.base import Sample, SourceGap
 from agent.connectors.opcua import OpcUaConfig, OpcUaConnector, last_seen_path
 from agent.errors import ConfigError
-from tests.connectorkit import running, until
+from tests.connectorkit import running
 from tests.integration.test_connector_opcua import NS, PlcServer, opcua_text
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 SECRET = "correct horse battery staple"

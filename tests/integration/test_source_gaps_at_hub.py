@@ -34,9 +34,9 @@ from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from tests.brokers import Mosquitto, mosquitto_available
 from tests.conftest import free_port, missing
-from tests.connectorkit import until
 from tests.hubkit import hub_readings
 from tests.integration.test_agent_modbus import REFUSED_FROM, ModbusPlc
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(180)
 FAST = Backoff(base_s=0.05, cap_s=0.3)

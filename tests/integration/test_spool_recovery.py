@@ -30,9 +30,9 @@ from attestation.utid import utid_bytes, utid_text
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from hil_tests.proxy import FaultProxy
-from tests.connectorkit import until
 from tests.integration.test_agent_uplink import _run
 from tests.unit.test_agent_slow_signer import Ticker
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 

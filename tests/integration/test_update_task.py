@@ -30,8 +30,8 @@ from cloud_sync.updates import TufRepository, init_repository, publish_config, p
 from hil_tests.training import simulated_normal
 from models_onnx.manifest import load_model
 from models_onnx.recipes import build_pca
-from tests.connectorkit import until
 from tests.unit.test_agent_model_swap import PlantRows
+from tests.waiting import until
 
 FAMILY = "pca_t2_q"
 

@@ -19,7 +19,7 @@ from agent.runtime import AgentRuntime, build_runtime
 from agent.spool import Spool
 from attestation.reading import Reading
 from attestation.signers.software import SoftwareSigner
-from tests.connectorkit import until
+from tests.waiting import until
 
 
 @dataclass

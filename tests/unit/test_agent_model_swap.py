@@ -21,7 +21,7 @@ from attestation import parse_microproof
 from attestation.signers.software import SoftwareSigner
 from hil_tests.training import simulated_normal
 from models_onnx.recipes import build_pca
-from tests.connectorkit import until
+from tests.waiting import until
 
 
 @dataclass

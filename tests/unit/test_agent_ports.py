@@ -11,8 +11,8 @@ from agent.ports import Ports, SpoolThread, default_ports
 from agent.runtime import AgentRuntime
 from agent.spool import Spool
 from attestation.signers.software import SoftwareSigner
-from tests.connectorkit import until
 from tests.unit.test_agent_slow_signer import Ticker
+from tests.waiting import until
 
 TOML = (
     '[device]\nname = "gw"\n{hub}[window]\nmax_readings = 10\nmax_ms = 20\n'

@@ -18,6 +18,7 @@ from agent.errors import ConfigError
 from agent.runtime import AgentRuntime, build_runtime
 from attestation.signers.software import SoftwareSigner
 from tests.unit.test_agent_slow_signer import Ticker
+from tests.waiting import until
 
 
 @dataclass
@@ -59,9 +60,7 @@ async def _start(
     )
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.run(stop))
-    async with asyncio.timeout(30):
-        while ticker.batches < 60:  # noqa: ASYNC110 - polling the source's counter
-            await asyncio.sleep(0.02)
+    await until(lambda: ticker.batches >= 60, 30, "the ticker's 60 batches")
     return runtime, ticker, stop, task
 
 
@@ -126,11 +125,14 @@ async def test_a_connector_that_ignores_its_stop_does_not_hold_up_the_seal(
     stop.set()
     c = runtime.counters
     try:
-        async with asyncio.timeout(30):  # without the bounded wait nothing is sealed: timeout
-            while "connector[deaf] did not stop" not in caplog.text or (  # noqa: ASYNC110 - polling the captured log another task writes
-                c.readings_committed < c.readings_acquired
-            ):
-                await asyncio.sleep(0.02)
+        await until(  # without the bounded wait nothing is sealed: this times out
+            lambda: (
+                "connector[deaf] did not stop" in caplog.text
+                and c.readings_committed >= c.readings_acquired
+            ),
+            30,
+            "the deaf connector given up on, every reading sealed",
+        )
         assert not task.done()  # the process still waits for the deaf connector to end
         assert c.readings_committed == ticker.batches * 5 + 1  # its reading is sealed too
     finally:

@@ -19,7 +19,7 @@ from cloud_sync.jobs.store import JobStore
 from cloud_sync.jobs.types import JobRefused, default_job_types
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import Store
-from tests.connectorkit import until
+from tests.waiting import until
 
 
 def test_a_finished_job_never_moves_again() -> None:
