@@ -1,7 +1,8 @@
 """The hub's tables (SQLAlchemy Core): devices, windows (micro-proofs) and their leaves.
 
-UNIQUE(utid, prev) makes a fork impossible to store even with two hub processes on one
-database; the device row's chain head is advanced with a compare-and-set update.
+The device row's chain head is advanced with a compare-and-set update, and a window is
+stored only on the head before it, so the primary key (utid, window) makes a fork impossible
+to store even with two hub processes on one database (ADR 0052).
 """
 
 from __future__ import annotations
