@@ -39,6 +39,7 @@ from agent.config import ModbusDeviceConfig, ModbusTag
 from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector, Span, one_request_per_tag, plan_spans
 from benchmarks.endtoend import end_to_end
+from hil_tests.tasks import stop_all
 
 __all__ = ["FleetServer", "SilentPeer", "command", "healthy_poll_rates"]
 
@@ -86,9 +87,7 @@ class FleetServer:
                 async with asyncio.timeout(5):
                     await self._server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus's shutdown() is unannotated
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_all([self._task])
 
 
 @dataclass
@@ -277,9 +276,7 @@ async def rtu_rates(seconds: float) -> dict[str, float]:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus's shutdown() is unannotated
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_all([task])
     return out
 
 

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ from capsules.sims.base import CapsuleSource, make_source, register_map
 from capsules.spec import Capsule
 from hil_tests.feed import PlantFeed
 from hil_tests.modbus_server import ModbusFace
+from hil_tests.tasks import stop_all
 
 __all__ = ["CapsulePlant"]
 
@@ -54,7 +54,5 @@ class CapsulePlant:
     async def __aexit__(self, *exc: Any) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_all([task])  # a Ctrl-C landing meanwhile is not dropped with its cancel
         await self.modbus.stop()
