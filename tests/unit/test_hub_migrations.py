@@ -201,9 +201,10 @@ def test_0013_leaves_windows_one_unique_key_and_keeps_every_row(tmp_path: Path) 
         assert state(conn) == (2, rows)
         command.upgrade(alembic_config(conn), "0013")
         assert state(conn) == (0, rows)
-        assert [i["name"] for i in inspect(conn).get_indexes("windows")] == [
-            "ix_windows_utid_last_seq"
-        ]
+        found = inspect(conn)
+        assert [i["name"] for i in found.get_indexes("windows")] == ["ix_windows_utid_last_seq"]
+        assert found.get_pk_constraint("windows")["constrained_columns"] == ["utid", "window"]
+        assert [k["referred_table"] for k in found.get_foreign_keys("windows")] == ["devices"]
         command.downgrade(alembic_config(conn), "0012")
         assert state(conn) == (2, rows)
     engine.dispose()

@@ -31,28 +31,13 @@ _PREV_KEY = "uq_windows_utid_prev"
 
 
 def _windows(*constraints: sa.Constraint) -> sa.Table:
-    """``windows`` as revision 0001 made it, with ``constraints`` beside its primary key."""
-    return sa.Table(
-        "windows",
-        sa.MetaData(),
-        sa.Column("utid", sa.String(length=69), nullable=False),
-        sa.Column("window", sa.BigInteger(), nullable=False),
-        sa.Column("first_seq", sa.BigInteger(), nullable=False),
-        sa.Column("last_seq", sa.BigInteger(), nullable=False),
-        sa.Column("first_ts_ns", sa.BigInteger(), nullable=False),
-        sa.Column("last_ts_ns", sa.BigInteger(), nullable=False),
-        sa.Column("count", sa.Integer(), nullable=False),
-        sa.Column("root", sa.LargeBinary(), nullable=False),
-        sa.Column("prev", sa.LargeBinary(), nullable=False),
-        sa.Column("cose", sa.LargeBinary(), nullable=False),
-        sa.Column("cose_sha256", sa.LargeBinary(), nullable=False),
-        sa.Column("gaps", sa.Integer(), nullable=False),
-        sa.Column("received_ns", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(["utid"], ["devices.utid"]),
-        sa.PrimaryKeyConstraint("utid", "window"),
-        sa.Index("ix_windows_utid_last_seq", "utid", "last_seq"),
-        *constraints,
-    )
+    """``windows`` as it stands (reflected), its unique keys replaced by ``constraints``."""
+    table = sa.Table("windows", sa.MetaData(), autoload_with=op.get_bind())
+    for key in [c for c in table.constraints if isinstance(c, sa.UniqueConstraint)]:
+        table.constraints.remove(key)
+    for constraint in constraints:
+        table.append_constraint(constraint)
+    return table
 
 
 def _unique_keys() -> int:
