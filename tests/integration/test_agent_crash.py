@@ -126,6 +126,47 @@ async def _until_synced(spool_path: Path, hub_db: Path, timeout_s: float = 120.0
     )
 
 
+async def _kill_repeatedly(
+    config: Path, spool: Path, rng: random.Random
+) -> tuple[list[tuple[int, bytes]], list[KillAccount]]:
+    """Start the agent and kill -9 it ``KILLS`` times: the first once it has committed a
+    window, the others sometimes mid-start, mostly mid-run. Returns the windows committed
+    before the last kill and what each kill left behind."""
+    committed: list[tuple[int, bytes]] = []
+    kills: list[KillAccount] = []
+    startup_s = 0.0
+    for kill in range(KILLS):
+        proc = _spawn(config)
+        if kill == 0:  # how long this machine takes from spawn to a committed window
+            startup_s = await _until_a_window(spool)
+        else:
+            await asyncio.sleep(rng.uniform(0.5 * startup_s, startup_s + 1.6))
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait)
+        kills.append(KillAccount(time.monotonic(), *_marks(spool)))
+        if proc.stderr is not None:
+            proc.stderr.close()
+        committed = [(w, c) for w, _, _, c in _windows(spool)]
+    return committed, kills
+
+
+async def _clean_run(config: Path, spool: Path, tmp_path: Path) -> None:
+    """One clean run with the plant gone (nothing new to seal) uploads the outbox and stops
+    with SIGTERM once the hub has it all: a fixed wait let a loaded machine's shutdown drain
+    time out with windows still queued (they stay in the outbox)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(tmp_path / "notify.sock"))
+        proc = _spawn(config, tmp_path / "notify.sock")
+        # SIGTERM before READY=1 kills a process still importing (a sleep as long as the
+        # first start took was not always enough on a loaded CI machine)
+        await _until_ready(listener)
+        await _until_synced(spool, tmp_path / "hub" / "hub.db")
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.to_thread(proc.communicate)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert listener.recv(256) == b"STOPPING=1"
+
+
 @pytest.mark.timeout(900)
 async def test_kill_9_at_random_moments_loses_no_committed_window(tmp_path: Path) -> None:
     rng = random.Random(1234)
@@ -143,37 +184,10 @@ async def test_kill_9_at_random_moments_loses_no_committed_window(tmp_path: Path
                 name="crash-gw",
                 state_dir=tmp_path,
             )
-            committed_before_kill: list[tuple[int, bytes]] = []
-            kills: list[KillAccount] = []
-            startup_s = 0.0
-            for kill in range(KILLS):
-                proc = _spawn(config)
-                if kill == 0:  # how long this machine takes from spawn to a committed window
-                    startup_s = await _until_a_window(cfg.spool.path)
-                else:  # sometimes mid-start, mostly mid-run
-                    await asyncio.sleep(rng.uniform(0.5 * startup_s, startup_s + 1.6))
-                proc.send_signal(signal.SIGKILL)
-                await asyncio.to_thread(proc.wait)
-                kills.append(KillAccount(time.monotonic(), *_marks(cfg.spool.path)))
-                if proc.stderr is not None:
-                    proc.stderr.close()
-                committed_before_kill = [(w, c) for w, _, _, c in _windows(cfg.spool.path)]
+            committed_before_kill, kills = await _kill_repeatedly(config, cfg.spool.path, rng)
             await plant.stop()  # nothing more is produced; the clean run below only uploads
             produced = plant.produced
-        # one clean run with the plant gone (nothing new to seal) uploads the outbox and
-        # stops with SIGTERM once the hub has it all: a fixed wait let a loaded machine's
-        # shutdown drain time out with windows still queued (they stay in the outbox)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
-            listener.bind(str(tmp_path / "notify.sock"))
-            proc = _spawn(config, tmp_path / "notify.sock")
-            # SIGTERM before READY=1 kills a process still importing (a sleep as long as the
-            # first start took was not always enough on a loaded CI machine)
-            await _until_ready(listener)
-            await _until_synced(cfg.spool.path, tmp_path / "hub" / "hub.db")
-            proc.send_signal(signal.SIGTERM)
-            _, err = await asyncio.to_thread(proc.communicate)
-            assert proc.returncode == 0, err.decode()[-2000:]
-            assert listener.recv(256) == b"STOPPING=1"
+        await _clean_run(config, cfg.spool.path, tmp_path)
     finally:
         hub.stop()
 

@@ -70,6 +70,61 @@ def _chain(signer: SoftwareSigner, n: int) -> list[SealedWindow]:
     return out
 
 
+def _upload(url: str, chain: list[SealedWindow], acked: set[int], checkpoints: list[str]) -> None:
+    """Upload ``chain`` four proofs a POST through the hub's kills, sending the same bytes
+    again while it is down; every window it acknowledges goes into ``acked``, every
+    checkpoint seen into ``checkpoints``."""
+    nxt = 0
+    with httpx.Client(timeout=5) as client:
+        while nxt < len(chain):
+            batch = chain[nxt : nxt + 4]
+            content = cbor2.dumps(
+                {"proofs": [{"cose": w.cose, "leaves": b"".join(w.leaves)} for w in batch]}
+            )
+            try:
+                resp = client.post(
+                    f"{url}/v1/proofs",
+                    content=content,
+                    headers={"content-type": "application/cbor"},
+                )
+                doc = resp.json()
+            except (httpx.HTTPError, ValueError):
+                time.sleep(0.05)  # a retry's pause, not a wait for a condition
+                continue  # the hub is down: the same bytes again later
+            for res in doc.get("results", []):
+                if res.get("status") in ("accepted", "duplicate"):
+                    acked.add(int(res["window"]))
+            if resp.status_code == 200:
+                nxt += len(batch)
+                with contextlib.suppress(httpx.HTTPError):
+                    checkpoints.append(client.get(f"{url}/v1/log/checkpoint").text)
+            elif doc.get("error") == "out_of_order":
+                nxt = int(doc["expected_window"])
+            else:
+                raise AssertionError(f"refused: {doc}")
+
+
+def _check_log(url: str, checkpoints: list[str], size: int) -> None:
+    """The final checkpoint has ``size`` entries and is consistent with every one seen."""
+    key = httpx.get(f"{url}/v1/log/key").json()
+    verifier = NoteVerifier.from_vkey(key["vkey"])
+    final = parse_checkpoint(open_note(httpx.get(f"{url}/v1/log/checkpoint").text, [verifier]))
+    assert final.size == size
+    for note in checkpoints:
+        old = parse_checkpoint(open_note(note, [verifier]))
+        if 0 < old.size < final.size:
+            proof = httpx.get(
+                f"{url}/v1/log/proof/consistency", params={"from": old.size, "to": final.size}
+            ).json()
+            verify_consistency(
+                old.size,
+                final.size,
+                old.root,
+                final.root,
+                [base64.b64decode(h) for h in proof["proof"]],
+            )
+
+
 def test_kill_9_of_the_hub_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
     data, port = tmp_path / "hub", free_port()
     url = f"http://127.0.0.1:{port}"
@@ -88,34 +143,7 @@ def test_kill_9_of_the_hub_loses_nothing_it_acknowledged(tmp_path: Path) -> None
     done = threading.Event()
 
     def upload() -> None:
-        nxt = 0
-        with httpx.Client(timeout=5) as client:
-            while nxt < len(chain):
-                batch = chain[nxt : nxt + 4]
-                content = cbor2.dumps(
-                    {"proofs": [{"cose": w.cose, "leaves": b"".join(w.leaves)} for w in batch]}
-                )
-                try:
-                    resp = client.post(
-                        f"{url}/v1/proofs",
-                        content=content,
-                        headers={"content-type": "application/cbor"},
-                    )
-                    doc = resp.json()
-                except (httpx.HTTPError, ValueError):
-                    time.sleep(0.05)
-                    continue  # the hub is down: the same bytes again later
-                for res in doc.get("results", []):
-                    if res.get("status") in ("accepted", "duplicate"):
-                        acked.add(int(res["window"]))
-                if resp.status_code == 200:
-                    nxt += len(batch)
-                    with contextlib.suppress(httpx.HTTPError):
-                        checkpoints.append(client.get(f"{url}/v1/log/checkpoint").text)
-                elif doc.get("error") == "out_of_order":
-                    nxt = int(doc["expected_window"])
-                else:
-                    raise AssertionError(f"refused: {doc}")
+        _upload(url, chain, acked, checkpoints)
         done.set()
 
     uploader = threading.Thread(target=upload)
@@ -136,24 +164,7 @@ def test_kill_9_of_the_hub_loses_nothing_it_acknowledged(tmp_path: Path) -> None
         assert acked <= set(stored)  # everything acknowledged survived every kill
         assert stored == {w.index: w.cose for w in chain}  # all of it, byte for byte, once
         assert n_readings == 60 * 200 and n_log == 60
-        # the log: the final checkpoint is consistent with every one seen during the kills
-        key = httpx.get(f"{url}/v1/log/key").json()
-        verifier = NoteVerifier.from_vkey(key["vkey"])
-        final = parse_checkpoint(open_note(httpx.get(f"{url}/v1/log/checkpoint").text, [verifier]))
-        assert final.size == 60
-        for note in checkpoints:
-            old = parse_checkpoint(open_note(note, [verifier]))
-            if 0 < old.size < final.size:
-                proof = httpx.get(
-                    f"{url}/v1/log/proof/consistency", params={"from": old.size, "to": final.size}
-                ).json()
-                verify_consistency(
-                    old.size,
-                    final.size,
-                    old.root,
-                    final.root,
-                    [base64.b64decode(h) for h in proof["proof"]],
-                )
+        _check_log(url, checkpoints, 60)  # consistent with every checkpoint seen in the kills
     finally:
         proc.terminate()
         proc.wait()

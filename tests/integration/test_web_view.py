@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -19,11 +19,98 @@ from cloud_sync.settings import HubSettings
 from tests.browser import launch, require_chromium
 from tests.hubkit import Device, body
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 ARTIFACTS = Path(os.environ.get("FACTORYOPS_ARTIFACTS", "test-artifacts"))
 
 
 VIEWER_PASSWORD = "a long viewer password"
+
+
+def _seed(hub: HubServer, settings: HubSettings) -> str:
+    """A device with four windows (the third's anomaly over its limit) and a viewer; the
+    device's UTID."""
+    admin = {"authorization": f"Bearer {settings.admin_token}"}
+    dev = Device()
+    utid: str = httpx.post(
+        f"{hub.url}/v1/devices",
+        json={"public_key_pem": dev.public_pem(), "key_kind": "software", "name": "press-3"},
+        headers=admin,
+    ).json()["utid"]
+    made = httpx.post(
+        f"{hub.url}/v1/operators",
+        json={"username": "vera", "password": VIEWER_PASSWORD, "roles": {"default": "viewer"}},
+        headers=admin,
+    )
+    assert made.status_code == 201, made.text
+    hot = AnomalySummary(2, 4.2, 1.0)
+    model = ModelRef("pump-pca", bytes(32), "1")
+    windows = [dev.window(6, anomaly=hot if i == 2 else None, model=model)[:2] for i in range(4)]
+    sent = httpx.post(
+        f"{hub.url}/v1/proofs", content=body(*windows), headers={"content-type": "application/cbor"}
+    )
+    assert sent.status_code == 200, sent.text
+    return utid
+
+
+def _log_in_as_viewer(page: Page, url: str) -> None:
+    page.goto(f"{url}/")  # a closed hub: to the login form first
+    page.wait_for_url("**/login")
+    page.fill("input[name=username]", "vera")
+    page.fill("input[name=password]", "wrong password!")
+    page.click("button[type=submit]")
+    page.wait_for_selector("[role=alert]")  # refused, and said so
+    page.fill("input[name=username]", "vera")
+    page.fill("input[name=password]", VIEWER_PASSWORD)
+    page.click("button[type=submit]")
+
+
+def _check_device_page(page: Page, saved: Path) -> None:
+    """The device page's charts, chain and layout; its verify link's receipt into ``saved``."""
+    page.click("text=press-3")
+    page.wait_for_selector("figure.chart[data-signal]")
+    signal = page.locator("figure.chart[data-signal]").first
+    points = signal.locator("polyline.series").get_attribute("points") or ""
+    assert len(points.split()) == 24  # every stored reading of the signal is drawn
+    axes = signal.locator("svg.tchart").inner_html()
+    assert "time (UTC)" in axes and "m3/h" in axes  # a time axis, and the unit
+    # the score chart: the window above its limit is over the dashed limit line
+    assert page.locator("#scores line.limit").count() == 1
+    assert page.locator("#chain tbody tr").count() == 4
+    assert page.locator("button.revoke").count() == 0  # a viewer cannot revoke
+    _nav_items_do_not_overlap(page)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "device-page.png"), full_page=True)
+    with page.expect_download() as dl:
+        page.click("a.verify")
+    dl.value.save_as(saved)
+
+
+def _check_fleet_pages(page: Page) -> None:
+    """The fleet overview, the anomaly list and the log's checkpoint history."""
+    page.click("nav >> text=Fleet")
+    assert "software (dev)" in page.inner_text("#fleet")
+    page.click("nav >> text=Anomalies")
+    row = page.inner_text("#anomalies tbody tr")
+    assert "press-3" in row and "4.200" in row and "pump-pca" in row
+    page.click("nav >> text=Log checkpoints")
+    assert page.inner_text("#checkpoint").startswith("factoryops.local/hub-log\n4\n")
+    page.screenshot(path=str(ARTIFACTS / "log-page.png"), full_page=True)
+
+
+def _check_widget(page: Page, url: str, utid: str) -> None:
+    """The widget works inside an iframe on another page; other pages refuse framing."""
+    page.set_content(
+        f'<iframe id="w" src="{url}/embed/devices/{utid}" width="450" height="600">'
+        "</iframe>"
+        f'<iframe id="x" src="{url}/devices/{utid}" width="450" height="200"></iframe>'
+    )
+    widget = page.frame_locator("#w")
+    widget.locator("figure.chart").first.wait_for()
+    assert widget.locator("figure.chart polyline").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "embedded-widget.png"))
 
 
 def test_device_page_draws_charts_and_its_verify_link_gives_a_valid_receipt(
@@ -34,81 +121,16 @@ def test_device_page_draws_charts_and_its_verify_link_gives_a_valid_receipt(
 
     settings = HubSettings.create(tmp_path / "hub", allow_software_keys=True, plain_http=True)
     hub = HubServer(settings).start()
+    saved = tmp_path / "receipt.json"
     try:
-        dev = Device()
-        utid = httpx.post(
-            f"{hub.url}/v1/devices",
-            json={"public_key_pem": dev.public_pem(), "key_kind": "software", "name": "press-3"},
-            headers={"authorization": f"Bearer {settings.admin_token}"},
-        ).json()["utid"]
-        made = httpx.post(
-            f"{hub.url}/v1/operators",
-            json={"username": "vera", "password": VIEWER_PASSWORD, "roles": {"default": "viewer"}},
-            headers={"authorization": f"Bearer {settings.admin_token}"},
-        )
-        assert made.status_code == 201, made.text
-        hot = AnomalySummary(2, 4.2, 1.0)
-        model = ModelRef("pump-pca", bytes(32), "1")
-        windows = [
-            dev.window(6, anomaly=hot if i == 2 else None, model=model)[:2] for i in range(4)
-        ]
-        assert (
-            httpx.post(
-                f"{hub.url}/v1/proofs",
-                content=body(*windows),
-                headers={"content-type": "application/cbor"},
-            ).status_code
-            == 200
-        )
+        utid = _seed(hub, settings)
         with sync_playwright() as p:
             browser = launch(p)
             page = browser.new_page(accept_downloads=True)
-            page.goto(f"{hub.url}/")  # a closed hub: to the login form first
-            page.wait_for_url("**/login")
-            page.fill("input[name=username]", "vera")
-            page.fill("input[name=password]", "wrong password!")
-            page.click("button[type=submit]")
-            page.wait_for_selector("[role=alert]")  # refused, and said so
-            page.fill("input[name=username]", "vera")
-            page.fill("input[name=password]", VIEWER_PASSWORD)
-            page.click("button[type=submit]")
-            page.click("text=press-3")
-            page.wait_for_selector("figure.chart[data-signal]")
-            signal = page.locator("figure.chart[data-signal]").first
-            points = signal.locator("polyline.series").get_attribute("points") or ""
-            assert len(points.split()) == 24  # every stored reading of the signal is drawn
-            axes = signal.locator("svg.tchart").inner_html()
-            assert "time (UTC)" in axes and "m3/h" in axes  # a time axis, and the unit
-            # the score chart: the window above its limit is over the dashed limit line
-            assert page.locator("#scores line.limit").count() == 1
-            assert page.locator("#chain tbody tr").count() == 4
-            assert page.locator("button.revoke").count() == 0  # a viewer cannot revoke
-            _nav_items_do_not_overlap(page)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "device-page.png"), full_page=True)
-            with page.expect_download() as dl:
-                page.click("a.verify")
-            saved = tmp_path / "receipt.json"
-            dl.value.save_as(saved)
-            # the fleet overview, the anomaly list and the log's checkpoint history
-            page.click("nav >> text=Fleet")
-            assert "software (dev)" in page.inner_text("#fleet")
-            page.click("nav >> text=Anomalies")
-            row = page.inner_text("#anomalies tbody tr")
-            assert "press-3" in row and "4.200" in row and "pump-pca" in row
-            page.click("nav >> text=Log checkpoints")
-            assert page.inner_text("#checkpoint").startswith("factoryops.local/hub-log\n4\n")
-            page.screenshot(path=str(ARTIFACTS / "log-page.png"), full_page=True)
-            # the widget works inside an iframe on another page; other pages refuse framing
-            page.set_content(
-                f'<iframe id="w" src="{hub.url}/embed/devices/{utid}" width="450" height="600">'
-                "</iframe>"
-                f'<iframe id="x" src="{hub.url}/devices/{utid}" width="450" height="200"></iframe>'
-            )
-            widget = page.frame_locator("#w")
-            widget.locator("figure.chart").first.wait_for()
-            assert widget.locator("figure.chart polyline").count() == 1
-            page.screenshot(path=str(ARTIFACTS / "embedded-widget.png"))
+            _log_in_as_viewer(page, hub.url)
+            _check_device_page(page, saved)
+            _check_fleet_pages(page)
+            _check_widget(page, hub.url, utid)
             browser.close()
         framed = httpx.get(f"{hub.url}/devices/{utid}", follow_redirects=False)
         assert framed.headers["x-frame-options"] == "DENY"
