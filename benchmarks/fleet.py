@@ -35,6 +35,7 @@ import os
 import random
 import secrets
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -62,6 +63,7 @@ from benchmarks.fleetload import (
 from benchmarks.hub import (
     DEFAULT_PG,
     HubProcess,
+    ServedProcess,
     _cpus_for_pinning,
     _drop_pg,
     _pg_database,
@@ -615,6 +617,34 @@ def _gateway_hub(
                 raise click.ClickException(f"hub stored {got} of {acknowledged} acknowledged")
 
 
+def _http_floor(
+    level: _Level,
+    fleet: Sequence[SimDevice],
+    windows: Sequence[WindowTemplate],
+    sizes: _Sizes,
+    pin: tuple[int, int] | None,
+) -> None:
+    """``level``'s uploads, at its rate, to the HTTP floor (``benchmarks/httpfloor.py``: the
+    hub's web server answering without parsing, checking or storing) on the hub's CPU."""
+    with tempfile.TemporaryDirectory() as d:
+        floor = ServedProcess([sys.executable, "-m", "benchmarks.httpfloor"], Path(d), {})
+        try:
+            if pin is not None:
+                floor.pin(pin[0])
+            with _pinned_here(pin[1] if pin else None):
+                before = floor.cpu_seconds()
+                asyncio.run(
+                    _gateways_run(
+                        floor.port, fleet[: level.gateways], windows, sizes, level, first=0
+                    )
+                )
+                after = floor.cpu_seconds()
+            if before is not None and after is not None:
+                level.cpu_s = after - before
+        finally:
+            floor.stop()
+
+
 def largest_holding(
     holds: Callable[[int], bool], first: int, step: float, most: int, refine: int
 ) -> int:
@@ -671,8 +701,21 @@ def _gateways(
     if sizes.gather_baseline:
         say(f"baseline: {sizes.gateways:,} gateways, the hub's commit wait off")
         _gateway_hub([alone], fleet, windows, sizes, pin, ["--commit-gather-ms", "0"])
+    held = next((level for level in levels if level.gateways == best), None)
+    floor = _Level(best, reuse=True)
+    if held is not None:
+        say(f"baseline: {best:,} gateways to the HTTP floor (the hub's server, no hub)")
+        _http_floor(floor, fleet, windows, sizes, pin)
+    floor_us = floor.summary()["hub_cpu_us_per_proof"]
     return {
         "gateways_per_core": best,
+        # the server alone a request, same uploads, same rate, same CPU (benchmarks/httpfloor)
+        "http_floor": floor.summary() if held is not None else None,
+        "http_floor_us_per_request": floor_us,
+        # the hub's CPU a proof at the largest fleet it held over that floor
+        "hub_cpu_over_http_floor": _ratio(held.summary()["hub_cpu_us_per_proof"], floor_us)
+        if held is not None
+        else None,
         "gateways_p99_limit_s": p99_limit,
         "gateways_period_s": sizes.period,
         "gateways_levels": [level.summary() for level in levels],

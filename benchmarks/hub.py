@@ -91,29 +91,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class HubProcess:
-    """``factoryops hub serve`` in a subprocess."""
+class ServedProcess:
+    """An HTTP server in a subprocess on a free port of 127.0.0.1, started by ``argv`` (to
+    which ``--port`` is added): ready once ``GET /healthz`` answers 200."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        db_url: str | None,
-        env: dict[str, str],
-        args: Sequence[str] = (),
-    ) -> None:
+    def __init__(self, argv: Sequence[str], log_dir: Path, env: dict[str, str]) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "factoryops", "hub", "serve", "--data-dir", str(data_dir)]
-        argv += ["--port", str(self.port), "--allow-software-keys"]
-        if db_url:
-            argv += ["--db", db_url]
-        argv += args
         # stderr to a file, not a pipe: a pipe nobody reads until the end fills up (64 KiB)
-        # and then stalls the hub at its next log line, in the middle of a measurement
-        self.stderr = data_dir / "hub.stderr"
+        # and then stalls the server at its next log line, in the middle of a measurement
+        self.stderr = log_dir / "server.stderr"
         with self.stderr.open("wb") as err_out:
             self.proc = subprocess.Popen(
-                argv,
+                [*argv, "--port", str(self.port)],
                 stdout=subprocess.DEVNULL,
                 stderr=err_out,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
@@ -126,15 +116,14 @@ class HubProcess:
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()  # a hub still starting must not outlive the bench
+                self.proc.kill()  # a server still starting must not outlive the bench
                 self.proc.wait()
                 err = self.stderr.read_text(errors="replace")
-                raise click.ClickException(f"hub did not start: {err[-500:]}")
-            time.sleep(0.1)
-        self.admin = (data_dir / "admin-token").read_text().strip()
+                raise click.ClickException(f"{' '.join(argv[2:5])} did not start: {err[-500:]}")
+            time.sleep(0.1)  # a server process starting: polled, nothing to wait on
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU the hub process has used (Linux /proc; None elsewhere)."""
+        """User + system CPU the process has used (Linux /proc; None elsewhere)."""
         try:
             fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -142,13 +131,29 @@ class HubProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def pin(self, cpu: int) -> None:
-        """Confine every thread of the hub to one CPU (threads it starts later inherit it)."""
+        """Confine every thread of the process to one CPU (threads it starts later inherit it)."""
         for thread in os.listdir(f"/proc/{self.proc.pid}/task"):
             os.sched_setaffinity(int(thread), {cpu})
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+class HubProcess(ServedProcess):
+    """``factoryops hub serve`` in a subprocess."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        db_url: str | None,
+        env: dict[str, str],
+        args: Sequence[str] = (),
+    ) -> None:
+        argv = [sys.executable, "-m", "factoryops", "hub", "serve", "--data-dir", str(data_dir)]
+        argv += ["--allow-software-keys", *(["--db", db_url] if db_url else []), *args]
+        super().__init__(argv, data_dir, env)
+        self.admin = (data_dir / "admin-token").read_text().strip()
 
 
 def _register(hub: HubProcess, signer: SoftwareSigner, name: str) -> None:

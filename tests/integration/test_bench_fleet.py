@@ -57,3 +57,11 @@ def test_quick_fleet_bench_prints_the_four_figures_after_checking_the_logs(
     assert baseline["connections"] == "new each upload"
     assert baseline["uploads"] == 20 * 2
     assert figures["gateways_per_core"] in (0, 20)  # 0 when p99 missed the limit
+    # the same uploads to the hub's web server alone: a baseline of the same run
+    if figures["gateways_per_core"]:
+        assert figures["http_floor"]["uploads"] == 20 * 2
+        assert figures["http_floor"]["refused"] == 0
+        # 40 requests are below the clock's tick of CPU time: None then, a figure at scale
+        assert (
+            figures["http_floor_us_per_request"] is None or figures["http_floor_us_per_request"] > 0
+        )
