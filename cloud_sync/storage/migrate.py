@@ -10,7 +10,10 @@ revision's tables and stamped, then upgraded like any other.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -57,9 +60,32 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+@contextmanager
+def _sqlite_ddl_in_the_transaction(conn: Connection) -> Iterator[None]:
+    """On SQLite, make the upgrade one transaction, its DDL included.
+
+    pysqlite opens a transaction only before an INSERT, UPDATE or DELETE, so a revision's
+    ``CREATE TABLE`` ran on its own: a hub killed while revision 0013 rebuilt ``windows``
+    left ``_alembic_tmp_windows`` behind and then could not start ("table already exists";
+    3 of 4 kills here). With pysqlite's own handling off (``isolation_level = None``, set
+    before any statement: on an open transaction it would commit it) and an explicit
+    ``BEGIN IMMEDIATE``, the connection's commit or rollback ends all of it."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    raw: Any = conn.connection.dbapi_connection
+    before = raw.isolation_level
+    raw.isolation_level = None
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield
+    finally:
+        raw.isolation_level = before  # back to pysqlite's handling: commits nothing
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the database to the newest revision (idempotent, safe to race)."""
-    with engine.begin() as conn:
+    """Bring the database to the newest revision (idempotent, safe to race, all or none)."""
+    with engine.begin() as conn, _sqlite_ddl_in_the_transaction(conn):
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
         tables = set(inspect(conn).get_table_names())

@@ -168,3 +168,98 @@ def test_kill_9_of_the_hub_loses_nothing_it_acknowledged(tmp_path: Path) -> None
     finally:
         proc.terminate()
         proc.wait()
+
+
+def _hub_at_0012(path: Path, windows_n: int) -> None:
+    """A SQLite hub database at revision 0012 holding ``windows_n`` windows of 4 KB."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from cloud_sync.storage.migrate import alembic_config
+    from cloud_sync.storage.tables import devices, windows
+
+    engine = create_engine(f"sqlite:///{path}")
+    utid = "utid:" + "ab" * 32
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0012")
+        conn.execute(
+            devices.insert().values(
+                utid=utid,
+                public_key=b"k",
+                key_kind="software",
+                certificate=b"c",
+                name="gw",
+                site="default",
+                revoked=False,
+                created_ns=1,
+                head_window=windows_n - 1,
+                head_last_seq=-1,
+                n_readings=0,
+            )
+        )
+        cose = os.urandom(4096)
+        conn.execute(
+            windows.insert(),
+            [
+                {
+                    "utid": utid,
+                    "window": w,
+                    "first_seq": 0,
+                    "last_seq": 0,
+                    "first_ts_ns": 0,
+                    "last_ts_ns": 0,
+                    "count": 0,
+                    "root": bytes(32),
+                    "prev": w.to_bytes(32, "big"),
+                    "cose": cose,
+                    "cose_sha256": (w + 1).to_bytes(32, "big"),
+                    "gaps": 0,
+                    "received_ns": 0,
+                }
+                for w in range(windows_n)
+            ],
+        )
+    engine.dispose()
+
+
+def test_a_hub_killed_while_it_migrates_starts_again_with_every_window(tmp_path: Path) -> None:
+    """kill -9 while revision 0013 rebuilds ``windows`` (its copy under way: the WAL
+    growing). pysqlite ran the rebuild's CREATE TABLE outside the transaction, so the kill
+    left ``_alembic_tmp_windows`` behind and every later start failed ("table already
+    exists"); now the whole upgrade rolls back and the next start migrates."""
+    from cloud_sync.storage import Store
+
+    db = tmp_path / "hub.db"
+    n = 30_000
+    _hub_at_0012(db, n)
+    wal = Path(f"{db}-wal")
+    start_size = wal.stat().st_size if wal.exists() else 0
+    migrating = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from cloud_sync.storage import Store; Store.open('sqlite:///{db}')",
+        ]
+    )
+    until_sync(
+        lambda: (
+            migrating.poll() is not None
+            or (wal.exists() and wal.stat().st_size > start_size + (8 << 20))
+        ),
+        60,
+        "the rebuild's copy writing the WAL",
+        every_s=0.005,
+    )
+    assert migrating.poll() is None, "the migration ended before it could be killed"
+    migrating.send_signal(signal.SIGKILL)
+    migrating.wait()
+    store = Store.open(f"sqlite:///{db}")  # the next start
+    try:
+        assert store.counts()["windows"] == n
+        with sqlite3.connect(db) as conn:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+            (version,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        assert not {t for t in tables if t.startswith("_alembic_tmp")}
+        assert version >= "0013"
+    finally:
+        store.close()
