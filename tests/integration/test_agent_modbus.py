@@ -220,7 +220,19 @@ async def _polling(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         server.close()
+        # Python 3.11's wait_closed does not wait for the connections the server accepted: a
+        # handler task made for the connector's last connect could still be unstarted when
+        # the test's loop closed, and its unclosed transport failed the test (seen once in CI)
+        await until(lambda: not _serving(peer), what="the peer's connection handlers ended")
         await server.wait_closed()
+
+
+def _serving(peer: Handler) -> bool:
+    """A task of ``peer`` (a connection's handler) has not finished, or not started yet."""
+    return any(
+        getattr(t.get_coro(), "__name__", None) == peer.__name__ and not t.done()
+        for t in asyncio.all_tasks()
+    )
 
 
 async def test_a_host_that_takes_tcp_but_never_answers_modbus_opens_the_breaker() -> None:
