@@ -230,3 +230,43 @@ def api_routes(routes: Iterable[Any]) -> Iterator[Any]:
 def post_paths(app: Any) -> list[str]:
     """Every POST route's path template of ``app``."""
     return sorted({r.path for r in api_routes(app.routes) if "POST" in r.methods})
+
+
+def device_row(utid: str, name: str, head_window: int = -1) -> dict[str, object]:
+    """A ``devices`` row as tests write it straight into a database (no certificate, no key):
+    for migrations and bulk data, where no upload is checked against it."""
+    return {
+        "utid": utid,
+        "public_key": b"k",
+        "key_kind": "software",
+        "certificate": b"c",
+        "name": name,
+        "site": "default",
+        "revoked": False,
+        "created_ns": 1,
+        "head_window": head_window,
+        "head_last_seq": -1,
+        "n_readings": 0,
+    }
+
+
+def window_row(
+    utid: str, window: int, cose: bytes, prev: bytes, digest: bytes
+) -> dict[str, object]:
+    """A ``windows`` row of ``window`` (ten readings) written straight into a database, for
+    migrations: the bytes are stand-ins, nothing verifies them."""
+    return {
+        "utid": utid,
+        "window": window,
+        "first_seq": 10 * window,
+        "last_seq": 10 * window + 9,
+        "first_ts_ns": window,
+        "last_ts_ns": window,
+        "count": 10,
+        "root": bytes(32),
+        "prev": prev,
+        "cose": cose,
+        "cose_sha256": digest,
+        "gaps": 0,
+        "received_ns": 1,
+    }

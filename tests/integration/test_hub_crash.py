@@ -31,7 +31,7 @@ from attestation.reading import Reading
 from attestation.signednote import NoteVerifier, open_note, parse_checkpoint
 from attestation.signers.software import SoftwareSigner
 from tests.conftest import free_port
-from tests.hubkit import Device, hub_readings
+from tests.hubkit import Device, device_row, hub_readings, window_row
 from tests.waiting import until_sync
 
 pytestmark = pytest.mark.timeout(240)
@@ -182,40 +182,12 @@ def _hub_at_0012(path: Path, windows_n: int) -> None:
     utid = "utid:" + "ab" * 32
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), "0012")
-        conn.execute(
-            devices.insert().values(
-                utid=utid,
-                public_key=b"k",
-                key_kind="software",
-                certificate=b"c",
-                name="gw",
-                site="default",
-                revoked=False,
-                created_ns=1,
-                head_window=windows_n - 1,
-                head_last_seq=-1,
-                n_readings=0,
-            )
-        )
+        conn.execute(devices.insert().values(device_row(utid, "gw", head_window=windows_n - 1)))
         cose = os.urandom(4096)
         conn.execute(
             windows.insert(),
             [
-                {
-                    "utid": utid,
-                    "window": w,
-                    "first_seq": 0,
-                    "last_seq": 0,
-                    "first_ts_ns": 0,
-                    "last_ts_ns": 0,
-                    "count": 0,
-                    "root": bytes(32),
-                    "prev": w.to_bytes(32, "big"),
-                    "cose": cose,
-                    "cose_sha256": (w + 1).to_bytes(32, "big"),
-                    "gaps": 0,
-                    "received_ns": 0,
-                }
+                window_row(utid, w, cose, w.to_bytes(32, "big"), (w + 1).to_bytes(32, "big"))
                 for w in range(windows_n)
             ],
         )

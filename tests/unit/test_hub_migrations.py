@@ -35,7 +35,7 @@ from cloud_sync.storage.tables import (
     window_leaves,
     windows,
 )
-from tests.hubkit import Device
+from tests.hubkit import Device, device_row, window_row
 
 
 def _drift(engine: Engine) -> list[object]:
@@ -90,21 +90,7 @@ def test_a_database_from_before_migrations_is_brought_in(tmp_path: Path) -> None
             _OLD_READINGS.insert(),
             [{"utid": "utid:" + "0" * 64, "window": 0, **r.as_dict()} for r in rs],
         )
-        conn.execute(
-            devices.insert().values(
-                utid="utid:" + "0" * 64,
-                public_key=b"k",
-                key_kind="software",
-                certificate=b"c",
-                name="old",
-                site="default",
-                revoked=False,
-                created_ns=1,
-                head_window=-1,
-                head_last_seq=-1,
-                n_readings=0,
-            )
-        )
+        conn.execute(devices.insert().values(device_row("utid:" + "0" * 64, "old")))
     store = Store.open(str(engine.url))
     assert [d.name for d in store.list_devices()] == ["old"]  # data kept
     # readings moved into their window's leaves: exactly the bytes the device signed
@@ -142,24 +128,6 @@ def test_0008_stores_leaves_back_to_back_and_downgrades(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def _window_row(u: int, w: int) -> dict[str, object]:
-    return {
-        "utid": f"utid:{u:064x}",
-        "window": w,
-        "first_seq": 10 * w,
-        "last_seq": 10 * w + 9,
-        "first_ts_ns": w,
-        "last_ts_ns": w,
-        "count": 10,
-        "root": bytes(32),
-        "prev": bytes([u, w]) * 16,
-        "cose": b"cose-%d-%d" % (u, w),
-        "cose_sha256": bytes([w, u]) * 16,
-        "gaps": 0,
-        "received_ns": 1,
-    }
-
-
 def test_0013_leaves_windows_one_unique_key_and_keeps_every_row(tmp_path: Path) -> None:
     """Revision 0013 rebuilds ``windows`` on SQLite without its unique keys on the COSE hash
     and on (utid, prev), every row kept; its downgrade puts them back."""
@@ -168,7 +136,13 @@ def test_0013_leaves_windows_one_unique_key_and_keeps_every_row(tmp_path: Path) 
     from cloud_sync.storage.migrate import alembic_config
 
     engine = create_engine(f"sqlite:///{tmp_path / 'hub.db'}")
-    rows = [_window_row(u, w) for u in range(3) for w in range(50)]
+    rows = [
+        window_row(
+            f"utid:{u:064x}", w, b"cose-%d-%d" % (u, w), bytes([u, w]) * 16, bytes([w, u]) * 16
+        )
+        for u in range(3)
+        for w in range(50)
+    ]
 
     def state(conn: Connection) -> tuple[int, list[dict[str, object]]]:
         """(unique constraints of ``windows``, its rows in key order)."""
@@ -180,22 +154,7 @@ def test_0013_leaves_windows_one_unique_key_and_keeps_every_row(tmp_path: Path) 
         command.upgrade(alembic_config(conn), "0012")
         conn.execute(
             devices.insert(),
-            [
-                {
-                    "utid": f"utid:{u:064x}",
-                    "public_key": b"k",
-                    "key_kind": "software",
-                    "certificate": b"c",
-                    "name": f"d{u}",
-                    "site": "default",
-                    "revoked": False,
-                    "created_ns": 1,
-                    "head_window": 49,
-                    "head_last_seq": 499,
-                    "n_readings": 500,
-                }
-                for u in range(3)
-            ],
+            [device_row(f"utid:{u:064x}", f"d{u}", head_window=49) for u in range(3)],
         )
         conn.execute(windows.insert(), rows)
         assert state(conn) == (2, rows)
