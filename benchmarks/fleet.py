@@ -596,22 +596,8 @@ def _gateway_hub(
             base = _stored(hub)
             for i, level in enumerate(levels):
                 commits = _commits(hub)[0]
-                with _pinned_here(pin[1] if pin else None):
-                    before = hub.cpu_seconds()
-                    asyncio.run(
-                        _gateways_run(
-                            hub.port,
-                            fleet[: level.gateways],
-                            windows,
-                            sizes,
-                            level,
-                            i * sizes.rounds,
-                        )
-                    )
-                    after = hub.cpu_seconds()
+                _drive(hub, level, fleet, windows, sizes, pin, first=i * sizes.rounds)
                 level.commits = _commits(hub)[0] - commits
-                if before is not None and after is not None:
-                    level.cpu_s = after - before
             acknowledged = base + sum(level.uploads - level.refused for level in levels)
             if (got := _stored(hub)) != acknowledged:
                 raise click.ClickException(f"hub stored {got} of {acknowledged} acknowledged")
@@ -631,18 +617,31 @@ def _http_floor(
         try:
             if pin is not None:
                 floor.pin(pin[0])
-            with _pinned_here(pin[1] if pin else None):
-                before = floor.cpu_seconds()
-                asyncio.run(
-                    _gateways_run(
-                        floor.port, fleet[: level.gateways], windows, sizes, level, first=0
-                    )
-                )
-                after = floor.cpu_seconds()
-            if before is not None and after is not None:
-                level.cpu_s = after - before
+            _drive(floor, level, fleet, windows, sizes, pin, first=0)
         finally:
             floor.stop()
+
+
+def _drive(
+    server: ServedProcess,
+    level: _Level,
+    fleet: Sequence[SimDevice],
+    windows: Sequence[WindowTemplate],
+    sizes: _Sizes,
+    pin: tuple[int, int] | None,
+    *,
+    first: int,
+) -> None:
+    """``level``'s gateways upload windows ``first``... to ``server`` from the load
+    generator's CPU; the server's CPU over the run goes into ``level.cpu_s``."""
+    with _pinned_here(pin[1] if pin else None):
+        before = server.cpu_seconds()
+        asyncio.run(
+            _gateways_run(server.port, fleet[: level.gateways], windows, sizes, level, first)
+        )
+        after = server.cpu_seconds()
+    if before is not None and after is not None:
+        level.cpu_s = after - before
 
 
 def largest_holding(
@@ -702,15 +701,17 @@ def _gateways(
         say(f"baseline: {sizes.gateways:,} gateways, the hub's commit wait off")
         _gateway_hub([alone], fleet, windows, sizes, pin, ["--commit-gather-ms", "0"])
     held = next((level for level in levels if level.gateways == best), None)
-    floor = _Level(best, reuse=True)
+    floor: dict[str, Any] | None = None  # no fleet held: nothing to set the floor beside
     if held is not None:
         say(f"baseline: {best:,} gateways to the HTTP floor (the hub's server, no hub)")
-        _http_floor(floor, fleet, windows, sizes, pin)
-    floor_us = floor.summary()["hub_cpu_us_per_proof"]
+        at_floor = _Level(best, reuse=True)
+        _http_floor(at_floor, fleet, windows, sizes, pin)
+        floor = at_floor.summary()
+    floor_us = floor["hub_cpu_us_per_proof"] if floor else None
     return {
         "gateways_per_core": best,
         # the server alone a request, same uploads, same rate, same CPU (benchmarks/httpfloor)
-        "http_floor": floor.summary() if held is not None else None,
+        "http_floor": floor,
         "http_floor_us_per_request": floor_us,
         # the hub's CPU a proof at the largest fleet it held over that floor
         "hub_cpu_over_http_floor": _ratio(held.summary()["hub_cpu_us_per_proof"], floor_us)
