@@ -40,10 +40,12 @@ from cloud_sync.storage.tables import devices, log_entries, log_nodes, window_le
 __all__ = [
     "SimDevice",
     "WindowTemplate",
+    "device_values",
     "seed_devices",
     "seed_log",
     "templates",
     "upload_body",
+    "window_values",
 ]
 
 _T0_NS = 1_700_000_000_000_000_000
@@ -120,22 +122,62 @@ def upload_body(cose: bytes, leaves: bytes) -> list[bytes]:
     ]
 
 
-def _device_row(utid: str, der: bytes, name: str, now_ns: int) -> tuple[object, ...]:
-    values = {
+def device_values(
+    utid: str, name: str, *, public_key: bytes = b"", now_ns: int = 0, head_window: int = -1
+) -> dict[str, object]:
+    """A ``devices`` row written straight into a database: a software key registered as in
+    development (no fleet CA certificate), its chain head at ``head_window``."""
+    return {
         "utid": utid,
-        "public_key": der,
+        "public_key": public_key,
         "key_kind": "software",
-        "certificate": b"",  # registered as in development: no fleet CA certificate
+        "certificate": b"",
         "name": name,
         "site": "default",
         "revoked": False,
         "created_ns": now_ns,
-        "head_window": -1,
+        "head_window": head_window,
         "head_hash": None,
         "head_last_seq": -1,
         "last_seen_ns": None,
         "n_readings": 0,
     }
+
+
+def window_values(
+    utid: str,
+    window: int,
+    cose: bytes,
+    prev: bytes,
+    *,
+    count: int,
+    root: bytes = bytes(32),
+    t0_ns: int = 0,
+    received_ns: int = 0,
+) -> dict[str, object]:
+    """A ``windows`` row written straight into a database: ``count`` readings a window, seqs
+    and timestamps numbered on from window 0; ``cose`` stands in for the proof (nothing
+    verifies it), its hash is the row's ``cose_sha256``."""
+    first = window * count
+    return {
+        "utid": utid,
+        "window": window,
+        "first_seq": first,
+        "last_seq": first + count - 1,
+        "first_ts_ns": t0_ns + first,
+        "last_ts_ns": t0_ns + first + count - 1,
+        "count": count,
+        "root": root,
+        "prev": prev,
+        "cose": cose,
+        "cose_sha256": chain_hash(cose),
+        "gaps": 0,
+        "received_ns": received_ns,
+    }
+
+
+def _device_row(utid: str, der: bytes, name: str, now_ns: int) -> tuple[object, ...]:
+    values = device_values(utid, name, public_key=der, now_ns=now_ns)
     return tuple(values.get(c) for c in _DEVICES.columns)  # newer nullable columns: NULL
 
 
@@ -192,22 +234,17 @@ def seed_log(engine: Engine, entries: int, *, devices_n: int, cose_size: int) ->
     def window_rows() -> Iterator[tuple[object, ...]]:
         for i in range(entries):
             w, cose = i // devices_n, _seed_cose(i, cose_size)
-            prev = _seed_cose(i - devices_n, cose_size) if w else None
-            values = {
-                "utid": names[i % devices_n],
-                "window": w,
-                "first_seq": w * 1000,
-                "last_seq": w * 1000 + 999,
-                "first_ts_ns": _T0_NS + w * 1000,
-                "last_ts_ns": _T0_NS + w * 1000 + 999,
-                "count": 1000,
-                "root": leaves[i],
-                "prev": GENESIS_PREV if prev is None else chain_hash(prev),
-                "cose": cose,
-                "cose_sha256": chain_hash(cose),
-                "gaps": 0,
-                "received_ns": now,
-            }
+            prev = chain_hash(_seed_cose(i - devices_n, cose_size)) if w else GENESIS_PREV
+            values = window_values(
+                names[i % devices_n],
+                w,
+                cose,
+                prev,
+                count=1000,
+                root=leaves[i],
+                t0_ns=_T0_NS,
+                received_ns=now,
+            )
             yield tuple(values[c] for c in _WINDOWS.columns)
 
     levels = [leaves]

@@ -31,7 +31,7 @@ from attestation.reading import Reading
 from attestation.signednote import NoteVerifier, open_note, parse_checkpoint
 from attestation.signers.software import SoftwareSigner
 from tests.conftest import free_port
-from tests.hubkit import Device, device_row, hub_readings, window_row
+from tests.hubkit import Device, hub_readings
 from tests.waiting import until_sync
 
 pytestmark = pytest.mark.timeout(240)
@@ -175,6 +175,7 @@ def _hub_at_0012(path: Path, windows_n: int) -> None:
     from alembic import command
     from sqlalchemy import create_engine
 
+    from benchmarks.fleetload import device_values, window_values
     from cloud_sync.storage.migrate import alembic_config
     from cloud_sync.storage.tables import devices, windows
 
@@ -182,12 +183,14 @@ def _hub_at_0012(path: Path, windows_n: int) -> None:
     utid = "utid:" + "ab" * 32
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), "0012")
-        conn.execute(devices.insert().values(device_row(utid, "gw", head_window=windows_n - 1)))
-        cose = os.urandom(4096)
+        conn.execute(devices.insert().values(device_values(utid, "gw", head_window=windows_n - 1)))
+        filler = os.urandom(4088)  # 4 KB a proof, each its own (its hash a unique key at 0012)
         conn.execute(
             windows.insert(),
             [
-                window_row(utid, w, cose, w.to_bytes(32, "big"), (w + 1).to_bytes(32, "big"))
+                window_values(
+                    utid, w, filler + w.to_bytes(8, "big"), w.to_bytes(32, "big"), count=1
+                )
                 for w in range(windows_n)
             ],
         )

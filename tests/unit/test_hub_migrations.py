@@ -25,6 +25,7 @@ from sqlalchemy import (
     text,
 )
 
+from benchmarks.fleetload import device_values, window_values
 from cloud_sync.storage import Store
 from cloud_sync.storage.migrate import BASELINE, current_revision, migrate
 from cloud_sync.storage.tables import (
@@ -35,7 +36,7 @@ from cloud_sync.storage.tables import (
     window_leaves,
     windows,
 )
-from tests.hubkit import Device, device_row, window_row
+from tests.hubkit import Device
 
 
 def _drift(engine: Engine) -> list[object]:
@@ -90,7 +91,7 @@ def test_a_database_from_before_migrations_is_brought_in(tmp_path: Path) -> None
             _OLD_READINGS.insert(),
             [{"utid": "utid:" + "0" * 64, "window": 0, **r.as_dict()} for r in rs],
         )
-        conn.execute(devices.insert().values(device_row("utid:" + "0" * 64, "old")))
+        conn.execute(devices.insert().values(device_values("utid:" + "0" * 64, "old")))
     store = Store.open(str(engine.url))
     assert [d.name for d in store.list_devices()] == ["old"]  # data kept
     # readings moved into their window's leaves: exactly the bytes the device signed
@@ -137,9 +138,7 @@ def test_0013_leaves_windows_one_unique_key_and_keeps_every_row(tmp_path: Path) 
 
     engine = create_engine(f"sqlite:///{tmp_path / 'hub.db'}")
     rows = [
-        window_row(
-            f"utid:{u:064x}", w, b"cose-%d-%d" % (u, w), bytes([u, w]) * 16, bytes([w, u]) * 16
-        )
+        window_values(f"utid:{u:064x}", w, b"cose-%d-%d" % (u, w), bytes([u, w]) * 16, count=10)
         for u in range(3)
         for w in range(50)
     ]
@@ -154,7 +153,7 @@ def test_0013_leaves_windows_one_unique_key_and_keeps_every_row(tmp_path: Path) 
         command.upgrade(alembic_config(conn), "0012")
         conn.execute(
             devices.insert(),
-            [device_row(f"utid:{u:064x}", f"d{u}", head_window=49) for u in range(3)],
+            [device_values(f"utid:{u:064x}", f"d{u}", head_window=49) for u in range(3)],
         )
         conn.execute(windows.insert(), rows)
         assert state(conn) == (2, rows)
