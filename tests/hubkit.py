@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -230,3 +231,26 @@ def api_routes(routes: Iterable[Any]) -> Iterator[Any]:
 def post_paths(app: Any) -> list[str]:
     """Every POST route's path template of ``app``."""
     return sorted({r.path for r in api_routes(app.routes) if "POST" in r.methods})
+
+
+def hub_metric(url: str, admin_token: str, name: str) -> float:
+    """The value of the hub's unlabelled metric ``factoryops_hub_<name>`` on ``/metrics``."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {admin_token}"}).text
+    for line in text.splitlines():
+        if line.startswith(f"factoryops_hub_{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no factoryops_hub_{name} in /metrics")
+
+
+def declared_upload(port: int, declared: int, sent: int = 0) -> socket.socket:
+    """A raw client of ``POST /v1/proofs`` that declares a body of ``declared`` bytes and
+    sends ``sent`` of them (junk: it never finishes, so nothing parses it)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    head = (
+        "POST /v1/proofs HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/cbor\r\n"
+        f"content-length: {declared}\r\n\r\n"
+    ).encode()
+    sock.sendall(head + b"\0" * sent)
+    return sock

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from agent.uplink import register_device
 from attestation.signers.software import SoftwareSigner
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubLimits, HubSettings
-from tests.hubkit import Device, hub_readings, register, upload
+from tests.hubkit import Device, declared_upload, hub_metric, hub_readings, register, upload
 from tests.unit.test_agent_slow_signer import Ticker
 from tests.waiting import until
 
@@ -392,16 +391,6 @@ async def test_the_spool_keeps_its_cap_while_synced_and_keeps_unsynced_data_in_a
     assert _hub_seqs(hub_dir) == list(range(committed))  # all of it, once, in order
 
 
-def _hold_open(port: int, declared: int) -> socket.socket:
-    """A client that declares an upload of ``declared`` bytes and sends none of them."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(
-        b"POST /v1/proofs HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/cbor\r\n"
-        + f"content-length: {declared}\r\n\r\n".encode()
-    )
-    return sock
-
-
 async def test_an_overloaded_hub_is_sent_the_proofs_again_once_it_has_room(
     tmp_path: Path,
 ) -> None:
@@ -411,22 +400,16 @@ async def test_an_overloaded_hub_is_sent_the_proofs_again_once_it_has_room(
     limits = HubLimits(max_body_bytes=mib, max_decompressed_bytes=mib, max_held_body_bytes=2 * mib)
     settings = HubSettings.create(tmp_path / "hub", allow_software_keys=True, limits=limits)
     hub = HubServer(settings).start()
-    admin = {"authorization": f"Bearer {settings.admin_token}"}
 
     def held() -> float:
-        text = httpx.get(f"{hub.url}/metrics", headers=admin).text
-        return next(
-            float(line.split()[1])
-            for line in text.splitlines()
-            if line.startswith("factoryops_hub_body_bytes_held ")
-        )
+        return hub_metric(hub.url, settings.admin_token, "body_bytes_held")
 
     try:
         cfg, signer = _config(tmp_path, hub.url), SoftwareSigner.generate()
         await asyncio.to_thread(
             register_device, hub.url, settings.admin_token, signer, name="gw", state_dir=tmp_path
         )
-        holders = [_hold_open(hub.port, mib) for _ in range(2)]  # every body waits now
+        holders = [declared_upload(hub.port, mib) for _ in range(2)]  # every body waits now
         try:
             await until(lambda: held() == 2 * mib, what="the budget held by the two clients")
             refused = await _run(

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from benchmarks.hub import HubProcess
-from tests.hubkit import Device, body, register
+from tests.hubkit import Device, body, declared_upload, hub_metric, register
 from tests.waiting import until
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -40,26 +40,6 @@ def _status_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-def _metric(hub: HubProcess, name: str) -> float:
-    text = httpx.get(f"{hub.url}/metrics", headers={"authorization": f"Bearer {hub.admin}"}).text
-    for line in text.splitlines():
-        if line.startswith(f"factoryops_hub_{name} "):
-            return float(line.split()[1])
-    raise AssertionError(f"no factoryops_hub_{name} in /metrics")
-
-
-def _half_sent_upload(port: int) -> socket.socket:
-    """A client that declares a 16 MiB upload and sends 15 MiB of it (junk: it is never
-    finished, so never parsed)."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    head = (
-        f"POST /v1/proofs HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/cbor\r\n"
-        f"content-length: {DECLARED}\r\n\r\n"
-    ).encode()
-    sock.sendall(head + b"\0" * SENT)
-    return sock
 
 
 def _answered(socks: list[socket.socket]) -> list[socket.socket]:
@@ -90,7 +70,7 @@ def test_a_flood_of_uploads_is_held_within_the_budget_and_nothing_acknowledged_i
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
     rss_before = _status_kib(pid, "VmHWM") << 10
 
-    socks = [_half_sent_upload(hub.port) for _ in range(CLIENTS)]
+    socks = [declared_upload(hub.port, DECLARED, SENT) for _ in range(CLIENTS)]
     try:
         admitted = BUDGET_MIB * MIB // DECLARED
         asyncio.run(
@@ -105,7 +85,7 @@ def test_a_flood_of_uploads_is_held_within_the_budget_and_nothing_acknowledged_i
             head = sock.recv(4096).decode("latin-1")
             assert head.startswith("HTTP/1.1 503"), head[:200]
             assert "retry-after: 2" in head.lower() and '"error":"overloaded"' in head
-        assert _metric(hub, "body_bytes_held") == admitted * DECLARED
+        assert hub_metric(hub.url, hub.admin, "body_bytes_held") == admitted * DECLARED
         grown = (_status_kib(pid, "VmHWM") << 10) - rss_before
         assert grown < BUDGET_MIB * MIB + SLACK, (
             f"peak RSS grew by {grown // MIB} MiB with {CLIENTS} x {SENT // MIB} MiB in flight"
@@ -130,6 +110,6 @@ def test_a_flood_of_uploads_is_held_within_the_budget_and_nothing_acknowledged_i
         return r.status_code == 200
 
     asyncio.run(until(stored_again, what="the budget given back"))
-    assert _metric(hub, "body_bytes_held") == 0
-    assert _metric(hub, "requests_shed_total") >= CLIENTS - admitted + 1
+    assert hub_metric(hub.url, hub.admin, "body_bytes_held") == 0
+    assert hub_metric(hub.url, hub.admin, "requests_shed_total") >= CLIENTS - admitted + 1
     assert "Traceback" not in hub.stderr.read_text(errors="replace")
