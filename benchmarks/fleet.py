@@ -52,6 +52,7 @@ from attestation import merkle
 from attestation.microproof import sign_microproof
 from attestation.signednote import Checkpoint, NoteVerifier, open_note, parse_checkpoint
 from attestation.signers.software import SoftwareSigner
+from benchmarks.checkfloor import checks_floor
 from benchmarks.fleetload import (
     SimDevice,
     WindowTemplate,
@@ -708,11 +709,22 @@ def _gateways(
         _http_floor(at_floor, fleet, windows, sizes, pin)
         floor = at_floor.summary()
     floor_us = floor["hub_cpu_us_per_proof"] if floor else None
+    say("baseline: the fixed checks of a proof (parse, signature, leaves) on the hub's CPU")
+    with _pinned_here(pin[0] if pin else None):
+        checks = checks_floor(fleet[0], windows[0])
     return {
         "gateways_per_core": best,
         # the server alone a request, same uploads, same rate, same CPU (benchmarks/httpfloor)
         "http_floor": floor,
         "http_floor_us_per_request": floor_us,
+        # what every proof costs before the hub's own code (benchmarks/checkfloor), and the
+        # fleet one core could serve doing only that and the HTTP floor: no storage, no
+        # headroom, 100 % busy
+        "checks_floor_us_per_proof": checks.as_json(),
+        "floor_us_per_proof": _round(floor_us + checks.total_us) if floor_us else None,
+        "gateways_ceiling_at_floor": round(sizes.period * 1e6 / (floor_us + checks.total_us))
+        if floor_us
+        else None,
         # the hub's CPU a proof at the largest fleet it held over that floor
         "hub_cpu_over_http_floor": _ratio(held.summary()["hub_cpu_us_per_proof"], floor_us)
         if held is not None

@@ -65,3 +65,11 @@ def test_quick_fleet_bench_prints_the_four_figures_after_checking_the_logs(
         assert (
             figures["http_floor_us_per_request"] is None or figures["http_floor_us_per_request"] > 0
         )
+    # the fixed checks of a proof, timed on the hub's CPU: each a real, positive figure
+    checks = figures["checks_floor_us_per_proof"]
+    assert set(checks) == {"parse_us", "signature_us", "leaves_us", "total_us"}
+    assert all(checks[k] > 0 for k in checks), checks
+    assert checks["total_us"] >= checks["leaves_us"] + checks["signature_us"]
+    if figures["floor_us_per_proof"] is not None:  # an HTTP floor was measured beside them
+        assert figures["floor_us_per_proof"] > checks["total_us"]
+        assert figures["gateways_ceiling_at_floor"] > 0
