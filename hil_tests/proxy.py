@@ -18,6 +18,8 @@ import contextlib
 import random
 from dataclasses import dataclass, field
 
+from hil_tests.tasks import ConnectionHandlers
+
 __all__ = ["FaultProxy"]
 
 RTO_S = 0.2  # Linux TCP_RTO_MIN: the least a lost segment costs
@@ -38,20 +40,20 @@ class FaultProxy:
     _cut: bool = False
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)  # both ends of each
     _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _handlers: ConnectionHandlers | None = None
 
     async def start(self) -> FaultProxy:
         self._partitioned.set()
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self._handlers = ConnectionHandlers(self._accept)
+        self._server = await asyncio.start_server(self._handlers, self.host, self.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._handlers is not None:
+            await self._handlers.stop()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -73,9 +75,6 @@ class FaultProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         up_writer: asyncio.StreamWriter | None = None
         try:
             if self._cut:
@@ -91,7 +90,6 @@ class FaultProxy:
         except (OSError, ExceptionGroup):
             pass  # one side went away: the other is closed below, as a cut cable would
         finally:
-            self._tasks.discard(task)
             self._writers.discard(writer)
             if up_writer is not None:
                 self._writers.discard(up_writer)

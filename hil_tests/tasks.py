@@ -1,12 +1,14 @@
-"""Stopping a rig's own asyncio tasks."""
+"""Stopping a rig's own asyncio tasks, and the connection handlers of its TCP servers."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-__all__ = ["stop_all"]
+__all__ = ["ConnectionHandlers", "Handler", "stop_all"]
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 async def stop_all(tasks: Sequence[asyncio.Task[Any]], again_s: float = 1.0) -> None:
@@ -35,3 +37,42 @@ async def stop_all(tasks: Sequence[asyncio.Task[Any]], again_s: float = 1.0) -> 
     for task in tasks:
         if not task.cancelled() and (err := task.exception()) is not None:
             raise err
+
+
+class ConnectionHandlers:
+    """An ``asyncio.start_server`` callback that runs ``handle`` for each connection as a
+    task it keeps from the moment the connection is made, so ``stop`` ends every one.
+
+    Python 3.11's ``Server.wait_closed`` does not wait for the connections a server accepted,
+    and a handler that registers itself in its first line cannot be seen while its task has
+    not started: a connection accepted just before ``close`` outlived its server, and its
+    transport was still open when the loop closed (a Modbus test failed on it once in CI).
+    The server calls this synchronously as each connection is made; one made after ``stop``
+    is closed at once."""
+
+    def __init__(self, handle: Handler) -> None:
+        self._handle = handle
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped = False
+
+    def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._stopped:
+            writer.close()
+            return
+        task = asyncio.get_running_loop().create_task(_served(self._handle, reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        # however it ends: a task cancelled before it started never ran its handler's close
+        task.add_done_callback(lambda _: writer.close())
+
+    async def stop(self) -> None:
+        """Refuse new connections and end every handler (``stop_all``: an exception one ended
+        with is raised)."""
+        self._stopped = True
+        await stop_all(list(self._tasks))
+
+
+async def _served(
+    handle: Handler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    await handle(reader, writer)  # called here: a task cancelled unstarted makes no coroutine

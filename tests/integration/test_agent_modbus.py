@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,6 +22,7 @@ from pymodbus.simulator.simutils import DataType
 from agent.config import ModbusDeviceConfig, ModbusTag
 from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector
+from hil_tests.tasks import ConnectionHandlers, Handler
 from tests.conftest import free_port
 from tests.waiting import until
 
@@ -184,9 +185,6 @@ async def test_one_dead_slave_does_not_slow_the_healthy_devices() -> None:
     assert with_dead / without >= 0.9  # the issue's bound: healthy rates within 10 %
 
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
 @asynccontextmanager
 async def _polling(
     peer: Handler, timeout_ms: int, tags: tuple[ModbusTag, ...] = (ModbusTag("x", 0),)
@@ -194,7 +192,8 @@ async def _polling(
     """A connector polling a TCP peer that ``peer`` serves, its breaker opening after three
     silent polls and then holding for ten minutes; the source gaps it states. The peer may
     answer the first poll, never a later one: a sample after a gap is a test failure."""
-    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    handlers = ConnectionHandlers(peer)
+    server = await asyncio.start_server(handlers, "127.0.0.1", 0)
     cfg = ModbusDeviceConfig(
         "mute",
         "127.0.0.1",
@@ -220,19 +219,8 @@ async def _polling(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         server.close()
-        # Python 3.11's wait_closed does not wait for the connections the server accepted: a
-        # handler task made for the connector's last connect could still be unstarted when
-        # the test's loop closed, and its unclosed transport failed the test (seen once in CI)
-        await until(lambda: not _serving(peer), what="the peer's connection handlers ended")
+        await handlers.stop()  # Python 3.11's wait_closed does not wait for them
         await server.wait_closed()
-
-
-def _serving(peer: Handler) -> bool:
-    """A task of ``peer`` (a connection's handler) has not finished, or not started yet."""
-    return any(
-        getattr(t.get_coro(), "__name__", None) == peer.__name__ and not t.done()
-        for t in asyncio.all_tasks()
-    )
 
 
 async def test_a_host_that_takes_tcp_but_never_answers_modbus_opens_the_breaker() -> None:

@@ -1,12 +1,16 @@
-"""hil_tests/tasks.py: a rig stopping its own tasks keeps a Ctrl-C meant for itself."""
+"""hil_tests/tasks.py: a rig stopping its own tasks keeps a Ctrl-C meant for itself, and a
+server's connection handlers all end with it."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
-from hil_tests.tasks import stop_all
+from hil_tests.tasks import ConnectionHandlers, stop_all
 
 
 async def test_a_cancel_meant_for_the_waiter_is_not_dropped_with_the_childs() -> None:
@@ -72,3 +76,63 @@ async def test_stopping_loops_raises_what_one_of_them_failed_with() -> None:
     await asyncio.sleep(0)
     with pytest.raises(OSError, match="broker"):
         await stop_all([task])
+
+
+class _Peer:
+    """A connection handler that records that it ran, then waits for ever."""
+
+    def __init__(self) -> None:
+        self.served = 0
+        self.started = asyncio.Event()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.served += 1
+        self.started.set()
+        await asyncio.Event().wait()
+
+
+@asynccontextmanager
+async def _serving(handlers: ConnectionHandlers) -> AsyncIterator[int]:
+    server = await asyncio.start_server(handlers, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await handlers.stop()
+        await server.wait_closed()
+
+
+async def test_a_connection_whose_handler_task_never_started_is_closed_by_stop() -> None:
+    """Python 3.11: a connection made just before the server closed had a handler task that
+    had not run its first line, so nothing had seen it, and its transport outlived the loop
+    (a Modbus test failed on it once in CI). ``stop`` cancels it before it starts, and the
+    connection is closed all the same."""
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    peer = _Peer()
+    handlers = ConnectionHandlers(peer)
+    handlers(reader, writer)  # as the server calls it when the connection is made
+    await handlers.stop()  # no yield in between: the handler's task has not started
+    await writer.wait_closed()
+    assert peer.served == 0 and writer.is_closing()
+    theirs.settimeout(5)
+    assert theirs.recv(1) == b""  # the other end sees the connection closed
+    theirs.close()
+
+
+async def test_stop_ends_every_handler_and_closes_its_connection() -> None:
+    peer = _Peer()
+    handlers = ConnectionHandlers(peer)
+    async with _serving(handlers) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await peer.started.wait()
+        await handlers.stop()
+        assert await reader.read() == b""  # end of file: the handler's side was closed
+        writer.close()
+        await writer.wait_closed()
+        # a connection made after stop is closed at once and never served
+        late_reader, late_writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await late_reader.read() == b""
+        late_writer.close()
+        await late_writer.wait_closed()
+    assert peer.served == 1
