@@ -39,7 +39,7 @@ from agent.config import ModbusDeviceConfig, ModbusTag
 from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector, Span, one_request_per_tag, plan_spans
 from benchmarks.endtoend import end_to_end
-from hil_tests.tasks import ConnectionHandlers, stop_all
+from hil_tests.tasks import TcpServer, stop_all
 
 __all__ = ["FleetServer", "SilentPeer", "command", "healthy_poll_rates"]
 
@@ -95,20 +95,16 @@ class SilentPeer:
     """A dead slave: accepts TCP connections and never answers (every read times out)."""
 
     port: int = 0
-    _server: asyncio.Server | None = None
-    _handlers: ConnectionHandlers | None = None
+    _server: TcpServer | None = None
 
     async def __aenter__(self) -> SilentPeer:
-        self._handlers = ConnectionHandlers(self._swallow)
-        self._server = await asyncio.start_server(self._handlers, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._server = await TcpServer.start(self._swallow, port=self.port)
+        self.port = self._server.port
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None and self._handlers is not None:
-            self._server.close()
-            await self._handlers.stop()
-            await self._server.wait_closed()
+        if self._server is not None:
+            await self._server.stop()
 
     async def _swallow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):

@@ -18,7 +18,7 @@ import contextlib
 import random
 from dataclasses import dataclass, field
 
-from hil_tests.tasks import ConnectionHandlers
+from hil_tests.tasks import TcpServer
 
 __all__ = ["FaultProxy"]
 
@@ -39,23 +39,17 @@ class FaultProxy:
     _partitioned: asyncio.Event = field(default_factory=asyncio.Event)  # set = healthy
     _cut: bool = False
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)  # both ends of each
-    _server: asyncio.Server | None = None
-    _handlers: ConnectionHandlers | None = None
+    _server: TcpServer | None = None
 
     async def start(self) -> FaultProxy:
         self._partitioned.set()
-        self._handlers = ConnectionHandlers(self._accept)
-        self._server = await asyncio.start_server(self._handlers, self.host, self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._server = await TcpServer.start(self._accept, self.host, self.port)
+        self.port = self._server.port
         return self
 
     async def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
-        if self._handlers is not None:
-            await self._handlers.stop()
-        if self._server is not None:
-            await self._server.wait_closed()
+            await self._server.stop()
             self._server = None
 
     def partition(self, on: bool) -> None:

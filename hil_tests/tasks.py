@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-__all__ = ["ConnectionHandlers", "Handler", "stop_all"]
+__all__ = ["ConnectionHandlers", "Handler", "TcpServer", "stop_all"]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -70,6 +70,26 @@ class ConnectionHandlers:
         with is raised)."""
         self._stopped = True
         await stop_all(list(self._tasks))
+
+
+class TcpServer:
+    """A rig's TCP server on ``host``:``port`` (0: the OS picks; read ``port``) whose ``stop``
+    closes it and ends every connection's handler (``ConnectionHandlers``)."""
+
+    def __init__(self, server: asyncio.Server, handlers: ConnectionHandlers) -> None:
+        self._server = server
+        self._handlers = handlers
+        self.port: int = server.sockets[0].getsockname()[1]
+
+    @classmethod
+    async def start(cls, handle: Handler, host: str = "127.0.0.1", port: int = 0) -> TcpServer:
+        handlers = ConnectionHandlers(handle)
+        return cls(await asyncio.start_server(handlers, host, port), handlers)
+
+    async def stop(self) -> None:
+        self._server.close()
+        await self._handlers.stop()
+        await self._server.wait_closed()
 
 
 async def _served(

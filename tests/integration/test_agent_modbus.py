@@ -22,7 +22,7 @@ from pymodbus.simulator.simutils import DataType
 from agent.config import ModbusDeviceConfig, ModbusTag
 from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector
-from hil_tests.tasks import ConnectionHandlers, Handler
+from hil_tests.tasks import Handler, TcpServer
 from tests.conftest import free_port
 from tests.waiting import until
 
@@ -192,12 +192,11 @@ async def _polling(
     """A connector polling a TCP peer that ``peer`` serves, its breaker opening after three
     silent polls and then holding for ten minutes; the source gaps it states. The peer may
     answer the first poll, never a later one: a sample after a gap is a test failure."""
-    handlers = ConnectionHandlers(peer)
-    server = await asyncio.start_server(handlers, "127.0.0.1", 0)
+    server = await TcpServer.start(peer)
     cfg = ModbusDeviceConfig(
         "mute",
         "127.0.0.1",
-        port=server.sockets[0].getsockname()[1],
+        port=server.port,
         poll_interval_ms=10,
         timeout_ms=timeout_ms,
         breaker_failures=3,
@@ -218,9 +217,7 @@ async def _polling(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        server.close()
-        await handlers.stop()  # Python 3.11's wait_closed does not wait for them
-        await server.wait_closed()
+        await server.stop()  # with every connection's handler (Python 3.11 left them)
 
 
 async def test_a_host_that_takes_tcp_but_never_answers_modbus_opens_the_breaker() -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 
-from hil_tests.tasks import ConnectionHandlers, stop_all
+from hil_tests.tasks import ConnectionHandlers, TcpServer, stop_all
 
 
 async def test_a_cancel_meant_for_the_waiter_is_not_dropped_with_the_childs() -> None:
@@ -91,17 +89,6 @@ class _Peer:
         await asyncio.Event().wait()
 
 
-@asynccontextmanager
-async def _serving(handlers: ConnectionHandlers) -> AsyncIterator[int]:
-    server = await asyncio.start_server(handlers, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await handlers.stop()
-        await server.wait_closed()
-
-
 async def test_a_connection_whose_handler_task_never_started_is_closed_by_stop() -> None:
     """Python 3.11: a connection made just before the server closed had a handler task that
     had not run its first line, so nothing had seen it, and its transport outlived the loop
@@ -122,17 +109,27 @@ async def test_a_connection_whose_handler_task_never_started_is_closed_by_stop()
 
 async def test_stop_ends_every_handler_and_closes_its_connection() -> None:
     peer = _Peer()
-    handlers = ConnectionHandlers(peer)
-    async with _serving(handlers) as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        await peer.started.wait()
-        await handlers.stop()
-        assert await reader.read() == b""  # end of file: the handler's side was closed
-        writer.close()
-        await writer.wait_closed()
-        # a connection made after stop is closed at once and never served
-        late_reader, late_writer = await asyncio.open_connection("127.0.0.1", port)
-        assert await late_reader.read() == b""
-        late_writer.close()
-        await late_writer.wait_closed()
+    server = await TcpServer.start(peer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    await peer.started.wait()
+    await server.stop()
+    assert await reader.read() == b""  # end of file: the handler's side was closed
+    writer.close()
+    await writer.wait_closed()
     assert peer.served == 1
+
+
+async def test_a_connection_made_after_stop_is_closed_at_once_and_never_served() -> None:
+    """The listening socket may still take a connection while its server stops; the
+    handlers, stopped, close it without serving it."""
+    peer = _Peer()
+    handlers = ConnectionHandlers(peer)
+    server = await asyncio.start_server(handlers, "127.0.0.1", 0)
+    await handlers.stop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    assert await reader.read() == b""
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    assert peer.served == 0
