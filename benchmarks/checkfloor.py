@@ -47,7 +47,9 @@ class ChecksFloor:
 
 
 def _best_us(step: Callable[[], object], times: int, rounds: int) -> float:
-    """The fastest round's CPU microseconds a call (CPU time: what a hub core pays)."""
+    """The fastest round's CPU microseconds a call (CPU time: what a hub core pays). The
+    fastest, not the median: on a VM whose speed drifts the floor, and the ceiling made from
+    it, are then the most generous the machine gave during the run."""
     best = float("inf")
     for _ in range(rounds):
         started = time.process_time()
