@@ -712,6 +712,7 @@ def _gateways(
     say("baseline: the fixed checks of a proof (parse, signature, leaves) on the hub's CPU")
     with _pinned_here(pin[0] if pin else None):
         checks = checks_floor(fleet[0], windows[0])
+    floor_all = floor_us + checks.total_us if floor_us else None  # HTTP and the checks
     return {
         "gateways_per_core": best,
         # the server alone a request, same uploads, same rate, same CPU (benchmarks/httpfloor)
@@ -721,10 +722,8 @@ def _gateways(
         # fleet one core could serve doing only that and the HTTP floor: no storage, no
         # headroom, 100 % busy
         "checks_floor_us_per_proof": checks.as_json(),
-        "floor_us_per_proof": _round(floor_us + checks.total_us) if floor_us else None,
-        "gateways_ceiling_at_floor": round(sizes.period * 1e6 / (floor_us + checks.total_us))
-        if floor_us
-        else None,
+        "floor_us_per_proof": _round(floor_all),
+        "gateways_ceiling_at_floor": round(sizes.period * 1e6 / floor_all) if floor_all else None,
         # the hub's CPU a proof at the largest fleet it held over that floor
         "hub_cpu_over_http_floor": _ratio(held.summary()["hub_cpu_us_per_proof"], floor_us)
         if held is not None
