@@ -245,7 +245,7 @@ def seed_log(engine: Engine, entries: int, *, devices_n: int, cose_size: int) ->
                 t0_ns=_T0_NS,
                 received_ns=now,
             )
-            yield tuple(values[c] for c in _WINDOWS.columns)
+            yield tuple(values.get(c) for c in _WINDOWS.columns)  # newer columns: NULL
 
     levels = [leaves]
     while len(levels[-1]) > 1:  # a last odd node has no parent yet: strict=False

@@ -31,6 +31,7 @@ from attestation.microproof import (
 from attestation.reading import Reading, decode_leaf, encode_leaf, leaf_hash
 from attestation.signers import SoftwareSigner
 from attestation.utid import utid_bytes, utid_text
+from cloud_sync.storage.leaffile import read_sqlite_leaves
 
 
 @dataclass
@@ -155,8 +156,8 @@ def ingest_all(ing: Any, uploads: Any, now_ns: int = 1) -> Any:
 def hub_readings(db_path: Path) -> list[Reading]:
     """Every reading a SQLite hub database holds, decoded from its stored window leaves."""
     with sqlite3.connect(db_path) as db:
-        blobs = db.execute("SELECT leaves FROM window_leaves ORDER BY utid, window").fetchall()
-    return [decode_leaf(leaf) for (blob,) in blobs for leaf in split_leaves(blob)]
+        blobs = [leaves for _, _, leaves in read_sqlite_leaves(db, db_path)]
+    return [decode_leaf(leaf) for blob in blobs for leaf in split_leaves(blob)]
 
 
 def body(*proofs: tuple[bytes, list[bytes]]) -> bytes:

@@ -37,7 +37,7 @@ from cloud_sync.routes.request import (
     require_content_type,
     visible_device,
 )
-from cloud_sync.storage import DeviceRow
+from cloud_sync.storage import DeviceRow, LeavesMissing
 
 __all__ = ["DeviceRegistration", "der_to_pem", "device_json", "p256_spki", "router"]
 
@@ -220,7 +220,12 @@ def router(deps: HubDeps) -> APIRouter:
             raise ApiError(404, "unknown_reading", f"no accepted window holds seq {seq}")
         # Rebuilt from the stored leaves on every request: an edit to a stored byte must
         # show up as a receipt that fails verification.
-        leaves = store.leaves_of_window(utid, window.window)
+        try:
+            leaves = store.leaves_of_window(utid, window.window)
+        except LeavesMissing as err:  # the database lists bytes its leaves file lacks
+            raise HubFault(
+                500, "corrupt_store", f"leaves of window {window.window}: {err}"
+            ) from err
         index = seq - window.first_seq
         if not 0 <= index < len(leaves):
             raise ApiError(404, "unknown_reading", f"seq {seq} is not stored")

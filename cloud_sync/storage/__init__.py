@@ -1,5 +1,6 @@
 """Hub storage: tables and the repository (SQLAlchemy Core; SQLite or PostgreSQL)."""
 
+from cloud_sync.storage.leaffile import LeavesMissing
 from cloud_sync.storage.repository import (
     Accepted,
     DeviceRow,
@@ -14,6 +15,7 @@ __all__ = [
     "Connect",
     "DeviceRow",
     "HeadMoved",
+    "LeavesMissing",
     "Store",
     "Transaction",
     "WindowRow",

@@ -6,6 +6,7 @@ Runs on SQLite (WAL) and PostgreSQL through one SQLAlchemy Core engine.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Engine,
     Executable,
     Row,
+    and_,
     bindparam,
     create_engine,
     event,
@@ -35,6 +37,7 @@ from attestation.leafbatch import split_leaves
 from attestation.microproof import MicroProof
 from attestation.reading import Reading, decode_leaf
 from cloud_sync.storage.bulk import BulkInsert, Prepared
+from cloud_sync.storage.leaffile import LeafFile, leaf_file_of
 from cloud_sync.storage.migrate import migrate
 from cloud_sync.storage.session import Connect, Writer, WriteRace, lazy_reads
 from cloud_sync.storage.tables import devices, window_leaves, windows
@@ -80,6 +83,9 @@ class WindowRow:
     cose_sha256: bytes
     gaps: int
     received_ns: int
+    # where its leaves are in a SQLite hub's leaves file (ADR 0053); None: ``window_leaves``
+    leaves_offset: int | None = None
+    leaves_length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,23 +123,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 class Store:
     """Repository over one engine; every write is one transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, leaf_file: LeafFile | None = None) -> None:
         self.engine = engine
+        # a SQLite file's leaves go to the file beside it; None: the ``window_leaves`` table
+        self.leaf_file = leaf_file
         self.on_close: list[Callable[[], None]] = []  # connections held outside the pool
 
     @classmethod
     def open(cls, url: str) -> Store:
         parsed = make_url(url)
         sqlite = parsed.get_backend_name() == "sqlite"
+        leaf_file = None
         if sqlite and parsed.database not in (None, "", ":memory:"):
             _create_private(Path(parsed.database))
+            leaf_file = LeafFile(leaf_file_of(Path(parsed.database).absolute()))
         # a ping before each checkout finds a PostgreSQL connection that a server restart
         # closed; a SQLite file has no server (and the ping cost ~5 % of an upload's CPU)
         engine = create_engine(url, pool_pre_ping=not sqlite)
         if sqlite:
             event.listen(engine, "connect", _sqlite_pragmas)
         migrate(engine)  # Alembic; also brings pre-migration databases in
-        return cls(engine)
+        return cls(engine, leaf_file)
 
     def reads(self) -> contextlib.AbstractContextManager[Connect]:
         """A request's read connection, opened on first use (``Connect``), closed after."""
@@ -311,27 +321,33 @@ class Store:
         with self.engine.connect() as conn:
             return [WindowRow(**r) for r in conn.execute(stmt).mappings().all()]
 
+    def _leaves(self, row: Row[Any, Any, Any]) -> bytes | None:
+        """A ``_LEAVES_OF`` row's blob: from the leaves file or the ``window_leaves`` row."""
+        offset, length, blob = row
+        if offset is None:
+            return None if blob is None else bytes(blob)
+        if self.leaf_file is None:
+            raise RuntimeError("a window's leaves are in a leaves file, and this is no SQLite file")
+        return self.leaf_file.read(offset, length)
+
     def leaves_of_window(self, utid: str, window: int) -> list[bytes]:
         """The window's leaves as the device signed them (empty when none are stored)."""
-        stmt = select(window_leaves.c.leaves).where(
-            window_leaves.c.utid == utid, window_leaves.c.window == window
-        )
+        stmt = _LEAVES_OF.where(windows.c.utid == utid, windows.c.window == window)
         with self.engine.connect() as conn:
-            blob = conn.execute(stmt).scalar_one_or_none()
+            row = conn.execute(stmt).first()
+        blob = None if row is None else self._leaves(row)
         return [] if blob is None else split_leaves(blob)
 
     def latest_readings(self, utid: str, at_least: int) -> list[Reading]:
         """The newest readings of a device (whole windows, oldest first), ``at_least`` of them
         when it has that many."""
-        stmt = (
-            select(window_leaves.c.leaves)
-            .where(window_leaves.c.utid == utid)
-            .order_by(window_leaves.c.window.desc())
-        )
+        stmt = _LEAVES_OF.where(windows.c.utid == utid).order_by(windows.c.window.desc())
         out: list[list[Reading]] = []
         have = 0
         with self.engine.connect() as conn:
-            for (blob,) in conn.execute(stmt.execution_options(yield_per=8)):
+            for row in conn.execute(stmt.execution_options(yield_per=8)):
+                if (blob := self._leaves(row)) is None:
+                    continue  # a window of gap records only
                 out.append([decode_leaf(leaf) for leaf in split_leaves(blob)])
                 have += len(out[-1])
                 if have >= at_least:
@@ -377,11 +393,15 @@ class Store:
         # (both SQLite's and psycopg's dialects report executemany's rowcount as the sum)
         if _ADVANCE_HEAD.rowcount(conn, heads) != len(heads):
             raise HeadMoved(", ".join(by_device))
+        # the leaves as they arrived: nothing decoded, nothing re-encoded
+        rows = [a.row for a in batch]
+        if self.leaf_file is None:
+            _INSERT_LEAVES(conn, [(a.row.utid, a.row.window, a.leaves) for a in batch if a.leaves])
+        else:  # on disk before this transaction commits; the rows say where (ADR 0053)
+            rows = _leaves_appended(self.leaf_file, batch)
         # statements built once with bound parameters (``.values(...)`` per call cost more
         # in SQLAlchemy's statement building than the database spent on the rows)
-        _INSERT_WINDOWS(conn, [_WINDOW_VALUES(a.row) for a in batch])
-        # the leaves as they arrived: nothing decoded, nothing re-encoded
-        _INSERT_LEAVES(conn, [(a.row.utid, a.row.window, a.leaves) for a in batch if a.leaves])
+        _INSERT_WINDOWS(conn, [_WINDOW_VALUES(row) for row in rows])
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -430,12 +450,35 @@ _ADVANCE_HEAD = Prepared(
     )
 )
 _INSERT_WINDOWS = BulkInsert(windows)
+
+
+def _leaves_appended(leaf_file: LeafFile, batch: Sequence[Accepted]) -> list[WindowRow]:
+    """Append the batch's leaves to the leaves file (durable on return); its rows, each
+    saying where its leaves are."""
+    offsets = iter(leaf_file.append([a.leaves for a in batch if a.leaves]))
+    return [
+        dataclasses.replace(a.row, leaves_offset=next(offsets), leaves_length=len(a.leaves))
+        if a.leaves
+        else a.row
+        for a in batch
+    ]
+
+
 _WINDOW_VALUES = attrgetter(*_INSERT_WINDOWS.columns)  # a WindowRow as the table's row
 # exactly the dataclass's fields: DeviceRow(**row._mapping)
 _DEVICE_BY_UTID = select(*(devices.c[f] for f in DeviceRow.__dataclass_fields__)).where(
     devices.c.utid == bindparam("u")
 )
 _INSERT_LEAVES = BulkInsert(window_leaves)
+# a window's leaves wherever they are: (offset, length) in the leaves file, or the blob
+_LEAVES_OF = select(
+    windows.c.leaves_offset, windows.c.leaves_length, window_leaves.c.leaves
+).select_from(
+    windows.outerjoin(
+        window_leaves,
+        and_(window_leaves.c.utid == windows.c.utid, window_leaves.c.window == windows.c.window),
+    )
+)
 _WINDOW_AT = select(windows).where(
     windows.c.utid == bindparam("u"), windows.c.window == bindparam("w")
 )

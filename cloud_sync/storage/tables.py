@@ -90,6 +90,11 @@ windows = Table(
     Column("cose_sha256", LargeBinary, nullable=False),
     Column("gaps", Integer, nullable=False, default=0),
     Column("received_ns", BigInteger, nullable=False),
+    # where the window's leaves are in a SQLite hub's leaves file (ADR 0053); NULL where
+    # they are a ``window_leaves`` row (PostgreSQL, windows stored before 0014) or there
+    # are none (a window of gap records only)
+    Column("leaves_offset", BigInteger, nullable=True),
+    Column("leaves_length", Integer, nullable=True),
     Index("ix_windows_utid_last_seq", "utid", "last_seq"),
 )
 # One unique key, (utid, window). A stored window always chains onto its device's window
@@ -102,6 +107,8 @@ windows = Table(
 # Each accepted window's leaves, exactly as the device signed and uploaded them: the leaves
 # back to back (a CBOR sequence, ADR 0008) whose RFC 9162 root is the micro-proof's signed
 # root. One row a window, not one a reading: the hub's ingest cost is per window (ADR 0007).
+# A SQLite hub writes them to its leaves file instead (``storage/leaffile.py``, ADR 0053);
+# this table keeps PostgreSQL's and those stored before.
 # Readings are decoded from here for receipts and charts; editing a stored byte breaks the
 # receipts of its window.
 window_leaves = Table(

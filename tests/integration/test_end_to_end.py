@@ -25,6 +25,7 @@ from attestation.leafbatch import split_leaves
 from attestation.reading import decode_leaf, encode_leaf
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
+from cloud_sync.storage.leaffile import LeafFile, leaf_file_of, read_sqlite_leaves
 from hil_tests.modbus_server import PlantServer, agent_modbus_section
 from tests.hubkit import hub_readings
 from tests.waiting import until
@@ -64,17 +65,21 @@ def _hub_rows(hub_dir: Path) -> list[tuple[int, str, float]]:
 
 
 def _tamper(db_path: Path, seq: int, delta: float) -> None:
-    """Change one stored reading's value on the hub, as an attacker with the database would."""
+    """Change one stored reading's value on the hub, as an attacker with the database and its
+    leaves file would: the window's leaves rewritten at the file's end, its row pointed there."""
     with sqlite3.connect(db_path) as db:
-        for utid, window, blob in db.execute("SELECT utid, window, leaves FROM window_leaves"):
+        for utid, window, blob in list(read_sqlite_leaves(db, db_path)):
             leaves = split_leaves(blob)
             for i, leaf in enumerate(leaves):
                 r = decode_leaf(leaf)
                 if r.seq == seq:
                     leaves[i] = encode_leaf(dataclasses.replace(r, value=r.value + delta))
+                    changed = b"".join(leaves)
+                    [offset] = LeafFile(leaf_file_of(db_path)).append([changed])
                     db.execute(
-                        "UPDATE window_leaves SET leaves = ? WHERE utid = ? AND window = ?",
-                        (b"".join(leaves), utid, window),
+                        "UPDATE windows SET leaves_offset = ?, leaves_length = ?"
+                        " WHERE utid = ? AND window = ?",
+                        (offset, len(changed), utid, window),
                     )
                     return
     raise AssertionError(f"seq {seq} is not stored")

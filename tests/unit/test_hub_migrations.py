@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     create_engine,
     inspect,
+    select,
     text,
 )
 
@@ -92,6 +93,10 @@ def test_a_database_from_before_migrations_is_brought_in(tmp_path: Path) -> None
             [{"utid": "utid:" + "0" * 64, "window": 0, **r.as_dict()} for r in rs],
         )
         conn.execute(devices.insert().values(device_values("utid:" + "0" * 64, "old")))
+        # the window those readings were accepted in (receipts find leaves through it)
+        conn.execute(
+            windows.insert().values(window_values("utid:" + "0" * 64, 0, b"c", bytes(32), count=7))
+        )
     store = Store.open(str(engine.url))
     assert [d.name for d in store.list_devices()] == ["old"]  # data kept
     # readings moved into their window's leaves: exactly the bytes the device signed
@@ -146,7 +151,9 @@ def test_0013_leaves_windows_one_unique_key_and_keeps_every_row(tmp_path: Path) 
     def state(conn: Connection) -> tuple[int, list[dict[str, object]]]:
         """(unique constraints of ``windows``, its rows in key order)."""
         keys = len(inspect(conn).get_unique_constraints("windows"))
-        stored = conn.execute(windows.select().order_by(windows.c.utid, windows.c.window))
+        # the columns 0012 had (``windows`` is today's table)
+        then = select(*(windows.c[k] for k in rows[0]))
+        stored = conn.execute(then.order_by(windows.c.utid, windows.c.window))
         return keys, [dict(r._mapping) for r in stored]
 
     with engine.begin() as conn:

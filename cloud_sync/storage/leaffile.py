@@ -1,0 +1,96 @@
+"""A SQLite hub's window leaves, in one append-only file beside its database (ADR 0053).
+
+A window's leaves are a ~28 KB blob written once and never changed. Inside SQLite each was
+written twice (a WAL frame a page, then the checkpoint's copy into the database) with a
+random-key index page beside it: ~100 µs of the writer's CPU a proof, ~1/8 of a saturated
+hub's (docs/performance.md). Here a group commit's leaves are one write at the end of
+``<database>-leaves`` and one ``fdatasync``, before the transaction that records where they
+are (``windows.leaves_offset`` and ``leaves_length``) commits: a committed window's leaves
+are on disk, and a crash between the two leaves only unreferenced bytes at the end, which
+nothing reads. PostgreSQL hubs keep the leaves in ``window_leaves``: replicas on other
+machines share the database, not a file.
+
+Appends take an exclusive ``flock`` on the file and write at its current end, so two
+processes on one database (a hub and a maintenance command, or a second hub by mistake)
+never write the same bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+__all__ = ["LeafFile", "LeavesMissing", "leaf_file_of", "read_sqlite_leaves"]
+
+
+class LeavesMissing(RuntimeError):
+    """The database says where a window's leaves are, and the file does not hold them."""
+
+
+def leaf_file_of(database: Path) -> Path:
+    """The leaves file of a SQLite database file (beside it, as its ``-wal`` is)."""
+    return database.with_name(database.name + "-leaves")
+
+
+class LeafFile:
+    """Appends blobs durably and reads them back by (offset, length)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, blobs: Sequence[bytes]) -> list[int]:
+        """Write ``blobs`` back to back at the end of the file and make them durable; returns
+        each one's offset. Raises ``OSError`` (a full disk, say) with nothing referenced."""
+        data = b"".join(blobs)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
+            at = os.fstat(fd).st_size
+            written = 0
+            while written < len(data):  # a short write goes on where it stopped
+                written += os.pwrite(fd, memoryview(data)[written:], at + written)
+            os.fdatasync(fd)  # the data and the new size, before any row points at them
+        finally:
+            os.close(fd)
+        offsets = []
+        for blob in blobs:
+            offsets.append(at)
+            at += len(blob)
+        return offsets
+
+    def read(self, offset: int, length: int) -> bytes:
+        """The ``length`` bytes at ``offset``; ``LeavesMissing`` when the file has fewer."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as err:
+            raise LeavesMissing(f"{self.path} is missing: restore it with its database") from err
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise LeavesMissing(
+                f"{self.path} ends before bytes {offset}..{offset + length} that the database"
+                " lists: it was cut short or restored without its database"
+            )
+        return data
+
+
+def read_sqlite_leaves(db: sqlite3.Connection, database: Path) -> Iterator[tuple[str, int, bytes]]:
+    """(utid, window, leaves) of each window of the SQLite hub database ``database`` that has
+    leaves, by (utid, window), wherever they are kept; ``db`` is a ``sqlite3`` connection to it
+    (for tools that read a hub's files directly, read-only)."""
+    leaf_file = LeafFile(leaf_file_of(database))
+    rows = db.execute(
+        "SELECT w.utid, w.window, w.leaves_offset, w.leaves_length, l.leaves FROM windows w"
+        " LEFT JOIN window_leaves l ON l.utid = w.utid AND l.window = w.window"
+        " ORDER BY w.utid, w.window"
+    )
+    for utid, window, offset, length, blob in rows:
+        if offset is not None:
+            yield utid, window, leaf_file.read(offset, length)
+        elif blob is not None:
+            yield utid, window, bytes(blob)

@@ -1,0 +1,168 @@
+"""A SQLite hub keeps its windows' leaves in one append-only file beside the database
+(ADR 0053): written and synced before the rows that point at them commit, read back byte for
+byte, and a damaged file is named, never read as other bytes."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, func, select
+
+from attestation import load_anchors, receipt_from_json, report_receipt
+from cloud_sync.app import create_app
+from cloud_sync.settings import HubSettings
+from cloud_sync.storage.leaffile import LeafFile, LeavesMissing, leaf_file_of
+from cloud_sync.storage.migrate import alembic_config
+from cloud_sync.storage.tables import window_leaves, windows
+from tests.hubkit import Device, body
+
+CBOR = {"content-type": "application/cbor"}
+
+
+def test_blobs_appended_are_read_back_byte_for_byte_at_their_offsets(tmp_path: Path) -> None:
+    leaves = LeafFile(tmp_path / "hub.db-leaves")
+    blobs = [os.urandom(n) for n in (28_000, 1, 70_000)]
+    offsets = leaves.append(blobs)
+    assert offsets == [0, 28_000, 28_001]
+    more = leaves.append([b"next"])
+    assert more == [98_001]  # after what is there
+    for blob, at in zip([*blobs, b"next"], [*offsets, *more], strict=True):
+        assert leaves.read(at, len(blob)) == blob
+    assert stat.S_IMODE((tmp_path / "hub.db-leaves").stat().st_mode) == 0o600
+
+
+def test_two_writers_of_one_file_never_write_the_same_bytes(tmp_path: Path) -> None:
+    """Each append writes at the end the file has under its lock, not where its own process
+    last wrote (a hub and a second process on one database)."""
+    one, two = LeafFile(tmp_path / "x"), LeafFile(tmp_path / "x")
+    a = one.append([b"a" * 10])
+    b = two.append([b"b" * 5])
+    c = one.append([b"c" * 3])
+    assert (a, b, c) == ([0], [10], [15])
+    assert one.read(0, 18) == b"a" * 10 + b"b" * 5 + b"c" * 3
+
+
+def test_a_file_cut_short_or_missing_is_named_not_read_as_other_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "hub.db-leaves"
+    leaves = LeafFile(path)
+    leaves.append([b"x" * 100])
+    os.truncate(path, 60)
+    with pytest.raises(LeavesMissing, match=r"hub\.db-leaves ends before bytes 0\.\.100"):
+        leaves.read(0, 100)
+    path.unlink()
+    with pytest.raises(LeavesMissing, match=r"hub\.db-leaves is missing"):
+        leaves.read(0, 100)
+
+
+def test_the_leaves_file_sits_beside_its_database() -> None:
+    assert leaf_file_of(Path("/srv/hub/hub.db")) == Path("/srv/hub/hub.db-leaves")
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[tuple[TestClient, HubSettings]]:
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
+    with TestClient(create_app(s), raise_server_exceptions=False) as client:
+        yield client, s
+
+
+def _register(client: TestClient, s: HubSettings, dev: Device) -> str:
+    r = client.post(
+        "/v1/devices",
+        json={"public_key_pem": dev.public_pem(), "key_kind": "software", "name": "gw-1"},
+        headers={"authorization": f"Bearer {s.admin_token}"},
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["utid"])
+
+
+def _verified(client: TestClient, s: HubSettings, utid: str, seq: int) -> bool:
+    rc = client.get(f"/v1/devices/{utid}/readings/{seq}/receipt")
+    assert rc.status_code == 200, rc.text
+    verdict = report_receipt(
+        receipt_from_json(rc.json()), load_anchors([s.data_dir / "fleet-ca.pem"])
+    )
+    return verdict.valid
+
+
+def _db(s: HubSettings) -> Path:
+    return s.data_dir / "hub.db"
+
+
+def test_a_sqlite_hub_writes_leaves_to_the_file_and_its_receipts_verify(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    w0, w1 = dev.window(4)[:2], dev.window(3)[:2]
+    assert client.post("/v1/proofs", content=body(w0, w1), headers=CBOR).status_code == 200
+    engine = create_engine(f"sqlite:///{_db(s)}")
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(window_leaves)).scalar_one() == 0
+        where = conn.execute(
+            select(windows.c.leaves_offset, windows.c.leaves_length).order_by(windows.c.window)
+        ).all()
+    engine.dispose()
+    blob0, blob1 = b"".join(w0[1]), b"".join(w1[1])
+    assert [tuple(r) for r in where] == [(0, len(blob0)), (len(blob0), len(blob1))]
+    assert leaf_file_of(_db(s)).read_bytes() == blob0 + blob1  # exactly what was signed
+    assert all(_verified(client, s, utid, seq) for seq in range(7))
+
+
+def test_bytes_a_crash_left_unreferenced_are_skipped_and_the_chain_goes_on(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """A crash after the leaves were written and before their rows committed leaves bytes
+    no row points at: the next windows go after them and every receipt still verifies."""
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    assert (
+        client.post("/v1/proofs", content=body(dev.window(4)[:2]), headers=CBOR).status_code == 200
+    )
+    with leaf_file_of(_db(s)).open("ab") as f:
+        f.write(os.urandom(5_000))  # what a killed writer left
+    assert (
+        client.post("/v1/proofs", content=body(dev.window(3)[:2]), headers=CBOR).status_code == 200
+    )
+    assert all(_verified(client, s, utid, seq) for seq in range(7))
+
+
+def test_a_damaged_leaves_file_answers_a_json_500_never_a_wrong_receipt(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    client, s = hub
+    dev = Device()
+    utid = _register(client, s, dev)
+    assert (
+        client.post("/v1/proofs", content=body(dev.window(4)[:2]), headers=CBOR).status_code == 200
+    )
+    os.truncate(leaf_file_of(_db(s)), 10)
+    r = client.get(f"/v1/devices/{utid}/readings/1/receipt")
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["error"] == "corrupt_store"
+    assert "ends before bytes" in r.json()["detail"]
+    assert r.json()["request_id"]
+
+
+def test_0014_will_not_downgrade_while_leaves_live_in_the_file(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    from alembic import command
+
+    client, s = hub
+    dev = Device()
+    _register(client, s, dev)
+    assert (
+        client.post("/v1/proofs", content=body(dev.window(2)[:2]), headers=CBOR).status_code == 200
+    )
+    engine = create_engine(f"sqlite:///{_db(s)}")
+    with engine.begin() as conn, pytest.raises(RuntimeError, match="1 windows keep their leaves"):
+        command.downgrade(alembic_config(conn), "0013")
+    engine.dispose()
