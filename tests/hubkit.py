@@ -148,6 +148,21 @@ def enrol(
     return dev.utid
 
 
+def register_software(
+    client: Any, s: Any, dev: Device, name: str = "gw-1", site: str | None = None
+) -> str:
+    """Register ``dev``'s software key with the admin token (``POST /v1/devices`` on a
+    ``TestClient`` of the hub with settings ``s``); its UTID."""
+    doc = {"public_key_pem": dev.public_pem(), "key_kind": "software", "name": name}
+    r = client.post(
+        "/v1/devices",
+        json=doc if site is None else {**doc, "site": site},
+        headers={"authorization": f"Bearer {s.admin_token}"},
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["utid"])
+
+
 def ingest_all(ing: Any, uploads: Any, now_ns: int = 1) -> Any:
     """A request's proofs checked and stored in one transaction: its ``Outcome``."""
     return ing.store_checked([ing.check_many(uploads, now_ns=now_ns)])[0]

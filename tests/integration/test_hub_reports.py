@@ -19,7 +19,7 @@ from attestation.microproof import AnomalySummary, DriftTest, Gap, ModelRef, Sou
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
 from tests.conftest import missing
-from tests.hubkit import Device, body
+from tests.hubkit import Device, body, register_software
 
 T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z, where hubkit devices start
 MODEL = ModelRef("pump-pca", bytes(range(32)), "3")
@@ -32,24 +32,9 @@ def hub(tmp_path: Path) -> tuple[TestClient, HubSettings]:
     return TestClient(create_app(s), raise_server_exceptions=False), s
 
 
-def _register(client: TestClient, s: HubSettings, dev: Device, name: str, site: str) -> str:
-    r = client.post(
-        "/v1/devices",
-        json={
-            "public_key_pem": dev.public_pem(),
-            "key_kind": "software",
-            "name": name,
-            "site": site,
-        },
-        headers={"authorization": f"Bearer {s.admin_token}"},
-    )
-    assert r.status_code == 201, r.text
-    return str(r.json()["utid"])
-
-
 def _upload_plant(client: TestClient, s: HubSettings) -> str:
     dev = Device()
-    utid = _register(client, s, dev, "press-1", "plant-1")
+    utid = register_software(client, s, dev, "press-1", "plant-1")
     calm = AnomalySummary(0, 0.3, 1.0)
     drift = DriftTest("ks", 0.12, 0.4, True)
     proofs = [dev.window(10, model=MODEL, anomaly=calm, drift=drift)[:2]]
@@ -71,7 +56,7 @@ def _upload_plant(client: TestClient, s: HubSettings) -> str:
         == 200
     )
     other = Device()  # another site: not in the report
-    _register(client, s, other, "elsewhere", "plant-2")
+    register_software(client, s, other, "elsewhere", "plant-2")
     return utid
 
 

@@ -20,7 +20,17 @@ from cloud_sync.ingest import Ingestor, IngestResult
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import DeviceRow, Store
 from tests.cborvariants import altered_copies, proof_variants
-from tests.hubkit import Device, body, enrol, ingest_all, ingestor, list_body, resign, upload_of
+from tests.hubkit import (
+    Device,
+    body,
+    enrol,
+    ingest_all,
+    ingestor,
+    list_body,
+    register_software,
+    resign,
+    upload_of,
+)
 
 CBOR = {"content-type": "application/cbor"}
 
@@ -38,16 +48,6 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TestCl
         yield client, s
 
 
-def _register(client: TestClient, s: HubSettings, dev: Device) -> str:
-    r = client.post(
-        "/v1/devices",
-        json={"public_key_pem": dev.public_pem(), "key_kind": "software", "name": "gw-1"},
-        headers={"authorization": f"Bearer {s.admin_token}"},
-    )
-    assert r.status_code == 201, r.text
-    return str(r.json()["utid"])
-
-
 def _post(client: TestClient, content: bytes) -> tuple[int, dict[str, object]]:
     r = client.post("/v1/proofs", content=content, headers=CBOR)
     return r.status_code, r.json()
@@ -58,7 +58,7 @@ def test_accepts_a_chain_and_serves_receipts_that_verify(
 ) -> None:
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     w0, w1 = dev.window(4)[:2], dev.window(3)[:2]
     status, doc = _post(client, body(w0, w1))
     assert status == 200
@@ -74,7 +74,7 @@ def test_a_retry_of_the_same_proof_is_a_duplicate_not_a_second_copy(
 ) -> None:
     client, s = hub
     dev = Device()
-    _register(client, s, dev)
+    register_software(client, s, dev)
     w0 = dev.window(3)[:2]
     assert _post(client, body(w0))[0] == 200
     status, doc = _post(client, body(w0))
@@ -92,7 +92,7 @@ def test_a_device_revoked_elsewhere_is_refused_at_once_though_its_row_is_cached(
     answered as a duplicate."""
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     w0, w1 = dev.window(3)[:2], dev.window(2)[:2]
     assert _post(client, body(w0))[0] == 200  # its row is now cached, not revoked
     elsewhere = Store.open(s.db_url)  # another process: the hub's own cache does not see it
@@ -114,7 +114,7 @@ def test_a_device_restored_after_a_revocation_uploads_at_once(
     again once the device is restored, so its next upload is accepted at once."""
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     w0, w1 = dev.window(3)[:2], dev.window(2)[:2]
     assert _post(client, body(w0))[0] == 200
     client.post(
@@ -198,7 +198,7 @@ def test_unknown_device_is_refused(hub: tuple[TestClient, HubSettings]) -> None:
 def test_a_proof_signed_by_another_key_is_refused(hub: tuple[TestClient, HubSettings]) -> None:
     client, s = hub
     dev, thief = Device(), Device()
-    _register(client, s, dev)
+    register_software(client, s, dev)
     cose, leaves, _ = thief.window(2)
     # splice the enrolled device's kid into the thief's proof: the signature cannot match
     forged = cose.replace(dev_kid(thief), dev_kid(dev))
@@ -217,7 +217,7 @@ def test_reordered_windows_are_refused_with_the_expected_window(
 ) -> None:
     client, s = hub
     dev = Device()
-    _register(client, s, dev)
+    register_software(client, s, dev)
     w0, w1 = dev.window(2)[:2], dev.window(2)[:2]
     status, doc = _post(client, body(w1))
     assert (status, doc["error"], doc["expected_window"]) == (409, "out_of_order", 0)
@@ -227,7 +227,7 @@ def test_reordered_windows_are_refused_with_the_expected_window(
 def test_a_fork_is_refused_and_the_first_branch_stays(hub: tuple[TestClient, HubSettings]) -> None:
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     w0 = dev.window(2)[:2]
     saved = (dev.next_seq, dev.next_window, dev.prev, dev.t_ns)
     w1 = dev.window(2)[:2]
@@ -247,7 +247,7 @@ def test_altered_copies_are_refused_as_noncanonical_and_the_genuine_chain_goes_o
     and every later window were then refused as `fork`: the gateway stopped for good."""
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     w0, w1, w2 = (dev.window(3)[:2] for _ in range(3))
     copies = altered_copies(w0[0])
     for name, altered in copies.items():
@@ -273,7 +273,7 @@ def test_a_second_signature_over_the_same_payload_is_a_duplicate_never_a_fork(
     a crash) writes other, equally valid bytes. Same payload, same window: a duplicate."""
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     w0, w1 = dev.window(3)[:2], dev.window(2)[:2]
     again = resign(w0[0], dev.signer)
     assert again != w0[0]
@@ -291,7 +291,7 @@ def test_an_upload_body_with_bytes_after_it_is_refused(
 ) -> None:
     client, s = hub
     dev = Device()
-    _register(client, s, dev)
+    register_software(client, s, dev)
     status, doc = _post(client, body(dev.window(2)[:2]) + b"\x00")
     assert (status, doc["error"]) == (400, "malformed_body")
     assert "after" in str(doc["detail"])
@@ -335,7 +335,7 @@ def test_only_the_canonical_encoding_of_a_proof_is_accepted(
 def test_a_seq_hole_needs_a_gap_record(hub: tuple[TestClient, HubSettings]) -> None:
     client, s = hub
     dev = Device()
-    _register(client, s, dev)
+    register_software(client, s, dev)
     assert _post(client, body(dev.window(2)[:2]))[0] == 200
     saved = (dev.next_seq, dev.next_window, dev.prev, dev.t_ns)
     status, doc = _post(client, body(dev.window(2, skip=3)[:2]))
@@ -350,7 +350,7 @@ def test_leaves_that_do_not_hash_to_the_signed_root_are_refused(
 ) -> None:
     client, s = hub
     dev = Device()
-    _register(client, s, dev)
+    register_software(client, s, dev)
     cose, leaves, _ = dev.window(3)
     swapped = [leaves[0], leaves[0], leaves[2]]
     status, doc = _post(client, body((cose, swapped)))
@@ -374,7 +374,7 @@ def test_uploads_of_agents_before_adr_0008_send_leaves_as_an_array(
     as the same bytes back to back, and its mistakes named as for a sequence."""
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     cose0, leaves0, _ = dev.window(3)
     cose1, leaves1, _ = dev.window(2)
     status, doc = _post(client, list_body((cose0, leaves0)))
@@ -395,7 +395,7 @@ def test_a_refused_proof_keeps_the_accepted_ones_before_it(
 ) -> None:
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     w0 = dev.window(2)[:2]
     cose1, leaves1, _ = dev.window(2)
     status, doc = _post(client, body(w0, (cose1, leaves1[:1])))
@@ -482,7 +482,7 @@ def test_windows_with_anomalies_are_listed_once_with_their_model(
 
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     model = ModelRef("pump-pca", bytes(range(32)), "1")
     calm = dev.window(4, model=model, anomaly=AnomalySummary(0, 0.4, 1.0))[:2]
     hot = dev.window(4, model=model, anomaly=AnomalySummary(3, 2.5, 1.0))[:2]
@@ -500,7 +500,7 @@ def test_metrics_count_outcomes_readings_and_requests(hub: tuple[TestClient, Hub
 
     client, s = hub
     dev = Device()
-    _register(client, s, dev)
+    register_software(client, s, dev)
     assert _post(client, body(dev.window(4)[:2], dev.window(3)[:2]))[0] == 200
     assert _post(client, body(Device().window(2)[:2]))[0] == 403  # unknown device
     text = client.get("/metrics").text
@@ -552,7 +552,7 @@ def test_one_request_interleaves_devices_and_repeats_a_proof(
     """A request's proofs share one transaction: each device's chain head moves within it."""
     client, s = hub
     a, b = Device(), Device()
-    ua, ub = _register(client, s, a), _register(client, s, b)
+    ua, ub = register_software(client, s, a), register_software(client, s, b)
     a0, b0, a1, b1 = (d.window(3)[:2] for d in (a, b, a, b))
     status, doc = _post(client, body(a0, b0, a1, a1, b1))
     assert status == 200, doc
@@ -576,7 +576,7 @@ def test_a_request_that_races_another_writer_stores_nothing_twice(
 
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     uploads = [upload_of(dev.window(4)) for _ in range(2)]
     ours, theirs = Store.open(s.db_url), Store.open(s.db_url)
     replica = ingestor(theirs, s.data_dir)
@@ -645,7 +645,7 @@ def test_concurrent_requests_share_a_commit_and_keep_their_own_answers(
 
     client, s = hub
     devs = [Device() for _ in range(4)]
-    utids = [_register(client, s, d) for d in devs]
+    utids = [register_software(client, s, d) for d in devs]
     stored_before = devs[3].window(2)[:2]  # already accepted: its retry is a duplicate
     assert _post(client, body(stored_before))[0] == 200
     good = [body(d.window(3)[:2], d.window(3)[:2]) for d in devs[:2]]
@@ -693,7 +693,7 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
     devs = [Device(), Device()]
     store = Store.open(s.db_url)
     with TestClient(create_app(s, store=store)) as client:  # devices registered via the API
-        utids = [_register(client, s, d) for d in devs]
+        utids = [register_software(client, s, d) for d in devs]
         ingest = ingestor(store, s.data_dir, FailsOnce)
         commits: list[int] = []  # requests a commit held
         writer = GroupCommit(ingest, on_commit=commits.append)
@@ -733,7 +733,7 @@ def test_an_idle_writer_waits_so_uploads_a_moment_apart_share_one_commit(
     devs = [Device(), Device()]
     store = Store.open(s.db_url)
     with TestClient(create_app(s, store=store)) as client:
-        utids = [_register(client, s, d) for d in devs]
+        utids = [register_software(client, s, d) for d in devs]
         ingest = ingestor(store, s.data_dir, Ingestor)
         held: list[int] = []
         writer = GroupCommit(ingest, on_commit=held.append, gather_s=gather_s)
@@ -844,7 +844,7 @@ def test_replicas_with_stale_cached_heads_chain_on_fresh_reads(
 
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     replicas = [ingestor(Store.open(s.db_url), s.data_dir) for _ in range(2)]
     sent = []
     for i in range(6):
@@ -874,7 +874,7 @@ def test_closing_the_store_ends_the_writer_thread(tmp_path: Path) -> None:
     s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
     dev = Device()
     with TestClient(create_app(s)) as client:
-        _register(client, s, dev)
+        register_software(client, s, dev)
         cose, leaves, _ = dev.window(3)
         r = client.post("/v1/proofs", content=body((cose, leaves)), headers=CBOR)
         assert r.status_code == 200, r.text
@@ -893,7 +893,7 @@ def test_overlapping_retries_of_one_device_arriving_together_are_all_answered_20
 
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     proofs = [dev.window(3)[:2] for _ in range(8)]
     runs = [proofs[:3], proofs[:6], proofs[:8], proofs[3:8], proofs[:3]]
     rng = random.Random(5)
@@ -921,7 +921,7 @@ def test_a_repeat_of_a_window_an_earlier_group_stored_is_a_duplicate_after_this_
 
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     uploads = [upload_of(dev.window(3)) for _ in range(6)]
     store = Store.open(s.db_url)
     try:
@@ -964,7 +964,7 @@ def test_retries_of_one_device_in_any_grouping_are_never_a_fork(
 
     client, s = hub
     dev = Device()
-    utid = _register(client, s, dev)
+    utid = register_software(client, s, dev)
     uploads = [upload_of(dev.window(2)) for _ in range(9)]
     store = Store.open(s.db_url)
     accepted: list[int] = []

@@ -19,7 +19,7 @@ from cloud_sync.settings import HubSettings
 from cloud_sync.storage.leaffile import LeafFile, LeavesMissing, leaf_file_of
 from cloud_sync.storage.migrate import alembic_config
 from cloud_sync.storage.tables import window_leaves, windows
-from tests.hubkit import Device, body
+from tests.hubkit import Device, body, register_software
 
 CBOR = {"content-type": "application/cbor"}
 
@@ -70,16 +70,6 @@ def hub(tmp_path: Path) -> Iterator[tuple[TestClient, HubSettings]]:
         yield client, s
 
 
-def _register(client: TestClient, s: HubSettings, dev: Device) -> str:
-    r = client.post(
-        "/v1/devices",
-        json={"public_key_pem": dev.public_pem(), "key_kind": "software", "name": "gw-1"},
-        headers={"authorization": f"Bearer {s.admin_token}"},
-    )
-    assert r.status_code == 201, r.text
-    return str(r.json()["utid"])
-
-
 def _verified(client: TestClient, s: HubSettings, utid: str, seq: int) -> bool:
     rc = client.get(f"/v1/devices/{utid}/readings/{seq}/receipt")
     assert rc.status_code == 200, rc.text
@@ -93,14 +83,31 @@ def _db(s: HubSettings) -> Path:
     return s.data_dir / "hub.db"
 
 
+Signed = tuple[bytes, list[bytes]]
+
+
+def _uploaded(client: TestClient, *windows: Signed) -> None:
+    assert client.post("/v1/proofs", content=body(*windows), headers=CBOR).status_code == 200
+
+
+def _device_with(
+    hub: tuple[TestClient, HubSettings], *sizes: int
+) -> tuple[Device, str, list[Signed]]:
+    """A registered device that uploaded a window of each size in one request: it, its
+    UTID and the windows as signed."""
+    client, s = hub
+    dev = Device()
+    utid = register_software(client, s, dev)
+    signed = [dev.window(n)[:2] for n in sizes]
+    _uploaded(client, *signed)
+    return dev, utid, signed
+
+
 def test_a_sqlite_hub_writes_leaves_to_the_file_and_its_receipts_verify(
     hub: tuple[TestClient, HubSettings],
 ) -> None:
     client, s = hub
-    dev = Device()
-    utid = _register(client, s, dev)
-    w0, w1 = dev.window(4)[:2], dev.window(3)[:2]
-    assert client.post("/v1/proofs", content=body(w0, w1), headers=CBOR).status_code == 200
+    _, utid, (w0, w1) = _device_with(hub, 4, 3)
     engine = create_engine(f"sqlite:///{_db(s)}")
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(window_leaves)).scalar_one() == 0
@@ -120,16 +127,10 @@ def test_bytes_a_crash_left_unreferenced_are_skipped_and_the_chain_goes_on(
     """A crash after the leaves were written and before their rows committed leaves bytes
     no row points at: the next windows go after them and every receipt still verifies."""
     client, s = hub
-    dev = Device()
-    utid = _register(client, s, dev)
-    assert (
-        client.post("/v1/proofs", content=body(dev.window(4)[:2]), headers=CBOR).status_code == 200
-    )
+    dev, utid, _ = _device_with(hub, 4)
     with leaf_file_of(_db(s)).open("ab") as f:
         f.write(os.urandom(5_000))  # what a killed writer left
-    assert (
-        client.post("/v1/proofs", content=body(dev.window(3)[:2]), headers=CBOR).status_code == 200
-    )
+    _uploaded(client, dev.window(3)[:2])
     assert all(_verified(client, s, utid, seq) for seq in range(7))
 
 
@@ -137,11 +138,7 @@ def test_a_damaged_leaves_file_answers_a_json_500_never_a_wrong_receipt(
     hub: tuple[TestClient, HubSettings],
 ) -> None:
     client, s = hub
-    dev = Device()
-    utid = _register(client, s, dev)
-    assert (
-        client.post("/v1/proofs", content=body(dev.window(4)[:2]), headers=CBOR).status_code == 200
-    )
+    _, utid, _ = _device_with(hub, 4)
     os.truncate(leaf_file_of(_db(s)), 10)
     r = client.get(f"/v1/devices/{utid}/readings/1/receipt")
     assert r.status_code == 500
@@ -156,12 +153,8 @@ def test_0014_will_not_downgrade_while_leaves_live_in_the_file(
 ) -> None:
     from alembic import command
 
-    client, s = hub
-    dev = Device()
-    _register(client, s, dev)
-    assert (
-        client.post("/v1/proofs", content=body(dev.window(2)[:2]), headers=CBOR).status_code == 200
-    )
+    _, s = hub
+    _device_with(hub, 2)
     engine = create_engine(f"sqlite:///{_db(s)}")
     with engine.begin() as conn, pytest.raises(RuntimeError, match="1 windows keep their leaves"):
         command.downgrade(alembic_config(conn), "0013")
