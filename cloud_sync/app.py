@@ -98,7 +98,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
             503,
             FaultBody,
             "Try again: the hub holds its budget of request bodies (`overloaded`, with"
-            " `Retry-After` in seconds), or a service it needs is unreachable (the job queue)",
+            " `Retry-After` in seconds), its disk is full (`storage_full`), or a service it"
+            " needs is unreachable (the job queue)",
         ),
     )
 }

@@ -6,6 +6,7 @@ signed notes and receipts are COSE receipts, both with the hub's Ed25519 log key
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from cloud_sync.storage import Store, Transaction
 from cloud_sync.storage.log import LogRepo, StoredCheckpoint
 
 __all__ = ["HubLog"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,7 +73,10 @@ class HubLog:
         note = sign_note(
             format_checkpoint(cp), self.origin, self.signer.public_key(), self.signer.sign
         )
-        self.repo.add_checkpoint(StoredCheckpoint(size, cp.root, note, time.time_ns()))
+        if not self.repo.add_checkpoint(StoredCheckpoint(size, cp.root, note, time.time_ns())):
+            # still a valid note: receipts of what was acknowledged are served on a full disk,
+            # and the same size is signed again, alike (Ed25519), once there is room to keep it
+            _log.warning("disk full: the checkpoint of size %d is signed but not kept", size)
         return cp, note
 
     def history(self, limit: int = 200) -> list[dict[str, object]]:

@@ -15,11 +15,12 @@ from fastapi.routing import APIRoute
 from attestation import cborsafe
 from cloud_sync import chain
 from cloud_sync.admission import charge
-from cloud_sync.errors import ApiError
+from cloud_sync.errors import ApiError, HubFault
 from cloud_sync.ingest import ProofUpload
 from cloud_sync.routes.deps import HubDeps
 from cloud_sync.routes.request import body_doc, read_body, require_content_type
 from cloud_sync.settings import HubSettings
+from cloud_sync.storage import StorageFull
 
 __all__ = ["REFUSAL_STATUS", "UPLOADS", "direct_routes", "parse_uploads", "router"]
 
@@ -159,7 +160,12 @@ def router(deps: HubDeps) -> APIRouter:
         uploads = parse_uploads(body, settings)
         started = time.perf_counter()
         checked = deps.ingestor.check_many(uploads, now_ns=deps.now_ns(), caller=caller)
-        done, refused = await deps.writer.store(checked)  # with other requests: one commit
+        try:
+            done, refused = await deps.writer.store(checked)  # with other requests: one commit
+        except StorageFull as full:  # nothing of it stored: the agent sends it again later
+            raise HubFault(
+                503, "storage_full", "the hub's disk is full; nothing of this upload was stored"
+            ) from full
         per_proof = (time.perf_counter() - started) / len(uploads)
         for _ in done:  # a histogram of seconds a proof: one observation each
             metrics.ingest_seconds.observe(per_proof)

@@ -8,7 +8,7 @@ from cloud_sync.storage.repository import (
     Store,
     WindowRow,
 )
-from cloud_sync.storage.session import Connect, Transaction, Writer, WriteRace
+from cloud_sync.storage.session import Connect, StorageFull, Transaction, Writer, WriteRace
 
 __all__ = [
     "Accepted",
@@ -16,6 +16,7 @@ __all__ = [
     "DeviceRow",
     "HeadMoved",
     "LeavesMissing",
+    "StorageFull",
     "Store",
     "Transaction",
     "WindowRow",

@@ -1,8 +1,9 @@
 """The ingest's hot statements on SQLite, straight to the DB-API cursor.
 
 Each group commit inserts a row a proof into ``windows`` (and one into ``window_leaves``,
-except on a SQLite file, whose leaves go to its leaves file: ADR 0053) and a row an entry into the log's tables, moves the devices' chain heads and reads the log's size and a
-few tree nodes. Through SQLAlchemy Core every execution builds an execution context and
+except on a SQLite file, whose leaves go to its leaves file: ADR 0053) and a row an entry
+into the log's tables, moves the devices' chain heads and reads the log's size and a few
+tree nodes. Through SQLAlchemy Core every execution builds an execution context and
 every row a parameter dictionary, bind processing and ``construct_params`` before sqlite3
 sees it; measured on the hub's ingest that was ~10 % of its CPU a proof (docs/performance.md,
 2026-12-03 later). On SQLite these statements are compiled once and run on the

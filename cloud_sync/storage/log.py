@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, text
+from sqlalchemy.exc import OperationalError
 
 from attestation import merkle
 from cloud_sync.storage.bulk import BulkInsert, Prepared
+from cloud_sync.storage.session import disk_full
 from cloud_sync.storage.tables import log_checkpoints, log_entries, log_nodes
 
 __all__ = ["LogRepo", "NodeReader", "StoredCheckpoint"]
@@ -136,18 +138,25 @@ class LogRepo:
             ).first()
         return None if row is None else _checkpoint(row)
 
-    def add_checkpoint(self, cp: StoredCheckpoint) -> None:
-        """Keep a signed checkpoint; one already kept for its size stays as it is."""
-        with self.engine.begin() as conn:
-            exists = conn.execute(
-                select(log_checkpoints.c.size).where(log_checkpoints.c.size == cp.size)
-            ).first()
-            if exists is None:
-                conn.execute(
-                    insert(log_checkpoints).values(
-                        size=cp.size, root=cp.root, note=cp.note, created_ns=cp.created_ns
+    def add_checkpoint(self, cp: StoredCheckpoint) -> bool:
+        """Keep a signed checkpoint; one already kept for its size stays as it is. False
+        when the database's disk is full and it could not be kept."""
+        try:
+            with self.engine.begin() as conn:
+                exists = conn.execute(
+                    select(log_checkpoints.c.size).where(log_checkpoints.c.size == cp.size)
+                ).first()
+                if exists is None:
+                    conn.execute(
+                        insert(log_checkpoints).values(
+                            size=cp.size, root=cp.root, note=cp.note, created_ns=cp.created_ns
+                        )
                     )
-                )
+        except OperationalError as err:
+            if not disk_full(err):
+                raise
+            return False
+        return True
 
     def checkpoints(self, limit: int) -> list[StoredCheckpoint]:
         """The kept checkpoints, newest first."""

@@ -5,6 +5,7 @@ a connection or names a driver's error.
 
 from __future__ import annotations
 
+import errno
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -12,9 +13,30 @@ from contextlib import contextmanager
 from typing import TypeAlias
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-__all__ = ["Connect", "Transaction", "WriteRace", "Writer", "lazy_reads"]
+__all__ = [
+    "Connect",
+    "StorageFull",
+    "Transaction",
+    "WriteRace",
+    "Writer",
+    "disk_full",
+    "lazy_reads",
+]
+
+_SQLITE_FULL = 13  # SQLite's result code for "database or disk is full"
+_PG_DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full
+
+
+def disk_full(err: DBAPIError) -> bool:
+    """Whether a database error says its disk is full (SQLite or PostgreSQL)."""
+    orig = err.orig
+    return (
+        getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL
+        or getattr(orig, "sqlstate", None) == _PG_DISK_FULL
+    )
+
 
 Transaction: TypeAlias = Connection
 """A connection inside an open transaction, handed to the repositories that write in it."""
@@ -49,14 +71,27 @@ def lazy_reads(engine: Engine) -> Iterator[Connect]:
             conn.close()
 
 
+class StorageFull(Exception):
+    """The disk under the database or the leaves file is full: the transaction rolled back
+    as a whole, and the same writes can be tried again once there is room."""
+
+
 @contextmanager
-def _races_named() -> Iterator[None]:
+def _named() -> Iterator[None]:
     """Around a transaction: a unique-key violation, at a statement or at commit, raised as
-    ``WriteRace``."""
+    ``WriteRace``; a full disk, the database's or the leaves file's, as ``StorageFull``."""
     try:
         yield
     except IntegrityError as err:  # a unique key another writer took: a race, not a fault
         raise WriteRace(str(err.orig)) from err
+    except OperationalError as err:
+        if disk_full(err):
+            raise StorageFull(str(err.orig)) from err
+        raise
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(str(err)) from err
+        raise
 
 
 class Writer:
@@ -76,9 +111,9 @@ class Writer:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """One write transaction: committed when the block ends, rolled back when it raises
-        (a unique-key race then raises ``WriteRace``)."""
+        (a unique-key race then raises ``WriteRace``, a full disk ``StorageFull``)."""
         if not self._keep:
-            with _races_named(), self._engine.begin() as pooled:
+            with _named(), self._engine.begin() as pooled:
                 yield pooled
             return
         with self._lock:
@@ -89,7 +124,7 @@ class Writer:
                 # connection itself, where close() would hand it to a pool that may be gone
                 weakref.finalize(self, _drop, conn)
             try:
-                with _races_named(), conn.begin():
+                with _named(), conn.begin():
                     yield conn
             except BaseException:
                 self._conn = None
@@ -100,7 +135,7 @@ class Writer:
     def fresh(self) -> Iterator[Transaction]:
         """A write transaction on a pooled connection of its own (one proof stored again on
         fresh reads), with the same ``WriteRace``."""
-        with _races_named(), self._engine.begin() as conn:
+        with _named(), self._engine.begin() as conn:
             yield conn
 
     def close(self) -> None:

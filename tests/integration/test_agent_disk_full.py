@@ -1,17 +1,14 @@
 """A full disk never corrupts the spool or loses a reading; the agent recovers by itself.
 
-The spool lives on a real 1 MiB tmpfs that a ballast file fills (a true ENOSPC from the
-kernel, not a simulated error); deleting the ballast is "space returns". Mounting needs
-root: elsewhere the test skips and says so (in CI it must run).
+The spool lives on a real 1 MiB tmpfs that a ballast file fills (``tests/smalldisk.py``:
+a true ENOSPC from the kernel, not a simulated error); deleting the ballast is "space
+returns".
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import sqlite3
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,45 +20,15 @@ from agent.runtime import STOPPED_UNCOMMITTED, AgentRuntime, build_runtime
 from agent.spool import RESTART_REASON, Spool
 from attestation import parse_microproof, verify_chain
 from attestation.signers.software import SoftwareSigner
-from tests.conftest import missing
+from tests.smalldisk import fill, small_disk_at
 from tests.unit.test_agent_slow_signer import Ticker
 from tests.waiting import until
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        missing("mounting a small tmpfs for the disk-full test needs root")
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        missing(f"cannot mount a tmpfs: {r.stderr.strip()}")
-    try:
+    with small_disk_at(tmp_path / "disk", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(mnt: Path, leave_bytes: int) -> Path:
-    """Fill the disk to ENOSPC, then give ``leave_bytes`` back. Sizing the ballast from
-    statvfs raced the running agent's own writes (on a slow machine the spool grew past the
-    margin and the ballast write itself hit ENOSPC)."""
-    ballast = mnt / "ballast"
-    with ballast.open("wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError as err:
-            if err.errno != errno.ENOSPC:
-                raise
-    os.truncate(ballast, max(0, ballast.stat().st_size - leave_bytes))
-    return ballast
 
 
 def _config(disk: Path) -> AgentConfig:
@@ -84,7 +51,7 @@ async def _start_then_fill(
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.run(stop))
     await until(lambda: runtime.counters.windows_signed >= 3)
-    ballast = _fill(disk, leave_bytes=8 * 1024)
+    ballast = fill(disk, leave_bytes=8 * 1024)
     await until(lambda: runtime.counters.disk_full_retries >= 2)
     return runtime, ticker, stop, task, ballast
 
