@@ -44,8 +44,10 @@ class LeafFile:
     def append(self, blobs: Sequence[bytes]) -> list[int]:
         """Write ``blobs`` back to back at the end of the file and make them durable; returns
         each one's offset. Raises ``OSError`` (a full disk, say) with nothing referenced."""
+        if not blobs:
+            return []
         data = b"".join(blobs)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
             at = os.fstat(fd).st_size
@@ -60,6 +62,21 @@ class LeafFile:
             offsets.append(at)
             at += len(blob)
         return offsets
+
+    def _open(self) -> int:
+        """The file open for writing; made (0600) on first use, and then its directory entry
+        synced too, so a power loss cannot lose the file that committed rows point into."""
+        flags = os.O_WRONLY | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return os.open(self.path, flags)
+        directory = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return fd
 
     def read(self, offset: int, length: int) -> bytes:
         """The ``length`` bytes at ``offset``; ``LeavesMissing`` when the file has fewer."""

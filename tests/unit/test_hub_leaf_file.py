@@ -36,6 +36,12 @@ def test_blobs_appended_are_read_back_byte_for_byte_at_their_offsets(tmp_path: P
     assert stat.S_IMODE((tmp_path / "hub.db-leaves").stat().st_mode) == 0o600
 
 
+def test_an_append_of_nothing_makes_no_file(tmp_path: Path) -> None:
+    """A group of gap-record windows only has no leaves: no write, no sync."""
+    assert LeafFile(tmp_path / "hub.db-leaves").append([]) == []
+    assert not (tmp_path / "hub.db-leaves").exists()
+
+
 def test_two_writers_of_one_file_never_write_the_same_bytes(tmp_path: Path) -> None:
     """Each append writes at the end the file has under its lock, not where its own process
     last wrote (a hub and a second process on one database)."""
