@@ -109,10 +109,10 @@ SQLITE_PAGE_SIZE = 16384
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    # 16 KiB pages for a new file (an existing one keeps its size): a window's leaves are a
-    # ~28 KiB blob, which 4 KiB pages split into 7 overflow pages, each written to the WAL
-    # and again at checkpoint (two pwrite calls a WAL frame). Measured on the hub's ingest:
-    # ~6 % less CPU a proof than 4 KiB, 32 KiB and 64 KiB worse (docs/performance.md).
+    # 16 KiB pages for a new file (an existing one keeps its size): chosen when a window's
+    # ~28 KiB leaves were a blob in the database (~6 % less CPU a proof than 4 KiB, 32 and
+    # 64 KiB worse); with the leaves in their own file (ADR 0053) 4 KiB measured the same
+    # (docs/performance.md), so new files keep the size older ones have.
     cur.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
