@@ -116,7 +116,14 @@ async def test_a_restart_ingests_nothing_twice(tmp_path: Path) -> None:
     (drop / "done" / "a.csv").rename(drop / "a.csv")  # an operator puts it back by mistake
     (drop / "b.csv").write_text(GOOD.replace("1200.5", "999.0"))
     async with _agent(cfg) as (_, conn):
-        await until(lambda: not (drop / "a.csv").exists() and not (drop / "b.csv").exists())
+        # a file leaves the folder in a worker thread just before it is counted: wait for both
+        await until(
+            lambda: (
+                not (drop / "a.csv").exists()
+                and not (drop / "b.csv").exists()
+                and conn.files_done >= 1
+            )
+        )
         assert conn.files_done == 1  # b only; a was known by its bytes
     values = [v for s, v in _stored(cfg) if s == "batch_weight"]
     assert values == [1200.5, 1198.0, 1201.2, 999.0, 1198.0, 1201.2]
