@@ -216,6 +216,39 @@ def migrate(data_dir: Path, db_url: str | None) -> None:
     click.echo(f"schema at revision {revision}")
 
 
+@hub.command()
+@_DATA_DIR
+@_DB
+def check(data_dir: Path, db_url: str | None) -> None:
+    """Check that every stored window's leaves are there and hash to the root its
+    micro-proof signs; exit 1 naming the first that do not.
+
+    Run it after restoring a hub from a backup (the database first, then its
+    hub.db-leaves file) or when a receipt answered corrupt_store.
+
+    \b
+    Example:
+      factoryops hub check --data-dir hub-data
+    """
+    from cloud_sync.storage import Store  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+    from cloud_sync.storecheck import check_store  # noqa: PLC0415 - imported when used, so the CLI and tests start fast
+
+    store = Store.open(HubSettings.create(data_dir, db_url=db_url).db_url)
+    try:
+        found = check_store(
+            store, progress=lambda n: click.echo(f"{n:,} windows checked", err=True)
+        )
+    finally:
+        store.close()
+    for problem in found.problems:
+        click.echo(f"FAILED {problem}")
+    summary = f"{found.windows:,} windows, {found.readings:,} readings"
+    if found.failed:
+        shown = len(found.problems)
+        raise click.ClickException(f"{found.failed:,} of {summary} failed (first {shown} above)")
+    click.echo(f"OK: {summary}; every window's leaves hash to the root its proof signs")
+
+
 @hub.command("enroll-token")
 @_DATA_DIR
 @_DB

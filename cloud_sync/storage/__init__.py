@@ -6,6 +6,7 @@ from cloud_sync.storage.repository import (
     DeviceRow,
     HeadMoved,
     Store,
+    StoredLeaves,
     WindowRow,
 )
 from cloud_sync.storage.session import Connect, StorageFull, Transaction, Writer, WriteRace
@@ -18,6 +19,7 @@ __all__ = [
     "LeavesMissing",
     "StorageFull",
     "Store",
+    "StoredLeaves",
     "Transaction",
     "WindowRow",
     "WriteRace",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -37,12 +37,12 @@ from attestation.leafbatch import split_leaves
 from attestation.microproof import MicroProof
 from attestation.reading import Reading, decode_leaf
 from cloud_sync.storage.bulk import BulkInsert, Prepared
-from cloud_sync.storage.leaffile import LeafFile, leaf_file_of
+from cloud_sync.storage.leaffile import LeafFile, LeavesMissing, leaf_file_of
 from cloud_sync.storage.migrate import migrate
 from cloud_sync.storage.session import Connect, Writer, WriteRace, lazy_reads
 from cloud_sync.storage.tables import devices, window_leaves, windows
 
-__all__ = ["Accepted", "DeviceRow", "HeadMoved", "Store", "WindowRow"]
+__all__ = ["Accepted", "DeviceRow", "HeadMoved", "Store", "StoredLeaves", "WindowRow"]
 
 
 class HeadMoved(WriteRace):
@@ -86,6 +86,18 @@ class WindowRow:
     # where its leaves are in a SQLite hub's leaves file (ADR 0053); None: ``window_leaves``
     leaves_offset: int | None = None
     leaves_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLeaves:
+    """A stored window's signed facts and its leaves as stored (``Store.stored_leaves``)."""
+
+    utid: str
+    window: int
+    first_seq: int
+    count: int
+    root: bytes
+    leaves: bytes | LeavesMissing | None  # None: a window of gap records only
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,9 +333,10 @@ class Store:
         with self.engine.connect() as conn:
             return [WindowRow(**r) for r in conn.execute(stmt).mappings().all()]
 
-    def _leaves(self, row: Row[Any, Any, Any]) -> bytes | None:
-        """A ``_LEAVES_OF`` row's blob: from the leaves file or the ``window_leaves`` row."""
-        offset, length, blob = row
+    def _leaves(self, where: Sequence[Any]) -> bytes | None:
+        """The blob ``_LEAVES_WHERE`` points at: in the leaves file or the ``window_leaves``
+        row."""
+        offset, length, blob = where
         if offset is None:
             return None if blob is None else bytes(blob)
         if self.leaf_file is None:
@@ -337,6 +350,24 @@ class Store:
             row = conn.execute(stmt).first()
         blob = None if row is None else self._leaves(row)
         return [] if blob is None else split_leaves(blob)
+
+    def stored_leaves(self) -> Iterator[StoredLeaves]:
+        """Every window, by (utid, window), with its leaves as stored (``None``: it has none)
+        or why they cannot be read (``LeavesMissing``): for ``factoryops hub check``."""
+        w = windows.c
+        stmt = (
+            select(w.utid, w.window, w.first_seq, w.count, w.root, *_LEAVES_WHERE)
+            .select_from(_WITH_LEAVES)
+            .order_by(w.utid, w.window)
+        )
+        with self.engine.connect() as conn:
+            for row in conn.execute(stmt.execution_options(yield_per=64)):
+                utid, window, first_seq, count, root, *where = row
+                try:
+                    leaves: bytes | LeavesMissing | None = self._leaves(where)
+                except LeavesMissing as err:
+                    leaves = err
+                yield StoredLeaves(utid, window, first_seq, count, bytes(root), leaves)
 
     def latest_readings(self, utid: str, at_least: int) -> list[Reading]:
         """The newest readings of a device (whole windows, oldest first), ``at_least`` of them
@@ -471,14 +502,12 @@ _DEVICE_BY_UTID = select(*(devices.c[f] for f in DeviceRow.__dataclass_fields__)
 )
 _INSERT_LEAVES = BulkInsert(window_leaves)
 # a window's leaves wherever they are: (offset, length) in the leaves file, or the blob
-_LEAVES_OF = select(
-    windows.c.leaves_offset, windows.c.leaves_length, window_leaves.c.leaves
-).select_from(
-    windows.outerjoin(
-        window_leaves,
-        and_(window_leaves.c.utid == windows.c.utid, window_leaves.c.window == windows.c.window),
-    )
+_WITH_LEAVES = windows.outerjoin(
+    window_leaves,
+    and_(window_leaves.c.utid == windows.c.utid, window_leaves.c.window == windows.c.window),
 )
+_LEAVES_WHERE = (windows.c.leaves_offset, windows.c.leaves_length, window_leaves.c.leaves)
+_LEAVES_OF = select(*_LEAVES_WHERE).select_from(_WITH_LEAVES)
 _WINDOW_AT = select(windows).where(
     windows.c.utid == bindparam("u"), windows.c.window == bindparam("w")
 )

@@ -165,3 +165,33 @@ def test_0014_will_not_downgrade_while_leaves_live_in_the_file(
     with engine.begin() as conn, pytest.raises(RuntimeError, match="1 windows keep their leaves"):
         command.downgrade(alembic_config(conn), "0013")
     engine.dispose()
+
+
+def test_hub_check_passes_a_whole_store_and_names_each_damaged_window(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """``factoryops hub check``: OK on what was uploaded; a flipped byte in the file is a
+    root mismatch and a cut-short file a missing window, each named, exit 1."""
+    from click.testing import CliRunner
+
+    from cloud_sync.cli import hub as hub_cli
+
+    _, s = hub
+    _, utid, signed = _device_with(hub, 4, 3)
+    run = ["check", "--data-dir", str(s.data_dir)]
+    ok = CliRunner().invoke(hub_cli, run)
+    assert ok.exit_code == 0, ok.output
+    assert "OK: 2 windows, 7 readings" in ok.output
+    path = leaf_file_of(_db(s))
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # a value's byte in the second window's last leaf
+    path.write_bytes(bytes(data))
+    flipped = CliRunner().invoke(hub_cli, run)
+    assert flipped.exit_code == 1
+    assert f"FAILED {utid} window 1: its stored leaves" in flipped.output
+    assert "1 of 2 windows, 7 readings failed" in flipped.output
+    os.truncate(path, len(b"".join(signed[0][1])) - 1)
+    cut = CliRunner().invoke(hub_cli, run)
+    assert cut.exit_code == 1
+    assert f"FAILED {utid} window 0: " in cut.output and "ends before bytes" in cut.output
+    assert "2 of 2 windows" in cut.output
