@@ -42,7 +42,7 @@ from attestation.leafbatch import split_leaves
 from attestation.microproof import Gap
 from attestation.signers.software import SoftwareSigner
 from benchmarks.hub import HubProcess
-from cloud_sync.storage.leaffile import read_sqlite_leaves
+from cloud_sync.storage import Store
 from hil_tests.numbered_modbus import NumberedModbus, numbered_agent_sections, signal_name
 
 __all__ = ["CrashFigures", "KillAccount", "LossBreakdown", "account", "breakdown", "command"]
@@ -242,7 +242,11 @@ def _spool_windows(spool: Path) -> list[bytes]:
 def _hub_contents(hub_db: Path) -> tuple[list[bytes], Counter[tuple[str, int]]]:
     with sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True) as db:
         coses = [c for (c,) in db.execute("SELECT cose FROM windows ORDER BY window")]
-        blobs = [leaves for _, _, leaves in read_sqlite_leaves(db, hub_db)]
+    store = Store.read_only(hub_db)  # the hub's leaves wherever they are (ADR 0053)
+    try:
+        blobs = [leaves for _, _, leaves in store.all_leaves()]
+    finally:
+        store.close()
     accepted: Counter[tuple[str, int]] = Counter()
     for blob in blobs:
         for leaf in split_leaves(blob):

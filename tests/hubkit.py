@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import socket
-import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from attestation.microproof import (
 from attestation.reading import Reading, decode_leaf, encode_leaf, leaf_hash
 from attestation.signers import SoftwareSigner
 from attestation.utid import utid_bytes, utid_text
-from cloud_sync.storage.leaffile import read_sqlite_leaves
+from cloud_sync.storage import Store
 
 
 @dataclass
@@ -170,8 +169,11 @@ def ingest_all(ing: Any, uploads: Any, now_ns: int = 1) -> Any:
 
 def hub_readings(db_path: Path) -> list[Reading]:
     """Every reading a SQLite hub database holds, decoded from its stored window leaves."""
-    with sqlite3.connect(db_path) as db:
-        blobs = [leaves for _, _, leaves in read_sqlite_leaves(db, db_path)]
+    store = Store.read_only(db_path)
+    try:
+        blobs = [leaves for _, _, leaves in store.all_leaves()]
+    finally:
+        store.close()
     return [decode_leaf(leaf) for blob in blobs for leaf in split_leaves(blob)]
 
 

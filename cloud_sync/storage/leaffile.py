@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["LeafFile", "LeavesMissing", "leaf_file_of", "read_sqlite_leaves"]
+__all__ = ["LeafFile", "LeavesMissing", "leaf_file_of"]
 
 
 class LeavesMissing(RuntimeError):
@@ -94,20 +93,3 @@ class LeafFile:
                 " lists: it was cut short or restored without its database"
             )
         return data
-
-
-def read_sqlite_leaves(db: sqlite3.Connection, database: Path) -> Iterator[tuple[str, int, bytes]]:
-    """(utid, window, leaves) of each window of the SQLite hub database ``database`` that has
-    leaves, by (utid, window), wherever they are kept; ``db`` is a ``sqlite3`` connection to it
-    (for tools that read a hub's files directly, read-only)."""
-    leaf_file = LeafFile(leaf_file_of(database))
-    rows = db.execute(
-        "SELECT w.utid, w.window, w.leaves_offset, w.leaves_length, l.leaves FROM windows w"
-        " LEFT JOIN window_leaves l ON l.utid = w.utid AND l.window = w.window"
-        " ORDER BY w.utid, w.window"
-    )
-    for utid, window, offset, length, blob in rows:
-        if offset is not None:
-            yield utid, window, leaf_file.read(offset, length)
-        elif blob is not None:
-            yield utid, window, bytes(blob)

@@ -157,6 +157,13 @@ class Store:
         migrate(engine)  # Alembic; also brings pre-migration databases in
         return cls(engine, leaf_file)
 
+    @classmethod
+    def read_only(cls, database: Path) -> Store:
+        """A SQLite hub database and its leaves file opened read-only, not migrated: for
+        tools and tests that read a running or killed hub's files."""
+        engine = create_engine(f"sqlite:///file:{database.absolute()}?mode=ro&uri=true")
+        return cls(engine, LeafFile(leaf_file_of(database.absolute())))
+
     def reads(self) -> contextlib.AbstractContextManager[Connect]:
         """A request's read connection, opened on first use (``Connect``), closed after."""
         return lazy_reads(self.engine)
@@ -368,6 +375,17 @@ class Store:
                 except LeavesMissing as err:
                     leaves = err
                 yield StoredLeaves(utid, window, first_seq, count, bytes(root), leaves)
+
+    def all_leaves(self) -> list[tuple[str, int, bytes]]:
+        """(utid, window, leaves) of every window that has leaves, by (utid, window);
+        ``LeavesMissing`` when any cannot be read."""
+        out = []
+        for stored in self.stored_leaves():
+            if isinstance(stored.leaves, LeavesMissing):
+                raise stored.leaves
+            if stored.leaves is not None:
+                out.append((stored.utid, stored.window, stored.leaves))
+        return out
 
     def latest_readings(self, utid: str, at_least: int) -> list[Reading]:
         """The newest readings of a device (whole windows, oldest first), ``at_least`` of them

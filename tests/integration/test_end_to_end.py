@@ -25,7 +25,8 @@ from attestation.leafbatch import split_leaves
 from attestation.reading import decode_leaf, encode_leaf
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
-from cloud_sync.storage.leaffile import LeafFile, leaf_file_of, read_sqlite_leaves
+from cloud_sync.storage import Store
+from cloud_sync.storage.leaffile import LeafFile, leaf_file_of
 from hil_tests.modbus_server import PlantServer, agent_modbus_section
 from tests.hubkit import hub_readings
 from tests.waiting import until
@@ -67,8 +68,13 @@ def _hub_rows(hub_dir: Path) -> list[tuple[int, str, float]]:
 def _tamper(db_path: Path, seq: int, delta: float) -> None:
     """Change one stored reading's value on the hub, as an attacker with the database and its
     leaves file would: the window's leaves rewritten at the file's end, its row pointed there."""
+    store = Store.read_only(db_path)
+    try:
+        stored = store.all_leaves()
+    finally:
+        store.close()
     with sqlite3.connect(db_path) as db:
-        for utid, window, blob in list(read_sqlite_leaves(db, db_path)):
+        for utid, window, blob in stored:
             leaves = split_leaves(blob)
             for i, leaf in enumerate(leaves):
                 r = decode_leaf(leaf)
