@@ -11,7 +11,7 @@ from typing import Any
 
 import cbor2
 
-from attestation import merkle
+from attestation import load_anchors, merkle, receipt_from_json, report_receipt
 from attestation.cose import to_be_signed
 from attestation.leafbatch import split_leaves
 from attestation.microproof import (
@@ -160,6 +160,19 @@ def register_software(
     )
     assert r.status_code == 201, r.text
     return str(r.json()["utid"])
+
+
+def receipts_verify(client: Any, s: Any, utid: str, seqs: Iterable[int]) -> bool:
+    """Each reading's receipt, fetched from a hub ``TestClient`` (settings ``s``), verifies
+    offline against the hub's fleet CA; False at the first that does not."""
+
+    anchors = load_anchors([s.data_dir / "fleet-ca.pem"])
+    for seq in seqs:
+        r = client.get(f"/v1/devices/{utid}/readings/{seq}/receipt")
+        assert r.status_code == 200, r.text
+        if not report_receipt(receipt_from_json(r.json()), anchors).valid:
+            return False
+    return True
 
 
 def ingest_all(ing: Any, uploads: Any, now_ns: int = 1) -> Any:

@@ -13,24 +13,13 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from attestation import load_anchors, receipt_from_json, report_receipt
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
-from tests.hubkit import Device, body, register_software
+from tests.hubkit import Device, body, receipts_verify, register_software
 from tests.smalldisk import fill, small_disk_at
 
 CBOR = {"content-type": "application/cbor"}
 READINGS = 1000  # a window: ~28 KB of leaves, more than the 8 KiB left
-
-
-def _receipts_verify(client: TestClient, s: HubSettings, utid: str, seqs: range) -> bool:
-    anchors = load_anchors([s.data_dir / "fleet-ca.pem"])
-    for seq in seqs:
-        r = client.get(f"/v1/devices/{utid}/readings/{seq}/receipt")
-        assert r.status_code == 200, r.text
-        if not report_receipt(receipt_from_json(r.json()), anchors).valid:
-            return False
-    return True
 
 
 def test_a_full_disk_refuses_the_upload_keeps_the_acknowledged_and_recovers(
@@ -52,7 +41,7 @@ def test_a_full_disk_refuses_the_upload_keeps_the_acknowledged_and_recovers(
             assert refused.json()["request_id"]
             assert client.get(f"/v1/devices/{utid}").json()["last_seq"] == 2 * READINGS - 1
             every_hundredth = range(0, 2 * READINGS, 100)
-            assert _receipts_verify(client, s, utid, every_hundredth)
+            assert receipts_verify(client, s, utid, every_hundredth)
 
             ballast.unlink()  # space returns
             again = client.post("/v1/proofs", content=pending, headers=CBOR)
@@ -60,7 +49,7 @@ def test_a_full_disk_refuses_the_upload_keeps_the_acknowledged_and_recovers(
             assert [r["status"] for r in again.json()["results"]] == ["accepted"]
             later = body(dev.window(READINGS)[:2])
             assert client.post("/v1/proofs", content=later, headers=CBOR).status_code == 200
-            assert _receipts_verify(client, s, utid, range(0, 4 * READINGS, 100))
-            assert _receipts_verify(client, s, utid, range(4 * READINGS - 1, 4 * READINGS))
+            assert receipts_verify(client, s, utid, range(0, 4 * READINGS, 100))
+            assert receipts_verify(client, s, utid, range(4 * READINGS - 1, 4 * READINGS))
         with sqlite3.connect(s.data_dir / "hub.db") as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -13,13 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
-from attestation import load_anchors, receipt_from_json, report_receipt
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage.leaffile import LeafFile, LeavesMissing, leaf_file_of
 from cloud_sync.storage.migrate import alembic_config
 from cloud_sync.storage.tables import window_leaves, windows
-from tests.hubkit import Device, body, register_software
+from tests.hubkit import Device, body, receipts_verify, register_software
 
 CBOR = {"content-type": "application/cbor"}
 
@@ -76,15 +75,6 @@ def hub(tmp_path: Path) -> Iterator[tuple[TestClient, HubSettings]]:
         yield client, s
 
 
-def _verified(client: TestClient, s: HubSettings, utid: str, seq: int) -> bool:
-    rc = client.get(f"/v1/devices/{utid}/readings/{seq}/receipt")
-    assert rc.status_code == 200, rc.text
-    verdict = report_receipt(
-        receipt_from_json(rc.json()), load_anchors([s.data_dir / "fleet-ca.pem"])
-    )
-    return verdict.valid
-
-
 def _db(s: HubSettings) -> Path:
     return s.data_dir / "hub.db"
 
@@ -124,7 +114,7 @@ def test_a_sqlite_hub_writes_leaves_to_the_file_and_its_receipts_verify(
     blob0, blob1 = b"".join(w0[1]), b"".join(w1[1])
     assert [tuple(r) for r in where] == [(0, len(blob0)), (len(blob0), len(blob1))]
     assert leaf_file_of(_db(s)).read_bytes() == blob0 + blob1  # exactly what was signed
-    assert all(_verified(client, s, utid, seq) for seq in range(7))
+    assert receipts_verify(client, s, utid, range(7))
 
 
 def test_bytes_a_crash_left_unreferenced_are_skipped_and_the_chain_goes_on(
@@ -137,7 +127,7 @@ def test_bytes_a_crash_left_unreferenced_are_skipped_and_the_chain_goes_on(
     with leaf_file_of(_db(s)).open("ab") as f:
         f.write(os.urandom(5_000))  # what a killed writer left
     _uploaded(client, dev.window(3)[:2])
-    assert all(_verified(client, s, utid, seq) for seq in range(7))
+    assert receipts_verify(client, s, utid, range(7))
 
 
 def test_a_damaged_leaves_file_answers_a_json_500_never_a_wrong_receipt(
