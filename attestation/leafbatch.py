@@ -43,14 +43,14 @@ NATIVE = _native is not None
 
 def sha_backend() -> str | None:
     """The native tree's SHA-256 code: ``"avx512"`` (sixteen nodes at a time), ``"sha-ni"``
-    (four at a time with the x86 SHA extensions; ADR 0011) or ``"openssl"``; None without
-    the extension."""
+    (four at a time with the x86 SHA extensions; ADR 0011) or ``"openssl"``, whichever
+    hashed fastest at import; None without the extension."""
     return None if _native is None else str(_native.backend())
 
 
 def sha_backends() -> list[str]:
-    """The backends this CPU runs, most preferred (the default) first; [] without the
-    extension."""
+    """The backends this CPU runs ([] without the extension); ``sha_backend`` is the one
+    that rooted a calibration tree fastest when the extension was imported."""
     return [] if _native is None else [str(name) for name in _native.backends()]
 
 

@@ -35,6 +35,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define OPENSSL_API_COMPAT 0x10100000L
 #include <openssl/sha.h>
@@ -221,7 +222,8 @@ static Py_ssize_t leaf_len(const unsigned char *p, Py_ssize_t n, uint64_t want, 
 
 /* ---- SHA-256 of the tree's nodes, several at a time ----
    Every node of a level is independent of the others, so the tree hashes them in groups
-   (docs/adr/0011-interleaved-sha256.md). The first backend the CPU can run is used:
+   (docs/adr/0011-interleaved-sha256.md). Of those the CPU runs, the fastest at import is
+   used (calibrate(), below):
    - "avx512": sixteen messages at once, one in each 32-bit lane of AVX-512 registers (the
      FIPS 180-4 rounds written with vector rotates and three-input logic), ~2.7x OpenSSL on
      65-byte nodes;
@@ -494,7 +496,7 @@ typedef struct {
     int (*available)(void);
 } Backend;
 
-static const Backend BACKENDS[] = { /* in order of preference */
+static const Backend BACKENDS[] = { /* the order backends() lists them in */
 #ifdef HAVE_X86_BACKENDS
     {"avx512", hash_avx512, WIDE, cpu_has_avx512},
     {"sha-ni", hash_shani, LANES, cpu_has_sha},
@@ -503,6 +505,7 @@ static const Backend BACKENDS[] = { /* in order of preference */
 };
 enum { N_BACKENDS = sizeof(BACKENDS) / sizeof(BACKENDS[0]) };
 static const Backend *backend_in_use = &BACKENDS[N_BACKENDS - 1];
+static double calibrated_ns[N_BACKENDS]; /* each backend's time on the calibration tree */
 
 /* The RFC 9162 root of n >= 1 leaves (leaf i at ptr[i], len[i] bytes) into out[32].
    `level` is scratch of n * 32 bytes. Runs without the GIL: it touches no Python object. */
@@ -534,6 +537,51 @@ static void merkle_root(const unsigned char *const *ptr, const Py_ssize_t *len, 
             memmove(level + 32 * (width / 2), level + 32 * (width - 1), 32);
     }
     memcpy(out, level, 32);
+}
+
+/* Pick the backend that hashes fastest on this CPU, as Linux picks its RAID xor and raid6
+   code at boot: each backend that runs here roots the same tree (CAL_LEAVES leaves the size of
+   a reading, so ~3 compressions a leaf as in a window), best of CAL_ROUNDS rounds, the rounds
+   interleaved so that a clock that ramps up favours none. The order of preference is not the
+   order of speed on every CPU: on an AMD EPYC with both, "sha-ni" rooted a window of 1,000
+   readings in ~106 us and "avx512" in ~119 (docs/performance.md). ~0.3 ms, once, at import. */
+enum { CAL_LEAVES = 256, CAL_LEAF = 28, CAL_ROUNDS = 5 };
+
+static double monotonic_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return 1e9 * (double)t.tv_sec + (double)t.tv_nsec;
+}
+
+static void calibrate(void)
+{
+    static unsigned char data[CAL_LEAVES * CAL_LEAF], level[CAL_LEAVES * 32];
+    static const unsigned char *ptr[CAL_LEAVES];
+    static Py_ssize_t len[CAL_LEAVES];
+    unsigned char root[32];
+    for (int i = 0; i < CAL_LEAVES * CAL_LEAF; i++)
+        data[i] = (unsigned char)(i * 131 + 7);
+    for (int i = 0; i < CAL_LEAVES; i++) {
+        ptr[i] = data + i * CAL_LEAF;
+        len[i] = CAL_LEAF;
+    }
+    for (int b = 0; b < N_BACKENDS; b++)
+        calibrated_ns[b] = BACKENDS[b].available() ? 1e300 : -1.0; /* -1: not on this CPU */
+    for (int round = 0; round < CAL_ROUNDS; round++)
+        for (int b = 0; b < N_BACKENDS; b++) {
+            if (calibrated_ns[b] < 0)
+                continue;
+            backend_in_use = &BACKENDS[b];
+            double start = monotonic_ns();
+            merkle_root(ptr, len, CAL_LEAVES, level, root);
+            double took = monotonic_ns() - start;
+            if (took < calibrated_ns[b])
+                calibrated_ns[b] = took;
+        }
+    for (int b = 0; b < N_BACKENDS; b++) /* the fastest; on a tie the one listed first */
+        if (calibrated_ns[b] >= 0 && calibrated_ns[b] < calibrated_ns[backend_in_use - BACKENDS])
+            backend_in_use = &BACKENDS[b];
 }
 
 /* Scratch for n leaves: pointers, lengths and one Merkle level, in one allocation. */
@@ -875,7 +923,7 @@ static PyObject *backend(PyObject *self, PyObject *unused)
 
 PyDoc_STRVAR(backends_doc,
 "backends() -> list[str]\n\n"
-"The SHA-256 backends this CPU runs, most preferred first.");
+"The SHA-256 backends this CPU runs (the one backend() uses was the fastest at import).");
 static PyObject *backends(PyObject *self, PyObject *unused)
 {
     PyObject *out = PyList_New(0);
@@ -886,6 +934,24 @@ static PyObject *backends(PyObject *self, PyObject *unused)
         if (name == NULL || PyList_Append(out, name) < 0)
             Py_CLEAR(out);
         Py_XDECREF(name);
+    }
+    return out;
+}
+
+PyDoc_STRVAR(calibration_doc,
+"calibration() -> dict[str, float]\n\n"
+"Nanoseconds each backend this CPU runs took to root the import's calibration tree (best\n"
+"of its rounds); backend() was the fastest of them until use_backend() was called.");
+static PyObject *calibration(PyObject *self, PyObject *unused)
+{
+    PyObject *out = PyDict_New();
+    for (int i = 0; out != NULL && i < N_BACKENDS; i++) {
+        if (calibrated_ns[i] < 0)
+            continue;
+        PyObject *ns = PyFloat_FromDouble(calibrated_ns[i]);
+        if (ns == NULL || PyDict_SetItemString(out, BACKENDS[i].name, ns) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(ns);
     }
     return out;
 }
@@ -1273,6 +1339,7 @@ PyDoc_STRVAR(encode_leaves_doc,
 static PyMethodDef methods[] = {
     {"backend", backend, METH_NOARGS, backend_doc},
     {"backends", backends, METH_NOARGS, backends_doc},
+    {"calibration", calibration, METH_NOARGS, calibration_doc},
     {"use_backend", use_backend, METH_O, use_backend_doc},
     {"check_window", check_window, METH_VARARGS, check_window_doc},
     {"check_sequence", check_sequence, METH_VARARGS, check_sequence_doc},
@@ -1290,9 +1357,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__leafcheck(void)
 {
-    for (int i = N_BACKENDS - 1; i >= 0; i--) /* the most preferred that runs here */
-        if (BACKENDS[i].available())
-            backend_in_use = &BACKENDS[i];
+    calibrate();
     s_seq = PyUnicode_InternFromString("seq");
     s_ts = PyUnicode_InternFromString("ts_ns");
     s_signal = PyUnicode_InternFromString("signal");
