@@ -102,15 +102,12 @@ async def _slaves(port: Path) -> AsyncIterator[None]:
         ignore_missing_devices=True,
     )
     _silent_for_unknown_ids(server)
-    task = asyncio.create_task(server.serve_forever())
-    await asyncio.sleep(0.3)
+    await server.serve_forever(background=True)  # returns once the port is open
     try:
         yield
     finally:
         async with asyncio.timeout(5):
             await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus's shutdown() is unannotated
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def _configs(port: Path) -> list[ModbusDeviceConfig]:
