@@ -17,11 +17,17 @@ are made of) first go through ``decode_plain`` in the native extension
 (``attestation/_native/leafcheck.c``): it builds what cbor2 builds, validating UTF-8 as it
 goes, or answers None and cbor2 decides as before. Without the extension, or with
 ``FACTORYOPS_PURE_PYTHON=1``, only cbor2 runs.
+
+Encoding goes the other way through ``dumps``: deterministic CBOR (RFC 8949 §4.2.1) as
+cbor2 writes it with ``canonical=True``, except for the floats cbor2's C encoder widens
+(``dumps`` says which); ``loads_checked`` holds bytes to exactly that.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,6 +39,7 @@ __all__ = [
     "FAST",
     "TrailingBytes",
     "decode_plain",
+    "dumps",
     "head",
     "loads",
     "loads_cbor2",
@@ -56,6 +63,55 @@ class TrailingBytes(cbor2.CBORDecodeValueError):
     def __init__(self, extra: int) -> None:
         super().__init__(f"{extra} byte(s) after the CBOR item")
         self.extra = extra
+
+
+class _Half:
+    """A float ``dumps`` writes as a half itself (``_half_exact``)."""
+
+    __slots__ = ("bits",)
+
+    def __init__(self, value: float) -> None:
+        self.bits = struct.pack(">e", value)
+
+
+def _write_half(encoder: cbor2.CBOREncoder, value: object) -> None:
+    if not isinstance(value, _Half):
+        raise cbor2.CBOREncodeTypeError(f"cannot serialize type {type(value).__name__}")
+    encoder.write(b"\xf9" + value.bits)
+
+
+def _half_exact(x: float) -> bool:
+    """A float of binary exponent 15 (32768.0 <= |x| <= 65504.0) that a half holds exactly:
+    a multiple of 32 (a half keeps 11 significant bits)."""
+    return 32768.0 <= abs(x) <= 65504.0 and math.fmod(x, 32.0) == 0.0
+
+
+def _halves(obj: Any) -> Any:
+    """``obj`` with each ``_half_exact`` float wrapped in a ``_Half``; the rest as it is."""
+    kind = type(obj)
+    if kind is float:
+        return _Half(obj) if _half_exact(obj) else obj
+    if kind is dict:
+        return {_halves(k): _halves(v) for k, v in obj.items()}
+    if kind is list or kind is tuple:
+        return [_halves(v) for v in obj]
+    if kind is cbor2.CBORTag:
+        return cbor2.CBORTag(obj.tag, _halves(obj.value))
+    return obj
+
+
+def dumps(obj: Any) -> bytes:
+    """Deterministic CBOR (RFC 8949 §4.2.1) of a plain item (numbers, strings, byte strings,
+    lists, tuples, dicts; no tags): what a micro-proof's payload and a signed policy are
+    written with, and what ``loads_checked`` holds signed bytes to.
+
+    cbor2's canonical encoder, except for one kind of float: the C encoder writes a float
+    of binary exponent 15 that a half holds exactly (32768.0 .. 65504.0 in steps of 32,
+    such as 40000.0 or 60000.0) as a float32, where RFC 8949's shortest form, cbor2's own
+    pure-Python encoder and other languages' deterministic encoders write the half
+    (``f9 78e2`` for 40000.0). Those are written as halves here. Map keys are sorted as
+    cbor2 sorts them (length first), which is §4.2.1's order for keys of one type."""
+    return cbor2.dumps(_halves(obj), canonical=True, default=_write_half)
 
 
 def head(major: int, n: int) -> bytes:
@@ -92,22 +148,14 @@ def loads(data: bytes) -> Any:
 
 def loads_checked(data: bytes) -> tuple[Any, bool]:
     """``loads``, and whether ``data`` is the item's deterministic encoding: exactly what
-    ``cbor2.dumps(item, canonical=True)`` writes (RFC 8949 §4.2.1 for maps whose keys share
-    a type; ADR 0013). The native decoder tells as it decodes; cbor2's path encodes again
-    and compares."""
+    ``dumps`` writes (RFC 8949 §4.2.1 for maps whose keys share a type; ADR 0013). The
+    native decoder tells as it decodes (its rule is ``dumps``'s); cbor2's path encodes
+    again and compares."""
     if _decode_plain is not None and (plain := _decode_plain(data, cbor2.CBORTag)) is not None:
-        if plain[1]:
-            return plain
-        # The native rule for floats is RFC 8949's shortest form, but cbor2's C encoder
-        # (what every signer here writes with) puts float16-exact values of 32768..65504
-        # (40000.0, 60000.0) in float32, where its pure-Python encoder and RFC 8949 use
-        # float16: cbor2's own bytes decide, or a gateway's window with such a value would
-        # be refused as noncanonical by its own hub. (Signed bytes: no one can re-encode.)
-        obj = plain[0]
-    else:
-        obj = loads_cbor2(data)
+        return plain
+    obj = loads_cbor2(data)
     try:
-        return obj, cbor2.dumps(obj, canonical=True) == data
+        return obj, dumps(obj) == data
     except (cbor2.CBOREncodeError, ValueError, TypeError, RecursionError):
         return obj, False  # decodes to something cbor2 cannot write back: not its encoding
 

@@ -107,7 +107,7 @@ def sign1(
 ) -> bytes:
     """Sign ``payload``; the signer's alg goes into the protected header."""
     headers: dict[int, Any] = {HDR_ALG: signer.alg, **(protected or {})}
-    protected_bytes = cbor2.dumps(headers, canonical=True)
+    protected_bytes = cborsafe.dumps(headers)  # deterministic: the verifier holds it to that
     signature = signer.sign(to_be_signed(protected_bytes, payload))
     body = [protected_bytes, unprotected or {}, None if detached else payload, signature]
     return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, body) if tagged else body, canonical=True)

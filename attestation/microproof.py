@@ -324,15 +324,15 @@ def encode_payload(mp: MicroProof) -> bytes:
     if (rs := mp.reset) is not None:
         obj[18] = {1: rs.reason, 2: rs.hub_window, 3: rs.hub_last_seq}
     if stats is None:
-        return cbor2.dumps(obj, canonical=True)
+        return cborsafe.dumps(obj)
     return _with_key_12(obj, stats)
 
 
 def _native_stats(stats: Mapping[str, SignalStats]) -> bytes | None:
-    """Key 12's value as ``cbor2.dumps(..., canonical=True)`` writes it, by the native
-    extension (~0.08 us a signal against cbor2's ~0.8); None without the extension or
-    where cbor2 must decide (a float it writes its own way: see ``stats_map`` in
-    leafcheck.c). A property test holds it to cbor2."""
+    """Key 12's value as ``cborsafe.dumps`` writes it, by the native extension (~0.08 us a
+    signal against cbor2's ~0.8); None without the extension or where Python must decide
+    (a binary16 subnormal or -0.0: see ``stats_map`` in leafcheck.c). A property test
+    holds it to cbor2's pure-Python encoder."""
     if EXTENSION is None:
         return None
     got: bytes | None = EXTENSION.stats_map(stats if type(stats) is dict else dict(stats))
@@ -343,8 +343,8 @@ def _with_key_12(obj: dict[int, Any], stats: bytes) -> bytes:
     """The canonical payload map with ``stats`` (encoded) as key 12: the keys are the small
     integers 1..18, one byte each and in numeric order, so the map is the entries below 12,
     key 12, then those above it, under a one-byte head (fewer than 24 entries)."""
-    below = cbor2.dumps({k: v for k, v in obj.items() if k < 12}, canonical=True)
-    above = cbor2.dumps({k: v for k, v in obj.items() if k > 12}, canonical=True)
+    below = cborsafe.dumps({k: v for k, v in obj.items() if k < 12})
+    above = cborsafe.dumps({k: v for k, v in obj.items() if k > 12})
     entries = len(obj) + 1
     return b"".join((bytes((0xA0 | entries,)), below[1:], b"\x0c", stats, above[1:]))
 

@@ -54,7 +54,7 @@ class ShedPolicyStatement:
 
 
 def sign_policy(policy: ShedPolicyStatement, signer: Signer, *, iat: int) -> bytes:
-    payload = cbor2.dumps({**policy.as_map(), "iat": iat}, canonical=True)
+    payload = cborsafe.dumps({**policy.as_map(), "iat": iat})
     kid = utid_bytes(signer.public_key_der())
     return cose.sign1(
         payload, signer, protected={cose.HDR_CONTENT_TYPE: CONTENT_TYPE, cose.HDR_KID: kid}

@@ -3,7 +3,8 @@
 The leaf is the map ``{1: seq, 2: ts_ns, 3: signal, 4: value, 5: unit, 6: quality}``; the
 value is a CBOR float, or a CBOR text string for a source value that is not a number (an
 OPC UA String, a DateTime as RFC 3339 UTC). ``encode_leaf`` is a hand encoder for the hot
-path, proven byte-equal to ``cbor2.dumps(..., canonical=True)`` by property tests.
+path, proven byte-equal to cbor2's pure-Python canonical encoder by property tests (its C
+encoder widens some floats: ``cborsafe.dumps``).
 """
 
 from __future__ import annotations

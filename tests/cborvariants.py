@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from attestation.cose import to_be_signed
 
-__all__ = ["Encoded", "encode_variant", "head"]
+__all__ = ["Encoded", "encode_variant", "head", "widened"]
 
 _WIDTHS = ((24, 1, 0x100), (25, 2, 0x10000), (26, 4, 0x100000000), (27, 8, 1 << 64))
 
@@ -165,6 +165,16 @@ def altered_copies(cose: bytes) -> dict[str, bytes]:
         "protected_length_non_minimal": outer(protected_head=head(2, len(protected), 1)),
         "unprotected_length_non_minimal": outer(unprotected=b"\xb8\x00"),
     }
+
+
+def widened(cose: bytes, sign: Any) -> bytes:
+    """``cose`` as signers wrote it before cborsafe.dumps: its payload as cbor2's C encoder
+    writes it (a float of 32768.0 .. 65504.0 that a half holds exactly, such as 40000.0,
+    as a float32: not RFC 8949's shortest form), signed again with ``sign`` (low s)."""
+    protected, _, payload, _ = cbor2.loads(cose).value
+    wide = cbor2.dumps(cbor2.loads(payload), canonical=True)
+    signature = sign(to_be_signed(protected, wide))
+    return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, wide, signature]), canonical=True)
 
 
 @st.composite

@@ -724,7 +724,7 @@ static PyObject *check_sequence(PyObject *self, PyObject *args)
  * `plaincbor`).
  *
  * With the item it says whether the input was the item's deterministic encoding, exactly
- * as cbor2.dumps(item, canonical=True) would write it (ADR 0013: a micro-proof has one
+ * as attestation.cborsafe.dumps(item) would write it (ADR 0013: a micro-proof has one
  * canonical form): every head in its shortest form, every float in the shortest width that
  * keeps its value (NaN only as f9 7e00, the rule value() applies to leaves), every map's
  * keys in cbor2's canonical order (shorter encoding first, then bytewise; RFC 8949 s.4.2.1
@@ -737,7 +737,7 @@ typedef struct {
     const unsigned char *p;
     Py_ssize_t n, pos;
     PyObject *tag_type; /* cbor2.CBORTag */
-    int canonical;      /* cleared at the first choice cbor2's canonical encoder would not make */
+    int canonical;      /* cleared at the first choice cborsafe.dumps would not make */
 } Reader;
 
 /* The next head, any width (cbor2 accepts non-shortest heads, so decode_plain does too);
@@ -982,11 +982,10 @@ static PyObject *use_backend(PyObject *self, PyObject *arg)
 
 /* ---- The statistics map of a micro-proof (payload key 12), as cbor2 writes it ----
  *
- * stats_map(stats) -> bytes | None: cbor2.dumps({signal: [n, mean, m2, min, max]},
- * canonical=True) for a dict of text keys whose values are 5-tuples (SignalStats) of an int
- * 0 <= n < 2^63 and four floats; None for anything else, and for a float whose form cbor2's
- * C encoder decides its own way (a binary16-exact value at or above 2^15 or below 2^-14,
- * and -0.0): the caller then asks cbor2. The signer's largest per-signal cost in Python
+ * stats_map(stats) -> bytes | None: attestation.cborsafe.dumps({signal: [n, mean, m2, min,
+ * max]}) (deterministic CBOR, RFC 8949's shortest floats) for a dict of text keys whose
+ * values are 5-tuples (SignalStats) of an int 0 <= n < 2^63 and four floats; None for
+ * anything else, and for a binary16 subnormal or -0.0: the caller then encodes in Python. The signer's largest per-signal cost in Python
  * (~0.9 us a signal, one signal a reading on a big gateway). Keys are sorted as cbor2 sorts
  * them: by the length of their encoding, then bytewise. */
 
@@ -1041,7 +1040,8 @@ static void put_head(Buf *b, unsigned major, uint64_t v) /* room for 9 bytes che
     }
 }
 
-/* cbor2's canonical float (room for 9 bytes checked); -1: cbor2 must decide */
+/* RFC 8949's shortest float, as attestation.cborsafe.dumps writes it (room for 9 bytes
+   checked); -1: cborsafe.dumps must decide */
 static int put_float(Buf *b, double x)
 {
     unsigned char *p = b->p + b->n;
@@ -1069,8 +1069,8 @@ static int put_float(Buf *b, double x)
         memcpy(&u, &f, 4);
         unsigned exp = (u >> 23) & 0xFF;
         if (fits_half(x)) {
-            if (exp < 127 - 14 || exp > 127 + 14)
-                return -1; /* binary16 subnormal, or >= 2^15: cbor2's own rule */
+            if (exp < 127 - 14)
+                return -1; /* a binary16 subnormal: cbor2 writes it (as RFC 8949 does) */
             unsigned h = ((u >> 16) & 0x8000) | ((exp - 127 + 15) << 10) | ((u >> 13) & 0x3FF);
             p[0] = 0xF9;
             p[1] = (unsigned char)(h >> 8);
@@ -1186,8 +1186,8 @@ done:
 
 PyDoc_STRVAR(stats_map_doc,
 "stats_map(stats) -> bytes | None\n\n"
-"cbor2.dumps({signal: [n, mean, m2, min, max]}, canonical=True) for a dict of str to\n"
-"5-tuples (int, 4 floats); None where cbor2 must decide (see leafcheck.c).");
+"attestation.cborsafe.dumps({signal: [n, mean, m2, min, max]}) for a dict of str to\n"
+"5-tuples (int, 4 floats); None where Python must decide (see leafcheck.c).");
 
 /* ---- A window's leaves (ADR 0049) ----
  *

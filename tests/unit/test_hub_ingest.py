@@ -19,7 +19,7 @@ from cloud_sync.app import create_app
 from cloud_sync.ingest import Ingestor, IngestResult
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import DeviceRow, Store
-from tests.cborvariants import altered_copies, proof_variants
+from tests.cborvariants import altered_copies, proof_variants, widened
 from tests.hubkit import (
     Device,
     body,
@@ -264,6 +264,23 @@ def test_altered_copies_are_refused_as_noncanonical_and_the_genuine_chain_goes_o
     rc = client.get(f"/v1/devices/{utid}/readings/1/receipt").json()
     verdict = report_receipt(receipt_from_json(rc), load_anchors([s.data_dir / "fleet-ca.pem"]))
     assert verdict.valid, verdict.error
+
+
+def test_a_payload_with_a_float_cbor2_widens_is_taken_only_in_its_shortest_form(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """A reading of 40000.0 in a window's statistics: the signer writes the half RFC 8949
+    requires; the copy a signer before cborsafe.dumps wrote (the float32 cbor2's C encoder
+    writes, validly signed) was accepted as canonical, and is now refused."""
+    client, s = hub
+    dev = Device()
+    utid = register_software(client, s, dev)
+    w0 = dev.window(3, values=(40000.0, 60000.0, -32768.0))[:2]
+    status, doc = _post(client, body((widened(w0[0], dev.signer.sign), w0[1])))
+    assert (status, doc["error"]) == (400, "noncanonical"), doc
+    assert "payload" in str(doc["detail"])
+    assert _post(client, body(w0))[0] == 200
+    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 1
 
 
 def test_a_second_signature_over_the_same_payload_is_a_duplicate_never_a_fork(

@@ -14,13 +14,14 @@ from typing import Any
 
 import cbor2
 import pytest
+from cbor2._encoder import dumps as reference_dumps  # pure Python: RFC 8949's shortest floats
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cwt import COSE, COSEKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attestation import Noncanonical, receipt_from_leaves, report_receipt
+from attestation import Noncanonical, cborsafe, receipt_from_leaves, report_receipt
 from attestation.microproof import (
     AnomalySummary,
     DriftTest,
@@ -41,6 +42,7 @@ from tests.cborvariants import (
     encode_variant,
     high_s,
     proof_variants,
+    widened,
 )
 from tests.conftest import missing
 from tests.hubkit import Device
@@ -111,13 +113,14 @@ _VALUES = st.recursive(
 def test_the_variant_encoder_writes_the_deterministic_bytes_exactly_when_it_says_so(
     value: object, data: st.DataObject
 ) -> None:
-    """The oracle of the property tests: a draw it calls canonical is cbor2's canonical
-    encoding (RFC 8949 §4.2.1 for maps whose keys share one type, as every map of the proof
-    format does), any other draw is not, and every draw decodes to the same value."""
+    """The oracle of the property tests: a draw it calls canonical is the deterministic
+    encoding ``cborsafe.dumps`` writes (RFC 8949 §4.2.1 for maps whose keys share one type,
+    as every map of the proof format does), any other draw is not, and every draw decodes
+    to the same value."""
     got = data.draw(encode_variant(value))
-    want = cbor2.dumps(value, canonical=True)
+    want = cborsafe.dumps(value)
     assert (got.data == want) == got.canonical
-    assert cbor2.dumps(cbor2.loads(got.data), canonical=True) == want
+    assert cborsafe.dumps(cbor2.loads(got.data)) == want
 
 
 @settings(max_examples=150, deadline=None)
@@ -204,30 +207,33 @@ _EXTRAS = st.fixed_dictionaries(
 )
 
 
-def _cbor2_payload(mp: MicroProof) -> bytes:
-    """The reference: the payload map as cbor2 writes it, key 12's values as lists."""
+def _reference_payload(mp: MicroProof) -> bytes:
+    """The reference: the payload map as cbor2's pure-Python encoder writes it (RFC 8949's
+    shortest floats, which its C encoder misses for 32768.0 .. 65504.0), key 12's values as
+    lists."""
     want = cbor2.loads(encode_payload(replace(mp, stats={})))
     if mp.stats:
         want[12] = {s: list(v) for s, v in mp.stats.items()}
-    return cbor2.dumps(want, canonical=True)
+    return reference_dumps(want, canonical=True)
 
 
 @settings(max_examples=300, deadline=None)
 @given(_STATS, _EXTRAS)
-def test_the_statistics_are_signed_as_cbor2_writes_the_arrays_of_their_fields(
+def test_the_statistics_are_signed_as_rfc_8949_writes_the_arrays_of_their_fields(
     stats: dict[str, tuple[int, float, float, float, float]], extras: dict[str, Any]
 ) -> None:
     """``encode_payload`` (key 12 by the native ``stats_map`` when it is built and takes
     every value, spliced between the keys below and above it; else cbor2 over plain tuples)
-    against cbor2 over lists, with and without the keys that follow 12."""
+    against cbor2's pure-Python encoder over lists, with and without the keys that follow
+    12."""
     signed = {s: SignalStats(*v) for s, v in stats.items()}
     mp = MicroProof(1, 0, 9, 1, 2, 10, b"r" * 32, b"p" * 32, stats=signed, **extras)
-    assert encode_payload(mp) == _cbor2_payload(mp)
+    assert encode_payload(mp) == _reference_payload(mp)
 
 
 def test_the_native_statistics_map_takes_a_gateways_values() -> None:
     """The values a Modbus float32 tag gives (and m2 = 0.0 for a signal read once) take the
-    native path; a value cbor2 writes its own way (a half-exact 40000.0, -0.0) does not."""
+    native path, a half-exact 40000.0 as a half; -0.0 is left to Python."""
     ext = EXTENSION
     if ext is None:
         missing("the native extension was not built (no C compiler or OpenSSL headers)")
@@ -236,6 +242,32 @@ def test_the_native_statistics_map_takes_a_gateways_values() -> None:
         f"d1.t{i}": SignalStats(1, i / 8 - 3.3, 0.0, i / 8 - 3.3, i / 8 - 3.3) for i in range(50)
     }
     assert ext.stats_map(one) == cbor2.dumps({k: list(v) for k, v in one.items()}, canonical=True)
-    assert ext.stats_map({"x": SignalStats(1, 40000.0, 0.0, 40000.0, 40000.0)}) is None
+    big = {"x": SignalStats(1, 40000.0, 0.0, 40000.0, -65504.0)}
+    assert ext.stats_map(big) == reference_dumps({"x": list(big["x"])}, canonical=True)
+    assert b"\xf9\x78\xe2" in ext.stats_map(big)
     assert ext.stats_map({"x": SignalStats(1, 0.0, 0.0, -0.0, -0.0)}) is None
     assert ext.stats_map({"x": SignalStats(True, 1.0, 0.0, 1.0, 1.0)}) is None  # bool
+
+
+def test_a_float_cbor2s_c_encoder_widens_is_signed_in_its_shortest_form() -> None:
+    """cbor2's C encoder writes a float of 32768.0 .. 65504.0 that a half holds exactly
+    (40000.0: ``f9 78e2``) as a float32 (``fa 471c4000``): not RFC 8949's shortest form, so a
+    strict third-party verifier refused such proofs, and the hub took the widened copy a
+    signer could make as canonical. Signers now write the half, and only the half passes."""
+    dev = Device()
+    extras: dict[str, Any] = {
+        "anomaly": AnomalySummary(1, 40000.0, 32768.0),
+        "drift": DriftTest("ks", 60000.0, 0.5, True),
+        "values": (40000.0, -65504.0, 32768.0),
+    }
+    cose, _, _ = dev.window(3, **extras)
+    key = serialization.load_der_public_key(dev.signer.public_key_der())
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    payload = cbor2.loads(cose).value[2]
+    assert payload == reference_dumps(cbor2.loads(payload), canonical=True)
+    assert b"\xf9\x78\xe2" in payload and b"\xfa\x47\x1c\x40\x00" not in payload
+    verify_microproof_signature(parse_microproof(cose), key)
+    legacy = widened(cose, dev.signer.sign)
+    assert b"\xfa\x47\x1c\x40\x00" in legacy
+    with pytest.raises(Noncanonical, match="payload"):
+        verify_microproof_signature(parse_microproof(legacy), key)

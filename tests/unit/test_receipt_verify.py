@@ -285,8 +285,8 @@ def test_infinite_and_huge_values_still_seal_a_window_whose_receipts_verify(
 
 def test_a_window_whose_value_cbor2_writes_as_float32_verifies() -> None:
     """cbor2's C encoder writes 60000.0 (float16-exact) as float32; the verifier's native
-    decoder took that for a non-canonical encoding and refused the signer's own proof
-    (found by Hypothesis in CI)."""
+    decoder took the signer's float32 for a non-canonical encoding and refused its own
+    proof (found by Hypothesis in CI). Signers now write the half (``cborsafe.dumps``)."""
     rs = [Reading(0, 0, "0", 60000.0, "u"), Reading(1, 1, "0", 40000.0, "u")]
     verdict = report_receipt(_receipt(rs, 1), ANCHORS)
     assert verdict.valid, verdict.error
