@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import base64
 import decimal
+import math
+import random
+import struct
 import tracemalloc
 
 import cbor2
@@ -155,12 +158,12 @@ def _fast() -> None:
 
 def _agrees(data: bytes) -> tuple[object, bool] | None:
     """decode_plain's answer for ``data``, checked against cbor2 when it has one: the same
-    item, and "canonical" exactly when cbor2's canonical encoder writes these bytes."""
+    item, and "canonical" exactly when ``cborsafe.dumps`` writes these bytes."""
     fast = cborsafe.decode_plain(data)
     if fast is not None:
         reference = cborsafe.loads_cbor2(data)
         assert same_cbor_item(fast[0], reference), data.hex()
-        assert fast[1] == (cbor2.dumps(reference, canonical=True) == data), data.hex()
+        assert fast[1] == (cborsafe.dumps(reference) == data), data.hex()
     return fast
 
 
@@ -272,3 +275,35 @@ def test_a_deep_item_is_still_decoded_by_cbor2() -> None:
     for _ in range(40):
         item = item[0]
     assert item == 1
+
+
+def _shortest_float(x: float) -> bytes:
+    """RFC 8949 §4.2.1 (and §4.2.2 for NaN), from the rule itself: the first of half, single
+    and double that gives back exactly ``x``, sign included; NaN only as ``f9 7e00``."""
+    if math.isnan(x):
+        return b"\xf9\x7e\x00"
+    for ib, fmt in ((0xF9, ">e"), (0xFA, ">f"), (0xFB, ">d")):
+        try:
+            packed = struct.pack(fmt, x)
+        except OverflowError:
+            continue
+        back = struct.unpack(fmt, packed)[0]
+        if back == x and math.copysign(1.0, back) == math.copysign(1.0, x):
+            return bytes((ib,)) + packed
+    raise AssertionError(f"{x!r} fits no width")
+
+
+def test_dumps_writes_every_float_in_its_shortest_exact_form() -> None:
+    """Every binary16 value (cbor2's C encoder widened 32768.0 .. 65504.0 to float32), and
+    random float32 and float64 bit patterns, as RFC 8949's rule says; the native decoder
+    calls exactly those bytes canonical."""
+    rng = random.Random(8949)
+    halves = [struct.unpack(">e", h.to_bytes(2, "big"))[0] for h in range(0x10000)]
+    singles = [struct.unpack(">f", rng.getrandbits(32).to_bytes(4, "big"))[0] for _ in range(5000)]
+    doubles = [struct.unpack(">d", rng.getrandbits(64).to_bytes(8, "big"))[0] for _ in range(5000)]
+    for x in halves + singles + doubles:
+        assert cborsafe.dumps(x) == _shortest_float(x), x
+    assert cborsafe.dumps({1: [40000.0, (-65504.0,)]}).hex() == "a10182f978e281f9fbff"
+    for x in (40000.0, -32768.0, 65504.0, 32769.0, 20.5):
+        assert cborsafe.loads_checked(_shortest_float(x)) == (x, True)
+    assert cborsafe.loads_checked(b"\xfa\x47\x1c\x40\x00") == (40000.0, False)  # cbor2's C form
