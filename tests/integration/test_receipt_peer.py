@@ -31,7 +31,9 @@ from tests.cborvariants import altered_copies, widened
 from tests.conftest import missing
 from tests.hubkit import Device, body, register_software
 
-PEER = Path(__file__).resolve().parents[1] / "peers" / "receipt_verifier.mjs"
+PEERS = Path(__file__).resolve().parents[1] / "peers"
+PEER = PEERS / "receipt_verifier.mjs"
+CBOR = {"content-type": "application/cbor"}
 VALUES: tuple[float | str, ...] = (
     21.5,
     40000.0,  # a half that cbor2's C encoder widened in the payload's statistics
@@ -77,10 +79,20 @@ class Verifiers:
         return json.loads(run.stdout), report_receipt(receipt_from_json(doc), anchors)
 
 
+def _hub(tmp_path: Path) -> tuple[TestClient, HubSettings]:
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
+    return TestClient(create_app(s), raise_server_exceptions=False), s
+
+
+def _hub_key(tmp_path: Path, client: TestClient) -> Path:
+    pem = tmp_path / "hub-log-key.pem"
+    pem.write_text(client.get("/v1/log/key").json()["pem"])
+    return pem
+
+
 @pytest.fixture
 def hub(tmp_path: Path) -> tuple[TestClient, HubSettings, Device, str]:
-    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
-    client = TestClient(create_app(s), raise_server_exceptions=False)
+    client, s = _hub(tmp_path)
     dev = Device()
     utid = register_software(client, s, dev)
     windows = [
@@ -92,9 +104,7 @@ def hub(tmp_path: Path) -> tuple[TestClient, HubSettings, Device, str]:
         )[:2],
         dev.window(3)[:2],
     ]
-    r = client.post(
-        "/v1/proofs", content=body(*windows), headers={"content-type": "application/cbor"}
-    )
+    r = client.post("/v1/proofs", content=body(*windows), headers=CBOR)
     assert r.status_code == 200, r.text
     return client, s, dev, utid
 
@@ -104,9 +114,7 @@ def verifiers(tmp_path: Path, hub: tuple[TestClient, HubSettings, Device, str]) 
     client, _, dev, _ = hub
     device_pem = tmp_path / "device.pem"
     device_pem.write_text(dev.public_pem())
-    hub_pem = tmp_path / "hub-log-key.pem"
-    hub_pem.write_text(client.get("/v1/log/key").json()["pem"])
-    return Verifiers(tmp_path, device_pem, hub_pem)
+    return Verifiers(tmp_path, device_pem, _hub_key(tmp_path, client))
 
 
 def _receipt(hub: tuple[TestClient, HubSettings, Device, str], seq: int) -> dict[str, Any]:
@@ -172,3 +180,40 @@ def test_another_device_key_fails_both_verifiers(
     other.write_text(Device().public_pem())
     peer, ours = verifiers.both(_receipt(hub, 1), device_pem=other)
     assert not ours.valid and (peer["valid"], peer["link"]) == (False, "key"), (peer, ours)
+
+
+def test_a_gateway_written_in_javascript_is_accepted_and_its_receipts_verify(
+    tmp_path: Path,
+) -> None:
+    """The other direction: ``tests/peers/proof_signer.mjs`` seals windows from the same
+    documents (its own leaves, tree, statistics, deterministic CBOR and low-s ES256), and
+    the hub takes them as the canonical proofs they are; both verifiers pass every receipt."""
+    out = tmp_path / "js-gateway"
+    subprocess.run(
+        [_node(), str(PEERS / "proof_signer.mjs"), str(out), "3", "7"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    client, s = _hub(tmp_path)
+    r = client.post(
+        "/v1/devices",
+        json={
+            "public_key_pem": (out / "device.pem").read_text(),
+            "key_kind": "software",
+            "name": "js-gateway",
+        },
+        headers={"authorization": f"Bearer {s.admin_token}"},
+    )
+    assert r.status_code == 201, r.text
+    utid = r.json()["utid"]
+    for i in range(3):
+        r = client.post("/v1/proofs", content=(out / f"upload-{i}.cbor").read_bytes(), headers=CBOR)
+        assert r.status_code == 200, r.text
+        assert [x["status"] for x in r.json()["results"]] == ["accepted"]
+    verifiers = Verifiers(tmp_path, out / "device.pem", _hub_key(tmp_path, client))
+    for seq in range(21):
+        r = client.get(f"/v1/devices/{utid}/readings/{seq}/receipt")
+        assert r.status_code == 200, r.text
+        peer, ours = verifiers.both(r.json())
+        assert ours.valid and peer["valid"], (seq, peer, ours.error)

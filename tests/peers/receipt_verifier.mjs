@@ -11,180 +11,11 @@
 //
 // prints one JSON line, {"valid": true, "checked": [...]} or {"valid": false, "link": ...,
 // "error": ...}, with the link names of docs/verify.md; exit status 0 either way (2: usage).
-import { createHash, createPublicKey, verify } from "node:crypto";
+import { createPublicKey, verify } from "node:crypto";
 import { readFileSync } from "node:fs";
 
-class Refused extends Error {
-  constructor(link, message) {
-    super(message);
-    this.link = link;
-  }
-}
-
-class Tag {
-  constructor(tag, value) {
-    this.tag = tag;
-    this.value = value;
-  }
-}
-
-const sha256 = (...parts) => {
-  const h = createHash("sha256");
-  for (const p of parts) h.update(p);
-  return h.digest();
-};
-
-// ---- CBOR, strict: one item, definite lengths; integers as BigInt, floats as numbers ----
-
-function halfToNumber(h) {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 31) return frac ? NaN : sign * Infinity;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
-}
-
-function decode(bytes) {
-  const buf = Buffer.from(bytes);
-  let pos = 0;
-  const need = (n) => {
-    if (pos + n > buf.length) throw new Refused("format", "CBOR item cut short");
-  };
-  const argument = (ai) => {
-    if (ai < 24) return BigInt(ai);
-    const width = { 24: 1, 25: 2, 26: 4, 27: 8 }[ai];
-    if (width === undefined) throw new Refused("format", `CBOR additional info ${ai}`);
-    need(width);
-    let v = 0n;
-    for (let i = 0; i < width; i++) v = (v << 8n) | BigInt(buf[pos + i]);
-    pos += width;
-    return v;
-  };
-  const item = (depth) => {
-    if (depth > 64) throw new Refused("format", "CBOR nested too deep");
-    need(1);
-    const ib = buf[pos++];
-    const major = ib >> 5;
-    const ai = ib & 31;
-    if (major === 7) {
-      if (ai === 20) return false;
-      if (ai === 21) return true;
-      if (ai === 22) return null;
-      const width = { 25: 2, 26: 4, 27: 8 }[ai];
-      if (width === undefined) throw new Refused("format", `CBOR simple value ${ai}`);
-      need(width);
-      const at = pos;
-      pos += width;
-      if (width === 2) return halfToNumber(buf.readUInt16BE(at));
-      return width === 4 ? buf.readFloatBE(at) : buf.readDoubleBE(at);
-    }
-    const n = argument(ai);
-    if (major === 0) return n;
-    if (major === 1) return -1n - n;
-    if (major === 2 || major === 3) {
-      need(Number(n));
-      const raw = buf.subarray(pos, pos + Number(n));
-      pos += Number(n);
-      if (major === 2) return Buffer.from(raw);
-      try {
-        return new TextDecoder("utf-8", { fatal: true }).decode(raw);
-      } catch {
-        throw new Refused("format", "CBOR text is not UTF-8");
-      }
-    }
-    if (major === 4) return Array.from({ length: Number(n) }, () => item(depth + 1));
-    if (major === 5) {
-      const map = new Map();
-      for (let i = 0n; i < n; i++) {
-        const key = item(depth + 1);
-        if (map.has(key)) throw new Refused("noncanonical", "a CBOR map key appears twice");
-        map.set(key, item(depth + 1));
-      }
-      return map;
-    }
-    return new Tag(n, item(depth + 1)); // major 6
-  };
-  const value = item(0);
-  if (pos !== buf.length) throw new Refused("noncanonical", `${buf.length - pos} byte(s) after the item`);
-  return value;
-}
-
-// ---- deterministic CBOR (RFC 8949 s.4.2.1): the one encoding a value may have ----
-
-function head(major, n) {
-  const mt = major << 5;
-  if (n < 24n) return Buffer.from([mt | Number(n)]);
-  for (const [ai, width] of [[24, 1], [25, 2], [26, 4], [27, 8]]) {
-    if (n < 1n << BigInt(8 * width)) {
-      const out = Buffer.alloc(1 + width);
-      out[0] = mt | ai;
-      for (let i = 0; i < width; i++) out[1 + i] = Number((n >> BigInt(8 * (width - 1 - i))) & 0xffn);
-      return out;
-    }
-  }
-  throw new Refused("format", "an integer past 64 bits");
-}
-
-function halfBits(x) {
-  // the binary16 bits of x when a half holds it exactly, else null
-  const sign = x < 0 || Object.is(x, -0) ? 0x8000 : 0;
-  const a = Math.abs(x);
-  if (a === Infinity) return sign | 0x7c00;
-  if (a === 0) return sign;
-  if (a > 65504) return null;
-  if (a < 2 ** -14) {
-    const k = a * 2 ** 24;
-    return Number.isInteger(k) ? sign | k : null;
-  }
-  let e = Math.floor(Math.log2(a));
-  if (2 ** e > a) e -= 1;
-  if (2 ** (e + 1) <= a) e += 1;
-  const frac = (a / 2 ** e - 1) * 1024;
-  return Number.isInteger(frac) ? sign | ((e + 15) << 10) | frac : null;
-}
-
-function encodeFloat(x) {
-  if (Number.isNaN(x)) return Buffer.from([0xf9, 0x7e, 0x00]);
-  const h = halfBits(x);
-  if (h !== null) return Buffer.from([0xf9, h >> 8, h & 0xff]);
-  if (Math.fround(x) === x) {
-    const out = Buffer.alloc(5, 0xfa);
-    out.writeFloatBE(x, 1);
-    return out;
-  }
-  const out = Buffer.alloc(9, 0xfb);
-  out.writeDoubleBE(x, 1);
-  return out;
-}
-
-function encode(v) {
-  if (typeof v === "bigint") return v >= 0n ? head(0, v) : head(1, -1n - v);
-  if (typeof v === "number") return encodeFloat(v);
-  if (typeof v === "string") {
-    const raw = Buffer.from(v, "utf8");
-    return Buffer.concat([head(3, BigInt(raw.length)), raw]);
-  }
-  if (Buffer.isBuffer(v)) return Buffer.concat([head(2, BigInt(v.length)), v]);
-  if (Array.isArray(v)) return Buffer.concat([head(4, BigInt(v.length)), ...v.map(encode)]);
-  if (v instanceof Map) {
-    const entries = [...v].map(([k, x]) => [encode(k), encode(x)]);
-    entries.sort((a, b) => Buffer.compare(a[0], b[0])); // bytewise order of the encoded keys
-    return Buffer.concat([head(5, BigInt(entries.length)), ...entries.flat()]);
-  }
-  if (v instanceof Tag) return Buffer.concat([head(6, v.tag), encode(v.value)]);
-  if (v === false) return Buffer.from([0xf4]);
-  if (v === true) return Buffer.from([0xf5]);
-  if (v === null) return Buffer.from([0xf6]);
-  throw new Refused("format", `no CBOR for ${typeof v}`);
-}
-
-function deterministic(bytes, what) {
-  const value = decode(bytes);
-  if (Buffer.compare(encode(value), Buffer.from(bytes)) !== 0)
-    throw new Refused("noncanonical", `${what} is not deterministic CBOR`);
-  return value;
-}
+import { Refused, Tag, decode, deterministic, sha256 } from "./cbor.mjs";
+import { CONTENT_TYPE, P256_N, leafBytes, leafHash, nodeHash, sigStructure } from "./proof.mjs";
 
 // ---- RFC 9162 s.2.1.3.2: the root an inclusion path gives ----
 
@@ -196,7 +27,7 @@ function rootFrom(leafHash, index, size, path) {
   for (const p of path) {
     if (sn === 0n) throw new Refused("inclusion", "the path is longer than the tree needs");
     if ((fn & 1n) === 1n || fn === sn) {
-      r = sha256(Buffer.from([1]), p, r);
+      r = nodeHash(p, r);
       if ((fn & 1n) === 0n) {
         while ((fn & 1n) === 0n && fn !== 0n) {
           fn >>= 1n;
@@ -204,7 +35,7 @@ function rootFrom(leafHash, index, size, path) {
         }
       }
     } else {
-      r = sha256(Buffer.from([1]), r, p);
+      r = nodeHash(r, p);
     }
     fn >>= 1n;
     sn >>= 1n;
@@ -215,8 +46,7 @@ function rootFrom(leafHash, index, size, path) {
 
 // ---- the receipt ----
 
-const P256_HALF_N = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n >> 1n;
-const CONTENT_TYPE = "application/vnd.factoryops.microproof+cbor";
+const P256_HALF_N = P256_N >> 1n;
 const NON_FINITE = { NaN: NaN, Infinity: Infinity, "-Infinity": -Infinity };
 
 function readReceipt(path) {
@@ -226,10 +56,6 @@ function readReceipt(path) {
     '"$1": "$2"',
   );
   return JSON.parse(text);
-}
-
-function sigStructure(protectedBytes, payload) {
-  return encode(["Signature1", protectedBytes, Buffer.alloc(0), payload]);
 }
 
 function checkMicroproof(cose, deviceKey) {
@@ -272,21 +98,15 @@ function checkReading(doc, payload) {
   if (r.value_type !== "text") value = typeof value === "string" ? NON_FINITE[value] : value;
   if (value === undefined || (r.value_type === "text") !== (typeof value === "string"))
     throw new Refused("format", "reading.value");
+  // a number (not NaN, which no statistics count) lies inside its signal's signed min/max
   const stats = payload.get(12n);
-  const signal = stats instanceof Map ? stats.get(r.signal) : undefined;
-  if (typeof value === "number" && Number.isFinite(value) && Array.isArray(signal)) {
+  if (stats instanceof Map && stats.size && typeof value === "number" && !Number.isNaN(value)) {
+    const signal = stats.get(r.signal);
+    if (!Array.isArray(signal)) throw new Refused("reading", "the signal is not in the signed window");
     const [, , , min, max] = signal;
     if (value < min || value > max) throw new Refused("reading", "value outside the signed min/max");
   }
-  const leaf = new Map([
-    [1n, seq],
-    [2n, ts],
-    [3n, r.signal],
-    [4n, value],
-    [5n, r.unit],
-    [6n, BigInt(r.quality)],
-  ]);
-  return sha256(Buffer.from([0]), encode(leaf));
+  return leafHash(leafBytes({ ...r, value }));
 }
 
 function checkLog(doc, cose, hubKey) {
@@ -297,7 +117,7 @@ function checkLog(doc, cose, hubKey) {
   if (payload !== null) throw new Refused("log", "the payload (the root) must be detached");
   const [proof] = unprotected.get(396n).get(-1n);
   const [size, index, path] = decode(proof);
-  const root = rootFrom(sha256(Buffer.from([0]), cose), index, size, path);
+  const root = rootFrom(leafHash(cose), index, size, path);
   if (!verify(null, sigStructure(protectedBytes, root), hubKey, signature))
     throw new Refused("log", "the log receipt is not the hub's signature over this root");
   // C2SP signed note: the text up to its blank line, then "— name base64(keyID || sig)"
