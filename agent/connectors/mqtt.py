@@ -826,24 +826,37 @@ class MqttConnector(LinkConnector[MqttConfig]):
             paho = client._client
             paho.manual_ack_set(True)
             acks = DurableAcks(paho.ack, self.journaled, self.durable)
-            async with client:
-                log.info(
-                    "mqtt %s: connected to %s as %s%s", self.name, cfg.url, cfg.client_id,
-                    f" (user {cfg.username})" if cfg.username else "",
-                )  # fmt: skip
-                for topic in cfg.topics:
-                    await client.subscribe(topic, qos=cfg.qos)
-                log.info(
-                    "mqtt %s: subscribed to %s (QoS %d)",
-                    self.name,
-                    ", ".join(cfg.topics),
-                    cfg.qos,
-                )
-                connected()
-                acker = asyncio.create_task(acks.run(), name=f"acks[{self.name}]")
-                try:
-                    await self._take_messages(client, emit, acks)
-                finally:  # what it had not acknowledged the broker delivers again
-                    acker.cancel()
+            try:
+                await self._serve(client, emit, acks, connected)
+            finally:
+                # aiomqtt 2.5 leaves the socket of a connect cancelled before its CONNACK to
+                # paho's __del__, which calls back into the event loop, perhaps closed by then
+                # (empicano/aiomqtt#377): close it now. reinitialise() is paho's public way.
+                paho.reinitialise()
 
         await self.reconnector.run(session, (aiomqtt.MqttError, OSError), emit)
+
+    async def _serve(
+        self, client: aiomqtt.Client, emit: Emit, acks: DurableAcks, connected: Callable[[], None]
+    ) -> None:
+        """One connection: subscribe, then take messages until it ends."""
+        cfg = self.config
+        async with client:
+            log.info(
+                "mqtt %s: connected to %s as %s%s", self.name, cfg.url, cfg.client_id,
+                f" (user {cfg.username})" if cfg.username else "",
+            )  # fmt: skip
+            for topic in cfg.topics:
+                await client.subscribe(topic, qos=cfg.qos)
+            log.info(
+                "mqtt %s: subscribed to %s (QoS %d)",
+                self.name,
+                ", ".join(cfg.topics),
+                cfg.qos,
+            )
+            connected()
+            acker = asyncio.create_task(acks.run(), name=f"acks[{self.name}]")
+            try:
+                await self._take_messages(client, emit, acks)
+            finally:  # what it had not acknowledged the broker delivers again
+                acker.cancel()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import psutil
 import pytest
 from prometheus_client import generate_latest
 
@@ -108,11 +110,19 @@ async def test_tls_with_a_client_certificate_and_a_password_file_delivers(
     assert PASSWORD not in caplog.text
 
 
+def _sockets_to(port: int) -> list[Any]:
+    """This process's TCP connections to ``port`` that are still open."""
+    return [c for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port]
+
+
 async def _never_connects(cfg: MqttConfig) -> None:
     conn = MqttConnector(cfg)
     async with running(conn, lambda c: c.reconnector.drops >= 2):
         pass
     assert conn.reconnector.sessions == 0
+    # each refused attempt's socket is closed by the time the connector stops, not left to
+    # the garbage collector (which ran paho's __del__ in a later test, on a closed loop)
+    assert _sockets_to(cfg.port) == []
 
 
 async def test_a_wrong_password_never_connects_and_is_never_logged(
@@ -152,6 +162,30 @@ async def test_the_broker_certificate_must_name_the_host_unless_told_otherwise(
         MqttConnector(_config(tmp_path, unchecked)), lambda c: c.reconnector.sessions >= 1
     ):
         pass
+
+
+async def test_a_connector_stopped_while_it_connects_closes_its_socket(tmp_path: Path) -> None:
+    """aiomqtt 2.5 leaves the socket of a connection cancelled before its CONNACK to paho's
+    ``__del__``, which then calls back into an event loop that may be closed by then
+    (empicano/aiomqtt#377): in CI a later test failed on that. A listener that takes the TCP
+    connection and never answers holds the connector in its connect; stopping it there must
+    close the socket at once."""
+    with socket.socket() as mute:  # the kernel accepts; no MQTT answer ever comes
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)
+        port = mute.getsockname()[1]
+        section = f'name = "mute"\nurl = "mqtt://127.0.0.1:{port}"\nclient_id = "gw-mute"\n'
+        conn = MqttConnector(_config(tmp_path, section))
+
+        async def emit(samples: list[Sample], gaps: Sequence[SourceGap] = ()) -> None:
+            raise AssertionError("nothing can arrive from a broker that never answers")
+
+        task = asyncio.create_task(conn.run(emit))
+        await until(lambda: _sockets_to(port) != [], what="the connector's CONNECT sent")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert _sockets_to(port) == []
+        assert conn.reconnector.sessions == 0
 
 
 def _pub_file(port: int, topic: str, payload: bytes, folder: Path) -> None:
