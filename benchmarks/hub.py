@@ -115,11 +115,19 @@ class ServedProcess:
                     break
             except httpx.HTTPError:
                 pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            code = self.proc.poll()
+            if code is not None or time.monotonic() > deadline:
                 self.proc.kill()  # a server still starting must not outlive the bench
                 self.proc.wait()
-                err = self.stderr.read_text(errors="replace")
-                raise click.ClickException(f"{' '.join(argv[2:5])} did not start: {err[-500:]}")
+                err = self.stderr.read_text(errors="replace").strip()
+                why = (
+                    f"exited with status {code}"
+                    if code is not None
+                    else f"did not answer {self.url}/healthz within {_START_S} s"
+                )
+                raise click.ClickException(
+                    f"{_named(argv)} {why}; its stderr ends: {err[-500:] or '(empty)'}"
+                )
             time.sleep(0.1)  # a server process starting: polled, nothing to wait on
 
     def cpu_seconds(self) -> float | None:
@@ -138,6 +146,13 @@ class ServedProcess:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+def _named(argv: Sequence[str]) -> str:
+    """A server's command as a person would name it: the module after ``-m``, or the
+    program, and its next two words (``factoryops hub serve``)."""
+    words = list(argv[argv.index("-m") + 1 :] if "-m" in argv else [Path(argv[0]).name, *argv[1:]])
+    return " ".join(words[:3])
 
 
 class HubProcess(ServedProcess):
