@@ -87,23 +87,25 @@ def _half_exact(x: float) -> bool:
 
 
 def _halves(obj: Any) -> Any:
-    """``obj`` with each ``_half_exact`` float wrapped in a ``_Half``; the rest as it is."""
-    kind = type(obj)
-    if kind is float:
-        return _Half(obj) if _half_exact(obj) else obj
-    if kind is dict:
+    """``obj`` with each ``_half_exact`` float wrapped in a ``_Half``; the rest as it is. A
+    float subclass (numpy's float64) is written as the float it is, so it cannot slip past
+    to cbor2's widening."""
+    if isinstance(obj, float):
+        x = float(obj)
+        return _Half(x) if _half_exact(x) else x
+    if isinstance(obj, dict):
         return {_halves(k): _halves(v) for k, v in obj.items()}
-    if kind is list or kind is tuple:
+    if isinstance(obj, (list, tuple)):
         return [_halves(v) for v in obj]
-    if kind is cbor2.CBORTag:
+    if isinstance(obj, cbor2.CBORTag):
         return cbor2.CBORTag(obj.tag, _halves(obj.value))
     return obj
 
 
 def dumps(obj: Any) -> bytes:
-    """Deterministic CBOR (RFC 8949 §4.2.1) of a plain item (numbers, strings, byte strings,
-    lists, tuples, dicts; no tags): what a micro-proof's payload and a signed policy are
-    written with, and what ``loads_checked`` holds signed bytes to.
+    """Deterministic CBOR (RFC 8949 §4.2.1) of an item of numbers, strings, byte strings,
+    lists, tuples, dicts and tags: what a micro-proof's payload, its protected header and a
+    signed policy are written with, and what ``loads_checked`` holds signed bytes to.
 
     cbor2's canonical encoder, except for one kind of float: the C encoder writes a float
     of binary exponent 15 that a half holds exactly (32768.0 .. 65504.0 in steps of 32,

@@ -307,3 +307,12 @@ def test_dumps_writes_every_float_in_its_shortest_exact_form() -> None:
     for x in (40000.0, -32768.0, 65504.0, 32769.0, 20.5):
         assert cborsafe.loads_checked(_shortest_float(x)) == (x, True)
     assert cborsafe.loads_checked(b"\xfa\x47\x1c\x40\x00") == (40000.0, False)  # cbor2's C form
+
+
+def test_a_float_subclass_is_written_as_the_float_it_is() -> None:
+    """numpy's float64 is a float subclass: it must not reach cbor2's widening either."""
+    import numpy as np
+
+    assert cborsafe.dumps({1: np.float64(40000.0), 2: [np.float64(0.5)]}) == bytes.fromhex(
+        "a201f978e20281f93800"
+    )
