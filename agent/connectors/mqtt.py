@@ -831,7 +831,10 @@ class MqttConnector(LinkConnector[MqttConfig]):
             finally:
                 # aiomqtt 2.5 leaves the socket of a connect cancelled before its CONNACK to
                 # paho's __del__, which calls back into the event loop, perhaps closed by then
-                # (empicano/aiomqtt#377): close it now. reinitialise() is paho's public way.
+                # (empicano/aiomqtt#377): close it now. reinitialise() is paho's public way,
+                # and it drops aiomqtt's callbacks, so a socket that aiomqtt's executor thread
+                # is still connecting when a stop lands (a window of milliseconds) is closed
+                # by the collector later without calling into the loop.
                 paho.reinitialise()
 
         await self.reconnector.run(session, (aiomqtt.MqttError, OSError), emit)

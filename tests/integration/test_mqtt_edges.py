@@ -121,9 +121,6 @@ async def _never_connects(cfg: MqttConfig) -> None:
     async with running(conn, lambda c: c.reconnector.drops >= 2):
         pass
     assert conn.reconnector.sessions == 0
-    # each refused attempt's socket is closed by the time the connector stops, not left to
-    # the garbage collector (which ran paho's __del__ in a later test, on a closed loop)
-    assert _sockets_to(cfg.port) == []
 
 
 async def test_a_wrong_password_never_connects_and_is_never_logged(
