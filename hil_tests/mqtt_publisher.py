@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 DEFAULT_TOPIC_PREFIX = "factoryops/sim/pump"
 
 
+def _close_now(client: aiomqtt.Client) -> None:
+    """Close ``client``'s socket now, while the event loop runs: aiomqtt 2.5 leaves the socket
+    of a connect that failed or was cancelled to paho's ``__del__``, which then calls back
+    into a loop that may be closed (empicano/aiomqtt#377). paho's ``reinitialise()`` is its
+    public way, and it clears aiomqtt's callbacks (agent/connectors/mqtt.py does the same)."""
+    client._client.reinitialise()
+
+
 @dataclass(frozen=True, slots=True)
 class MqttTarget:
     host: str
@@ -92,7 +100,10 @@ class MqttFace:
         client = self._client()
         try:
             await client.__aenter__()
-        except aiomqtt.MqttError as err:
+        except BaseException as err:
+            _close_now(client)
+            if not isinstance(err, aiomqtt.MqttError):
+                raise
             raise HilError(
                 f"cannot connect to the MQTT broker at "
                 f"{self.target.host}:{self.target.port}: {err}",
@@ -128,6 +139,7 @@ class MqttFace:
             finally:
                 with contextlib.suppress(aiomqtt.MqttError):
                     await client.__aexit__(None, None, None)
+                _close_now(client)
             client = await self._reconnect()
 
     async def _reconnect(self) -> aiomqtt.Client:
@@ -136,7 +148,10 @@ class MqttFace:
             client = self._client()
             try:
                 await client.__aenter__()
-            except aiomqtt.MqttError as err:
+            except BaseException as err:
+                _close_now(client)
+                if not isinstance(err, aiomqtt.MqttError):
+                    raise
                 log.info("MQTT broker still unreachable: %s", err)
                 continue
             log.info("MQTT broker back; publishing again")

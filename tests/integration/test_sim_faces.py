@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import aiomqtt
+import psutil
 import pytest
 from asyncua import Client
 
@@ -19,6 +21,9 @@ from hil_tests.modbus_server import PlantServer
 from hil_tests.mqtt_publisher import MqttFace
 from hil_tests.opcua_server import OpcUaFace
 from hil_tests.plant import SIGNALS
+from tests.brokers import Mosquitto, mosquitto_available
+from tests.conftest import missing
+from tests.waiting import until
 
 STILL = FeedLimits().max_period_s  # the test steps the plant with tick()
 WAIT_S = 10.0  # upper bound on waiting for a face to publish a tick; never asserted on
@@ -56,3 +61,29 @@ async def test_an_mqtt_subscriber_gets_each_sample_as_json(mqtt_port: int) -> No
         assert doc["values"] == dict(want.values)
         assert doc["units"] == dict(SIGNALS)
         assert doc["simulated"] is True
+
+
+async def test_the_mqtt_face_publishes_again_after_its_broker_restarts(tmp_path: Path) -> None:
+    """The face reconnects to a broker that went away and came back, and when it stops it
+    leaves no socket to the broker open (each connection is closed while the loop runs, not
+    left to paho's ``__del__``: empicano/aiomqtt#377)."""
+    if not mosquitto_available():
+        missing("mosquitto is not installed (apt install mosquitto)")
+    broker = Mosquitto(tmp_path / "broker").start()
+    try:
+        url = f"mqtt://127.0.0.1:{broker.port}/factoryops-test/restart"
+        async with PlantServer(period_s=STILL, mqtt_url=url) as srv:
+            (face,) = srv.faces
+            assert isinstance(face, MqttFace)
+            face.reconnect_s = 0.05
+            await until(lambda: face.published >= 1, what="the first sample published")
+            before = face.published
+            await asyncio.to_thread(broker.stop)
+            await asyncio.to_thread(broker.start)
+            # the next sample meets the lost connection; the face reconnects and publishes
+            srv.feed.tick()
+            await until(lambda: face.published > before, what="a sample after the restart")
+        mine = psutil.Process().net_connections("tcp")
+        assert [c for c in mine if c.raddr and c.raddr.port == broker.port] == []
+    finally:
+        broker.stop()
