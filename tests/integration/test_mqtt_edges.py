@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import psutil
 import pytest
 from prometheus_client import generate_latest
 
@@ -27,7 +26,7 @@ from agent.config import parse_config
 from agent.connectors.base import Sample, SourceGap
 from agent.connectors.mqtt import MqttConfig, MqttConnector
 from agent.metrics import AgentMetrics
-from tests.brokers import Mosquitto, mosquitto_available
+from tests.brokers import Mosquitto, mosquitto_available, sockets_to
 from tests.conftest import missing
 from tests.connectorkit import running
 from tests.tlskit import Pki, make_pki
@@ -111,11 +110,6 @@ async def test_tls_with_a_client_certificate_and_a_password_file_delivers(
     assert PASSWORD not in caplog.text
 
 
-def _sockets_to(port: int) -> list[Any]:
-    """This process's TCP connections to ``port`` that are still open."""
-    return [c for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port]
-
-
 async def _never_connects(cfg: MqttConfig) -> None:
     conn = MqttConnector(cfg)
     async with running(conn, lambda c: c.reconnector.drops >= 2):
@@ -180,10 +174,10 @@ async def test_a_connector_stopped_while_it_connects_closes_its_socket(tmp_path:
             raise AssertionError("nothing can arrive from a broker that never answers")
 
         task = asyncio.create_task(conn.run(emit))
-        await until(lambda: _sockets_to(port) != [], what="the connector's CONNECT sent")
+        await until(lambda: sockets_to(port) != [], what="the connector's CONNECT sent")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        assert _sockets_to(port) == []
+        assert sockets_to(port) == []
         assert conn.reconnector.sessions == 0
 
 

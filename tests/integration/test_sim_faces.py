@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import aiomqtt
-import psutil
 import pytest
 from asyncua import Client
 
@@ -21,7 +20,7 @@ from hil_tests.modbus_server import PlantServer
 from hil_tests.mqtt_publisher import MqttFace
 from hil_tests.opcua_server import OpcUaFace
 from hil_tests.plant import SIGNALS
-from tests.brokers import Mosquitto, mosquitto_available
+from tests.brokers import Mosquitto, mosquitto_available, sockets_to
 from tests.conftest import missing
 from tests.waiting import until
 
@@ -83,7 +82,6 @@ async def test_the_mqtt_face_publishes_again_after_its_broker_restarts(tmp_path:
             # the next sample meets the lost connection; the face reconnects and publishes
             srv.feed.tick()
             await until(lambda: face.published > before, what="a sample after the restart")
-        mine = psutil.Process().net_connections("tcp")
-        assert [c for c in mine if c.raddr and c.raddr.port == broker.port] == []
+        assert sockets_to(broker.port) == []
     finally:
         broker.stop()
