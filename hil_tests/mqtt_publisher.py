@@ -35,6 +35,16 @@ def _close_now(client: aiomqtt.Client) -> None:
     client._client.reinitialise()
 
 
+async def _enter(client: aiomqtt.Client) -> None:
+    """Connect ``client`` (its ``__aenter__``); a connect that fails or is cancelled has its
+    socket closed at once, then raises as it did."""
+    try:
+        await client.__aenter__()
+    except BaseException:
+        _close_now(client)
+        raise
+
+
 @dataclass(frozen=True, slots=True)
 class MqttTarget:
     host: str
@@ -99,11 +109,8 @@ class MqttFace:
             raise HilError("the MQTT publisher is already running")
         client = self._client()
         try:
-            await client.__aenter__()
-        except BaseException as err:
-            _close_now(client)
-            if not isinstance(err, aiomqtt.MqttError):
-                raise
+            await _enter(client)
+        except aiomqtt.MqttError as err:
             raise HilError(
                 f"cannot connect to the MQTT broker at "
                 f"{self.target.host}:{self.target.port}: {err}",
@@ -147,11 +154,8 @@ class MqttFace:
             await asyncio.sleep(self.reconnect_s)
             client = self._client()
             try:
-                await client.__aenter__()
-            except BaseException as err:
-                _close_now(client)
-                if not isinstance(err, aiomqtt.MqttError):
-                    raise
+                await _enter(client)
+            except aiomqtt.MqttError as err:
                 log.info("MQTT broker still unreachable: %s", err)
                 continue
             log.info("MQTT broker back; publishing again")
