@@ -13,16 +13,31 @@ machines share the database, not a file.
 Appends take an exclusive ``flock`` on the file and write at its current end, so two
 processes on one database (a hub and a maintenance command, or a second hub by mistake)
 never write the same bytes.
+
+Each append starts at a multiple of ``ALIGN`` (4 KiB) and, where the file system allows it,
+bypasses the page cache (``O_DIRECT``, the group's blobs copied once into an aligned buffer
+padded with zeros): the kernel then neither copies the leaves into cached pages nor writes
+those back at the sync, ~25 µs of a saturated hub's writer a proof (docs/performance.md,
+ADR 0053). A file system that refuses ``O_DIRECT`` (tmpfs on older kernels) gets the same
+offsets through the page cache. Reads go through the page cache either way; the kernel keeps
+the two coherent.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
+import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["LeafFile", "LeavesMissing", "leaf_file_of"]
+__all__ = ["ALIGN", "LeafFile", "LeavesMissing", "leaf_file_of"]
+
+ALIGN = 4096
+"""Each append starts at a multiple of this: the largest logical block size of the disks a hub
+runs on, as ``O_DIRECT`` needs for the offset, the length and the buffer's address."""
 
 
 class LeavesMissing(RuntimeError):
@@ -39,20 +54,22 @@ class LeafFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.direct: bool | None = None  # O_DIRECT: None until the first append finds out
 
     def append(self, blobs: Sequence[bytes]) -> list[int]:
-        """Write ``blobs`` back to back at the end of the file and make them durable; returns
-        each one's offset. Raises ``OSError`` (a full disk, say) with nothing referenced."""
+        """Write ``blobs`` back to back from the first multiple of ``ALIGN`` at or after the
+        file's end and make them durable; returns each one's offset. Raises ``OSError`` (a
+        full disk, say) with nothing referenced."""
         if not blobs:
             return []
-        data = b"".join(blobs)
         fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
-            at = os.fstat(fd).st_size
-            written = 0
-            while written < len(data):  # a short write goes on where it stopped
-                written += os.pwrite(fd, memoryview(data)[written:], at + written)
+            at = _aligned(os.fstat(fd).st_size)
+            if self.direct:
+                _write_direct(fd, blobs, at)
+            else:
+                _write_all(fd, memoryview(b"".join(blobs)), at)
             os.fdatasync(fd)  # the data and the new size, before any row points at them
         finally:
             os.close(fd)
@@ -63,19 +80,34 @@ class LeafFile:
         return offsets
 
     def _open(self) -> int:
-        """The file open for writing; made (0600) on first use, and then its directory entry
-        synced too, so a power loss cannot lose the file that committed rows point into."""
-        flags = os.O_WRONLY | os.O_CLOEXEC
-        try:
-            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return os.open(self.path, flags)
-        directory = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-        return fd
+        """The file open for writing, with ``O_DIRECT`` unless the file system refused it
+        once; made first if it is not there."""
+        while True:
+            direct = os.O_DIRECT if self.direct is not False else 0
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC | direct)
+            except FileNotFoundError:
+                self._create()
+                continue
+            except OSError as err:
+                if not direct or err.errno != errno.EINVAL:
+                    raise
+                self.direct = False  # no O_DIRECT on this file system: the page cache it is
+                continue
+            self.direct = bool(direct)
+            return fd
+
+    def _create(self) -> None:
+        """Make the file (0600) and sync its directory entry, so a power loss cannot lose
+        the file that committed rows point into (another process that made it first did)."""
+        with contextlib.suppress(FileExistsError):
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            os.close(os.open(self.path, flags, 0o600))
+            directory = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
 
     def read(self, offset: int, length: int) -> bytes:
         """The ``length`` bytes at ``offset``; ``LeavesMissing`` when the file has fewer."""
@@ -93,3 +125,26 @@ class LeafFile:
                 " lists: it was cut short or restored without its database"
             )
         return data
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _write_all(fd: int, data: memoryview, at: int) -> None:
+    written = 0
+    while written < len(data):  # a short write goes on where it stopped
+        written += os.pwrite(fd, data[written:], at + written)
+
+
+def _write_direct(fd: int, blobs: Sequence[bytes], at: int) -> None:
+    """``blobs`` back to back at ``at`` through ``O_DIRECT``: copied into a page-aligned
+    buffer (an anonymous map) padded with zeros to a multiple of ``ALIGN``."""
+    size = sum(len(b) for b in blobs)
+    with mmap.mmap(-1, _aligned(size)) as buffer:
+        pos = 0
+        for blob in blobs:
+            buffer[pos : pos + len(blob)] = blob
+            pos += len(blob)
+        with memoryview(buffer) as view:
+            _write_all(fd, view, at)

@@ -4,6 +4,7 @@ byte, and a damaged file is named, never read as other bytes."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from sqlalchemy import create_engine, func, select
 
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
-from cloud_sync.storage.leaffile import LeafFile, LeavesMissing, leaf_file_of
+from cloud_sync.storage.leaffile import ALIGN, LeafFile, LeavesMissing, leaf_file_of
 from cloud_sync.storage.migrate import alembic_config
 from cloud_sync.storage.tables import window_leaves, windows
 from tests.hubkit import Device, body, receipts_verify, register_software
@@ -27,12 +28,50 @@ def test_blobs_appended_are_read_back_byte_for_byte_at_their_offsets(tmp_path: P
     leaves = LeafFile(tmp_path / "hub.db-leaves")
     blobs = [os.urandom(n) for n in (28_000, 1, 70_000)]
     offsets = leaves.append(blobs)
-    assert offsets == [0, 28_000, 28_001]
+    assert offsets == [0, 28_000, 28_001]  # one append: back to back
     more = leaves.append([b"next"])
-    assert more == [98_001]  # after what is there
+    assert more == [24 * ALIGN]  # the next append: from the first 4 KiB boundary after 98,001
     for blob, at in zip([*blobs, b"next"], [*offsets, *more], strict=True):
         assert leaves.read(at, len(blob)) == blob
     assert stat.S_IMODE((tmp_path / "hub.db-leaves").stat().st_mode) == 0o600
+
+
+def _direct_allowed(directory: Path) -> bool:
+    try:
+        fd = os.open(directory / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def test_appends_bypass_the_page_cache_where_the_file_system_allows(tmp_path: Path) -> None:
+    leaves = LeafFile(tmp_path / "hub.db-leaves")
+    leaves.append([b"x" * 5_000])
+    assert leaves.direct is _direct_allowed(tmp_path)
+    assert leaves.append([b"y" * 3]) == [2 * ALIGN]
+    assert leaves.read(0, 5_000) == b"x" * 5_000 and leaves.read(2 * ALIGN, 3) == b"yyy"
+
+
+def test_a_file_system_that_refuses_o_direct_gets_the_same_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file system here takes O_DIRECT, so its refusal (EINVAL from open, as tmpfs on
+    kernels before 6.6 answers) is given the way the kernel gives it: the file is then written
+    through the page cache, at the same offsets."""
+    real_open = os.open
+
+    def refusing(path: object, flags: int, *args: int) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]  # os.open's own types
+
+    monkeypatch.setattr(os, "open", refusing)
+    leaves = LeafFile(tmp_path / "hub.db-leaves")
+    assert leaves.append([b"a" * 10, b"b" * 5]) == [0, 10]
+    assert leaves.direct is False
+    assert leaves.append([b"c"]) == [ALIGN]
+    assert leaves.read(0, 15) == b"a" * 10 + b"b" * 5 and leaves.read(ALIGN, 1) == b"c"
 
 
 def test_an_append_of_nothing_makes_no_file(tmp_path: Path) -> None:
@@ -48,8 +87,12 @@ def test_two_writers_of_one_file_never_write_the_same_bytes(tmp_path: Path) -> N
     a = one.append([b"a" * 10])
     b = two.append([b"b" * 5])
     c = one.append([b"c" * 3])
-    assert (a, b, c) == ([0], [10], [15])
-    assert one.read(0, 18) == b"a" * 10 + b"b" * 5 + b"c" * 3
+    assert (a, b, c) == ([0], [ALIGN], [2 * ALIGN])
+    assert [one.read(0, 10), one.read(ALIGN, 5), one.read(2 * ALIGN, 3)] == [
+        b"a" * 10,
+        b"b" * 5,
+        b"c" * 3,
+    ]
 
 
 def test_a_file_cut_short_or_missing_is_named_not_read_as_other_bytes(tmp_path: Path) -> None:
@@ -113,7 +156,9 @@ def test_a_sqlite_hub_writes_leaves_to_the_file_and_its_receipts_verify(
     engine.dispose()
     blob0, blob1 = b"".join(w0[1]), b"".join(w1[1])
     assert [tuple(r) for r in where] == [(0, len(blob0)), (len(blob0), len(blob1))]
-    assert leaf_file_of(_db(s)).read_bytes() == blob0 + blob1  # exactly what was signed
+    data = leaf_file_of(_db(s)).read_bytes()
+    assert data[: len(blob0 + blob1)] == blob0 + blob1  # exactly what was signed
+    assert not data[len(blob0 + blob1) :].strip(b"\0")  # then only a direct write's zeros
     assert receipts_verify(client, s, utid, range(7))
 
 
@@ -174,7 +219,8 @@ def test_hub_check_passes_a_whole_store_and_names_each_damaged_window(
     assert "OK: 2 windows, 7 readings" in ok.output
     path = leaf_file_of(_db(s))
     data = bytearray(path.read_bytes())
-    data[-3] ^= 0x01  # a value's byte in the second window's last leaf
+    end = sum(len(b"".join(leaves)) for _, leaves in signed)  # then a direct write's zeros
+    data[end - 3] ^= 0x01  # a value's byte in the second window's last leaf
     path.write_bytes(bytes(data))
     flipped = CliRunner().invoke(hub_cli, run)
     assert flipped.exit_code == 1
