@@ -116,15 +116,16 @@ def _create_private(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-SQLITE_PAGE_SIZE = 16384
+SQLITE_PAGE_SIZE = 4096
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    # 16 KiB pages for a new file (an existing one keeps its size): chosen when a window's
-    # ~28 KiB leaves were a blob in the database (~6 % less CPU a proof than 4 KiB, 32 and
-    # 64 KiB worse); with the leaves in their own file (ADR 0053) 4 KiB measured the same
-    # (docs/performance.md), so new files keep the size older ones have.
+    # 4 KiB pages (SQLite's default) for a new file; an existing one keeps its size. Files
+    # made 2026-12-05/06 have 16 KiB, chosen while a window's ~28 KB of leaves were a blob in
+    # the database. With the leaves in their own file (ADR 0053) a proof's rows change a few
+    # random index and table pages, each written whole to the WAL and again by the checkpoint:
+    # 4 KiB cut the writer's system time ~15 µs a proof (docs/performance.md, 2026-12-06).
     cur.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")

@@ -221,12 +221,12 @@ def test_window_leaves_are_compressed_with_lz4_on_postgresql(postgres_url: str) 
         store.close()
 
 
-def test_a_new_sqlite_file_gets_16k_pages_and_an_existing_one_keeps_its_own(
+def test_a_new_sqlite_file_gets_4k_pages_and_an_existing_one_keeps_its_own(
     tmp_path: Path,
 ) -> None:
-    """16 KiB pages are chosen for new files (cloud_sync/storage/repository.py); SQLite
+    """4 KiB pages are chosen for new files (cloud_sync/storage/repository.py); SQLite
     cannot change the page size of a file in WAL mode, and a hub must still open one made
-    with the 4 KiB default (by an earlier version) and migrate it."""
+    with 16 KiB pages (by the versions of 2026-12-05/06) and migrate it."""
     import sqlite3
 
     from cloud_sync.storage.repository import SQLITE_PAGE_SIZE
@@ -236,12 +236,13 @@ def test_a_new_sqlite_file_gets_16k_pages_and_an_existing_one_keeps_its_own(
             return int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
 
     new = Store.open(f"sqlite:///{tmp_path / 'new.db'}")
-    assert page_size(new) == SQLITE_PAGE_SIZE == 16384
+    assert page_size(new) == SQLITE_PAGE_SIZE == 4096
     new.close()
-    with sqlite3.connect(tmp_path / "old.db") as db:  # an earlier hub's file: 4 KiB, WAL
+    with sqlite3.connect(tmp_path / "old.db") as db:  # an earlier hub's file: 16 KiB, WAL
+        db.execute("PRAGMA page_size=16384")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE TABLE unrelated (x INTEGER)")
     old = Store.open(f"sqlite:///{tmp_path / 'old.db'}")
-    assert page_size(old) == 4096
+    assert page_size(old) == 16384
     assert old.counts() == {"devices": 0, "windows": 0, "readings": 0}
     old.close()
