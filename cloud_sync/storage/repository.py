@@ -125,7 +125,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # made 2026-12-05/06 have 16 KiB, chosen while a window's ~28 KB of leaves were a blob in
     # the database. With the leaves in their own file (ADR 0053) a proof's rows change a few
     # random index and table pages, each written whole to the WAL and again by the checkpoint:
-    # 4 KiB cut the writer's system time ~15 µs a proof (docs/performance.md, 2026-12-06).
+    # 4 KiB cut the writer's system time ~15 µs a proof (docs/performance.md, 2026-12-06, night).
     cur.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
