@@ -141,6 +141,8 @@ def _write_direct(fd: int, blobs: Sequence[bytes], at: int) -> None:
     """``blobs`` back to back at ``at`` through ``O_DIRECT``: copied into a page-aligned
     buffer (an anonymous map) padded with zeros to a multiple of ``ALIGN``."""
     size = sum(len(b) for b in blobs)
+    if not size:  # empty blobs only: nothing to write (and no empty map)
+        return
     with mmap.mmap(-1, _aligned(size)) as buffer:
         pos = 0
         for blob in blobs:

@@ -51,6 +51,7 @@ def test_appends_bypass_the_page_cache_where_the_file_system_allows(tmp_path: Pa
     assert leaves.direct is _direct_allowed(tmp_path)
     assert leaves.append([b"y" * 3]) == [2 * ALIGN]
     assert leaves.read(0, 5_000) == b"x" * 5_000 and leaves.read(2 * ALIGN, 3) == b"yyy"
+    assert leaves.append([b""]) == [3 * ALIGN]  # an empty blob is where it would start
 
 
 def test_a_file_system_that_refuses_o_direct_gets_the_same_offsets(
