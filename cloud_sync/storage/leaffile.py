@@ -14,13 +14,15 @@ Appends take an exclusive ``flock`` on the file and write at its current end, so
 processes on one database (a hub and a maintenance command, or a second hub by mistake)
 never write the same bytes.
 
-Each append starts at a multiple of ``ALIGN`` (4 KiB) and, where the file system allows it,
-bypasses the page cache (``O_DIRECT``, the group's blobs copied once into an aligned buffer
-padded with zeros): the kernel then neither copies the leaves into cached pages nor writes
-those back at the sync, ~25 µs of a saturated hub's writer a proof (docs/performance.md,
-ADR 0053). A file system that refuses ``O_DIRECT`` (tmpfs on older kernels) gets the same
-offsets through the page cache. Reads go through the page cache either way; the kernel keeps
-the two coherent.
+A group of at least ``DIRECT_FROM`` bytes (a busy hub's: ~30 windows of 28 KB at 20,000
+gateways) is written past the page cache (``O_DIRECT``): its blobs are copied once into an
+aligned buffer padded with zeros and written from a multiple of ``ALIGN`` (4 KiB), so the kernel
+neither copies the leaves into cached pages nor writes those back at the sync, ~25 µs of a
+saturated hub's writer a proof (docs/performance.md, ADR 0053). Smaller groups (a quiet hub
+commits its windows one at a time) go through the page cache, back to back, so the padding
+never costs more than 1/16 of what a write holds. A file system that refuses ``O_DIRECT``
+(tmpfs before Linux 6.6) gets every group through the page cache. Reads go through the page
+cache either way; the kernel keeps the two coherent.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ALIGN", "LeafFile", "LeavesMissing", "leaf_file_of"]
+__all__ = ["ALIGN", "DIRECT_FROM", "LeafFile", "LeavesMissing", "leaf_file_of"]
 
 ALIGN = 4096
-"""Each append starts at a multiple of this: the largest logical block size of the disks a hub
-runs on, as ``O_DIRECT`` needs for the offset, the length and the buffer's address."""
+"""A direct write starts at a multiple of this: the largest logical block size of the disks a
+hub runs on, as ``O_DIRECT`` needs for the offset, the length and the buffer's address."""
+DIRECT_FROM = 16 * ALIGN
+"""Groups of at least this many bytes bypass the page cache (the padding: at most 1/16)."""
 
 
 class LeavesMissing(RuntimeError):
@@ -54,20 +58,22 @@ class LeafFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.direct: bool | None = None  # O_DIRECT: None until the first append finds out
+        self.direct: bool | None = None  # O_DIRECT: None until the first large append tries
 
     def append(self, blobs: Sequence[bytes]) -> list[int]:
-        """Write ``blobs`` back to back from the first multiple of ``ALIGN`` at or after the
-        file's end and make them durable; returns each one's offset. Raises ``OSError`` (a
-        full disk, say) with nothing referenced."""
+        """Write ``blobs`` back to back at the file's end (a direct write: from the first
+        multiple of ``ALIGN`` there) and make them durable; returns each one's offset. Raises
+        ``OSError`` (a full disk, say) with nothing referenced."""
         if not blobs:
             return []
-        fd = self._open()
+        size = sum(len(b) for b in blobs)
+        fd, direct = self._open(size >= DIRECT_FROM)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
-            at = _aligned(os.fstat(fd).st_size)
-            if self.direct:
-                _write_direct(fd, blobs, at)
+            end = os.fstat(fd).st_size
+            at = _aligned(end) if direct else end
+            if direct:
+                _write_direct(fd, blobs, size, at)
             else:
                 _write_all(fd, memoryview(b"".join(blobs)), at)
             os.fdatasync(fd)  # the data and the new size, before any row points at them
@@ -79,13 +85,13 @@ class LeafFile:
             at += len(blob)
         return offsets
 
-    def _open(self) -> int:
-        """The file open for writing, with ``O_DIRECT`` unless the file system refused it
-        once; made first if it is not there."""
+    def _open(self, want_direct: bool) -> tuple[int, bool]:
+        """The file open for writing, and whether with ``O_DIRECT`` (wanted, and not refused
+        by this file system before); made first if it is not there."""
         while True:
-            direct = os.O_DIRECT if self.direct is not False else 0
+            direct = want_direct and self.direct is not False
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC | direct)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC | (os.O_DIRECT if direct else 0))
             except FileNotFoundError:
                 self._create()
                 continue
@@ -94,8 +100,9 @@ class LeafFile:
                     raise
                 self.direct = False  # no O_DIRECT on this file system: the page cache it is
                 continue
-            self.direct = bool(direct)
-            return fd
+            if direct:
+                self.direct = True
+            return fd, direct
 
     def _create(self) -> None:
         """Make the file (0600) and sync its directory entry, so a power loss cannot lose
@@ -137,12 +144,10 @@ def _write_all(fd: int, data: memoryview, at: int) -> None:
         written += os.pwrite(fd, data[written:], at + written)
 
 
-def _write_direct(fd: int, blobs: Sequence[bytes], at: int) -> None:
-    """``blobs`` back to back at ``at`` through ``O_DIRECT``: copied into a page-aligned
-    buffer (an anonymous map) padded with zeros to a multiple of ``ALIGN``."""
-    size = sum(len(b) for b in blobs)
-    if not size:  # empty blobs only: nothing to write (and no empty map)
-        return
+def _write_direct(fd: int, blobs: Sequence[bytes], size: int, at: int) -> None:
+    """``blobs`` (``size`` bytes, at least ``DIRECT_FROM``) back to back at ``at`` through
+    ``O_DIRECT``: copied into a page-aligned buffer (an anonymous map) padded with zeros to a
+    multiple of ``ALIGN``."""
     with mmap.mmap(-1, _aligned(size)) as buffer:
         pos = 0
         for blob in blobs:

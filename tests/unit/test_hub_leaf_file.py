@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, func, select
 
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
-from cloud_sync.storage.leaffile import ALIGN, LeafFile, LeavesMissing, leaf_file_of
+from cloud_sync.storage.leaffile import ALIGN, DIRECT_FROM, LeafFile, LeavesMissing, leaf_file_of
 from cloud_sync.storage.migrate import alembic_config
 from cloud_sync.storage.tables import window_leaves, windows
 from tests.hubkit import Device, body, receipts_verify, register_software
@@ -30,7 +30,8 @@ def test_blobs_appended_are_read_back_byte_for_byte_at_their_offsets(tmp_path: P
     offsets = leaves.append(blobs)
     assert offsets == [0, 28_000, 28_001]  # one append: back to back
     more = leaves.append([b"next"])
-    assert more == [24 * ALIGN]  # the next append: from the first 4 KiB boundary after 98,001
+    # after what is there: the large group above, written direct, ends padded to 4 KiB
+    assert more == [24 * ALIGN if leaves.direct else 98_001]
     for blob, at in zip([*blobs, b"next"], [*offsets, *more], strict=True):
         assert leaves.read(at, len(blob)) == blob
     assert stat.S_IMODE((tmp_path / "hub.db-leaves").stat().st_mode) == 0o600
@@ -45,21 +46,33 @@ def _direct_allowed(directory: Path) -> bool:
     return True
 
 
-def test_appends_bypass_the_page_cache_where_the_file_system_allows(tmp_path: Path) -> None:
+def test_large_groups_bypass_the_page_cache_from_4k_and_small_ones_pack(
+    tmp_path: Path,
+) -> None:
+    """A busy hub's groups (at least DIRECT_FROM bytes) are written with O_DIRECT from a 4 KiB
+    boundary where the file system allows it; a quiet hub's single windows go back to back
+    through the page cache, so the padding never grows a small hub's file much."""
     leaves = LeafFile(tmp_path / "hub.db-leaves")
-    leaves.append([b"x" * 5_000])
-    assert leaves.direct is _direct_allowed(tmp_path)
-    assert leaves.append([b"y" * 3]) == [2 * ALIGN]
-    assert leaves.read(0, 5_000) == b"x" * 5_000 and leaves.read(2 * ALIGN, 3) == b"yyy"
-    assert leaves.append([b""]) == [3 * ALIGN]  # an empty blob is where it would start
+    assert leaves.append([b"s" * 5_000]) == [0]
+    assert [leaves.direct] == [None]  # small: not even tried
+    assert leaves.append([b"t" * 3]) == [5_000]
+    big = [b"x" * (DIRECT_FROM - 10), b"y" * 10]
+    direct = _direct_allowed(tmp_path)
+    first = 2 * ALIGN if direct else 5_003
+    assert leaves.append(big) == [first, first + DIRECT_FROM - 10]
+    assert leaves.direct is direct
+    assert leaves.append([b"z"]) == [first + DIRECT_FROM]  # a multiple of 4 KiB: no padding
+    assert leaves.read(0, 5_000) == b"s" * 5_000 and leaves.read(5_000, 3) == b"ttt"
+    assert leaves.read(first, DIRECT_FROM) == b"".join(big)
+    assert leaves.read(first + DIRECT_FROM, 1) == b"z"
 
 
-def test_a_file_system_that_refuses_o_direct_gets_the_same_offsets(
+def test_a_file_system_that_refuses_o_direct_gets_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every file system here takes O_DIRECT, so its refusal (EINVAL from open, as tmpfs on
-    kernels before 6.6 answers) is given the way the kernel gives it: the file is then written
-    through the page cache, at the same offsets."""
+    kernels before 6.6 answers) is given the way the kernel gives it: large groups are then
+    written through the page cache too, back to back."""
     real_open = os.open
 
     def refusing(path: object, flags: int, *args: int) -> int:
@@ -69,10 +82,11 @@ def test_a_file_system_that_refuses_o_direct_gets_the_same_offsets(
 
     monkeypatch.setattr(os, "open", refusing)
     leaves = LeafFile(tmp_path / "hub.db-leaves")
-    assert leaves.append([b"a" * 10, b"b" * 5]) == [0, 10]
+    assert leaves.append([b"a" * 10]) == [0]
+    assert leaves.append([b"b" * DIRECT_FROM, b"c"]) == [10, 10 + DIRECT_FROM]
     assert leaves.direct is False
-    assert leaves.append([b"c"]) == [ALIGN]
-    assert leaves.read(0, 15) == b"a" * 10 + b"b" * 5 and leaves.read(ALIGN, 1) == b"c"
+    assert leaves.append([b"d" * DIRECT_FROM]) == [11 + DIRECT_FROM]
+    assert leaves.read(0, 10) == b"a" * 10 and leaves.read(10 + DIRECT_FROM, 2) == b"cd"
 
 
 def test_an_append_of_nothing_makes_no_file(tmp_path: Path) -> None:
@@ -88,12 +102,8 @@ def test_two_writers_of_one_file_never_write_the_same_bytes(tmp_path: Path) -> N
     a = one.append([b"a" * 10])
     b = two.append([b"b" * 5])
     c = one.append([b"c" * 3])
-    assert (a, b, c) == ([0], [ALIGN], [2 * ALIGN])
-    assert [one.read(0, 10), one.read(ALIGN, 5), one.read(2 * ALIGN, 3)] == [
-        b"a" * 10,
-        b"b" * 5,
-        b"c" * 3,
-    ]
+    assert (a, b, c) == ([0], [10], [15])
+    assert one.read(0, 18) == b"a" * 10 + b"b" * 5 + b"c" * 3
 
 
 def test_a_file_cut_short_or_missing_is_named_not_read_as_other_bytes(tmp_path: Path) -> None:
@@ -159,7 +169,7 @@ def test_a_sqlite_hub_writes_leaves_to_the_file_and_its_receipts_verify(
     assert [tuple(r) for r in where] == [(0, len(blob0)), (len(blob0), len(blob1))]
     data = leaf_file_of(_db(s)).read_bytes()
     assert data[: len(blob0 + blob1)] == blob0 + blob1  # exactly what was signed
-    assert not data[len(blob0 + blob1) :].strip(b"\0")  # then only a direct write's zeros
+    assert data == blob0 + blob1  # a small group: written back to back, no padding
     assert receipts_verify(client, s, utid, range(7))
 
 
@@ -220,8 +230,7 @@ def test_hub_check_passes_a_whole_store_and_names_each_damaged_window(
     assert "OK: 2 windows, 7 readings" in ok.output
     path = leaf_file_of(_db(s))
     data = bytearray(path.read_bytes())
-    end = sum(len(b"".join(leaves)) for _, leaves in signed)  # then a direct write's zeros
-    data[end - 3] ^= 0x01  # a value's byte in the second window's last leaf
+    data[-3] ^= 0x01  # a value's byte in the second window's last leaf
     path.write_bytes(bytes(data))
     flipped = CliRunner().invoke(hub_cli, run)
     assert flipped.exit_code == 1
