@@ -23,7 +23,6 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match, Route
@@ -132,13 +131,7 @@ class _Timed:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                # pages may not be framed (clickjacking of the forms), except the embed
-                # widget, which says so itself; no MIME sniffing anywhere
-                if "content-security-policy" not in headers:
-                    headers["content-security-policy"] = _CSP
-                    headers["x-frame-options"] = "DENY"
-                headers["x-content-type-options"] = "nosniff"
+                message["headers"] = _with_security_headers(message.get("headers", ()))
             await send(message)
 
         try:
@@ -146,9 +139,25 @@ class _Timed:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")  # the template, never the raw URL
-            self.metrics.request_seconds.labels(scope["method"], path, str(status)).observe(
+            self.metrics.request_latency(scope["method"], path, status).observe(
                 time.perf_counter() - started
             )
+
+
+_FRAMING = [(b"content-security-policy", _CSP.encode("latin-1")), (b"x-frame-options", b"DENY")]
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+
+def _with_security_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A response's raw headers (ASGI: lower-case names) and the ones every answer carries:
+    pages may not be framed (clickjacking of the forms), except the embed widget, which sends
+    its own policy; no MIME sniffing anywhere. Built on the raw list, as Starlette's
+    ``MutableHeaders`` would (its scans and sets were half of this layer's ~5 µs a request)."""
+    headers = [(k, v) for k, v in raw if k != b"x-content-type-options"]
+    if not any(k == b"content-security-policy" for k, _ in headers):
+        headers = [(k, v) for k, v in headers if k != b"x-frame-options"] + _FRAMING
+    headers.append(_NOSNIFF)
+    return headers
 
 
 class _Direct:

@@ -58,6 +58,24 @@ class HubMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
         )  # fmt: skip
 
+        # labelled children, each looked up once: ``labels()`` validates and locks every call
+        # (~1 µs; an upload took three of them)
+        self._latencies: dict[tuple[str, str, int], Histogram] = {}
+        self._outcomes: dict[tuple[str, str], Counter] = {}
+
+    def request_latency(self, method: str, route: str, status: int) -> Histogram:
+        """``request_seconds`` for one (method, route template, status)."""
+        key = (method, route, status)
+        if (child := self._latencies.get(key)) is None:
+            child = self._latencies[key] = self.request_seconds.labels(method, route, str(status))
+        return child
+
+    def proof_outcome(self, outcome: str, reason: str = "") -> Counter:
+        """``proofs`` for one (outcome, reason)."""
+        if (child := self._outcomes.get((outcome, reason))) is None:
+            child = self._outcomes[outcome, reason] = self.proofs.labels(outcome, reason)
+        return child
+
     def watch(self, read: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_Gauges(read))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Any
 
 import cbor2
@@ -167,15 +166,14 @@ def router(deps: HubDeps) -> APIRouter:
                 503, "storage_full", "the hub's disk is full; nothing of this upload was stored"
             ) from full
         per_proof = (time.perf_counter() - started) / len(uploads)
-        for _ in done:  # a histogram of seconds a proof: one observation each
+        for r in done:  # a histogram of seconds a proof: one observation each
             metrics.ingest_seconds.observe(per_proof)
-        for status, n in Counter(r.status for r in done).items():  # one update a status
-            metrics.proofs.labels(status, "").inc(n)
+            metrics.proof_outcome(r.status).inc()
         metrics.readings.inc(sum(r.readings for r in done))
         results = [r.as_json() for r in done]
         if refused is not None:
             index, err = refused
-            metrics.proofs.labels("refused", err.code).inc()
+            metrics.proof_outcome("refused", err.code).inc()
             # proofs before the refused one stay accepted and are listed
             raise ApiError(
                 REFUSAL_STATUS[err.code],
