@@ -385,15 +385,47 @@ static int cpu_has_avx512(void)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 }
 
+#define BSWAP32 _mm512_set4_epi32(0x0c0d0e0f, 0x08090a0b, 0x04050607, 0x00010203)
+
+/* r[i] = row i of a 16 x 16 matrix of 32-bit words, turned into its columns in registers:
+   pairs of rows interleaved by words, then by double words (within each 128-bit lane), then
+   the lanes gathered by two rounds of lane shuffles. Whole blocks loaded and transposed, and
+   the digests transposed back and stored 32 bytes a lane, in place of a gather a word in and
+   a 32-bit store a word out: a 1,000-leaf window's check 89.6-92.1 -> 86.2-88.3 µs here. */
+AVX512_TARGET static void transpose16(__m512i r[16])
+{
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) { /* u[i + k], 128-bit lane L: column 4L + k, rows i.. */
+        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int k = 0; k < 4; k++) { /* 0x88: lanes 0, 2 of each source; 0xDD: lanes 1, 3 */
+        __m512i p = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88);
+        __m512i q = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xDD);
+        __m512i p2 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88);
+        __m512i q2 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xDD);
+        r[k] = _mm512_shuffle_i32x4(p, p2, 0x88);
+        r[8 + k] = _mm512_shuffle_i32x4(p, p2, 0xDD);
+        r[4 + k] = _mm512_shuffle_i32x4(q, q2, 0x88);
+        r[12 + k] = _mm512_shuffle_i32x4(q, q2, 0xDD);
+    }
+}
+
 /* One block into each live lane's state: s[0..7] hold a..h, lane n the message n. */
 AVX512_TARGET static void compress_wide(__m512i *s, unsigned char blk[][64], __mmask16 live)
 {
-    const __m512i bswap = _mm512_set4_epi32(0x0c0d0e0f, 0x08090a0b, 0x04050607, 0x00010203);
-    const __m512i lane = _mm512_slli_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 6);
     __m512i w[16];
-    for (int j = 0; j < 16; j++) /* word j of every lane's block, big-endian */
-        w[j] = _mm512_shuffle_epi8(_mm512_i32gather_epi32(lane, blk[0] + 4 * j, 1), bswap);
+    for (int n = 0; n < WIDE; n++) /* whole blocks, then word j of every lane, big-endian */
+        w[n] = _mm512_loadu_si512(blk[n]);
+    transpose16(w);
+    for (int j = 0; j < 16; j++)
+        w[j] = _mm512_shuffle_epi8(w[j], BSWAP32);
     __m512i a = s[0], b = s[1], c = s[2], d = s[3], e = s[4], f = s[5], g = s[6], h = s[7];
 #pragma GCC unroll 64
     for (int t = 0; t < 64; t++) { /* FIPS 180-4 s.6.2.2; 0x96 = x^y^z, 0xCA = ch, 0xE8 = maj */
@@ -475,14 +507,12 @@ AVX512_TARGET static void hash_avx512(unsigned char prefix, const Msg *m, int k)
             }
         compress_wide(s, blk, live);
     }
-    uint32_t words[8][WIDE];
-    for (int i = 0; i < 8; i++)
-        _mm512_storeu_si512(words[i], s[i]);
-    for (int n = 0; n < k; n++) /* digest = a..h big-endian */
-        for (int i = 0; i < 8; i++) {
-            uint32_t v = __builtin_bswap32(words[i][n]);
-            memcpy(m[n].out + 4 * i, &v, 4);
-        }
+    __m512i d[16]; /* digest = a..h big-endian: lane n's, the first 8 words of d[n] */
+    for (int i = 0; i < 16; i++)
+        d[i] = i < 8 ? _mm512_shuffle_epi8(s[i], BSWAP32) : _mm512_setzero_si512();
+    transpose16(d);
+    for (int n = 0; n < k; n++)
+        _mm256_storeu_si256((__m256i *)m[n].out, _mm512_castsi512_si256(d[n]));
 }
 #define HAVE_X86_BACKENDS 1
 #endif
