@@ -52,7 +52,7 @@ from attestation import merkle
 from attestation.microproof import sign_microproof
 from attestation.signednote import Checkpoint, NoteVerifier, open_note, parse_checkpoint
 from attestation.signers.software import SoftwareSigner
-from benchmarks.checkfloor import checks_floor
+from benchmarks.checkfloor import ChecksFloor, checks_floor
 from benchmarks.fleetload import (
     SimDevice,
     WindowTemplate,
@@ -645,6 +645,13 @@ def _drive(
         level.cpu_s = after - before
 
 
+def _checks_on(cpu: int | None, device: SimDevice, window: WindowTemplate) -> ChecksFloor:
+    """The checks' floor (``benchmarks/checkfloor.py``) of ``device``'s ``window``, timed
+    with this process on ``cpu`` (the hub's)."""
+    with _pinned_here(cpu):
+        return checks_floor(device, window)
+
+
 def largest_holding(
     holds: Callable[[int], bool], first: int, step: float, most: int, refine: int
 ) -> int:
@@ -681,6 +688,10 @@ def _gateways(
     fleet: list[SimDevice] = []
     levels: list[_Level] = []
     baseline = _Level(sizes.gateways, reuse=False)
+    cpu = pin[0] if pin else None
+    probe = SimDevice.make(windows[:1])  # its first window times the checks; it uploads nothing
+    say("the fixed checks of a proof on the hub's CPU, before the fleets (the machine's pace)")
+    checks_before = _checks_on(cpu, probe, windows[0])
 
     def holds(n: int) -> bool:
         if len(fleet) < n:
@@ -710,8 +721,13 @@ def _gateways(
         floor = at_floor.summary()
     floor_us = floor["hub_cpu_us_per_proof"] if floor else None
     say("baseline: the fixed checks of a proof (parse, signature, leaves) on the hub's CPU")
-    with _pinned_here(pin[0] if pin else None):
-        checks = checks_floor(fleet[0], windows[0])
+    checks = _checks_on(cpu, probe, windows[0])
+    drift = _ratio(checks.total_us, checks_before.total_us)
+    if drift is not None and abs(drift - 1) > 0.1:
+        say(
+            f"the checks' floor moved {checks_before.total_us:.1f} -> {checks.total_us:.1f} µs"
+            " during the run: this machine's pace moved, and the fleet figure is one reading"
+        )
     floor_all = floor_us + checks.total_us if floor_us else None  # HTTP and the checks
     return {
         "gateways_per_core": best,
@@ -722,6 +738,10 @@ def _gateways(
         # fleet one core could serve doing only that and the HTTP floor: no storage, no
         # headroom, 100 % busy
         "checks_floor_us_per_proof": checks.as_json(),
+        # the same timed before the fleets, and after over before: 1.0 on a machine whose
+        # pace held through the run (a VM's can move by a third within the hour)
+        "checks_floor_before_us_per_proof": checks_before.as_json(),
+        "machine_drift": drift,
         "floor_us_per_proof": _round(floor_all),
         "gateways_ceiling_at_floor": round(sizes.period * 1e6 / floor_all) if floor_all else None,
         # the hub's CPU a proof at the largest fleet it held over that floor

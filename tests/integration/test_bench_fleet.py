@@ -70,6 +70,11 @@ def test_quick_fleet_bench_prints_the_four_figures_after_checking_the_logs(
     assert set(checks) == {"parse_us", "signature_us", "leaves_us", "total_us"}
     assert all(checks[k] > 0 for k in checks), checks
     assert checks["total_us"] >= checks["leaves_us"] + checks["signature_us"]
+    # timed again before the fleets: the machine's pace through the run, after over before
+    before = figures["checks_floor_before_us_per_proof"]
+    assert set(before) == set(checks) and all(before[k] > 0 for k in before), before
+    drift = checks["total_us"] / before["total_us"]
+    assert figures["machine_drift"] == pytest.approx(drift, rel=0.01)
     if figures["floor_us_per_proof"] is not None:  # an HTTP floor was measured beside them
         assert figures["floor_us_per_proof"] > checks["total_us"]
         assert figures["gateways_ceiling_at_floor"] > 0
