@@ -20,7 +20,10 @@ aligned buffer padded with zeros and written from a multiple of ``ALIGN`` (4 KiB
 neither copies the leaves into cached pages nor writes those back at the sync, ~25 µs of a
 saturated hub's writer a proof (docs/performance.md, ADR 0053). Smaller groups (a quiet hub
 commits its windows one at a time) go through the page cache, back to back, so the padding
-never costs more than 1/16 of what a write holds. A file system that refuses ``O_DIRECT``
+never costs more than 1/16 of what a write holds. The aligned buffer is kept between groups
+(up to ``KEEP_BUFFER`` bytes; a larger group gets one of its own): a fresh anonymous map
+faults in and zeroes every page it is given, 23-25 µs of CPU a 28 KB window on a VM where
+the copy into a kept one takes ~1 µs. A file system that refuses ``O_DIRECT``
 (tmpfs before Linux 6.6) gets every group through the page cache. Reads go through the page
 cache either way; the kernel keeps the two coherent.
 """
@@ -32,16 +35,20 @@ import errno
 import fcntl
 import mmap
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["ALIGN", "DIRECT_FROM", "LeafFile", "LeavesMissing", "leaf_file_of"]
+__all__ = ["ALIGN", "DIRECT_FROM", "KEEP_BUFFER", "LeafFile", "LeavesMissing", "leaf_file_of"]
 
 ALIGN = 4096
 """A direct write starts at a multiple of this: the largest logical block size of the disks a
 hub runs on, as ``O_DIRECT`` needs for the offset, the length and the buffer's address."""
 DIRECT_FROM = 16 * ALIGN
 """Groups of at least this many bytes bypass the page cache (the padding: at most 1/16)."""
+KEEP_BUFFER = 16 * 1024 * 1024
+"""The largest aligned buffer kept between direct writes (a saturated hub's groups are
+1-6 MB); a larger group's buffer is mapped for it and let go after."""
 
 
 class LeavesMissing(RuntimeError):
@@ -59,6 +66,8 @@ class LeafFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.direct: bool | None = None  # O_DIRECT: None until the first large append tries
+        self._buffer: mmap.mmap | None = None  # the aligned buffer kept for direct writes
+        self._buffer_lock = threading.Lock()  # one direct write at a time uses it
 
     def append(self, blobs: Sequence[bytes]) -> list[int]:
         """Write ``blobs`` back to back at the file's end (a direct write: from the first
@@ -73,7 +82,8 @@ class LeafFile:
             end = os.fstat(fd).st_size
             at = _aligned(end) if direct else end
             if direct:
-                _write_direct(fd, blobs, size, at)
+                with self._aligned_buffer(size) as buffer:
+                    _write_direct(fd, buffer, blobs, size, at)
             else:
                 _write_all(fd, memoryview(b"".join(blobs)), at)
             os.fdatasync(fd)  # the data and the new size, before any row points at them
@@ -84,6 +94,30 @@ class LeafFile:
             offsets.append(at)
             at += len(blob)
         return offsets
+
+    @contextlib.contextmanager
+    def _aligned_buffer(self, size: int) -> Iterator[mmap.mmap]:
+        """A page-aligned buffer of at least ``_aligned(size)`` bytes: the kept one (grown to
+        fit, up to ``KEEP_BUFFER``), or one mapped for this write alone."""
+        need = _aligned(size)
+        if need > KEEP_BUFFER:
+            with mmap.mmap(-1, need) as alone:
+                yield alone
+            return
+        with self._buffer_lock:
+            if self._buffer is None or len(self._buffer) < need:
+                if self._buffer is not None:
+                    self._buffer.close()
+                # grown in powers of two: a hub's group sizes settle after a few resizes
+                self._buffer = mmap.mmap(-1, min(KEEP_BUFFER, 1 << (need - 1).bit_length()))
+            yield self._buffer
+
+    def close(self) -> None:
+        """Let the kept buffer go (a later direct write maps a new one)."""
+        with self._buffer_lock:
+            if self._buffer is not None:
+                self._buffer.close()
+                self._buffer = None
 
     def _open(self, want_direct: bool) -> tuple[int, bool]:
         """The file open for writing, and whether with ``O_DIRECT`` (wanted, and not refused
@@ -144,14 +178,15 @@ def _write_all(fd: int, data: memoryview, at: int) -> None:
         written += os.pwrite(fd, data[written:], at + written)
 
 
-def _write_direct(fd: int, blobs: Sequence[bytes], size: int, at: int) -> None:
+def _write_direct(fd: int, buffer: mmap.mmap, blobs: Sequence[bytes], size: int, at: int) -> None:
     """``blobs`` (``size`` bytes, at least ``DIRECT_FROM``) back to back at ``at`` through
-    ``O_DIRECT``: copied into a page-aligned buffer (an anonymous map) padded with zeros to a
-    multiple of ``ALIGN``."""
-    with mmap.mmap(-1, _aligned(size)) as buffer:
-        pos = 0
-        for blob in blobs:
-            buffer[pos : pos + len(blob)] = blob
-            pos += len(blob)
-        with memoryview(buffer) as view:
-            _write_all(fd, view, at)
+    ``O_DIRECT``: copied into ``buffer`` (page-aligned, an anonymous map, maybe holding an
+    earlier group) and padded with zeros to a multiple of ``ALIGN``."""
+    end = _aligned(size)
+    pos = 0
+    for blob in blobs:
+        buffer[pos : pos + len(blob)] = blob
+        pos += len(blob)
+    buffer[size:end] = bytes(end - size)  # not an earlier group's bytes in the padding
+    with memoryview(buffer) as whole, whole[:end] as view:
+        _write_all(fd, view, at)

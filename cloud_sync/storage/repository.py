@@ -181,6 +181,8 @@ class Store:
         for close in closers:  # first: dispose() closes only the pool's connections
             close()
         self.engine.dispose()
+        if self.leaf_file is not None:
+            self.leaf_file.close()  # its kept write buffer (after the writer thread ended)
 
     # devices -------------------------------------------------------------------------
     def add_device(

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, func, select
 
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
+from cloud_sync.storage import leaffile
 from cloud_sync.storage.leaffile import ALIGN, DIRECT_FROM, LeafFile, LeavesMissing, leaf_file_of
 from cloud_sync.storage.migrate import alembic_config
 from cloud_sync.storage.tables import window_leaves, windows
@@ -65,6 +66,34 @@ def test_large_groups_bypass_the_page_cache_from_4k_and_small_ones_pack(
     assert leaves.read(0, 5_000) == b"s" * 5_000 and leaves.read(5_000, 3) == b"ttt"
     assert leaves.read(first, DIRECT_FROM) == b"".join(big)
     assert leaves.read(first + DIRECT_FROM, 1) == b"z"
+
+
+def test_the_kept_buffer_never_writes_an_earlier_group_into_the_padding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Direct writes reuse one aligned buffer (a fresh map faults in every page it is given);
+    a smaller group after a larger one pads with zeros, not with the larger group's bytes, a
+    group past ``KEEP_BUFFER`` gets a buffer of its own, and a closed file maps a new one."""
+    direct = _direct_allowed(tmp_path)  # where refused, every group is packed: no padding
+    monkeypatch.setattr(leaffile, "KEEP_BUFFER", 8 * DIRECT_FROM)
+    path = tmp_path / "hub.db-leaves"
+    leaves = LeafFile(path)
+    large = [b"L" * (3 * DIRECT_FROM + 5)]
+    small = [b"S" * (DIRECT_FROM + 7)]
+    huge = [os.urandom(9 * DIRECT_FROM)]  # past the (lowered) KEEP_BUFFER
+    at_large, at_small = leaves.append(large)[0], leaves.append(small)[0]
+    at_huge = leaves.append(huge)[0]
+    leaves.close()
+    at_again = leaves.append(small)[0]
+    raw = path.read_bytes()
+    assert raw[at_large : at_large + len(large[0])] == large[0]
+    end_small = at_small + len(small[0])
+    assert raw[at_small:end_small] == small[0]
+    assert raw[end_small:at_huge] == bytes(at_huge - end_small)  # zeros, not "L"s
+    assert raw[at_huge : at_huge + len(huge[0])] == huge[0]
+    assert raw[at_again : at_again + len(small[0])] == small[0]
+    assert leaves.direct is direct
+    assert at_huge == (-(-end_small // ALIGN) * ALIGN if direct else end_small)
 
 
 def test_a_file_system_that_refuses_o_direct_gets_the_page_cache(
