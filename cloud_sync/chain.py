@@ -77,6 +77,15 @@ class Refusal(HubError):
         self.detail = detail
         self.extra = extra
 
+    def detached(self) -> Refusal:
+        """This refusal without the frames it was raised through, to be kept past its
+        ``except``. A frame holds its caller's frame, and a caller that keeps the refusal
+        (in the checked request, in the writer's outcomes) closes a cycle that only the
+        collector frees, with every upload body those frames held (ADR 0050)."""
+        self.__traceback__ = None
+        self.__cause__ = self.__context__ = None
+        return self
+
 
 class Malformed(Refusal):
     code = "malformed_proof"

@@ -156,7 +156,7 @@ class Ingestor:
                 try:
                     checked.items.append(self._check(upload, now_ns, caller, connect))
                 except chain.Refusal as err:
-                    checked.refusal = (i, err)
+                    checked.refusal = (i, err.detached())
                     break
         return checked
 
@@ -303,7 +303,7 @@ class Ingestor:
                     self._chain_in(conn, group, item, request.uploads[i], request.caller)
                 )
             except chain.Refusal as err:
-                return results, (i, err)  # the ones before it are stored
+                return results, (i, err.detached())  # the ones before it are stored
         return results, request.refusal
 
     def _chain_in(
@@ -382,7 +382,7 @@ class Ingestor:
             try:
                 results.append(self.ingest(upload, now_ns=request.now_ns, caller=request.caller))
             except chain.Refusal as err:
-                return results, (i, err)
+                return results, (i, err.detached())
         return results, None
 
     def ingest(

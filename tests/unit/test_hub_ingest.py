@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from attestation import load_anchors, receipt_from_json, report_receipt
 from attestation.microproof import Gap
 from attestation.utid import utid_bytes
 from cloud_sync.app import create_app
-from cloud_sync.ingest import Ingestor, IngestResult
+from cloud_sync.ingest import CheckedRequest, Ingestor, IngestResult, ProofUpload
 from cloud_sync.settings import HubSettings
 from cloud_sync.storage import DeviceRow, Store
 from tests.cborvariants import altered_copies, proof_variants, widened
@@ -193,6 +194,36 @@ def test_unknown_device_is_refused(hub: tuple[TestClient, HubSettings]) -> None:
     client, _ = hub
     status, doc = _post(client, body(Device().window(2)[:2]))
     assert (status, doc["error"]) == (403, "unknown_device")
+
+
+def test_a_refused_upload_leaves_no_cycle_that_holds_its_body(
+    hub: tuple[TestClient, HubSettings],
+) -> None:
+    """A refused request is freed when it is answered, not at the collector's next run (a
+    serving hub runs it rarely, ADR 0050): the refusal was kept with its traceback, whose
+    frames held the checked request, and that cycle kept every refused body in memory."""
+    client, s = hub
+    dev, stranger = Device(), Device()
+    register_software(client, s, dev)
+    cose, leaves, _ = dev.window(3)
+    refused = [
+        body(stranger.window(2)[:2]),  # unknown device: refused by the checks
+        body((cose, [leaves[1], leaves[0], *leaves[2:]])),  # not the signed leaves' order
+        body(dev.window(2)[:2]),  # window 1 before 0: refused by the writer, in its thread
+    ]
+    gc.collect()
+    gc.disable()
+    try:
+        answers = [_post(client, content)[0] for content in refused]
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds stays in gc.garbage
+        gc.collect()
+        held = [type(o).__name__ for o in gc.garbage if isinstance(o, CheckedRequest | ProofUpload)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert answers == [403, 422, 409]
+    assert held == []
 
 
 def test_a_proof_signed_by_another_key_is_refused(hub: tuple[TestClient, HubSettings]) -> None:
@@ -695,7 +726,7 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
     from sqlalchemy.exc import OperationalError
 
     from cloud_sync.groupcommit import GroupCommit
-    from cloud_sync.ingest import CheckedRequest, Ingestor, Outcome
+    from cloud_sync.ingest import Ingestor, Outcome
 
     class FailsOnce(Ingestor):
         failed = False
