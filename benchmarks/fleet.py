@@ -70,6 +70,7 @@ from benchmarks.hub import (
     _pg_database,
     _post_all,
     _register,
+    process_cpu_seconds,
 )
 from benchmarks.leanhttp import LeanConnection
 from cloud_sync.storage import Store
@@ -379,7 +380,7 @@ def _round(x: float | None) -> float | None:
 
 
 def _backend_cpu(engine: Engine, database: str) -> dict[int, float]:
-    """CPU seconds of each PostgreSQL server process serving ``database`` (Linux /proc)."""
+    """CPU seconds of each PostgreSQL server process serving ``database`` (Linux)."""
     with engine.connect() as conn:
         pids = conn.execute(
             text("SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
@@ -387,9 +388,8 @@ def _backend_cpu(engine: Engine, database: str) -> dict[int, float]:
         ).scalars()
         out = {}
         for pid in pids:
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                out[int(pid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            if (cpu := process_cpu_seconds(int(pid))) is not None:
+                out[int(pid)] = cpu
     return out
 
 
