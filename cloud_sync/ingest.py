@@ -260,6 +260,8 @@ class Ingestor:
             loaded = serialization.load_der_public_key(device.public_key)
             if not isinstance(loaded, PublicKey):
                 raise chain.UnknownDevice(f"{device.utid} has an unusable key")
+            if len(self._keys) >= _MAX_CACHED_DEVICES:  # ~2.1 KB a key: bounded as the rows
+                self._keys.clear()
             key = self._keys[device.utid] = loaded
         return key
 

@@ -165,6 +165,30 @@ def test_a_gateway_uploading_every_ten_seconds_reads_its_device_row_once(
     assert len(reads) == 1
 
 
+def test_the_hubs_caches_of_rows_and_keys_stay_bounded_by_a_fleet_larger_than_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device rows and the loaded keys (~2.1 KB each) are cached for the checks; a fleet
+    larger than the cache starts it again, and every proof is still accepted."""
+    monkeypatch.setattr("cloud_sync.ingest._MAX_CACHED_DEVICES", 2)
+    store = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
+    ing = ingestor(store, tmp_path)
+    fleet = [Device() for _ in range(5)]
+    for i, dev in enumerate(fleet):
+        enrol(store, dev, f"gw-{i}", now_ns=1)
+    sizes = []
+    try:
+        for rnd in range(2):
+            for dev in fleet:
+                results, refusal = ingest_all(ing, [upload_of(dev.window(10))], now_ns=rnd + 1)
+                assert refusal is None and results[0].status == "accepted"
+                sizes.append((len(ing._rows), len(ing._keys)))  # the bounds themselves
+    finally:
+        ing.close()
+        store.close()
+    assert max(sizes) == (2, 2)
+
+
 def test_a_restarted_hub_reads_its_fleets_rows_in_one_query(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
