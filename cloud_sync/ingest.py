@@ -27,7 +27,7 @@ import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 
@@ -56,6 +56,8 @@ __all__ = [
 ]
 
 _MAX_CACHED_DEVICES = 65_536  # beyond this the cache starts again: memory stays bounded
+
+T = TypeVar("T")
 
 
 class BatchIndex(Protocol):
@@ -250,9 +252,7 @@ class Ingestor:
         return len(rows)
 
     def _remember(self, row: DeviceRow) -> None:
-        if len(self._rows) >= _MAX_CACHED_DEVICES and row.utid not in self._rows:
-            self._rows.clear()
-        self._rows[row.utid] = row
+        _cache(self._rows, row.utid, row)
 
     def _key(self, device: DeviceRow) -> PublicKey:
         key = self._keys.get(device.utid)
@@ -260,9 +260,7 @@ class Ingestor:
             loaded = serialization.load_der_public_key(device.public_key)
             if not isinstance(loaded, PublicKey):
                 raise chain.UnknownDevice(f"{device.utid} has an unusable key")
-            if len(self._keys) >= _MAX_CACHED_DEVICES:  # ~2.1 KB a key: bounded as the rows
-                self._keys.clear()
-            key = self._keys[device.utid] = loaded
+            key = _cache(self._keys, device.utid, loaded)  # ~2.1 KB a key
         return key
 
     # --- the writes: one transaction a group ---------------------------------------------------
@@ -418,6 +416,15 @@ class Ingestor:
     def close(self) -> None:
         """Close the write connection (the next group would open another)."""
         self._writer.close()
+
+
+def _cache(cache: dict[str, T], utid: str, value: T) -> T:
+    """``value`` into a cache of the checks by UTID (device rows, loaded keys); a cache at
+    ``_MAX_CACHED_DEVICES`` starts again first, so a fleet larger than it bounds its memory."""
+    if len(cache) >= _MAX_CACHED_DEVICES and utid not in cache:
+        cache.clear()
+    cache[utid] = value
+    return value
 
 
 def _head(device: DeviceRow) -> chain.Head:
