@@ -292,6 +292,12 @@ class PlantServer:
         """The values every face serves right now."""
         return dict(self.feed.sample.values)
 
+    @property
+    def pump(self) -> PumpPlant | None:
+        """The SIMULATED pump behind the faces (None when replaying a file or serving
+        another source): its state beyond the values, e.g. how far it is from settled."""
+        return self.source.plant if isinstance(self.source, ModelSource) else None
+
     def describe(self) -> str:
         return self.feed.source.describe()
 

@@ -264,6 +264,9 @@ class PumpPlant:
     t: float = 0.0
     fluid_c: float = field(init=False)
     housing_c: float = field(init=False)
+    # where the housing's temperature settles with the loop as it runs now: after a fault
+    # that heated it ends, it cools back with a lag of ``housing_tau_s`` (minutes)
+    housing_steady_c: float = field(init=False)
     # noise draws never depend on the faults, so a sensor fault changes only its sensor
     _noise: random.Random = field(init=False, repr=False)
     _events: random.Random = field(init=False, repr=False)
@@ -278,6 +281,12 @@ class PumpPlant:
         shaft, _, housing_w = self._powers(op, wear=0.0)
         self.fluid_c = self.params.ambient_c + shaft / self.params.loop_ua_w_per_k
         self.housing_c = self.params.ambient_c + housing_w / self.params.housing_g_w_per_k
+        self.housing_steady_c = self.housing_c
+
+    @property
+    def housing_excess_c(self) -> float:
+        """How far the motor housing is above the temperature it settles at (°C)."""
+        return self.housing_c - self.housing_steady_c
 
     def level(self, kind: FaultKind) -> float:
         """The strongest active fault of ``kind`` now, 0..1."""
@@ -318,9 +327,8 @@ class PumpPlant:
         # (4) heat: loop water and motor housing, first-order lags
         fluid_tau = p.fluid_mass_kg * _CP_WATER / p.loop_ua_w_per_k
         self.fluid_c = _lag(self.fluid_c, p.ambient_c + shaft / p.loop_ua_w_per_k, dt, fluid_tau)
-        self.housing_c = _lag(
-            self.housing_c, p.ambient_c + housing_w / p.housing_g_w_per_k, dt, p.housing_tau_s
-        )
+        self.housing_steady_c = p.ambient_c + housing_w / p.housing_g_w_per_k
+        self.housing_c = _lag(self.housing_c, self.housing_steady_c, dt, p.housing_tau_s)
 
         # (5) vibration: flow forces, part-load recirculation, cavitation, worn bearing
         q_rel = flow / (p.bep_flow_m3s * self.speed)
