@@ -9,21 +9,28 @@ sees it; measured on the hub's ingest that was ~10 % of its CPU a proof (docs/pe
 2026-12-03 later). On SQLite these statements are compiled once and run on the
 connection's own DB-API connection, inside the transaction SQLAlchemy began; a driver error
 becomes SQLAlchemy's (an ``IntegrityError`` stays one: the ingest's race handling catches
-it). Other databases run them through Core as before.
+it). On PostgreSQL (psycopg) the inserts are one ``COPY ... FROM STDIN (FORMAT BINARY)`` a
+table a group, in the same transaction: psycopg's ``executemany`` sends a Bind and an Execute
+a row, each a pass of its Python protocol code in the hub and of the executor in the
+server, where COPY streams rows its C code packs and the server appends without planning
+(docs/performance.md, 2026-12-06, late night). Other statements and databases run through Core.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Select, Table, Update, insert
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.exc import DBAPIError
 
 __all__ = ["BulkInsert", "Prepared"]
 
 _SQLITE = sqlite.dialect()
+_POSTGRESQL = PGDialect()  # type: ignore[no-untyped-call]  # its __init__ has no annotations
 
 
 class Prepared:
@@ -77,11 +84,36 @@ class BulkInsert(Prepared):
         self.columns = self.names
         if self.columns != tuple(c.name for c in table.columns):
             raise RuntimeError(f"{self.sql!r} does not list {table.name}'s columns in order")
+        quote = _POSTGRESQL.identifier_preparer
+        listed = ", ".join(quote.quote(c) for c in self.columns)
+        self.copy_sql = f"COPY {quote.format_table(table)} ({listed}) FROM STDIN (FORMAT BINARY)"
+        # binary COPY sends each value in its column's own format: psycopg must be told them
+        self.pg_types = [_pg_type(c.type.compile(dialect=_POSTGRESQL)) for c in table.columns]
 
     def __call__(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        if conn.dialect.name != "sqlite":
+        if conn.dialect.name == "sqlite":
+            self._run(conn, rows, many=True)
+        elif conn.dialect.driver == "psycopg":
+            self._copy(conn, rows)
+        else:
             conn.execute(self.core, [dict(zip(self.columns, r, strict=True)) for r in rows])
-            return
-        self._run(conn, rows, many=True)
+
+    def _copy(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        dbapi = conn.connection.driver_connection
+        try:
+            with dbapi.cursor() as cursor, cursor.copy(self.copy_sql) as copy:  # type: ignore[union-attr]  # an open connection has one
+                copy.set_types(self.pg_types)
+                for row in rows:
+                    copy.write_row(row)
+        except conn.dialect.loaded_dbapi.Error as err:
+            raise DBAPIError.instance(
+                self.copy_sql, None, err, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+            ) from err
+
+
+def _pg_type(compiled: str) -> str:
+    """psycopg's name for a column type as PostgreSQL's DDL spells it: ``VARCHAR(69)`` ->
+    ``varchar``, ``BIGINT`` -> ``bigint``."""
+    return re.sub(r"\(.*\)", "", compiled).strip().lower()
