@@ -109,7 +109,7 @@ async def continue_fresh_spool(
         head = await fetch_head(url, signer, timeout_s)
     except (httpx.HTTPError, UplinkRefused) as err:
         log.warning("spool: new spool and the hub's chain head is unknown (%s): starting"
-                    " at genesis", err or type(err).__name__)  # fmt: skip
+                    " at genesis", str(err) or type(err).__name__)  # fmt: skip
         return None
     if head.window < 0 or head.head_hash is None:
         return None

@@ -37,11 +37,11 @@ from tests.waiting import until
 pytestmark = pytest.mark.timeout(120)
 
 
-def _write_config(tmp: Path, hub_url: str) -> AgentConfig:
+def _write_config(tmp: Path, hub_url: str, timeout_s: float = 2.0) -> AgentConfig:
     path = tmp / "agent.toml"
     path.write_text(
         '[device]\nname = "gw"\nsigner = "software"\nkey_file = "device.key"\n'
-        f'[hub]\nurl = "{hub_url}"\ntimeout_s = 2.0\n'
+        f'[hub]\nurl = "{hub_url}"\ntimeout_s = {timeout_s}\n'
         "[window]\nmax_readings = 50\nmax_ms = 50\n"
         '[[modbus]]\nname = "unused"\nhost = "127.0.0.1"\n[[modbus.tags]]\nname = "x"\n'
         "address = 0\n"
@@ -189,7 +189,10 @@ async def _lost_spool_behind_a_silent_hub(
         last_seq = parse_microproof(head[1]).proof.last_seq
         _delete_spool(cfg.spool.path)
         proxy.partition(True)  # the hub accepts the connection and does not answer yet
-        slow = _write_config(tmp, f"http://127.0.0.1:{proxy.port}")
+        # the lookup's bound is the smaller of the hub timeout and head_timeout_s: both long,
+        # so a loaded machine's stall before the test heals the proxy is not a timeout (at
+        # 2 s a CI run once fell back to genesis before the heal)
+        slow = _write_config(tmp, f"http://127.0.0.1:{proxy.port}", timeout_s=60.0)
         ticker = Ticker(per_batch=10, period_s=0.01)
         rt = build_runtime(slow, signer, [ticker], head_timeout_s=60.0)
         yield hub, proxy, rt, ticker, head, last_seq
