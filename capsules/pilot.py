@@ -69,7 +69,8 @@ class CapsuleScenario:
             for f in self.capsule.simulator.faults
         ]
 
-    def plant_now(self, plant_s: float) -> str:
+    def plant_now(self, plant: CapsulePlant) -> str:
+        plant_s = plant.feed.sample.t_s
         faults = self.capsule.simulator.faults
         for f in faults:
             if f.start_s <= plant_s < f.start_s + f.duration_s:

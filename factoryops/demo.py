@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +39,7 @@ from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from factoryops.fleet import CHECK_EVERY_S, prepare_fleet, trust_fleet_root
 from hil_tests.modbus_server import PlantServer, agent_modbus_section
-from hil_tests.plant import DEFAULT_FAULTS, PLANT_FAULTS, Fault, FaultKind
+from hil_tests.plant import DEFAULT_FAULTS, PLANT_FAULTS, Fault, FaultKind, PumpParams
 from hil_tests.training import simulated_normal
 from models_onnx.recipes import Recipe, build
 from provisioning.swtpm import EkCa, SwtpmProcess, manufacture, swtpm_available
@@ -231,24 +231,32 @@ def _schedule_lines(faults: tuple[Fault, ...]) -> list[str]:
 SETTLED_C = 0.3
 
 
-def _plant_now(faults: tuple[Fault, ...], elapsed: float, housing_excess_c: float = 0.0) -> str:
+def _plant_now(
+    faults: tuple[Fault, ...],
+    elapsed: float,
+    housing_excess_c: float = 0.0,
+    housing_tau_s: float = PumpParams().housing_tau_s,
+) -> str:
     """What the simulated plant is doing now, and whether anomalies are expected: during a
     fault, and after one while the motor housing it heated is still cooling back."""
     for f in faults:
         if f.active(elapsed):
             return f"FAULT: {_fault_words(f)}, expect anomalies"
     upcoming = [f for f in faults if f.start_s > elapsed]
-    nxt = min(upcoming, key=lambda f: f.start_s) if upcoming else None
     if housing_excess_c > SETTLED_C:
         now = (
             f"recovering: the motor housing is {housing_excess_c:.1f} °C above its steady"
-            " temperature and cooling (a 2-minute lag), expect anomalies until it settles"
+            f" temperature and cooling (a {housing_tau_s / 60:.0f}-minute lag), expect"
+            " anomalies until it settles"
         )
-    else:
+    elif upcoming:
         now = "normal operation"
-    if nxt is not None:
+    else:
+        return "normal operation (the fault schedule is over)"
+    if upcoming:
+        nxt = min(upcoming, key=lambda f: f.start_s)
         return f"{now}; next fault in {nxt.start_s - elapsed:,.0f} s"
-    return now if now != "normal operation" else "normal operation (the fault schedule is over)"
+    return now
 
 
 def _status_table(
@@ -284,7 +292,7 @@ class Scenario(Protocol):
 
     def schedule_lines(self) -> list[str]: ...
 
-    def plant_now(self, plant_s: float) -> str | None: ...
+    def plant_now(self, plant: Any) -> str | None: ...
 
     def agent_config(self, workdir: Path, hub_url: str, port: int) -> AgentConfig: ...
 
@@ -297,15 +305,13 @@ class Scenario(Protocol):
 class PumpScenario:
     replay: Path | None = None
     update_every_s: int = CHECK_EVERY_S  # how often the agent asks the hub for updates
-    _server: PlantServer | None = field(default=None, init=False, repr=False)
 
     @property
     def faults(self) -> tuple[Fault, ...]:
         return () if self.replay else DEFAULT_FAULTS
 
     def plant(self) -> PlantServer:
-        self._server = PlantServer(replay=self.replay, period_s=0.1)
-        return self._server
+        return PlantServer(replay=self.replay, period_s=0.1)
 
     def describe(self, plant: Any) -> str:
         return f"replaying {self.replay}" if self.replay else "SIMULATED pump (physics model)"
@@ -313,11 +319,13 @@ class PumpScenario:
     def schedule_lines(self) -> list[str]:
         return _schedule_lines(self.faults)
 
-    def plant_now(self, plant_s: float) -> str | None:
+    def plant_now(self, plant: PlantServer) -> str | None:
         if not self.faults:
             return None
-        pump = self._server.pump if self._server is not None else None
-        return _plant_now(self.faults, plant_s, pump.housing_excess_c if pump else 0.0)
+        plant_s, pump = plant.feed.sample.t_s, plant.pump
+        if pump is None:
+            return _plant_now(self.faults, plant_s)
+        return _plant_now(self.faults, plant_s, pump.housing_excess_c, pump.params.housing_tau_s)
 
     def agent_config(self, workdir: Path, hub_url: str, port: int) -> AgentConfig:
         return _agent_config(workdir, hub_url, port, self.update_every_s)
@@ -367,7 +375,7 @@ async def _run(  # noqa: PLR0915 - the demo's script: start, narrate, stop, in o
             def table(elapsed: float) -> Table:
                 plant_s = plant.feed.sample.t_s
                 return _status_table(
-                    hub.url, runtime.status(), elapsed, plant_s, scenario.plant_now(plant_s)
+                    hub.url, runtime.status(), elapsed, plant_s, scenario.plant_now(plant)
                 )
 
             scorer.retune(cfg.scoring)  # a tuned limit a signed fragment set before
