@@ -46,12 +46,14 @@ from attestation import merkle
 from attestation.errors import AttestationError
 from attestation.microproof import (
     Gap,
+    SignedMicroProof,
     SourceGap,
     parse_microproof,
     verify_microproof_signature,
 )
 from attestation.reading import Reading, encode_leaf, leaf_hash
 from attestation.receipt import receipt_from_json
+from attestation.signers.base import TpmClock
 from attestation.signers.software import SoftwareSigner
 from attestation.verify import load_anchors, verify_chain, verify_receipt
 from hil_tests.broker import Mosquitto, free_port
@@ -192,6 +194,7 @@ class _Parts:
     hub_proxy: FaultProxy | None = None
     utid: str = ""
     receipts: dict[int, Verdict] = field(default_factory=dict)  # by inject index
+    healed_s: dict[int, float] = field(default_factory=dict)  # when each fault was undone
     source_gaps: list[SourceGap] = field(default_factory=list)  # key 16 of every window
     sigterm_exits: list[int] = field(default_factory=list)
     tpm: SwtpmProcess | None = None  # the SIMULATED TPM the agent signs with
@@ -482,7 +485,8 @@ async def _inject(parts: _Parts, j: Injection, report: SystemReport) -> None:
     heal = await _break(parts, j)
     await asyncio.sleep(max(0.0, j.end_s - parts.now_s()))
     await heal()
-    record["end_s"] = round(parts.now_s(), 3)
+    parts.healed_s[j.index] = parts.now_s()
+    record["end_s"] = round(parts.healed_s[j.index], 3)
 
 
 async def _break(  # noqa: PLR0912, PLR0915 - one branch a fault kind: apply it, return its undo
@@ -1230,16 +1234,11 @@ def _tpm_outage_verdict(
     holding = [smp for first, last, smp in proofs if any(first <= s <= last for s in during)]
     covered = sum(1 for s in during if any(f <= s <= la for f, la, _ in proofs))
     early = [smp.proof.window for smp in holding if smp.iat < healed_s]
-    # by seq, not time: a clock jump elsewhere in the rig moves timestamps, never seqs
-    first, last = (min(during), max(during)) if during else (0, -1)
-    # signed before the fault by its own iat (a window closed just before it is signed after)
-    at_s = (parts.wall0_ns + int(j.at_s * 1e9)) // 1_000_000_000
-    before = [smp.proof.tpm_clock for _, la, smp in proofs if la < first and smp.iat < at_s]
-    after = [smp.proof.tpm_clock for f, _, smp in proofs if f > last]
-    c0 = next((c for c in reversed(before) if c is not None), None)
-    c1 = next((c for c in after if c is not None), None)
-    if c0 is None or c1 is None:
-        return Verdict(check.name, False, "no TPM clock in the proofs on both sides of the fault")
+    healed = parts.healed_s.get(j.index, j.end_s)
+    clocks = tpm_clocks_around([smp for _, _, smp in proofs], parts.wall0_ns, j.at_s, healed)
+    if isinstance(clocks, str):
+        return Verdict(check.name, False, clocks)
+    c0, c1 = clocks
     reset = c1.reset_count > c0.reset_count
     ok = bool(during) and covered == len(during) and not early
     # a power cycle must show; after a cut socket swtpm was seen to count a reset too, so
@@ -1251,6 +1250,37 @@ def _tpm_outage_verdict(
         f"{c0.reset_count} -> {c1.reset_count} ({'a reset' if reset else 'no reset'})"
     )
     return Verdict(check.name, ok, detail)
+
+
+def tpm_clocks_around(
+    proofs: list[SignedMicroProof], wall0_ns: int, broke_s: float, healed_s: float
+) -> tuple[TpmClock, TpmClock] | str:
+    """The TPM clock of the last proof signed before a fault that broke the TPM at
+    ``broke_s`` (seconds after ``wall0_ns``) and of the first signed after it was healed at
+    ``healed_s``, or what is missing. ``proofs`` are in window order, which is signing
+    order. Chosen by when each proof was signed (its iat, whole seconds, a second clear of
+    either edge; the agent reads the TPM clock as it signs), not by the seqs it holds: on a
+    loaded machine a node's reading stamped during the fault can reach the spool seconds
+    late, after every later window began. ``healed_s`` is the time the rig recorded:
+    restarting swtpm on a loaded machine can take longer than planned. A window signed
+    during an earlier clock jump ahead carries an iat past the heal: the one after the fault
+    is the first of the windows signed after the last one before it."""
+    broke = (wall0_ns + int(broke_s * 1e9)) // 1_000_000_000
+    back = (wall0_ns + int(healed_s * 1e9)) // 1_000_000_000 + 1
+    last_before = max((i for i, p in enumerate(proofs) if p.iat < broke), default=-1)
+    before = [p.proof.tpm_clock for p in proofs[: last_before + 1] if p.iat < broke]
+    after = [p.proof.tpm_clock for p in proofs[last_before + 1 :] if p.iat >= back]
+    c0 = next((c for c in reversed(before) if c is not None), None)
+    c1 = next((c for c in after if c is not None), None)
+    if c0 is not None and c1 is not None:
+        return c0, c1
+    stamps = [p.iat - wall0_ns / 1e9 for p in proofs]
+    span = f"from {min(stamps):.1f} to {max(stamps):.1f} s" if stamps else "at all"
+    return (
+        f"no TPM clock in the proofs signed {'after' if c0 else 'before'} the fault "
+        f"(before {broke_s:g} s: {len(before)}, from {healed_s + 1:.1f} s: {len(after)}; "
+        f"{len(proofs)} proofs signed {span})"
+    )
 
 
 def _clock_jump_verdict(check: Check, parts: _Parts, j: Injection) -> Verdict:
