@@ -29,6 +29,7 @@ from capsules.render import Endpoints, render_agent_toml
 from capsules.report import build_report, write_report
 from capsules.sims.serve import CapsulePlant
 from capsules.spec import Capsule
+from hil_tests.schedule import ScheduledFault, plant_now
 
 __all__ = ["CapsuleScenario"]
 
@@ -70,15 +71,14 @@ class CapsuleScenario:
         ]
 
     def plant_now(self, plant: CapsulePlant) -> str:
-        plant_s = plant.feed.sample.t_s
         faults = self.capsule.simulator.faults
-        for f in faults:
-            if f.start_s <= plant_s < f.start_s + f.duration_s:
-                return f"FAULT: {f.kind}, expect anomalies"
-        upcoming = [f.start_s for f in faults if f.start_s > plant_s]
-        if upcoming:
-            return f"normal operation; next fault in {min(upcoming) - plant_s:,.0f} s"
-        return "normal operation (the fault schedule is over)"
+        schedule = [
+            ScheduledFault(
+                f.start_s, f.duration_s, f"{f.kind} on {f.signal}" if f.signal else f.kind
+            )
+            for f in faults
+        ]
+        return plant_now(schedule, plant.feed.sample.t_s)
 
     def _dir(self, workdir: Path, kind: str) -> Path:
         # keyed by the capsule's digest: a changed capsule never reuses a stale model

@@ -40,6 +40,7 @@ from cloud_sync.settings import HubSettings
 from factoryops.fleet import CHECK_EVERY_S, prepare_fleet, trust_fleet_root
 from hil_tests.modbus_server import PlantServer, agent_modbus_section
 from hil_tests.plant import DEFAULT_FAULTS, PLANT_FAULTS, Fault, FaultKind, PumpParams
+from hil_tests.schedule import ScheduledFault, plant_now
 from hil_tests.training import simulated_normal
 from models_onnx.recipes import Recipe, build
 from provisioning.swtpm import EkCa, SwtpmProcess, manufacture, swtpm_available
@@ -239,24 +240,15 @@ def _plant_now(
 ) -> str:
     """What the simulated plant is doing now, and whether anomalies are expected: during a
     fault, and after one while the motor housing it heated is still cooling back."""
-    for f in faults:
-        if f.active(elapsed):
-            return f"FAULT: {_fault_words(f)}, expect anomalies"
-    upcoming = [f for f in faults if f.start_s > elapsed]
+    recovering = ""
     if housing_excess_c > SETTLED_C:
-        now = (
+        recovering = (
             f"recovering: the motor housing is {housing_excess_c:.1f} °C above its steady"
             f" temperature and cooling (a {housing_tau_s / 60:.0f}-minute lag), expect"
             " anomalies until it settles"
         )
-    elif upcoming:
-        now = "normal operation"
-    else:
-        return "normal operation (the fault schedule is over)"
-    if upcoming:
-        nxt = min(upcoming, key=lambda f: f.start_s)
-        return f"{now}; next fault in {nxt.start_s - elapsed:,.0f} s"
-    return now
+    schedule = [ScheduledFault(f.start_s, f.duration_s, _fault_words(f)) for f in faults]
+    return plant_now(schedule, elapsed, recovering)
 
 
 def _status_table(
