@@ -28,7 +28,7 @@ from capsules.narrative import HubEvidence, gather_facts, narrate
 from capsules.render import Endpoints, render_agent_toml
 from capsules.report import build_report, write_report
 from capsules.sims.serve import CapsulePlant
-from capsules.spec import Capsule
+from capsules.spec import Capsule, FaultSpec
 from hil_tests.schedule import ScheduledFault, plant_now
 
 __all__ = ["CapsuleScenario"]
@@ -65,18 +65,15 @@ class CapsuleScenario:
 
     def schedule_lines(self) -> list[str]:
         return [
-            f"  at {f.start_s:,.0f} s {f.kind}{' on ' + f.signal if f.signal else ''} for "
+            f"  at {f.start_s:,.0f} s {_fault_words(f)} for "
             f"{f.duration_s:,.0f} s" + (f": {f.description}" if f.description else "")
             for f in self.capsule.simulator.faults
         ]
 
     def plant_now(self, plant: CapsulePlant) -> str:
-        faults = self.capsule.simulator.faults
         schedule = [
-            ScheduledFault(
-                f.start_s, f.duration_s, f"{f.kind} on {f.signal}" if f.signal else f.kind
-            )
-            for f in faults
+            ScheduledFault(f.start_s, f.duration_s, _fault_words(f))
+            for f in self.capsule.simulator.faults
         ]
         return plant_now(schedule, plant.feed.sample.t_s)
 
@@ -169,3 +166,8 @@ class CapsuleScenario:
         for s in sentences:
             console.print(f"  • {s.text}", highlight=False)
         return 0
+
+
+def _fault_words(f: FaultSpec) -> str:
+    """A scheduled fault as the demo says it: its kind, and the signal it acts on if any."""
+    return f"{f.kind} on {f.signal}" if f.signal else f.kind

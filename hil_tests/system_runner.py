@@ -1268,7 +1268,7 @@ def tpm_clocks_around(
     broke = (wall0_ns + int(broke_s * 1e9)) // 1_000_000_000
     back = (wall0_ns + int(healed_s * 1e9)) // 1_000_000_000 + 1
     last_before = max((i for i, p in enumerate(proofs) if p.iat < broke), default=-1)
-    before = [p.proof.tpm_clock for p in proofs[: last_before + 1] if p.iat < broke]
+    before = [p.proof.tpm_clock for p in proofs if p.iat < broke]
     after = [p.proof.tpm_clock for p in proofs[last_before + 1 :] if p.iat >= back]
     c0 = next((c for c in reversed(before) if c is not None), None)
     c1 = next((c for c in after if c is not None), None)
