@@ -104,7 +104,7 @@ class TpmSigner:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._open = True  # False after a reopen failed: the next call opens first
+        self._open = True  # False once the context is dropped (a reopen failed, a command cut off)
 
     @classmethod
     def open(cls, tcti: str, *, handle: int = DEFAULT_KEY_HANDLE, create: bool = True) -> TpmSigner:
@@ -157,16 +157,25 @@ class TpmSigner:
             try:
                 return op(self._esapi)
             except TSS2_Exception as err:
-                cls = TpmUnavailable if int(err.rc) & 0xFF0000 == _TCTI_LAYER else TpmError
-                raise cls(f"{what} failed: {err}") from err
+                if int(err.rc) & 0xFF0000 != _TCTI_LAYER:
+                    raise TpmError(f"{what} failed: {err}") from err
+                # a command cut off mid-way leaves ESAPI waiting for its answer: every later
+                # call on this context is refused as out of sequence, so the next call opens
+                # a new one (a TPM reset that came back and went away again did this)
+                self._drop()
+                raise TpmUnavailable(f"{what} failed: {err}") from err
 
-    def _reopen(self) -> None:
+    def _drop(self) -> None:
+        """Close the context: the next call opens the TPM first."""
         if self._open:
             self._open = False
             with contextlib.suppress(TSS2_Exception):
                 self._esapi.close()
             with contextlib.suppress(TSS2_Exception):
                 self._tcti.close()
+
+    def _reopen(self) -> None:
+        self._drop()
         try:
             self._esapi, self._tcti = open_esapi(self.tcti)
         except TpmError as err:
@@ -187,11 +196,8 @@ class TpmSigner:
             )
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(TSS2_Exception):
-            if self._open:
-                self._open = False
-                self._esapi.close()
-                self._tcti.close()
+        with self._lock:
+            self._drop()
 
 
 def explain(err: TSS2_Exception, what: str) -> TpmError:

@@ -7,6 +7,7 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from tpm2_pytss import ESAPI
 
 from agent.sealer import seal
 from agent.window import ClosedWindow
@@ -118,6 +119,49 @@ def test_one_signer_rides_out_a_tpm_that_goes_away_and_comes_back_reset(
         assert isinstance(key, ec.EllipticCurvePublicKey)
         r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
         key.verify(utils.encode_dss_signature(r, s), b"after", ec.ECDSA(hashes.SHA256()))
+        assert c1 is not None
+        assert c2 is not None
+        assert c2.reset_count > c1.reset_count
+    finally:
+        signer.close()
+        own.stop()
+
+
+def test_a_tpm_that_goes_away_again_right_after_a_reopen_leaves_no_stuck_context(
+    tmp_path_factory: pytest.TempPathFactory, swtpm: SwtpmProcess
+) -> None:
+    """A call finds the TPM gone; it comes back, the signer opens it again, and it goes away
+    once more as the command is sent. ESAPI is then left mid-command: reused, every later
+    call was refused as out of sequence (a ``TpmError``, not "unavailable"), and the agent
+    stopped (seen in a run of the gateway_faults rig). The context is dropped instead, so
+    once the TPM is back the next call opens it afresh and reads the reset."""
+    from attestation.signers.base import SignerUnavailable
+    from attestation.signers.tpm import TpmSigner
+
+    own = SwtpmProcess(tmp_path_factory.mktemp("again")).start()
+    signer = TpmSigner.open(own.tcti)
+    calls = 0
+
+    def read_clock_while_the_tpm_flaps(esapi: ESAPI) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the TPM is off; it is back for the reopen that follows
+            try:
+                return esapi.read_clock()
+            finally:
+                own.start()
+        own.stop()  # gone again as the retried command goes out
+        return esapi.read_clock()
+
+    try:
+        c1 = signer.clock()
+        own.stop()
+        # the path clock() takes, with the TPM's power steps put between its two attempts
+        with pytest.raises(SignerUnavailable, match="tcti"):
+            signer._call("TPM2_ReadClock", read_clock_while_the_tpm_flaps)
+        assert calls == 2
+        own.start()
+        c2 = signer.clock()
         assert c1 is not None
         assert c2 is not None
         assert c2.reset_count > c1.reset_count
