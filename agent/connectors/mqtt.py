@@ -739,9 +739,7 @@ class MqttConnector(LinkConnector[MqttConfig]):
             gaps = self.silences()
             if gaps:
                 await emit([], gaps)
-            # with acks after the journal, only pairs whose readings are durable: a message
-            # delivered again after a kill is then admitted, not refused as its own replay
-            state = dict(self.durable) if self.journaled else self.node_gate.replay_state()
+            state = self._replay_state_to_keep()
             if state != saved:
                 write_atomically(state_file, json.dumps(state).encode(), 0o600)
                 saved = state
@@ -761,8 +759,17 @@ class MqttConnector(LinkConnector[MqttConfig]):
                 tg.create_task(self._watch_nodes(state_file, emit), name=f"nodes[{self.name}]")
                 await self._run_session(emit)
         finally:
-            # a stop keeps the latest pairs, so a replay right after a restart is refused
-            write_atomically(state_file, json.dumps(self.node_gate.replay_state()).encode(), 0o600)
+            # a stop keeps the latest pairs it may keep, so a replay right after a restart is
+            # refused; a stop by a crash elsewhere in the agent ends here too
+            write_atomically(state_file, json.dumps(self._replay_state_to_keep()).encode(), 0o600)
+
+    def _replay_state_to_keep(self) -> dict[str, list[int]]:
+        """The last (boot, seq) per node to save. With acks after the journal, only pairs whose
+        readings are durable: a message not yet durable is not acknowledged and comes again
+        after a kill, a crash or a stop, and must then be admitted, not refused as its own
+        replay (the latest pairs, saved as the agent stopped on a TPM error, lost a reading)."""
+        assert self.node_gate is not None  # only for a node-v1 section
+        return dict(self.durable) if self.journaled else self.node_gate.replay_state()
 
     def _judge(self, got: Decoded, now: int) -> tuple[list[Sample], list[SourceGap]]:
         """Drop a redelivery; a jump in its publisher's numbers, or an edge node's death and

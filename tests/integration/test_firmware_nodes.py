@@ -7,11 +7,12 @@ silent node becomes a source gap, and a hung sensor driver is reset by the watch
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import aiomqtt
 import pytest
 
 from agent.config import parse_config
-from agent.connectors.base import Sample
+from agent.connectors.base import Sample, SourceGap
 from agent.connectors.mqtt import MqttConfig, MqttConnector
 from agent.connectors.nodeauth import node_tag
 from hil_tests.nodes import SimNode
@@ -143,6 +144,56 @@ async def test_forged_truncated_and_replayed_messages_are_refused_while_the_node
         ("<unknown>", "malformed"): 1,
     }
     assert all(b != 99 for b, _ in _pairs(got, "n1"))
+
+
+async def test_a_reading_not_yet_durable_when_the_agent_crashes_is_admitted_when_it_comes_again(
+    tmp_path: Path, mqtt_port: int
+) -> None:
+    """The agent stops on an error elsewhere (a cancel, as a crash's task group gives) while
+    its journal holds only the first readings. The messages after them were never
+    acknowledged and come again; the replay state saved at the stop must not hold their
+    pairs, or each comes back refused as its own replay and is lost (a gateway_faults run:
+    the agent stopped on a TPM error, the node's seq 115 was refused and missing)."""
+    nodes_dir = tmp_path / "nodes"
+    nodes_dir.mkdir()
+    key = os.urandom(32)
+    (nodes_dir / "n1.key").write_bytes(key)
+    (nodes_dir / "n1.key").chmod(0o600)
+    prefix = f"fo-fw-test/{uuid.uuid4().hex[:10]}"
+    cfg = _config(mqtt_port, prefix, nodes_dir)
+    bodies = [
+        json.dumps({"v": 1, "node": "n1", "boot": 1, "seq": i, "ts": 0, "r": [["t", i, "C"]]})
+        for i in range(1, 21)
+    ]
+    messages = [b.encode() + b"\n" + node_tag(key, b.encode()).hex().encode() for b in bodies]
+    first = MqttConnector(cfg)
+    taken: list[tuple[int, int]] = []
+
+    async def emit(samples: list[Sample], gaps: Sequence[SourceGap] = ()) -> None:
+        taken.extend(_pairs(samples, "n1"))
+
+    async def journaled() -> None:  # the journal stops after five readings
+        if len(taken) > 5:
+            await asyncio.Event().wait()
+
+    first.bind_journaled(journaled)
+    task = asyncio.create_task(first.run(emit))
+    try:
+        await until(lambda: first.reconnector.sessions >= 1)
+        async with aiomqtt.Client("127.0.0.1", mqtt_port) as node:
+            for m in messages:
+                await node.publish(f"{prefix}/n1", m, qos=1)
+        await until(lambda: len(taken) >= 12, what="taken beyond what is journaled")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    async with _connected(cfg) as (conn, got):
+        await until(lambda: _pairs(got, "n1")[-1:] == [(1, 20)], what="seq 20 again")
+    again = _pairs(got, "n1")
+    assert conn.node_gate is not None
+    assert conn.node_gate.refused == {}
+    assert again == [(1, s) for s in range(again[0][1], 21)]
+    assert again[0][1] <= 6, f"acknowledged before durable: redelivery starts at {again[0]}"
 
 
 async def test_a_node_rebooted_over_its_serial_repl_boots_again_and_loses_nothing(
