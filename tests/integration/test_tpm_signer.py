@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
-from tpm2_pytss import ESAPI
 
 from agent.sealer import seal
 from agent.window import ClosedWindow
@@ -17,7 +19,35 @@ from attestation.reading import Reading
 from provisioning.swtpm import SwtpmProcess
 from tests.cborvariants import high_s
 
+if TYPE_CHECKING:
+    from tpm2_pytss import ESAPI
+
+    from attestation.signers.base import TpmClock
+    from attestation.signers.tpm import TpmSigner
+
 pytestmark = pytest.mark.tpm
+
+
+@contextmanager
+def _signer_on_own_tpm(
+    tmp_path_factory: pytest.TempPathFactory, name: str
+) -> Iterator[tuple[SwtpmProcess, TpmSigner]]:
+    """A swtpm of the test's own (to stop and start) and a signer on it; both end after."""
+    from attestation.signers.tpm import TpmSigner
+
+    own = SwtpmProcess(tmp_path_factory.mktemp(name)).start()
+    signer = TpmSigner.open(own.tcti)
+    try:
+        yield own, signer
+    finally:
+        signer.close()
+        own.stop()
+
+
+def _assert_reset(before: TpmClock | None, after: TpmClock | None) -> None:
+    assert before is not None
+    assert after is not None
+    assert after.reset_count > before.reset_count
 
 
 def test_the_key_is_created_once_and_persists_across_opens(swtpm: SwtpmProcess) -> None:
@@ -102,11 +132,8 @@ def test_one_signer_rides_out_a_tpm_that_goes_away_and_comes_back_reset(
     """While the TPM is off a call says "unavailable" (the agent keeps its window and tries
     again); once it is back the same signer signs again, and the clock shows the reset."""
     from attestation.signers.base import SignerUnavailable
-    from attestation.signers.tpm import TpmSigner
 
-    own = SwtpmProcess(tmp_path_factory.mktemp("away")).start()
-    signer = TpmSigner.open(own.tcti)
-    try:
+    with _signer_on_own_tpm(tmp_path_factory, "away") as (own, signer):
         c1 = signer.clock()
         own.stop()
         for _ in range(2):  # the first call finds the connection dead, the next no TPM
@@ -119,12 +146,7 @@ def test_one_signer_rides_out_a_tpm_that_goes_away_and_comes_back_reset(
         assert isinstance(key, ec.EllipticCurvePublicKey)
         r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
         key.verify(utils.encode_dss_signature(r, s), b"after", ec.ECDSA(hashes.SHA256()))
-        assert c1 is not None
-        assert c2 is not None
-        assert c2.reset_count > c1.reset_count
-    finally:
-        signer.close()
-        own.stop()
+        _assert_reset(c1, c2)
 
 
 def test_a_tpm_that_goes_away_again_right_after_a_reopen_leaves_no_stuck_context(
@@ -136,24 +158,21 @@ def test_a_tpm_that_goes_away_again_right_after_a_reopen_leaves_no_stuck_context
     stopped (seen in a run of the gateway_faults rig). The context is dropped instead, so
     once the TPM is back the next call opens it afresh and reads the reset."""
     from attestation.signers.base import SignerUnavailable
-    from attestation.signers.tpm import TpmSigner
 
-    own = SwtpmProcess(tmp_path_factory.mktemp("again")).start()
-    signer = TpmSigner.open(own.tcti)
     calls = 0
+    with _signer_on_own_tpm(tmp_path_factory, "again") as (own, signer):
 
-    def read_clock_while_the_tpm_flaps(esapi: ESAPI) -> object:
-        nonlocal calls
-        calls += 1
-        if calls == 1:  # the TPM is off; it is back for the reopen that follows
-            try:
-                return esapi.read_clock()
-            finally:
-                own.start()
-        own.stop()  # gone again as the retried command goes out
-        return esapi.read_clock()
+        def read_clock_while_the_tpm_flaps(esapi: ESAPI) -> object:
+            nonlocal calls
+            calls += 1
+            if calls == 1:  # the TPM is off; it is back for the reopen that follows
+                try:
+                    return esapi.read_clock()
+                finally:
+                    own.start()
+            own.stop()  # gone again as the retried command goes out
+            return esapi.read_clock()
 
-    try:
         c1 = signer.clock()
         own.stop()
         # the path clock() takes, with the TPM's power steps put between its two attempts
@@ -161,13 +180,7 @@ def test_a_tpm_that_goes_away_again_right_after_a_reopen_leaves_no_stuck_context
             signer._call("TPM2_ReadClock", read_clock_while_the_tpm_flaps)
         assert calls == 2
         own.start()
-        c2 = signer.clock()
-        assert c1 is not None
-        assert c2 is not None
-        assert c2.reset_count > c1.reset_count
-    finally:
-        signer.close()
-        own.stop()
+        _assert_reset(c1, signer.clock())
 
 
 def test_no_tpm_gives_a_clear_error_with_a_fix(swtpm: SwtpmProcess) -> None:
