@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ from sqlalchemy import create_engine, text
 
 from agent.sealer import SealedWindow, seal
 from agent.window import ClosedWindow
+from attestation.localports import free_port
 from attestation.microproof import GENESIS_PREV, chain_hash
 from attestation.reading import Reading
 from attestation.signers.software import SoftwareSigner
@@ -85,12 +85,6 @@ def _chains(
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def process_cpu_seconds(pid: int) -> float | None:
     """CPU another process has used, every thread of it included, those that have ended too;
     None where it cannot be read (not Linux, or the process is gone).
@@ -117,7 +111,7 @@ class ServedProcess:
     which ``--port`` is added): ready once ``GET /healthz`` answers 200."""
 
     def __init__(self, argv: Sequence[str], log_dir: Path, env: dict[str, str]) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # stderr to a file, not a pipe: a pipe nobody reads until the end fills up (64 KiB)
         # and then stalls the server at its next log line, in the middle of a measurement

@@ -1,6 +1,8 @@
 """Run the hub under uvicorn in a background thread (tests, the demo) on a chosen port.
 
-``HubServer`` binds its own socket, so a stopped hub can be restarted on the same port.
+``HubServer`` binds its own socket, so a stopped hub can be restarted on the same port; with
+``port=0`` it picks one below the kernel's ephemeral range, which no outgoing connection can
+take while the hub is down (``attestation/localports.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
+from attestation.localports import free_port
 from cloud_sync.app import create_app
 from cloud_sync.errors import HubError
 from cloud_sync.settings import HubSettings
@@ -39,7 +42,7 @@ class HubServer:
             raise HubError("hub server already running")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        sock.bind((self.host, self.port or free_port(self.host)))
         self.port = sock.getsockname()[1]
         app = create_app(self.settings)
         # the lifespan starts the app's background work and, on stop, closes its database

@@ -12,20 +12,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Mosquitto", "free_port", "mosquitto_available"]
+from attestation.localports import free_port
+
+__all__ = ["Mosquitto", "mosquitto_available"]
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 
 def mosquitto_available() -> bool:
     return Path(MOSQUITTO).exists() or shutil.which("mosquitto") is not None
-
-
-def free_port() -> int:
-    """A port nothing listens on now (the OS's pick)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

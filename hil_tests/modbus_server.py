@@ -22,6 +22,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
+from attestation.localports import free_port
 from hil_tests.errors import HilError
 from hil_tests.feed import ModelSource, PlantFeed, ReplaySource, ValueSource
 from hil_tests.plant import DEFAULT_FAULTS, SIGNALS, Fault, PumpPlant
@@ -185,6 +186,8 @@ class ModbusFace:
             self._server = serial
             log.info("Modbus RTU server on %s (device id %d)", self.serial_port, DEVICE_ID)
             return
+        if not self.port:  # picked once, below the ephemeral range: a drop's restart reuses it
+            self.port = free_port(self.host)
         server = ModbusTcpServer(device, address=(self.host, self.port))
         try:
             await server.serve_forever(background=True)
@@ -193,7 +196,6 @@ class ModbusFace:
                 f"cannot listen for Modbus on {self.host}:{self.port}",
                 hint="pick another --modbus-port, or 0 for any free port",
             ) from err
-        # with port 0 the OS chose one; keep it so a restart after a drop reuses it
         listener = server.transport
         if not isinstance(listener, asyncio.Server):  # pymodbus's TCP listener always is
             await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus's shutdown() is unannotated

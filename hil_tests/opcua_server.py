@@ -9,30 +9,23 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import socket
 from dataclasses import dataclass, field
 
 from asyncua import ua
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 
+from attestation.localports import free_port
 from hil_tests.errors import HilError
 from hil_tests.feed import PlantFeed, PlantSample
 from hil_tests.plant import SIGNALS
 from hil_tests.tasks import stop_all
 
-__all__ = ["PLANT_NAMESPACE", "OpcUaFace", "free_port"]
+__all__ = ["PLANT_NAMESPACE", "OpcUaFace"]
 
 log = logging.getLogger(__name__)
 PLANT_NAMESPACE = "urn:factoryops:sim:pump"
 _PATH = "/factoryops/plant/"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS just reported free on ``host`` (for servers that must know it up front)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -44,6 +44,7 @@ from pymodbus.constants import ExcCodes
 
 from attestation import merkle
 from attestation.errors import AttestationError
+from attestation.localports import free_port
 from attestation.microproof import (
     Gap,
     SignedMicroProof,
@@ -56,7 +57,7 @@ from attestation.receipt import receipt_from_json
 from attestation.signers.base import TpmClock
 from attestation.signers.software import SoftwareSigner
 from attestation.verify import load_anchors, verify_chain, verify_receipt
-from hil_tests.broker import Mosquitto, free_port
+from hil_tests.broker import Mosquitto
 from hil_tests.errors import HilError, RigError
 from hil_tests.feed import ModelSource
 from hil_tests.modbus_server import (

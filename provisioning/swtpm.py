@@ -6,18 +6,15 @@ power-cycles it (TPM Reset: resetCount changes), keeping its state and persisten
 
 from __future__ import annotations
 
-import fcntl
-import random
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
+from attestation.localports import reserved_ports
 from provisioning.errors import ProvisioningError
 
 __all__ = ["EkCa", "SwtpmProcess", "manufacture", "swtpm_available"]
@@ -25,70 +22,6 @@ __all__ = ["EkCa", "SwtpmProcess", "manufacture", "swtpm_available"]
 
 def swtpm_available() -> bool:
     return shutil.which("swtpm") is not None
-
-
-_PORT_LOCKS = Path(tempfile.gettempdir()) / "factoryops-swtpm-ports"
-_LOWEST_PORT = 10_000  # above the well-known and most registered services' ports
-
-
-def _ephemeral_floor() -> int:
-    """The lowest port the kernel hands out for ``bind(0)`` and outgoing connections."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32_768  # Linux's default
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _reserve(port: int) -> IO[bytes] | None:
-    """An exclusive lock on ``port`` among this machine's swtpm processes (every test
-    worker's and the demo's), or None if another holds it; held while the file is open."""
-    _PORT_LOCKS.mkdir(parents=True, exist_ok=True)
-    lock = (_PORT_LOCKS / f"{port}.lock").open("ab")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        return None
-    return lock
-
-
-def _reserved_port_pair() -> tuple[int, IO[bytes]]:
-    """Two adjacent free ports for the TPM and its control channel, and the lock that keeps
-    them this TPM's through a power cycle.
-
-    They come from below the kernel's ephemeral range: a TPM that is power-cycled restarts
-    on the same ports (its TCTI names them), and while it was off an ephemeral port could be
-    given to any process's outgoing connection (seen in CI: "Address already in use" on
-    restart, port 46237). Below the range only explicit binds take a port, and the lock
-    keeps this project's other swtpm processes off it.
-    """
-    highest = _ephemeral_floor() - 2
-    if highest < _LOWEST_PORT:
-        raise ProvisioningError(
-            f"no room for swtpm's ports below the ephemeral range (starts at {highest + 2})",
-            hint="widen net.ipv4.ip_local_port_range's lower bound",
-        )
-    pick = random.SystemRandom()
-    for _ in range(200):
-        port = pick.randint(_LOWEST_PORT, highest)
-        lock = _reserve(port)
-        if lock is None:
-            continue
-        if _bindable(port) and _bindable(port + 1):
-            return port, lock
-        lock.close()
-    raise ProvisioningError(
-        f"no two adjacent free ports for swtpm in {_LOWEST_PORT}-{highest + 1} (200 tries)"
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +108,10 @@ class SwtpmProcess:
             raise ProvisioningError("swtpm is not installed", hint="apt install swtpm swtpm-tools")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
-            self.port, lock = _reserved_port_pair()
-            self._ports = weakref.finalize(self, lock.close)
+            # below the ephemeral range, and kept for a restart (attestation/localports.py)
+            ports = reserved_ports(2)  # the TPM's and its control channel's
+            self.port = ports.port
+            self._ports = weakref.finalize(self, ports.release)
         self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             [
                 exe,

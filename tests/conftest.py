@@ -56,14 +56,6 @@ def require_module(name: str, reason: str) -> None:
         missing(reason)
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now (for a server a test starts, or a
-    peer that is meant to be absent)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=1.0):

@@ -22,8 +22,8 @@ from pymodbus.simulator.simutils import DataType
 from agent.config import ModbusDeviceConfig, ModbusTag
 from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector
+from attestation.localports import free_port
 from hil_tests.tasks import Handler, TcpServer
-from tests.conftest import free_port
 from tests.waiting import until
 
 REFUSED_FROM = 100  # the server answers ILLEGAL_ADDRESS for holding registers at and above

@@ -20,8 +20,8 @@ from agent.cli import agent
 from agent.config import parse_config
 from agent.connectors.modbus import ModbusConnector
 from agent.runtime import build_runtime
+from attestation.localports import free_port
 from attestation.signers.software import SoftwareSigner
-from tests.conftest import free_port
 from tests.unit.test_agent_slow_signer import Ticker
 from tests.waiting import until
 

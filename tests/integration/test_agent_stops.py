@@ -31,9 +31,9 @@ import pytest
 from agent.config import parse_config
 from agent.runtime import AgentRuntime, build_runtime
 from attestation import parse_microproof, verify_chain
+from attestation.localports import free_port
 from attestation.signers.software import SoftwareSigner
 from benchmarks.modbus import FleetServer
-from tests.conftest import free_port
 from tests.integration.test_agent_modbus import ModbusPlc
 from tests.integration.test_connector_opcua import PlcServer
 from tests.waiting import until

@@ -25,7 +25,7 @@ from agent.backoff import Backoff
 from agent.config import parse_config
 from agent.connectors.base import QUALITY_BAD, QUALITY_GOOD, QUALITY_UNCERTAIN, Sample, SourceGap
 from agent.connectors.opcua import OVERFLOW, OpcUaConfig, OpcUaConnector
-from tests.conftest import free_port
+from attestation.localports import free_port
 from tests.connectorkit import running
 from tests.waiting import until
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from attestation.localports import free_port
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
-from tests.conftest import free_port
 from tests.hubkit import Device, post_paths
 from tests.waiting import until
 

@@ -25,12 +25,12 @@ import pytest
 
 from agent.sealer import SealedWindow, seal
 from agent.window import ClosedWindow
+from attestation.localports import free_port
 from attestation.merkle import verify_consistency
 from attestation.microproof import GENESIS_PREV, chain_hash
 from attestation.reading import Reading
 from attestation.signednote import NoteVerifier, open_note, parse_checkpoint
 from attestation.signers.software import SoftwareSigner
-from tests.conftest import free_port
 from tests.hubkit import Device, hub_readings
 from tests.waiting import until_sync
 

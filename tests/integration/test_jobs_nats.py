@@ -25,9 +25,10 @@ import nats
 import pytest
 from fastapi.testclient import TestClient
 
+from attestation.localports import free_port
 from cloud_sync.app import create_app
 from cloud_sync.settings import HubSettings
-from tests.conftest import free_port, missing, port_open
+from tests.conftest import missing, port_open
 from tests.waiting import until
 
 pytestmark = pytest.mark.services

@@ -23,6 +23,7 @@ from agent.config import AgentConfig, load_config
 from agent.runtime import AgentRuntime, build_runtime
 from agent.spool import Spool
 from agent.uplink import register_device
+from attestation.localports import free_port
 from attestation.microproof import parse_microproof
 from attestation.signers.base import Signer
 from attestation.signers.software import SoftwareSigner
@@ -30,7 +31,7 @@ from attestation.utid import utid_bytes, utid_text
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from factoryops.provision_cmd import rotate
-from tests.conftest import free_port, missing, require_module
+from tests.conftest import missing, require_module
 from tests.unit.test_agent_slow_signer import Ticker
 from tests.waiting import until
 

@@ -27,7 +27,7 @@ from agent.config import ModbusDeviceConfig, ModbusTag, parse_config
 from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector
 from agent.errors import ConfigError
-from tests.conftest import free_port
+from attestation.localports import free_port
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)

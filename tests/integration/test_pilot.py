@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from attestation.localports import free_port
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from tests.browser import launch, require_chromium
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(300)
 APP_FILE = str(Path(__file__).resolve().parents[2] / "factoryops" / "pilot_app.py")

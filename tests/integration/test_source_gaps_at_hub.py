@@ -28,12 +28,13 @@ from agent.config import parse_config
 from agent.connectors.registry import build_connectors
 from agent.runtime import AgentRuntime, build_runtime
 from agent.uplink import register_device
+from attestation.localports import free_port
 from attestation.microproof import SourceGap, parse_microproof
 from benchmarks.modbus import FleetServer, SilentPeer
 from cloud_sync.server import HubServer
 from cloud_sync.settings import HubSettings
 from tests.brokers import Mosquitto, mosquitto_available
-from tests.conftest import free_port, missing
+from tests.conftest import missing
 from tests.hubkit import hub_readings
 from tests.integration.test_agent_modbus import REFUSED_FROM, ModbusPlc
 from tests.waiting import until

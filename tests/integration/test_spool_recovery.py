@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import socket
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from agent.health import HealthLimits, problems
 from agent.runtime import AgentRuntime, build_runtime
 from agent.spool import Spool
 from agent.uplink import register_device
+from attestation.localports import free_port
 from attestation.microproof import ResetRecord, parse_microproof
 from attestation.signers.software import SoftwareSigner
 from attestation.utid import utid_bytes, utid_text
@@ -68,9 +68,7 @@ def _recover(cfg_path: Path) -> Result:
 
 
 def _free_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 async def _gateway(tmp: Path) -> tuple[HubServer, AgentConfig, SoftwareSigner]:

@@ -21,11 +21,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from attestation import load_anchors, receipt_from_json, report_receipt
+from attestation.localports import free_port
 from cloud_sync.app import create_app, hub_app
 from cloud_sync.errors import ApiError, HubFault
 from cloud_sync.routes import HubDeps
 from cloud_sync.settings import HubSettings
-from tests.conftest import free_port
 from tests.hubkit import Device, body
 
 CBOR = {"content-type": "application/cbor"}

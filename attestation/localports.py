@@ -1,0 +1,115 @@
+"""Loopback ports for the servers this project starts itself: simulated TPMs, brokers, PLCs
+and hubs in tests, HIL rigs, benchmarks and the demo.
+
+A port is picked at random **below the kernel's ephemeral range**, never with ``bind(0)``.
+Many of these servers are stopped and started again on the same port (a power cut, a
+broker restart, a TPM Reset), and a port from ``bind(0)`` is an ephemeral one: while its
+server was down the kernel could give it to any process's outgoing connection, and the
+restart then failed with "Address already in use" (seen in CI: a swtpm on port 46237).
+Below the range only an explicit ``bind`` takes a port.
+
+``reserved_ports`` also locks the ports (an ``flock`` on a file in the temp directory) for
+as long as its owner keeps the file open, so that the project's other pickers (the other
+test workers, a demo) skip them even while their server is down; ``free_port`` skips
+reserved ports too. The lock files are empty and left in place (one a port at most):
+removing a lock file that another process may be opening would break the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import random
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from attestation.errors import AttestationError
+
+__all__ = ["LOWEST_PORT", "Reservation", "ephemeral_floor", "free_port", "reserved_ports"]
+
+LOWEST_PORT = 10_000  # above the well-known ports and most services' registered ones
+_LOCKS = Path(tempfile.gettempdir()) / "factoryops-ports"
+_TRIES = 200
+
+
+def ephemeral_floor() -> int:
+    """The lowest port the kernel hands out for ``bind(0)`` and outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
+def _bindable(port: int, host: str) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _lock(port: int) -> IO[bytes] | None:
+    """The lock on ``port`` among this machine's pickers, or None if another holds it."""
+    _LOCKS.mkdir(parents=True, exist_ok=True)
+    lock = (_LOCKS / f"{port}.lock").open("ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
+@dataclass
+class Reservation:
+    """Ports ``port`` .. ``port + count - 1``, locked until ``release()``."""
+
+    port: int
+    _locks: list[IO[bytes]] = field(repr=False)
+
+    def release(self) -> None:
+        for lock in self._locks:
+            lock.close()
+        self._locks.clear()
+
+
+def _locked(port: int, count: int, host: str) -> Reservation | None:
+    locks: list[IO[bytes]] = []
+    for p in range(port, port + count):
+        lock = _lock(p)
+        if lock is None or not _bindable(p, host):
+            if lock is not None:
+                lock.close()
+            Reservation(port, locks).release()
+            return None
+        locks.append(lock)
+    return Reservation(port, locks)
+
+
+def reserved_ports(count: int = 1, host: str = "127.0.0.1") -> Reservation:
+    """``count`` adjacent ports free on ``host``, locked as this caller's until released."""
+    highest = ephemeral_floor() - count
+    if highest < LOWEST_PORT:
+        raise AttestationError(
+            f"no room for {count} port(s) between {LOWEST_PORT} and the ephemeral range",
+            hint="raise the lower bound of net.ipv4.ip_local_port_range",
+        )
+    pick = random.SystemRandom()
+    for _ in range(_TRIES):
+        if (got := _locked(pick.randint(LOWEST_PORT, highest), count, host)) is not None:
+            return got
+    raise AttestationError(
+        f"no {count} adjacent free port(s) on {host} in {LOWEST_PORT}-{highest + count - 1}"
+        f" ({_TRIES} tries)"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on or has reserved now, below the ephemeral range: for a server
+    that must know its port before it starts, or a peer that is meant to be absent."""
+    reservation = reserved_ports(1, host)
+    reservation.release()
+    return reservation.port
