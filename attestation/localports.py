@@ -8,16 +8,16 @@ server was down the kernel could give it to any process's outgoing connection, a
 restart then failed with "Address already in use" (seen in CI: a swtpm on port 46237).
 Below the range only an explicit ``bind`` takes a port.
 
-``reserved_ports`` also locks the ports (an ``flock`` on a file in the temp directory) for
-as long as its owner keeps the file open, so that the project's other pickers (the other
-test workers, a demo) skip them even while their server is down; ``free_port`` skips
-reserved ports too. The lock files are empty and left in place (one a port at most):
-removing a lock file that another process may be opening would break the lock.
+``reserved_ports`` also locks the ports (an ``flock`` on an empty file a port, in a directory
+of the user's under the temp directory) until it is released, so that the project's other
+pickers (the other test workers, a demo) skip them even while their server is down;
+``free_port`` skips reserved ports too. A released port's file is deleted.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import random
 import socket
 import tempfile
@@ -30,7 +30,8 @@ from attestation.errors import AttestationError
 __all__ = ["LOWEST_PORT", "Reservation", "ephemeral_floor", "free_port", "reserved_ports"]
 
 LOWEST_PORT = 10_000  # above the well-known ports and most services' registered ones
-_LOCKS = Path(tempfile.gettempdir()) / "factoryops-ports"
+# one directory a user: a shared machine's other users cannot write into ours
+_LOCKS = Path(tempfile.gettempdir()) / f"factoryops-ports-{os.getuid()}"
 _TRIES = 200
 
 
@@ -52,15 +53,27 @@ def _bindable(port: int, host: str) -> bool:
 
 
 def _lock(port: int) -> IO[bytes] | None:
-    """The lock on ``port`` among this machine's pickers, or None if another holds it."""
-    _LOCKS.mkdir(parents=True, exist_ok=True)
-    lock = (_LOCKS / f"{port}.lock").open("ab")
+    """The lock on ``port`` among this machine's pickers, or None if another holds it.
+
+    A holder deletes its lock file before it lets go (``_unlock``), so the directory holds
+    only the ports held now. The lock is ours only if the file is still the one at its path:
+    one opened just before its holder deleted it locks a file nobody else will see."""
+    _LOCKS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = _LOCKS / f"{port}.lock"
+    lock = path.open("ab")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        if os.fstat(lock.fileno()).st_ino != path.stat().st_ino:
+            raise BlockingIOError  # deleted by its last holder since we opened it
+    except (BlockingIOError, FileNotFoundError):
         lock.close()
         return None
     return lock
+
+
+def _unlock(lock: IO[bytes]) -> None:
+    Path(lock.name).unlink(missing_ok=True)  # while still held: see ``_lock``
+    lock.close()
 
 
 @dataclass
@@ -72,21 +85,22 @@ class Reservation:
 
     def release(self) -> None:
         for lock in self._locks:
-            lock.close()
+            _unlock(lock)
         self._locks.clear()
 
 
 def _locked(port: int, count: int, host: str) -> Reservation | None:
-    locks: list[IO[bytes]] = []
+    held = Reservation(port, [])
     for p in range(port, port + count):
         lock = _lock(p)
-        if lock is None or not _bindable(p, host):
-            if lock is not None:
-                lock.close()
-            Reservation(port, locks).release()
+        if lock is None:
+            held.release()
             return None
-        locks.append(lock)
-    return Reservation(port, locks)
+        held._locks.append(lock)
+        if not _bindable(p, host):
+            held.release()
+            return None
+    return held
 
 
 def reserved_ports(count: int = 1, host: str = "127.0.0.1") -> Reservation:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+import pytest
+
 from attestation import localports
 from provisioning.swtpm import SwtpmProcess, swtpm_available
 from tests.conftest import missing
@@ -36,9 +38,31 @@ def test_every_port_of_a_reservation_is_skipped_until_it_is_released() -> None:
     finally:
         got.release()
     for p in (got.port, got.port + 1):
+        assert not (localports._LOCKS / f"{p}.lock").exists()  # nothing left behind
         lock = localports._lock(p)
         assert lock is not None
-        lock.close()
+        localports._unlock(lock)
+
+
+def test_a_lock_file_deleted_by_its_last_holder_is_not_a_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A picker that opened the file just before its holder let go (and deleted it) would
+    lock a file nobody else sees: it must count the port as taken, never as its own."""
+    got = localports.reserved_ports(1)
+    path = localports._LOCKS / f"{got.port}.lock"
+    stale = path.open("ab")  # opened while the holder still has it
+    real_open = Path.open
+
+    def open_the_stale_one(self: Path, *args: object, **kwargs: object) -> object:
+        if self == path:
+            got.release()  # the holder lets go between our open and our flock
+            return stale
+        return real_open(self, *args, **kwargs)  # type: ignore[call-overload]  # Path.open's overloads
+
+    monkeypatch.setattr(Path, "open", open_the_stale_one)
+    assert localports._lock(got.port) is None
+    assert stale.closed
 
 
 def test_a_stopped_tpm_keeps_its_ports_until_it_is_gone(tmp_path: Path) -> None:
@@ -55,4 +79,4 @@ def test_a_stopped_tpm_keeps_its_ports_until_it_is_gone(tmp_path: Path) -> None:
     gc.collect()
     again = localports._lock(port)
     assert again is not None  # released with the object
-    again.close()
+    localports._unlock(again)
