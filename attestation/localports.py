@@ -1,12 +1,13 @@
 """Loopback ports for the servers this project starts itself: simulated TPMs, brokers, PLCs
 and hubs in tests, HIL rigs, benchmarks and the demo.
 
-A port is picked at random **below the kernel's ephemeral range**, never with ``bind(0)``.
-Many of these servers are stopped and started again on the same port (a power cut, a
-broker restart, a TPM Reset), and a port from ``bind(0)`` is an ephemeral one: while its
-server was down the kernel could give it to any process's outgoing connection, and the
-restart then failed with "Address already in use" (seen in CI: a swtpm on port 46237).
-Below the range only an explicit ``bind`` takes a port.
+A port is picked at random **outside the kernel's ephemeral range** (mostly below it, on
+Linux's defaults), never with ``bind(0)``. Many of these servers are stopped and started
+again on the same port (a power cut, a broker restart, a TPM Reset), and a port from
+``bind(0)`` is an ephemeral one: while its server was down the kernel could give it to any
+process's outgoing connection, and the restart then failed with "Address already in use"
+(seen in CI: a swtpm on port 46237). Outside the range only an explicit ``bind`` takes a
+port. Where the range leaves no room outside it, the kernel's pick is used, as before.
 
 ``reserved_ports`` also locks the ports (an ``flock`` on an empty file a port, in a directory
 of the user's under the temp directory) until it is released, so that the project's other
@@ -27,7 +28,7 @@ from typing import IO
 
 from attestation.errors import AttestationError
 
-__all__ = ["LOWEST_PORT", "Reservation", "ephemeral_floor", "free_port", "reserved_ports"]
+__all__ = ["LOWEST_PORT", "Reservation", "ephemeral_range", "free_port", "reserved_ports"]
 
 LOWEST_PORT = 10_000  # above the well-known ports and most services' registered ones
 # one directory a user: a shared machine's other users cannot write into ours
@@ -35,12 +36,26 @@ _LOCKS = Path(tempfile.gettempdir()) / f"factoryops-ports-{os.getuid()}"
 _TRIES = 200
 
 
-def ephemeral_floor() -> int:
-    """The lowest port the kernel hands out for ``bind(0)`` and outgoing connections."""
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out for ``bind(0)`` and outgoing connections."""
     try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32_768  # Linux's default
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
+
+
+def _spans(count: int) -> list[range]:
+    """Where ``count`` adjacent ports may start outside the ephemeral range."""
+    lo, hi = ephemeral_range()
+    spans = [range(LOWEST_PORT, lo - count + 1), range(hi + 1, 65_536 - count + 1)]
+    return [span for span in spans if len(span)]
+
+
+def _kernels_pick(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def _bindable(port: int, host: str) -> bool:
@@ -104,25 +119,28 @@ def _locked(port: int, count: int, host: str) -> Reservation | None:
 
 
 def reserved_ports(count: int = 1, host: str = "127.0.0.1") -> Reservation:
-    """``count`` adjacent ports free on ``host``, locked as this caller's until released."""
-    highest = ephemeral_floor() - count
-    if highest < LOWEST_PORT:
-        raise AttestationError(
-            f"no room for {count} port(s) between {LOWEST_PORT} and the ephemeral range",
-            hint="raise the lower bound of net.ipv4.ip_local_port_range",
-        )
+    """``count`` adjacent ports free on ``host``, locked as this caller's until released.
+
+    Outside the ephemeral range where there is room (below it on Linux's defaults); on a
+    machine whose range leaves none, the kernel's pick, which a restart may find taken."""
+    spans = _spans(count)
     pick = random.SystemRandom()
     for _ in range(_TRIES):
-        if (got := _locked(pick.randint(LOWEST_PORT, highest), count, host)) is not None:
+        if spans:
+            span = pick.choices(spans, weights=[len(s) for s in spans])[0]
+            port = pick.choice(span)
+        else:
+            port = _kernels_pick(host)
+        if port + count <= 65_536 and (got := _locked(port, count, host)) is not None:
             return got
     raise AttestationError(
-        f"no {count} adjacent free port(s) on {host} in {LOWEST_PORT}-{highest + count - 1}"
-        f" ({_TRIES} tries)"
+        f"no {count} adjacent free port(s) on {host} after {_TRIES} tries",
+        hint="see net.ipv4.ip_local_port_range: ports outside it are picked first",
     )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on or has reserved now, below the ephemeral range: for a server
+    """A port nobody listens on or has reserved now, outside the ephemeral range: for a server
     that must know its port before it starts, or a peer that is meant to be absent."""
     reservation = reserved_ports(1, host)
     reservation.release()

@@ -1,7 +1,7 @@
 """Run the hub under uvicorn in a background thread (tests, the demo) on a chosen port.
 
 ``HubServer`` binds its own socket, so a stopped hub can be restarted on the same port; with
-``port=0`` it picks one below the kernel's ephemeral range, which no outgoing connection can
+``port=0`` it picks one outside the kernel's ephemeral range, which no outgoing connection can
 take while the hub is down (``attestation/localports.py``).
 """
 

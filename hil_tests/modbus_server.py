@@ -186,7 +186,7 @@ class ModbusFace:
             self._server = serial
             log.info("Modbus RTU server on %s (device id %d)", self.serial_port, DEVICE_ID)
             return
-        if not self.port:  # picked once, below the ephemeral range: a drop's restart reuses it
+        if not self.port:  # picked once, outside the ephemeral range: a drop's restart reuses it
             self.port = free_port(self.host)
         server = ModbusTcpServer(device, address=(self.host, self.port))
         try:

@@ -108,7 +108,7 @@ class SwtpmProcess:
             raise ProvisioningError("swtpm is not installed", hint="apt install swtpm swtpm-tools")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
-            # below the ephemeral range, and kept for a restart (attestation/localports.py)
+            # outside the ephemeral range, and kept for a restart (attestation/localports.py)
             ports = reserved_ports(2)  # the TPM's and its control channel's
             self.port = ports.port
             self._ports = weakref.finalize(self, ports.release)

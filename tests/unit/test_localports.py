@@ -1,4 +1,4 @@
-"""Ports for the servers the project starts: below the ephemeral range, reservable.
+"""Ports for the servers the project starts: outside the ephemeral range, reservable.
 
 Servers here are stopped and started again on the same port. CI once failed a simulated
 TPM's restart with "Address already in use" on port 46237: while the TPM was off, the
@@ -18,16 +18,40 @@ from provisioning.swtpm import SwtpmProcess, swtpm_available
 from tests.conftest import missing
 
 
-def test_ports_are_below_the_ephemeral_range_and_free() -> None:
-    floor = localports.ephemeral_floor()
+def _outside(port: int) -> bool:
+    lo, hi = localports.ephemeral_range()
+    return port >= localports.LOWEST_PORT and not lo <= port <= hi
+
+
+def test_ports_are_outside_the_ephemeral_range_and_free() -> None:
     for _ in range(20):
         got = localports.reserved_ports(2)
         try:
-            assert localports.LOWEST_PORT <= got.port < got.port + 1 < floor
+            assert _outside(got.port)
+            assert _outside(got.port + 1)
             assert all(localports._bindable(p, "127.0.0.1") for p in (got.port, got.port + 1))
         finally:
             got.release()
-        assert localports.LOWEST_PORT <= localports.free_port() < floor
+        assert _outside(localports.free_port())
+
+
+@pytest.mark.parametrize(
+    ("ephemeral", "where"),
+    [
+        # Linux's default: below it, or the few above it
+        ((32_768, 60_999), (range(10_000, 32_768), range(61_000, 65_536))),
+        ((1_024, 49_999), (range(50_000, 65_536),)),  # no room below: above it
+        ((1_024, 65_535), (range(1_024, 65_536),)),  # none outside: the kernel's own pick
+    ],
+)
+def test_the_span_follows_the_machines_ephemeral_range(
+    monkeypatch: pytest.MonkeyPatch, ephemeral: tuple[int, int], where: tuple[range, ...]
+) -> None:
+    monkeypatch.setattr(localports, "ephemeral_range", lambda: ephemeral)
+    for _ in range(10):
+        got = localports.reserved_ports(2)
+        got.release()
+        assert any(got.port in span and got.port + 1 in span for span in where)
 
 
 def test_every_port_of_a_reservation_is_skipped_until_it_is_released() -> None:
