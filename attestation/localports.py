@@ -105,17 +105,15 @@ class Reservation:
 
 
 def _locked(port: int, count: int, host: str) -> Reservation | None:
-    held = Reservation(port, [])
+    locks: list[IO[bytes]] = []
     for p in range(port, port + count):
         lock = _lock(p)
-        if lock is None:
-            held.release()
+        if lock is not None:
+            locks.append(lock)
+        if lock is None or not _bindable(p, host):
+            Reservation(port, locks).release()  # the ports locked so far
             return None
-        held._locks.append(lock)
-        if not _bindable(p, host):
-            held.release()
-            return None
-    return held
+    return Reservation(port, locks)
 
 
 def reserved_ports(count: int = 1, host: str = "127.0.0.1") -> Reservation:

@@ -17,7 +17,6 @@ import contextlib
 import json
 import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +37,7 @@ from rich.table import Table
 from agent.config import ModbusDeviceConfig, ModbusTag
 from agent.connectors.base import Sample, SourceGap
 from agent.connectors.modbus import ModbusConnector, Span, one_request_per_tag, plan_spans
+from attestation.localports import free_port
 from benchmarks.endtoend import end_to_end
 from hil_tests.tasks import TcpServer, stop_all
 
@@ -55,9 +55,7 @@ class FleetServer:
     _task: asyncio.Task[Any] | None = None
 
     async def __aenter__(self) -> FleetServer:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", self.port))
-            self.port = s.getsockname()[1]
+        self.port = self.port or free_port()
         devices = [
             SimDevice(
                 id=i,
