@@ -1,26 +1,38 @@
 """Group commit: concurrent upload requests share one transaction, one commit, one fsync.
 
 Each request's proofs are checked on the event loop as they arrive (parse, signature,
-leaves: ``Ingestor.check_many``). The checked requests then queue here; one writer takes
-every request queued so far and stores them together (``Ingestor.store_checked``) in the
-writer thread (always the same one: the ingestor keeps its write connection open between
-groups), so the loop goes on checking the next requests while the database commits. A request
-is answered only after the commit that holds its proofs: what the hub acknowledges is on disk.
+leaves: ``Ingestor.check_many``). The checked requests then queue here, and one writer thread
+stores a group of them at a time (``Ingestor.store_checked``; always the same thread: the
+ingestor keeps its write connection open between groups), so the loop goes on checking the
+next requests while the database commits. A request is answered only after the commit that
+holds its proofs: what the hub acknowledges is on disk.
 
 Why: a commit has a fixed cost (SQLite's WAL write and fsync, ~0.3-0.4 ms of CPU here,
 more in wall time) that one request of 8 proofs paid alone; with several devices uploading
 at once it is shared (docs/performance.md).
 
-A writer that was idle waits ``gather_s`` (2 ms) before it takes its first group, as
-PostgreSQL's ``commit_delay`` does: gateways upload one proof at a time, at moments of their
-own, so without the wait a hub that keeps up commits nearly every request alone (one fsync
-and one set of statements a proof); with it, the requests of those 2 ms share the commit.
-Once busy, the writer takes whatever queued while it committed, without waiting.
+Who takes a group (ADR 0054):
+- An idle writer is started by the request that finds it idle, and its thread takes the
+  first group itself after waiting ``gather_s`` (2 ms), as PostgreSQL's ``commit_delay``
+  does: gateways upload one proof at a time, at moments of their own, so without the wait a
+  hub that keeps up commits nearly every request alone; with it, the requests of those 2 ms
+  share the commit. The thread does not wait for the loop: when a task on the loop took the
+  first group, it ran only after every callback already due, and with many devices
+  uploading batches at once that was all of their requests. The loop then checked them all
+  while the database idled, and idled while the database stored them (a hub on PostgreSQL
+  busy 68 % of a core, docs/performance.md).
+- A busy writer's next group is taken on the loop, when the loop hears the commit: it
+  holds whatever the loop checked meanwhile. Under load that is many requests, so a
+  saturated hub still pays one commit for many of them (taking the next group in the
+  thread as well committed groups of ~6 requests where this takes ~70-230: +65-75 µs of
+  CPU a proof at 27,902 gateways).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +40,8 @@ from cloud_sync.ingest import CheckedRequest, Ingestor, Outcome
 from cloud_sync.settings import COMMIT_GATHER_S
 
 __all__ = ["GroupCommit"]
+
+_Queued = list[tuple[CheckedRequest, "asyncio.Future[Outcome]"]]
 
 
 class GroupCommit:
@@ -41,13 +55,14 @@ class GroupCommit:
         gather_s: float = COMMIT_GATHER_S,
     ) -> None:
         self.ingestor = ingestor
-        self.on_commit = on_commit  # called with the number of requests a commit held
+        self.on_commit = on_commit  # called on the loop with the number of requests a commit held
         self.gather_s = gather_s
-        self._queue: list[tuple[CheckedRequest, asyncio.Future[Outcome]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()  # the queue: the loop adds, the thread may take
+        self._queue: _Queued = []
+        self._writing = False  # a group is being committed, or about to be (on the loop only)
         # always the same thread: the ingestor keeps its write connection between groups
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-writer")
-        # the store's close ends the thread first (after the group it is writing, if any),
+        # the store's close ends the thread first (after the groups already queued, if any),
         # then the ingestor's write connection: a hub stopped and made again leaves no thread
         ingestor.store.on_close.insert(0, self.close)
 
@@ -59,31 +74,58 @@ class GroupCommit:
         """Store a checked request with whatever else is queued; returns once committed."""
         if not checked.items:  # its first proof was refused: nothing to store
             return [], checked.refusal
-        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.append((checked, done))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write())
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Outcome] = loop.create_future()
+        with self._lock:
+            self._queue.append((checked, done))
+        if not self._writing:  # the thread starts now, not once the loop ran what is due
+            self._writing = True
+            self._thread.submit(self._first, loop)
         return await done
 
-    async def _write(self) -> None:
+    def _take(self) -> _Queued:
+        with self._lock:
+            group, self._queue = self._queue, []
+        return group
+
+    def _first(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The writer thread, idle until now: waits, then commits what is queued by then."""
+        if self.gather_s > 0:  # let the requests of the next moment join
+            time.sleep(self.gather_s)
+        self._commit(loop, self._take())
+
+    def _commit(self, loop: asyncio.AbstractEventLoop, group: _Queued) -> None:
+        """The writer thread: one group in one transaction; the loop hears how it went."""
+        result: list[Outcome] | Exception
         try:
-            if self.gather_s > 0:  # idle until now: let the requests of the next moment join
-                await asyncio.sleep(self.gather_s)
-            while self._queue:
-                group, self._queue = self._queue, []
-                try:
-                    outcomes = await asyncio.get_running_loop().run_in_executor(
-                        self._thread, self.ingestor.store_checked, [c for c, _ in group]
-                    )
-                except Exception as err:  # noqa: BLE001 - every request of the group hears it
-                    for _, done in group:
-                        if not done.done():
-                            done.set_exception(err)
-                    continue
-                if self.on_commit is not None:
-                    self.on_commit(len(group))
-                for (_, done), outcome in zip(group, outcomes, strict=True):
-                    if not done.done():  # a client that went away: its proofs stay stored
-                        done.set_result(outcome)
-        finally:
-            self._writer = None
+            result = self.ingestor.store_checked([c for c, _ in group])
+        except Exception as err:  # noqa: BLE001 - every request of the group hears it
+            result = err
+        try:
+            loop.call_soon_threadsafe(self._committed, loop, group, result)
+        except RuntimeError:  # the loop is closed: nobody waits; the next loop starts anew
+            self._writing = False
+
+    def _committed(
+        self, loop: asyncio.AbstractEventLoop, group: _Queued, result: list[Outcome] | Exception
+    ) -> None:
+        """On the loop: each request of the group hears its outcome (or the error); then
+        the requests queued meanwhile go to the thread as the next group, without waiting."""
+        if isinstance(result, Exception):
+            _fail(group, result)
+        else:
+            if self.on_commit is not None:
+                self.on_commit(len(group))
+            for (_, done), outcome in zip(group, result, strict=True):
+                if not done.done():  # a client that went away: its proofs stay stored
+                    done.set_result(outcome)
+        if following := self._take():
+            self._thread.submit(self._commit, loop, following)
+        else:
+            self._writing = False
+
+
+def _fail(group: _Queued, err: BaseException) -> None:
+    for _, done in group:
+        if not done.done():
+            done.set_exception(err)

@@ -742,9 +742,11 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
     tmp_path: Path,
 ) -> None:
     """When the database refuses a group's transaction, every request in that group hears
-    the error (none of it was acknowledged or stored), and the writer goes on: the same
-    uploads sent again are stored. The failure is injected at the first ``store_checked``
-    call (an ``OperationalError`` as a full disk raises); the store is a real SQLite file."""
+    the error (none of it was acknowledged or stored), and the writer goes on: a request in a
+    later group, and the failed ones sent again, are stored. The failure is injected at the
+    first ``store_checked`` call (an ``OperationalError`` as a full disk raises); the store is
+    a real SQLite file. How the requests fall into groups is the writer's business: the test
+    reads which ones the failed group held."""
     import asyncio
 
     from sqlalchemy.exc import OperationalError
@@ -753,11 +755,11 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
     from cloud_sync.ingest import Ingestor, Outcome
 
     class FailsOnce(Ingestor):
-        failed = False
+        failed: list[CheckedRequest] | None = None  # the failed group's requests
 
         def store_checked(self, requests: Sequence[CheckedRequest]) -> list[Outcome]:
-            if not self.failed:
-                self.failed = True
+            if self.failed is None:
+                self.failed = list(requests)
                 raise OperationalError("COMMIT", {}, Exception("database or disk is full"))
             return super().store_checked(requests)
 
@@ -771,20 +773,73 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
         writer = GroupCommit(ingest, on_commit=commits.append)
         uploads = [[upload_of(d.window(3))] for d in devs]
 
-        async def send_all() -> list[Outcome | BaseException]:
-            checked = [ingest.check_many(u, now_ns=1) for u in uploads]
+        sent: list[CheckedRequest] = []
+
+        async def send(which: list[int]) -> list[Outcome | BaseException]:
+            checked = [ingest.check_many(uploads[i], now_ns=1) for i in which]
+            sent[:] = checked
             return await asyncio.gather(*(writer.store(c) for c in checked), return_exceptions=True)
 
-        failed = asyncio.run(send_all())
-        assert all(isinstance(f, OperationalError) for f in failed), failed
-        assert [client.get(f"/v1/devices/{u}").json()["windows"] for u in utids] == [0, 0]
-        again = asyncio.run(send_all())
+        first = asyncio.run(send([0, 1]))
+        failed = [i for i in (0, 1) if any(sent[i] is r for r in ingest.failed or [])]
+        assert failed, "the first group failed"
+        for i, answer in enumerate(first):
+            if i in failed:
+                assert isinstance(answer, OperationalError), answer
+            else:  # in a later group: stored
+                assert not isinstance(answer, BaseException)
+                assert [r.status for r in answer[0]] == ["accepted"]
+        windows = [client.get(f"/v1/devices/{u}").json()["windows"] for u in utids]
+        assert windows == [0 if i in failed else 1 for i in (0, 1)]
+        again = asyncio.run(send(failed))
         assert [[r.status for r in o[0]] for o in again if not isinstance(o, BaseException)] == [
-            ["accepted"],
-            ["accepted"],
+            ["accepted"] for _ in failed
         ]
         assert [client.get(f"/v1/devices/{u}").json()["windows"] for u in utids] == [1, 1]
-        assert commits == [2]  # the failed group made no commit
+        assert sum(commits) == 2  # the failed group made no commit; each request one after
+    store.close()
+
+
+def test_the_writer_commits_while_the_loop_is_busy_checking_other_requests(
+    tmp_path: Path,
+) -> None:
+    """ADR 0054: the writer thread takes its first group itself. When a task on the event
+    loop took it, nothing was committed until the loop had run every callback already due:
+    with many devices uploading batches, the loop checked all of them while the database
+    idled, then idled while the database stored them. Here the loop is kept busy (blocked
+    until the request is on disk, as a long run of checks would keep it); the request must
+    be committed meanwhile. Before the change this waited out its bound and failed."""
+    import asyncio
+
+    from cloud_sync.groupcommit import GroupCommit
+    from cloud_sync.ingest import Ingestor, Outcome
+    from tests.waiting import until_sync
+
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
+    dev = Device()
+    store = Store.open(s.db_url)
+    with TestClient(create_app(s, store=store)) as client:
+        utid = register_software(client, s, dev)
+        ingest = ingestor(store, s.data_dir, Ingestor)
+        commits: list[int] = []
+        writer = GroupCommit(ingest, on_commit=commits.append)
+        checked = ingest.check_many([upload_of(dev.window(3))], now_ns=1)
+
+        async def loop_busy_meanwhile() -> Outcome:
+            task = asyncio.create_task(writer.store(checked))
+            await asyncio.sleep(0)  # a yield, not a wait: the task queues its request
+            until_sync(  # blocks the loop's thread: no callback of the loop runs meanwhile
+                lambda: store.counts()["windows"] == 1,
+                within_s=30,
+                what="the request stored while the loop is busy",
+            )
+            return await task
+
+        results, refused = asyncio.run(loop_busy_meanwhile())
+        assert refused is None
+        assert [(r.status, r.window) for r in results] == [("accepted", 0)]
+        assert commits == [1]
+        assert client.get(f"/v1/devices/{utid}").json()["windows"] == 1
     store.close()
 
 
