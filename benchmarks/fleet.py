@@ -13,7 +13,8 @@ Every figure comes from real uploads over HTTP (loopback) to real hub processes
 3. ``replicas_ratio``: the load split over two hub processes on one PostgreSQL database over
    the same load into one; afterwards the log is checked as one consistent tree (both
    hubs sign the same checkpoint, every index once, every entry the hash of its stored
-   proof, a consistency proof from half-way verifies).
+   proof, a consistency proof from half-way verifies). ``replicas_ratio_ceiling`` is the
+   ratio the machine itself allows once two hubs and the database fill its CPUs.
 4. ``gateways_per_core``: simulated gateways, each uploading one window of 1,000 readings
    every ``--period`` seconds (one proof a POST), into a SQLite hub on one CPU; the
    largest fleet whose p99 upload latency (from the moment the upload was due) stays under
@@ -424,17 +425,28 @@ def _replicas(
         got = [v for run, pg in runs[n] if (v := pick(run, pg))]
         return round(statistics.median(got) / runs[n][0][0].proofs * 1e6, 1) if got else None
 
+    hubs2, pg2 = us(2, lambda run, _: run.cpu_s), us(2, lambda _, pg: pg)
     return {
         "replicas_ratio": round(two / one, 3),
+        "replicas_ratio_ceiling": _ratio_ceiling(one, hubs2, pg2),
         "replicas_one_hub_proofs_per_s": round(one, 1),
         "replicas_two_hubs_proofs_per_s": round(two, 1),
         # CPU a proof: the hub processes, and PostgreSQL's backends serving this database
         "replicas_hub_cpu_us_per_proof": us(1, lambda run, _: run.cpu_s),
         "replicas_pg_cpu_us_per_proof": us(1, lambda _, pg: pg),
-        "replicas_two_hubs_cpu_us_per_proof": us(2, lambda run, _: run.cpu_s),
-        "replicas_two_pg_cpu_us_per_proof": us(2, lambda _, pg: pg),
+        "replicas_two_hubs_cpu_us_per_proof": hubs2,
+        "replicas_two_pg_cpu_us_per_proof": pg2,
         "replicas_consistency": checked,
     }
+
+
+def _ratio_ceiling(one: float, hubs_us: float | None, pg_us: float | None) -> float | None:
+    """The ratio this machine allows (ADR 0054): two hubs and PostgreSQL filling every CPU
+    the bench may use, at the two-hub runs' CPU a proof, over the one-hub rate. On a
+    machine with fewer CPUs than two hubs and the database need, it is below 2."""
+    if not (hubs_us and pg_us and hasattr(os, "sched_getaffinity")):
+        return None
+    return round(len(os.sched_getaffinity(0)) / ((hubs_us + pg_us) * 1e-6) / one, 3)
 
 
 def _replica_run(

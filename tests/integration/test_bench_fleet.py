@@ -19,6 +19,7 @@ FIGURES = {
     "sqlite_one_core_proofs_per_s": float,
     "growth_ratio": float,
     "replicas_ratio": float,
+    "replicas_ratio_ceiling": float,
     "gateways_per_core": int,
     "connection_reuse_cpu_ratio": float,
 }
