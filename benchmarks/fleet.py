@@ -54,6 +54,7 @@ from attestation.microproof import sign_microproof
 from attestation.signednote import Checkpoint, NoteVerifier, open_note, parse_checkpoint
 from attestation.signers.software import SoftwareSigner
 from benchmarks.checkfloor import ChecksFloor, checks_floor
+from benchmarks.cpuquota import CpuQuota, QuotaUnavailable
 from benchmarks.fleetload import (
     SimDevice,
     WindowTemplate,
@@ -394,50 +395,102 @@ def _backend_cpu(engine: Engine, database: str) -> dict[int, float]:
     return out
 
 
+_HALF = 0.5  # the CPU share each hub gets in the confined rounds
+
+
 def _replicas(
     sizes: _Sizes, windows: Sequence[WindowTemplate], pg_url: str, say: Say
 ) -> dict[str, Any]:
     """Two hub processes on one fresh database; each round uploads a fresh load to one of
-    them, then another fresh load split over both (device i to hub i % 2)."""
+    them, then another fresh load split over both (device i to hub i % 2). Then the same
+    rounds with each hub held to half a CPU (``CpuQuota``), as replicas on machines of
+    their own: two hubs and the database then fit this machine's CPUs."""
     made = _pg_database(pg_url)
     if made is None:
         raise click.ClickException("PostgreSQL is not reachable: pass --pg '' to skip replicas")
     url, name = made
     watcher = create_engine(pg_url)
-    runs: dict[int, list[tuple[_Run, float]]] = {1: [], 2: []}
+    runs: dict[tuple[int, bool], list[tuple[_Run, float]]] = {}
+    unconfined: str | None = None  # why the confined rounds did not run
     try:
-        loads = [_load(sizes, windows) for _ in range(2 * sizes.repeat)]
-        _prepared(url, [d for load in loads for d in load.fleet])
+        made_loads = [_load(sizes, windows) for _ in range(4 * sizes.repeat)]
+        _prepared(url, [d for load in made_loads for d in load.fleet])
+        loads = iter(made_loads)  # a fresh one each run
         with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
             hubs = [stack.enter_context(_hub(Path(d), url, windows[0])) for _ in range(2)]
-            for r in range(sizes.repeat):
-                for n in (1, 2):
-                    say(f"replicas, round {r + 1} of {sizes.repeat}: {n} hub(s) on PostgreSQL")
-                    runs[n].append(_replica_run(hubs[:n], loads[2 * r + n - 1], watcher, name))
+
+            def rounds(confined: bool) -> None:
+                how = f", each held to {_HALF:g} CPU" if confined else ""
+                for r in range(sizes.repeat):
+                    for n in (1, 2):
+                        say(f"replicas, round {r + 1} of {sizes.repeat}: {n} hub(s){how}")
+                        run = _replica_run(hubs[:n], next(loads), watcher, name)
+                        runs.setdefault((n, confined), []).append(run)
+
+            rounds(confined=False)
+            try:
+                quotas = [stack.enter_context(_held(h, i)) for i, h in enumerate(hubs)]
+            except QuotaUnavailable as why:
+                unconfined = str(why)
+                say(f"replicas at half a CPU each: not measured ({why})")
+            else:
+                rounds(confined=True)
+                for q in quotas:
+                    q.release()
             checked = _one_tree(hubs, url, _stored(hubs[0]))
     finally:
         watcher.dispose()
         _drop_pg(pg_url, name)
-    one = statistics.median(x.proofs / x.wall_s for x, _ in runs[1])
-    two = statistics.median(x.proofs / x.wall_s for x, _ in runs[2])
-
-    def us(n: int, pick: Callable[[_Run, float], float | None]) -> float | None:
-        got = [v for run, pg in runs[n] if (v := pick(run, pg))]
-        return round(statistics.median(got) / runs[n][0][0].proofs * 1e6, 1) if got else None
-
-    hubs2, pg2 = us(2, lambda run, _: run.cpu_s), us(2, lambda _, pg: pg)
     return {
-        "replicas_ratio": round(two / one, 3),
-        "replicas_ratio_ceiling": _ratio_ceiling(one, hubs2, pg2),
-        "replicas_one_hub_proofs_per_s": round(one, 1),
-        "replicas_two_hubs_proofs_per_s": round(two, 1),
-        # CPU a proof: the hub processes, and PostgreSQL's backends serving this database
-        "replicas_hub_cpu_us_per_proof": us(1, lambda run, _: run.cpu_s),
-        "replicas_pg_cpu_us_per_proof": us(1, lambda _, pg: pg),
-        "replicas_two_hubs_cpu_us_per_proof": hubs2,
-        "replicas_two_pg_cpu_us_per_proof": pg2,
+        **_replica_figures(runs, confined=False),
+        **_replica_figures(runs, confined=True),
+        **({"replicas_half_cpu_not_measured": unconfined} if unconfined else {}),
         "replicas_consistency": checked,
     }
+
+
+@contextlib.contextmanager
+def _held(hub: HubProcess, i: int) -> Iterator[CpuQuota]:
+    quota = CpuQuota.make(f"factoryops-bench-hub{i}-{os.getpid()}", _HALF)
+    try:
+        quota.add(hub.proc.pid)
+        yield quota
+    finally:
+        quota.remove()
+
+
+def _replica_figures(
+    runs: dict[tuple[int, bool], list[tuple[_Run, float]]], *, confined: bool
+) -> dict[str, Any]:
+    """The ratio and its parts for the unconfined rounds (``replicas_*``) or the rounds at
+    half a CPU a hub (``replicas_half_cpu_*``)."""
+    one_runs, two_runs = runs.get((1, confined)), runs.get((2, confined))
+    key = "replicas_half_cpu" if confined else "replicas"
+    if not one_runs or not two_runs:
+        return {f"{key}_ratio": None}
+    one = statistics.median(x.proofs / x.wall_s for x, _ in one_runs)
+    two = statistics.median(x.proofs / x.wall_s for x, _ in two_runs)
+
+    def us(
+        of: list[tuple[_Run, float]], pick: Callable[[_Run, float], float | None]
+    ) -> float | None:
+        got = [v for run, pg in of if (v := pick(run, pg))]
+        return round(statistics.median(got) / of[0][0].proofs * 1e6, 1) if got else None
+
+    hubs2, pg2 = us(two_runs, lambda run, _: run.cpu_s), us(two_runs, lambda _, pg: pg)
+    figures = {
+        f"{key}_ratio": round(two / one, 3),
+        f"{key}_one_hub_proofs_per_s": round(one, 1),
+        f"{key}_two_hubs_proofs_per_s": round(two, 1),
+        # CPU a proof: the hub processes, and PostgreSQL's backends serving this database
+        f"{key}_hub_cpu_us_per_proof": us(one_runs, lambda run, _: run.cpu_s),
+        f"{key}_pg_cpu_us_per_proof": us(one_runs, lambda _, pg: pg),
+        f"{key}_two_hubs_cpu_us_per_proof": hubs2,
+        f"{key}_two_pg_cpu_us_per_proof": pg2,
+    }
+    if not confined:
+        figures["replicas_ratio_ceiling"] = _ratio_ceiling(one, hubs2, pg2)
+    return figures
 
 
 def _ratio_ceiling(one: float, hubs_us: float | None, pg_us: float | None) -> float | None:

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from tests.conftest import missing
+
 pytestmark = [pytest.mark.services, pytest.mark.timeout(900)]
 
 FIGURES = {
@@ -44,12 +46,14 @@ def test_quick_fleet_bench_prints_the_four_figures_after_checking_the_logs(
     # the seeded log is a prefix of the hub's signed tree, by the hub's consistency proof
     assert figures["growth_seed_checked"] is True
     assert figures["growth_big_log"] > figures["growth_small_log"]
-    # two hubs, one tree: 2 warm-up proofs + 2 loads of 4 devices x 8 proofs, all checked
+    # two hubs, one tree: 2 warm-up proofs + 4 loads (1 and 2 hubs, unconfined and held to
+    # half a CPU) of 4 devices x 8 proofs, all checked; 2 loads when no quota could be set
+    loads = 2 if figures["replicas_half_cpu_ratio"] is None else 4
     assert figures["replicas_consistency"] == {
         "checked": True,
-        "entries": 2 + 2 * 4 * 8,
+        "entries": 2 + loads * 4 * 8,
         "hubs": 2,
-        "consistency_from": (2 + 2 * 4 * 8) // 2,
+        "consistency_from": (2 + loads * 4 * 8) // 2,
     }
     levels = figures["gateways_levels"]
     assert [lv["gateways"] for lv in levels] == [20]
@@ -79,3 +83,9 @@ def test_quick_fleet_bench_prints_the_four_figures_after_checking_the_logs(
     if figures["floor_us_per_proof"] is not None:  # an HTTP floor was measured beside them
         assert figures["floor_us_per_proof"] > checks["total_us"]
         assert figures["gateways_ceiling_at_floor"] > 0
+    # replicas again with each hub held to half a CPU (a cgroup quota): two hubs' worth of
+    # proofs, the same checked tree (its entries above count every round's loads)
+    if figures["replicas_half_cpu_ratio"] is None:
+        missing(f"replicas at half a CPU: {figures['replicas_half_cpu_not_measured']}")
+    assert figures["replicas_half_cpu_ratio"] > 0
+    assert figures["replicas_half_cpu_two_hubs_proofs_per_s"] > 0
