@@ -21,8 +21,8 @@ Who takes a group (ADR 0054):
   uploading batches at once that was all of their requests. The loop then checked them all
   while the database idled, and idled while the database stored them (a hub on PostgreSQL
   busy 68 % of a core, docs/performance.md).
-- A busy writer's next group is taken on the loop, when the loop hears the commit: it
-  holds whatever the loop checked meanwhile. Under load that is many requests, so a
+- A busy writer's next group is handed to the thread by the loop, when the loop hears the
+  commit: it holds whatever the loop checked meanwhile. Under load that is many requests, so a
   saturated hub still pays one commit for many of them (taking the next group in the
   thread as well committed groups of ~6 requests where this takes ~70-230: +65-75 µs of
   CPU a proof at 27,902 gateways).
@@ -80,8 +80,19 @@ class GroupCommit:
             self._queue.append((checked, done))
         if not self._writing:  # the thread starts now, not once the loop ran what is due
             self._writing = True
-            self._thread.submit(self._first, loop)
+            self._hand_over(loop, self._first)
         return await done
+
+    def _hand_over(
+        self, loop: asyncio.AbstractEventLoop, job: Callable[[asyncio.AbstractEventLoop], None]
+    ) -> None:
+        """On the loop: give the writer thread its next job. Once the thread has ended (the
+        store closed), the requests queued hear why; nothing of theirs was stored."""
+        try:
+            self._thread.submit(job, loop)
+        except RuntimeError as err:
+            self._writing = False
+            _fail(self._take(), err)
 
     def _take(self) -> _Queued:
         with self._lock:
@@ -92,10 +103,11 @@ class GroupCommit:
         """The writer thread, idle until now: waits, then commits what is queued by then."""
         if self.gather_s > 0:  # let the requests of the next moment join
             time.sleep(self.gather_s)
-        self._commit(loop, self._take())
+        self._commit_queued(loop)
 
-    def _commit(self, loop: asyncio.AbstractEventLoop, group: _Queued) -> None:
-        """The writer thread: one group in one transaction; the loop hears how it went."""
+    def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The writer thread: what is queued, in one transaction; the loop hears how it went."""
+        group = self._take()
         result: list[Outcome] | Exception
         try:
             result = self.ingestor.store_checked([c for c, _ in group])
@@ -110,7 +122,7 @@ class GroupCommit:
         self, loop: asyncio.AbstractEventLoop, group: _Queued, result: list[Outcome] | Exception
     ) -> None:
         """On the loop: each request of the group hears its outcome (or the error); then
-        the requests queued meanwhile go to the thread as the next group, without waiting."""
+        what was queued meanwhile goes to the thread as the next group, without waiting."""
         if isinstance(result, Exception):
             _fail(group, result)
         else:
@@ -119,8 +131,8 @@ class GroupCommit:
             for (_, done), outcome in zip(group, result, strict=True):
                 if not done.done():  # a client that went away: its proofs stay stored
                     done.set_result(outcome)
-        if following := self._take():
-            self._thread.submit(self._commit, loop, following)
+        if self._queue:  # only the loop adds, and no job is running: no lock needed to look
+            self._hand_over(loop, self._commit_queued)
         else:
             self._writing = False
 

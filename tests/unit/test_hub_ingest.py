@@ -843,6 +843,32 @@ def test_the_writer_commits_while_the_loop_is_busy_checking_other_requests(
     store.close()
 
 
+def test_a_request_after_the_writer_ended_hears_why_and_nothing_is_stored(
+    tmp_path: Path,
+) -> None:
+    """A hub being stopped ends its writer thread (the store's close). A request that
+    reaches the writer after that is answered with the reason at once, never left waiting,
+    and nothing of it is stored."""
+    import asyncio
+
+    from cloud_sync.groupcommit import GroupCommit
+    from cloud_sync.ingest import Ingestor
+
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
+    dev = Device()
+    store = Store.open(s.db_url)
+    with TestClient(create_app(s, store=store)) as client:
+        utid = register_software(client, s, dev)
+        ingest = ingestor(store, s.data_dir, Ingestor)
+        writer = GroupCommit(ingest)
+        checked = ingest.check_many([upload_of(dev.window(3))], now_ns=1)
+        writer.close()
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            asyncio.run(writer.store(checked))
+        assert client.get(f"/v1/devices/{utid}").json()["windows"] == 0
+    store.close()
+
+
 @pytest.mark.parametrize(("gather_s", "commits"), [(0.0, [1, 1]), (0.05, [2])])
 def test_an_idle_writer_waits_so_uploads_a_moment_apart_share_one_commit(
     tmp_path: Path, gather_s: float, commits: list[int]
