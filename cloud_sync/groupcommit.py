@@ -53,10 +53,12 @@ class GroupCommit:
         on_commit: Callable[[int], None] | None = None,
         *,
         gather_s: float = COMMIT_GATHER_S,
+        wait: Callable[[float], object] = time.sleep,
     ) -> None:
         self.ingestor = ingestor
         self.on_commit = on_commit  # called on the loop with the number of requests a commit held
         self.gather_s = gather_s
+        self._wait = wait  # how the thread waits gather_s (a test's returns when it has queued)
         self._lock = threading.Lock()  # the queue: the loop adds, the thread may take
         self._queue: _Queued = []
         self._writing = False  # a group is being committed, or about to be (on the loop only)
@@ -102,7 +104,7 @@ class GroupCommit:
     def _first(self, loop: asyncio.AbstractEventLoop) -> None:
         """The writer thread, idle until now: waits, then commits what is queued by then."""
         if self.gather_s > 0:  # let the requests of the next moment join
-            time.sleep(self.gather_s)
+            self._wait(self.gather_s)
         self._commit_queued(loop)
 
     def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:

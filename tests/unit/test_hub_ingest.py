@@ -869,18 +869,22 @@ def test_a_request_after_the_writer_ended_hears_why_and_nothing_is_stored(
     store.close()
 
 
-@pytest.mark.parametrize(("gather_s", "commits"), [(0.0, [1, 1]), (0.05, [2])])
+@pytest.mark.parametrize("gather", [False, True])
 def test_an_idle_writer_waits_so_uploads_a_moment_apart_share_one_commit(
-    tmp_path: Path, gather_s: float, commits: list[int]
+    tmp_path: Path, gather: bool
 ) -> None:
-    """Gateways upload one proof at a time at moments of their own: the second upload comes
-    1 ms after the first. With the idle writer's wait it joins the first one's commit, and
-    each request still hears exactly its own results; without the wait each commits alone.
-    (Timers fire in deadline order, so the 1 ms arrival always precedes a 50 ms wait.)"""
+    """Gateways upload one proof at a time at moments of their own. With the idle writer's
+    wait, a second upload that arrives during it joins the first one's commit, and each
+    request still hears exactly its own results; without the wait the first is committed at
+    once, alone. No clock decides it: the writer's wait returns once the test has queued the
+    second request, and without a wait the first must be on disk while the loop is blocked,
+    before the second is sent."""
     import asyncio
+    import threading
 
     from cloud_sync.groupcommit import GroupCommit
     from cloud_sync.ingest import Ingestor, Outcome
+    from tests.waiting import until_sync
 
     s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
     devs = [Device(), Device()]
@@ -889,18 +893,31 @@ def test_an_idle_writer_waits_so_uploads_a_moment_apart_share_one_commit(
         utids = [register_software(client, s, d) for d in devs]
         ingest = ingestor(store, s.data_dir, Ingestor)
         held: list[int] = []
-        writer = GroupCommit(ingest, on_commit=held.append, gather_s=gather_s)
-        uploads = [[upload_of(d.window(3))] for d in devs]
+        second_queued = threading.Event()
+        waited: list[float] = []
 
-        async def one(i: int) -> Outcome:
-            await asyncio.sleep(0.001 * i)
-            return await writer.store(ingest.check_many(uploads[i], now_ns=1))
+        def wait(seconds: float) -> None:  # the writer thread's wait, ended by the test
+            waited.append(seconds)
+            assert second_queued.wait(30), "the second request was never queued"
 
-        async def both() -> list[Outcome]:
-            return list(await asyncio.gather(one(0), one(1)))
+        writer = GroupCommit(
+            ingest, on_commit=held.append, gather_s=0.05 if gather else 0.0, wait=wait
+        )
+        checked = [ingest.check_many([upload_of(d.window(3))], now_ns=1) for d in devs]
 
-        answers = asyncio.run(both())
-        assert held == commits
+        async def a_moment_apart() -> list[Outcome]:
+            first = asyncio.create_task(writer.store(checked[0]))
+            await asyncio.sleep(0)  # a yield, not a wait: the first request is queued
+            if not gather:  # blocks the loop: the first is stored with nothing else queued
+                until_sync(lambda: store.counts()["windows"] == 1, within_s=30)
+            second = asyncio.create_task(writer.store(checked[1]))
+            await asyncio.sleep(0)  # the second request is queued
+            second_queued.set()
+            return [await first, await second]
+
+        answers = asyncio.run(a_moment_apart())
+        assert held == ([2] if gather else [1, 1])
+        assert waited == ([0.05] if gather else [])
         for (results, refused), utid in zip(answers, utids, strict=True):
             assert refused is None
             assert [(r.status, r.window) for r in results] == [("accepted", 0)]
