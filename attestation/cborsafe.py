@@ -89,13 +89,22 @@ def _half_exact(x: float) -> bool:
 def _halves(obj: Any) -> Any:
     """``obj`` with each ``_half_exact`` float wrapped in a ``_Half``; the rest as it is. A
     float subclass (numpy's float64) is written as the float it is, so it cannot slip past
-    to cbor2's widening."""
+    to cbor2's widening.
+
+    A tuple stays a tuple (cbor2 writes both as an array): a map key that cbor2 decoded as
+    a tag over a tuple must stay hashable. Made a list, the tag's hash failed, and cbor2
+    5.9's C ``CBORTag.__hash__`` then kept the failed tag in its per-thread set of tags
+    being hashed: a later tag at the same address was refused as "contains a reference to
+    itself", a ``RuntimeError`` far from the bytes that caused it (found by
+    fuzz/targets.py ``microproof``)."""
     if isinstance(obj, float):
         x = float(obj)
         return _Half(x) if _half_exact(x) else x
     if isinstance(obj, dict):
         return {_halves(k): _halves(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, tuple):
+        return tuple(_halves(v) for v in obj)
+    if isinstance(obj, list):
         return [_halves(v) for v in obj]
     if isinstance(obj, cbor2.CBORTag):
         return cbor2.CBORTag(obj.tag, _halves(obj.value))

@@ -12,7 +12,11 @@ libFuzzer stops with the traceback and writes the input to ``crash-<sha1>``.
 Found so far: non-ASCII base64 in a checkpoint or a note signature raised ValueError
 instead of MalformedInput (fixed in attestation/signednote.py ``unb64``); ``upload`` ran out
 of memory: cbor2 5.9's C decoder leaks on every invalid-UTF-8 string it refuses
-(agronholm/cbor2#257), so outside bytes now go through attestation/cborsafe.py.
+(agronholm/cbor2#257), so outside bytes now go through attestation/cborsafe.py;
+``microproof`` (only under some hash seeds, so CI saw it once): re-encoding a map whose key
+is a tag over an array made the key unhashable, and cbor2 5.9's C tag hash then refused a
+later, unrelated tag with a RuntimeError (fixed in ``cborsafe._halves``; the test now shows
+the traceback atheris prints on stdout).
 """
 
 from __future__ import annotations

@@ -109,6 +109,24 @@ def test_a_self_referencing_tag_is_a_decode_error() -> None:
         sequence_root(blob, count, 0, native=False)
 
 
+# A map whose key cbor2 decodes as a tag over an array (a tuple there), found by
+# fuzz/targets.py ``microproof`` (2026-12-07): ``loads_checked`` writes it again to compare,
+# and that once made the key a tag over a list, whose hash failed. cbor2 5.9's C
+# ``CBORTag.__hash__`` then kept the tag in its per-thread set of tags being hashed, and a
+# later tag allocated at the same address was refused as self-referencing (RuntimeError).
+_TAG_KEY = bytes.fromhex(
+    "ab010101020003000403051b17979cfe3638424006ffff00040000d284300000006500000035370000"
+)
+
+
+def test_a_tag_over_an_array_as_a_map_key_leaves_tag_hashing_working() -> None:
+    obj, canonical = cborsafe.loads_checked(_TAG_KEY)
+    assert canonical is False  # break markers and unsorted keys: not deterministic CBOR
+    assert cbor2.CBORTag(18, (-17, 0, 0, 0)) in obj
+    for i in range(3000):  # fresh tags take the freed addresses: any stale entry is hit
+        hash(cbor2.CBORTag(2, i))
+
+
 # --- the native fast path (decode_plain in attestation/_native/leafcheck.c) -----------------
 # It must build exactly what cbor2 builds for a plain item, and hand everything else to cbor2
 # (None): a None only costs speed, a wrong item would be a wrong answer.

@@ -53,6 +53,9 @@ def test_fuzz_target_survives_mutated_inputs(target: str, corpus: Path, tmp_path
         timeout=300,
     )
     tail = "\n".join(run.stderr.splitlines()[-30:])
-    assert run.returncode == 0, f"{target} found a crash:\n{tail}"
+    # atheris prints an uncaught Python exception's traceback on stdout, and libFuzzer then
+    # says only "fuzz target exited" on stderr (exit code 77): show both
+    python = "\n".join(run.stdout.splitlines()[-40:])
+    assert run.returncode == 0, f"{target} found a crash:\n{python}\n{tail}"
     assert "DONE" in run.stderr, tail
     assert not list(tmp_path.glob("crash-*")), tail
