@@ -800,8 +800,21 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
     store.close()
 
 
+@pytest.fixture
+def one_device(tmp_path: Path) -> Iterator[tuple[TestClient, Store, Ingestor, str, Device]]:
+    """A running hub app on SQLite with one registered device: its client, store, an
+    ingestor of its own, the device's utid and the device."""
+    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
+    dev = Device()
+    store = Store.open(s.db_url)
+    with TestClient(create_app(s, store=store)) as client:
+        utid = register_software(client, s, dev)
+        yield client, store, ingestor(store, s.data_dir, Ingestor), utid, dev
+    store.close()
+
+
 def test_the_writer_commits_while_the_loop_is_busy_checking_other_requests(
-    tmp_path: Path,
+    one_device: tuple[TestClient, Store, Ingestor, str, Device],
 ) -> None:
     """ADR 0054: the writer thread takes its first group itself. When a task on the event
     loop took it, nothing was committed until the loop had run every callback already due:
@@ -812,39 +825,33 @@ def test_the_writer_commits_while_the_loop_is_busy_checking_other_requests(
     import asyncio
 
     from cloud_sync.groupcommit import GroupCommit
-    from cloud_sync.ingest import Ingestor, Outcome
+    from cloud_sync.ingest import Outcome
     from tests.waiting import until_sync
 
-    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
-    dev = Device()
-    store = Store.open(s.db_url)
-    with TestClient(create_app(s, store=store)) as client:
-        utid = register_software(client, s, dev)
-        ingest = ingestor(store, s.data_dir, Ingestor)
-        commits: list[int] = []
-        writer = GroupCommit(ingest, on_commit=commits.append)
-        checked = ingest.check_many([upload_of(dev.window(3))], now_ns=1)
+    client, store, ingest, utid, dev = one_device
+    commits: list[int] = []
+    writer = GroupCommit(ingest, on_commit=commits.append)
+    checked = ingest.check_many([upload_of(dev.window(3))], now_ns=1)
 
-        async def loop_busy_meanwhile() -> Outcome:
-            task = asyncio.create_task(writer.store(checked))
-            await asyncio.sleep(0)  # a yield, not a wait: the task queues its request
-            until_sync(  # blocks the loop's thread: no callback of the loop runs meanwhile
-                lambda: store.counts()["windows"] == 1,
-                within_s=30,
-                what="the request stored while the loop is busy",
-            )
-            return await task
+    async def loop_busy_meanwhile() -> Outcome:
+        task = asyncio.create_task(writer.store(checked))
+        await asyncio.sleep(0)  # a yield, not a wait: the task queues its request
+        until_sync(  # blocks the loop's thread: no callback of the loop runs meanwhile
+            lambda: store.counts()["windows"] == 1,
+            within_s=30,
+            what="the request stored while the loop is busy",
+        )
+        return await task
 
-        results, refused = asyncio.run(loop_busy_meanwhile())
-        assert refused is None
-        assert [(r.status, r.window) for r in results] == [("accepted", 0)]
-        assert commits == [1]
-        assert client.get(f"/v1/devices/{utid}").json()["windows"] == 1
-    store.close()
+    results, refused = asyncio.run(loop_busy_meanwhile())
+    assert refused is None
+    assert [(r.status, r.window) for r in results] == [("accepted", 0)]
+    assert commits == [1]
+    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 1
 
 
 def test_a_request_after_the_writer_ended_hears_why_and_nothing_is_stored(
-    tmp_path: Path,
+    one_device: tuple[TestClient, Store, Ingestor, str, Device],
 ) -> None:
     """A hub being stopped ends its writer thread (the store's close). A request that
     reaches the writer after that is answered with the reason at once, never left waiting,
@@ -852,21 +859,14 @@ def test_a_request_after_the_writer_ended_hears_why_and_nothing_is_stored(
     import asyncio
 
     from cloud_sync.groupcommit import GroupCommit
-    from cloud_sync.ingest import Ingestor
 
-    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
-    dev = Device()
-    store = Store.open(s.db_url)
-    with TestClient(create_app(s, store=store)) as client:
-        utid = register_software(client, s, dev)
-        ingest = ingestor(store, s.data_dir, Ingestor)
-        writer = GroupCommit(ingest)
-        checked = ingest.check_many([upload_of(dev.window(3))], now_ns=1)
-        writer.close()
-        with pytest.raises(RuntimeError, match="after shutdown"):
-            asyncio.run(writer.store(checked))
-        assert client.get(f"/v1/devices/{utid}").json()["windows"] == 0
-    store.close()
+    client, _, ingest, utid, dev = one_device
+    writer = GroupCommit(ingest)
+    checked = ingest.check_many([upload_of(dev.window(3))], now_ns=1)
+    writer.close()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        asyncio.run(writer.store(checked))
+    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 0
 
 
 @pytest.mark.parametrize("gather", [False, True])
