@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -738,8 +740,38 @@ def test_concurrent_requests_share_a_commit_and_keep_their_own_answers(
     assert windows == [2, 2, 1, 1]
 
 
+@dataclass
+class _WriterHub:
+    """A running hub app on SQLite, its devices registered through the API, and an ingestor
+    of its own that a test hands to a ``GroupCommit`` directly."""
+
+    client: TestClient
+    store: Store
+    ingest: Ingestor
+    utids: list[str]
+    devs: list[Device]
+
+
+@pytest.fixture
+def writer_hub(tmp_path: Path) -> Iterator[Callable[..., _WriterHub]]:
+    """``writer_hub(n, cls=Ingestor)``: a ``_WriterHub`` with ``n`` devices; stopped and its
+    store closed after the test."""
+    with contextlib.ExitStack() as stack:
+
+        def make(n: int, cls: type[Ingestor] = Ingestor) -> _WriterHub:
+            s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
+            store = Store.open(s.db_url)
+            stack.callback(store.close)  # after the app below has stopped
+            client = stack.enter_context(TestClient(create_app(s, store=store)))
+            devs = [Device() for _ in range(n)]
+            utids = [register_software(client, s, d) for d in devs]
+            return _WriterHub(client, store, ingestor(store, s.data_dir, cls), utids, devs)
+
+        yield make
+
+
 def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_commits(
-    tmp_path: Path,
+    writer_hub: Callable[..., _WriterHub],
 ) -> None:
     """When the database refuses a group's transaction, every request in that group hears
     the error (none of it was acknowledged or stored), and the writer goes on: a request in a
@@ -763,58 +795,41 @@ def test_a_failed_group_commit_fails_each_of_its_requests_and_the_next_group_com
                 raise OperationalError("COMMIT", {}, Exception("database or disk is full"))
             return super().store_checked(requests)
 
-    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
-    devs = [Device(), Device()]
-    store = Store.open(s.db_url)
-    with TestClient(create_app(s, store=store)) as client:  # devices registered via the API
-        utids = [register_software(client, s, d) for d in devs]
-        ingest = ingestor(store, s.data_dir, FailsOnce)
-        commits: list[int] = []  # requests a commit held
-        writer = GroupCommit(ingest, on_commit=commits.append)
-        uploads = [[upload_of(d.window(3))] for d in devs]
+    hub = writer_hub(2, FailsOnce)
+    ingest = hub.ingest
+    assert isinstance(ingest, FailsOnce)
+    commits: list[int] = []  # requests a commit held
+    writer = GroupCommit(ingest, on_commit=commits.append)
+    uploads = [[upload_of(d.window(3))] for d in hub.devs]
 
-        sent: list[CheckedRequest] = []
+    sent: list[CheckedRequest] = []
 
-        async def send(which: list[int]) -> list[Outcome | BaseException]:
-            checked = [ingest.check_many(uploads[i], now_ns=1) for i in which]
-            sent[:] = checked
-            return await asyncio.gather(*(writer.store(c) for c in checked), return_exceptions=True)
+    async def send(which: list[int]) -> list[Outcome | BaseException]:
+        checked = [ingest.check_many(uploads[i], now_ns=1) for i in which]
+        sent[:] = checked
+        return await asyncio.gather(*(writer.store(c) for c in checked), return_exceptions=True)
 
-        first = asyncio.run(send([0, 1]))
-        failed = [i for i in (0, 1) if any(sent[i] is r for r in ingest.failed or [])]
-        assert failed, "the first group failed"
-        for i, answer in enumerate(first):
-            if i in failed:
-                assert isinstance(answer, OperationalError), answer
-            else:  # in a later group: stored
-                assert not isinstance(answer, BaseException)
-                assert [r.status for r in answer[0]] == ["accepted"]
-        windows = [client.get(f"/v1/devices/{u}").json()["windows"] for u in utids]
-        assert windows == [0 if i in failed else 1 for i in (0, 1)]
-        again = asyncio.run(send(failed))
-        assert [[r.status for r in o[0]] for o in again if not isinstance(o, BaseException)] == [
-            ["accepted"] for _ in failed
-        ]
-        assert [client.get(f"/v1/devices/{u}").json()["windows"] for u in utids] == [1, 1]
-        assert sum(commits) == 2  # the failed group made no commit; each request one after
-    store.close()
-
-
-@pytest.fixture
-def one_device(tmp_path: Path) -> Iterator[tuple[TestClient, Store, Ingestor, str, Device]]:
-    """A running hub app on SQLite with one registered device: its client, store, an
-    ingestor of its own, the device's utid and the device."""
-    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
-    dev = Device()
-    store = Store.open(s.db_url)
-    with TestClient(create_app(s, store=store)) as client:
-        utid = register_software(client, s, dev)
-        yield client, store, ingestor(store, s.data_dir, Ingestor), utid, dev
-    store.close()
+    first = asyncio.run(send([0, 1]))
+    failed = [i for i in (0, 1) if any(sent[i] is r for r in ingest.failed or [])]
+    assert failed, "the first group failed"
+    for i, answer in enumerate(first):
+        if i in failed:
+            assert isinstance(answer, OperationalError), answer
+        else:  # in a later group: stored
+            assert not isinstance(answer, BaseException)
+            assert [r.status for r in answer[0]] == ["accepted"]
+    windows = [hub.client.get(f"/v1/devices/{u}").json()["windows"] for u in hub.utids]
+    assert windows == [0 if i in failed else 1 for i in (0, 1)]
+    again = asyncio.run(send(failed))
+    assert [[r.status for r in o[0]] for o in again if not isinstance(o, BaseException)] == [
+        ["accepted"] for _ in failed
+    ]
+    assert [hub.client.get(f"/v1/devices/{u}").json()["windows"] for u in hub.utids] == [1, 1]
+    assert sum(commits) == 2  # the failed group made no commit; each request one after
 
 
 def test_the_writer_commits_while_the_loop_is_busy_checking_other_requests(
-    one_device: tuple[TestClient, Store, Ingestor, str, Device],
+    writer_hub: Callable[..., _WriterHub],
 ) -> None:
     """ADR 0054: the writer thread takes its first group itself. When a task on the event
     loop took it, nothing was committed until the loop had run every callback already due:
@@ -828,16 +843,16 @@ def test_the_writer_commits_while_the_loop_is_busy_checking_other_requests(
     from cloud_sync.ingest import Outcome
     from tests.waiting import until_sync
 
-    client, store, ingest, utid, dev = one_device
+    hub = writer_hub(1)
     commits: list[int] = []
-    writer = GroupCommit(ingest, on_commit=commits.append)
-    checked = ingest.check_many([upload_of(dev.window(3))], now_ns=1)
+    writer = GroupCommit(hub.ingest, on_commit=commits.append)
+    checked = hub.ingest.check_many([upload_of(hub.devs[0].window(3))], now_ns=1)
 
     async def loop_busy_meanwhile() -> Outcome:
         task = asyncio.create_task(writer.store(checked))
         await asyncio.sleep(0)  # a yield, not a wait: the task queues its request
         until_sync(  # blocks the loop's thread: no callback of the loop runs meanwhile
-            lambda: store.counts()["windows"] == 1,
+            lambda: hub.store.counts()["windows"] == 1,
             within_s=30,
             what="the request stored while the loop is busy",
         )
@@ -847,11 +862,11 @@ def test_the_writer_commits_while_the_loop_is_busy_checking_other_requests(
     assert refused is None
     assert [(r.status, r.window) for r in results] == [("accepted", 0)]
     assert commits == [1]
-    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 1
+    assert hub.client.get(f"/v1/devices/{hub.utids[0]}").json()["windows"] == 1
 
 
 def test_a_request_after_the_writer_ended_hears_why_and_nothing_is_stored(
-    one_device: tuple[TestClient, Store, Ingestor, str, Device],
+    writer_hub: Callable[..., _WriterHub],
 ) -> None:
     """A hub being stopped ends its writer thread (the store's close). A request that
     reaches the writer after that is answered with the reason at once, never left waiting,
@@ -860,18 +875,18 @@ def test_a_request_after_the_writer_ended_hears_why_and_nothing_is_stored(
 
     from cloud_sync.groupcommit import GroupCommit
 
-    client, _, ingest, utid, dev = one_device
-    writer = GroupCommit(ingest)
-    checked = ingest.check_many([upload_of(dev.window(3))], now_ns=1)
+    hub = writer_hub(1)
+    writer = GroupCommit(hub.ingest)
+    checked = hub.ingest.check_many([upload_of(hub.devs[0].window(3))], now_ns=1)
     writer.close()
     with pytest.raises(RuntimeError, match="after shutdown"):
         asyncio.run(writer.store(checked))
-    assert client.get(f"/v1/devices/{utid}").json()["windows"] == 0
+    assert hub.client.get(f"/v1/devices/{hub.utids[0]}").json()["windows"] == 0
 
 
 @pytest.mark.parametrize("gather", [False, True])
 def test_an_idle_writer_waits_so_uploads_a_moment_apart_share_one_commit(
-    tmp_path: Path, gather: bool
+    writer_hub: Callable[..., _WriterHub], gather: bool
 ) -> None:
     """Gateways upload one proof at a time at moments of their own. With the idle writer's
     wait, a second upload that arrives during it joins the first one's commit, and each
@@ -883,46 +898,40 @@ def test_an_idle_writer_waits_so_uploads_a_moment_apart_share_one_commit(
     import threading
 
     from cloud_sync.groupcommit import GroupCommit
-    from cloud_sync.ingest import Ingestor, Outcome
+    from cloud_sync.ingest import Outcome
     from tests.waiting import until_sync
 
-    s = HubSettings.create(tmp_path / "hub", allow_software_keys=True, open_reads=True)
-    devs = [Device(), Device()]
-    store = Store.open(s.db_url)
-    with TestClient(create_app(s, store=store)) as client:
-        utids = [register_software(client, s, d) for d in devs]
-        ingest = ingestor(store, s.data_dir, Ingestor)
-        held: list[int] = []
-        second_queued = threading.Event()
-        waited: list[float] = []
+    hub = writer_hub(2)
+    held: list[int] = []
+    second_queued = threading.Event()
+    waited: list[float] = []
 
-        def wait(seconds: float) -> None:  # the writer thread's wait, ended by the test
-            waited.append(seconds)
-            assert second_queued.wait(30), "the second request was never queued"
+    def wait(seconds: float) -> None:  # the writer thread's wait, ended by the test
+        waited.append(seconds)
+        assert second_queued.wait(30), "the second request was never queued"
 
-        writer = GroupCommit(
-            ingest, on_commit=held.append, gather_s=0.05 if gather else 0.0, wait=wait
-        )
-        checked = [ingest.check_many([upload_of(d.window(3))], now_ns=1) for d in devs]
+    writer = GroupCommit(
+        hub.ingest, on_commit=held.append, gather_s=0.05 if gather else 0.0, wait=wait
+    )
+    checked = [hub.ingest.check_many([upload_of(d.window(3))], now_ns=1) for d in hub.devs]
 
-        async def a_moment_apart() -> list[Outcome]:
-            first = asyncio.create_task(writer.store(checked[0]))
-            await asyncio.sleep(0)  # a yield, not a wait: the first request is queued
-            if not gather:  # blocks the loop: the first is stored with nothing else queued
-                until_sync(lambda: store.counts()["windows"] == 1, within_s=30)
-            second = asyncio.create_task(writer.store(checked[1]))
-            await asyncio.sleep(0)  # the second request is queued
-            second_queued.set()
-            return [await first, await second]
+    async def a_moment_apart() -> list[Outcome]:
+        first = asyncio.create_task(writer.store(checked[0]))
+        await asyncio.sleep(0)  # a yield, not a wait: the first request is queued
+        if not gather:  # blocks the loop: the first is stored with nothing else queued
+            until_sync(lambda: hub.store.counts()["windows"] == 1, within_s=30)
+        second = asyncio.create_task(writer.store(checked[1]))
+        await asyncio.sleep(0)  # the second request is queued
+        second_queued.set()
+        return [await first, await second]
 
-        answers = asyncio.run(a_moment_apart())
-        assert held == ([2] if gather else [1, 1])
-        assert waited == ([0.05] if gather else [])
-        for (results, refused), utid in zip(answers, utids, strict=True):
-            assert refused is None
-            assert [(r.status, r.window) for r in results] == [("accepted", 0)]
-            assert client.get(f"/v1/devices/{utid}").json()["windows"] == 1
-    store.close()
+    answers = asyncio.run(a_moment_apart())
+    assert held == ([2] if gather else [1, 1])
+    assert waited == ([0.05] if gather else [])
+    for (results, refused), utid in zip(answers, hub.utids, strict=True):
+        assert refused is None
+        assert [(r.status, r.window) for r in results] == [("accepted", 0)]
+        assert hub.client.get(f"/v1/devices/{utid}").json()["windows"] == 1
 
 
 @pytest.fixture(scope="module")
