@@ -411,7 +411,7 @@ def _replicas(
     url, name = made
     watcher = create_engine(pg_url)
     runs: dict[tuple[int, bool], list[tuple[_Run, float]]] = {}
-    unconfined: str | None = None  # why the confined rounds did not run
+    no_quota: str | None = None  # why the rounds at half a CPU did not run
     try:
         made_loads = [_load(sizes, windows) for _ in range(4 * sizes.repeat)]
         _prepared(url, [d for load in made_loads for d in load.fleet])
@@ -431,7 +431,7 @@ def _replicas(
             try:
                 quotas = [stack.enter_context(_held(h, i)) for i, h in enumerate(hubs)]
             except QuotaUnavailable as why:
-                unconfined = str(why)
+                no_quota = str(why)
                 say(f"replicas at half a CPU each: not measured ({why})")
             else:
                 rounds(confined=True)
@@ -444,7 +444,7 @@ def _replicas(
     return {
         **_replica_figures(runs, confined=False),
         **_replica_figures(runs, confined=True),
-        **({"replicas_half_cpu_not_measured": unconfined} if unconfined else {}),
+        **({"replicas_half_cpu_not_measured": no_quota} if no_quota else {}),
         "replicas_consistency": checked,
     }
 
